@@ -1,0 +1,105 @@
+"""Parameter handling shared by every rnnc module: PyTorch names and shapes, PyTorch's
+initialisation, state_dict / load_state_dict."""
+import numpy as np
+
+from rnnc._validation import check_dtype
+
+
+def _to_numpy(value):
+    # Accept torch tensors (even ones that require grad) without importing torch.
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base of all rnnc modules: owns parameters as C-contiguous arrays of one float dtype.
+
+    Parameters are reachable as attributes under their PyTorch names (``m.weight_ih_l0``); they
+    are the live arrays, so in-place updates take effect. Assigning an attribute of that name
+    goes through the same checks as ``load_state_dict``.
+    """
+
+    def __init__(self, dtype, seed):
+        object.__setattr__(self, "_params", {})
+        self.dtype = check_dtype(dtype)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.training = False
+
+    # -- parameters -----------------------------------------------------------------------
+    def _init_uniform(self, shapes, bound):
+        """Draw every parameter from U(-bound, bound), in order, as PyTorch does.
+
+        Values are drawn in float64 then rounded, so one seed gives the same model in both dtypes.
+        """
+        for name, shape in shapes.items():
+            self._params[name] = np.ascontiguousarray(
+                self._rng.uniform(-bound, bound, size=shape).astype(self.dtype))
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_params", {}):
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            object.__setattr__(self, name, value)
+
+    def named_parameters(self):
+        """(name, array) pairs of the live parameter arrays, in PyTorch's order."""
+        return list(self._params.items())
+
+    def state_dict(self):
+        """Copies of the parameters under PyTorch's names and shapes."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load parameters from a mapping of array-likes (NumPy arrays, torch tensors, lists).
+
+        Values are converted to the module's dtype. With strict=True, missing and unexpected
+        keys are errors. All problems are reported together in one ValueError, and nothing is
+        changed unless everything is valid.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        problems, new = [], {}
+        for key in state_dict.keys():
+            if key not in self._params:
+                if strict:
+                    problems.append(f"unexpected key {key!r}")
+                continue
+            try:
+                arr = _to_numpy(state_dict[key])
+            except Exception as exc:  # noqa: BLE001 - reported with the key below
+                problems.append(f"{key!r}: cannot convert to an array ({exc})")
+                continue
+            expected = self._params[key].shape
+            if arr.dtype.kind not in "iuf":
+                problems.append(f"{key!r}: expected a real numeric dtype, got {arr.dtype}")
+            elif arr.shape != expected:
+                problems.append(f"{key!r}: expected shape {expected}, got {arr.shape}")
+            else:
+                # Always a fresh copy: never alias the caller's (or a torch tensor's) memory.
+                new[key] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        if strict:
+            problems += [f"missing key {k!r}" for k in self._params if k not in state_dict]
+        if problems:
+            raise ValueError(f"load_state_dict for {type(self).__name__}: "
+                             + "; ".join(problems))
+        self._params.update(new)
+        return self
+
+    # -- mode -------------------------------------------------------------------------------
+    def eval(self):
+        self.training = False
+        return self
+
+    def train(self, mode=True):
+        if mode:
+            raise NotImplementedError(
+                "training mode (dropout, backward) is not implemented yet; rnnc runs inference")
+        return self.eval()

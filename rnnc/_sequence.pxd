@@ -1,0 +1,47 @@
+# Sequence plumbing shared by the recurrent kernels: the packed layout and the input projection.
+#
+# Packed layout (PyTorch's PackedSequence): the batch is sorted by decreasing length, and step t
+# holds the rows of the batch_sizes[t] sequences still running, at packed rows
+# [offsets[t], offsets[t] + batch_sizes[t]). A full-length batch is the special case
+# batch_sizes[t] = B, offsets[t] = t * B, i.e. a plain (T * B, features) array, so one code path
+# serves both. Because the active rows at every step are a prefix of the sorted batch, the
+# recurrent product of a step is one GEMM on the first batch_sizes[t] rows of the state.
+#
+# The input projection x W_ih^T + b is one GEMM per chunk of `chunk_steps` time steps (all steps
+# of the chunk at once). Chunking bounds the workspace: a long sequence needs little memory beyond
+# its output.
+from cython cimport floating
+from rnnc._blas cimport gemm
+
+
+cdef inline void chunk_bounds(Py_ssize_t c, Py_ssize_t T, Py_ssize_t chunk_steps, bint reverse,
+                              Py_ssize_t* t0, Py_ssize_t* t1) noexcept nogil:
+    """Steps [t0, t1) of chunk number c, in processing order (from the end when reverse)."""
+    if reverse:
+        t1[0] = T - c * chunk_steps
+        t0[0] = t1[0] - chunk_steps if t1[0] > chunk_steps else 0
+    else:
+        t0[0] = c * chunk_steps
+        t1[0] = t0[0] + chunk_steps if t0[0] + chunk_steps < T else T
+
+
+cdef inline void project_inputs(
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (nrows, I) packed input rows, stride ldx
+        Py_ssize_t nrows,
+        const floating* w_ih,   # (GH, I)
+        const floating* b_ih,   # (GH,) or NULL
+        const floating* b_hh,   # (GH,) or NULL; only its first n_fold entries are added
+        Py_ssize_t GH, Py_ssize_t n_fold,
+        floating* xg) noexcept nogil:  # (nrows, GH) out
+    """xg = x @ w_ih^T + b_ih + b_hh[:n_fold] (b_hh terms that commute with the gate math)."""
+    cdef Py_ssize_t r, j
+    cdef floating* row
+    gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 0, xg, GH)
+    for r in range(nrows):
+        row = xg + r * GH
+        if b_ih != NULL:
+            for j in range(GH):
+                row[j] += b_ih[j]
+        if b_hh != NULL:
+            for j in range(n_fold):
+                row[j] += b_hh[j]

@@ -1,0 +1,99 @@
+"""Checks done once at the Python boundary. Kernels trust what passes here.
+
+Every error names the argument, what was expected and what was received.
+"""
+import numbers
+
+import numpy as np
+
+# BLAS takes 32-bit ints: every size that reaches a GEMM must fit.
+BLAS_INT_MAX = 2**31 - 1
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    """The module's compute dtype: float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_size(value, name, minimum=1):
+    """A positive (or >= minimum) integer size that fits BLAS's int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > BLAS_INT_MAX:
+        raise ValueError(f"{name} must be <= {BLAS_INT_MAX} (BLAS int), got {value}")
+    return value
+
+
+def check_blas_size(value, what):
+    if value > BLAS_INT_MAX:
+        raise ValueError(f"{what} is {value}, more than BLAS's 32-bit limit {BLAS_INT_MAX}")
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+    return value
+
+
+def as_real_array(value, name, dtype):
+    """Convert array-like input of any real dtype to a C-contiguous array of `dtype`.
+
+    Complex, bool, object and string data are refused: they have no meaning as RNN input, and
+    silently casting them would hide a bug in the caller.
+    """
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be a real numeric array, could not convert "
+                            f"{type(value).__name__}: {exc}") from exc
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must have a real numeric dtype (float or int), got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_shape(arr, name, expected):
+    """expected: a tuple of ints; raise if arr.shape differs."""
+    if arr.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {arr.shape}")
+
+
+def check_lengths(lengths, batch, steps):
+    """lengths of a padded batch: integers in [0, steps], shape (batch,). Returns intp array."""
+    if isinstance(lengths, np.ndarray):
+        arr = lengths
+    else:
+        try:
+            arr = np.asarray(lengths)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"lengths must be a sequence of integers, got {lengths!r}") from exc
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) \
+                and np.all(arr == np.round(arr)):
+            pass  # whole numbers stored as floats are accepted
+        elif arr.size == 0 and arr.dtype.kind == "f":
+            pass  # np.asarray([]) is float64
+        else:
+            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) (one per batch entry), "
+                         f"got {arr.shape}")
+    arr = arr.astype(np.intp)
+    if arr.size and (arr.min() < 0 or arr.max() > steps):
+        raise ValueError(f"lengths must lie in [0, {steps}] (the number of time steps), got "
+                         f"min {arr.min()}, max {arr.max()}")
+    return arr

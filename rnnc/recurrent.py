@@ -1,0 +1,230 @@
+"""Stacked recurrent layers with the semantics of torch.nn.RNN / GRU / LSTM.
+
+The classes validate and normalise their inputs once, then hand C-contiguous arrays to a
+backend ``run_stack`` (compiled: rnnc._stack; NumPy reference: rnnc.reference).
+"""
+import numpy as np
+
+from rnnc import _stack
+from rnnc._module import Module
+from rnnc._validation import (as_real_array, check_choice, check_lengths, check_shape,
+                              check_size)
+
+
+class _RNNBase(Module):
+    mode = None                         # "RNN" | "GRU" | "LSTM"
+    _run_stack = staticmethod(_stack.run_stack)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, proj_size=0, nonlinearity="tanh",
+                 reset_after=True, dtype=np.float32, seed=None):
+        super().__init__(dtype, seed)
+        self.input_size = check_size(input_size, "input_size")
+        self.hidden_size = check_size(hidden_size, "hidden_size")
+        self.num_layers = check_size(num_layers, "num_layers")
+        self.proj_size = check_size(proj_size, "proj_size", minimum=0)
+        if self.proj_size and self.mode != "LSTM":
+            raise ValueError(f"proj_size is only supported by LSTM, got {proj_size}")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
+                             f"got {proj_size}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        self.dropout = float(dropout)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+        self.reset_after = bool(reset_after)
+        G = _stack.GATES[self.mode]
+        check_size(G * self.hidden_size, f"{G} * hidden_size")
+        H, P, D = self.hidden_size, self.proj_size or self.hidden_size, self.num_directions
+        shapes = {}
+        for k in range(self.num_layers):
+            layer_in = self.input_size if k == 0 else D * P
+            for sfx in ("", "_reverse")[:D]:
+                shapes[f"weight_ih_l{k}{sfx}"] = (G * H, layer_in)
+                shapes[f"weight_hh_l{k}{sfx}"] = (G * H, P)
+                if self.bias:
+                    shapes[f"bias_ih_l{k}{sfx}"] = (G * H,)
+                    shapes[f"bias_hh_l{k}{sfx}"] = (G * H,)
+                if self.proj_size:
+                    shapes[f"weight_hr_l{k}{sfx}"] = (P, H)
+        self._init_uniform(shapes, 1.0 / np.sqrt(H))
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _out_size(self):
+        return self.proj_size or self.hidden_size
+
+    def _config(self):
+        """Constructor arguments that rebuild an identical layer (weights aside)."""
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                   num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                   dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype)
+        if self.mode == "RNN":
+            cfg["nonlinearity"] = self.nonlinearity
+        if self.mode == "GRU":
+            cfg["reset_after"] = self.reset_after
+        if self.mode == "LSTM":
+            cfg["proj_size"] = self.proj_size
+        return cfg
+
+    def __repr__(self):
+        cfg = self._config()
+        args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
+        defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                        bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0)
+        cfg["dtype"] = cfg["dtype"].name
+        args += [f"{k}={v!r}" for k, v in cfg.items() if k == "dtype" or defaults.get(k) != v]
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    def __call__(self, x, hx=None, lengths=None):
+        """Run the layer; see the class docstring. Returns (output, h_n) or, for LSTM,
+        (output, (h_n, c_n))."""
+        return self._forward(x, hx, lengths, reverse_all=False)
+
+    def _forward(self, x, hx, lengths, reverse_all):
+        x = as_real_array(x, "input", self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"input must be 2-D (T, {self.input_size}) unbatched or 3-D "
+                             f"batched, got {x.ndim}-D with shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"input must have {self.input_size} features (input_size) in its "
+                             f"last axis, got shape {x.shape if not unbatched else x.shape[::2]}")
+        h0, c0 = self._initial_state(hx, B, unbatched)
+        if lengths is not None:
+            if unbatched:
+                lengths = np.reshape(lengths, (1,)) if np.ndim(lengths) == 0 else lengths
+            lengths = check_lengths(lengths, B, T)
+        out, h_n, c_n = self._run_stack(
+            self.mode, self._params, x, h0, c0, lengths, num_layers=self.num_layers,
+            bidirectional=self.bidirectional, nonlinearity=self.nonlinearity,
+            reset_after=self.reset_after, proj_size=self.proj_size, reverse_all=reverse_all)
+        if unbatched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+
+    def _initial_state(self, hx, B, unbatched):
+        DL = self.num_directions * self.num_layers
+        P, H = self._out_size, self.hidden_size
+        lead = (DL,) if unbatched else (DL, B)
+        if hx is None:
+            h0 = np.zeros((DL, B, P), dtype=self.dtype)
+            c0 = np.zeros((DL, B, H), dtype=self.dtype) if self.mode == "LSTM" else None
+            return h0, c0
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got "
+                                f"{type(hx).__name__}")
+            h0 = as_real_array(hx[0], "h_0", self.dtype)
+            c0 = as_real_array(hx[1], "c_0", self.dtype)
+            check_shape(h0, "h_0", lead + (P,))
+            check_shape(c0, "c_0", lead + (H,))
+        else:
+            h0 = as_real_array(hx, "hx", self.dtype)
+            c0 = None
+            check_shape(h0, "hx", lead + (P,))
+        if unbatched:
+            h0 = h0[:, None, :]
+            c0 = None if c0 is None else c0[:, None, :]
+        return h0, c0
+
+
+_DOC = """{summary}
+
+    Mirrors ``torch.nn.{name}``: same constructor arguments, parameter names and shapes,
+    gate order and initialisation (U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))), so a PyTorch
+    state_dict converted to NumPy loads unchanged.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    {extra}bias : bool, default True
+    batch_first : bool, default False
+        Input and output are (B, T, F) instead of (T, B, F). States stay (D*L, B, H).
+    dropout : float, default 0.0
+        Stored for training (not applied in inference mode, which is the only mode so far).
+    bidirectional : bool, default False
+        PyTorch's stacked form: each layer sees both directions of the layer below.
+    dtype : float32 or float64, default float32
+    seed : int or None
+        Seeds the parameter initialisation.
+
+    Calling
+    -------
+    ``m(x, hx=None, lengths=None)`` with x of shape (T, B, input_size), or (T, input_size)
+    unbatched. ``lengths`` (B,) runs a padded batch with PyTorch's packed-sequence semantics:
+    each sequence stops at its own length, the reverse direction starts at its own last step,
+    padded outputs are 0 and the final states are taken at each sequence's own last step.
+    Returns {returns}.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> m = rnnc.{name}(8, 16, num_layers=2, seed=0)
+    >>> x = np.zeros((5, 3, 8), dtype=np.float32)
+    >>> {example}
+    """
+
+
+class RNN(_RNNBase):
+    __doc__ = _DOC.format(
+        summary="Elman RNN: h<t> = g(W_ih x<t> + b_ih + W_hh h<t-1> + b_hh), g = tanh or relu.",
+        name="RNN", extra="nonlinearity : 'tanh' or 'relu', default 'tanh'\n    ",
+        returns="(output (T, B, D*H), h_n (D*L, B, H))",
+        example="out, h_n = m(x); out.shape, h_n.shape\n    ((5, 3, 16), (2, 3, 16))")
+    mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
+                 seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed)
+
+
+class GRU(_RNNBase):
+    __doc__ = _DOC.format(
+        summary="Gated recurrent unit (gates r, z, n as in PyTorch).",
+        name="GRU", extra=("reset_after : bool, default True\n        True is PyTorch's form "
+                           "n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False the original "
+                           "form\n        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (ONNX "
+                           "default, Keras reset_after=False).\n    "),
+        returns="(output (T, B, D*H), h_n (D*L, B, H))",
+        example="out, h_n = m(x); out.shape\n    (5, 3, 16)")
+    mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, reset_after=True, dtype=np.float32,
+                 seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, reset_after=reset_after, dtype=dtype, seed=seed)
+
+
+class LSTM(_RNNBase):
+    __doc__ = _DOC.format(
+        summary="Long short-term memory (gates i, f, g, o as in PyTorch), optional projection.",
+        name="LSTM", extra=("proj_size : int, default 0\n        If > 0, h = (o * tanh(c)) "
+                            "W_hr^T has proj_size features (c keeps hidden_size).\n    "),
+        returns="(output (T, B, D*P), (h_n (D*L, B, P), c_n (D*L, B, H))), P = proj_size or H",
+        example="out, (h_n, c_n) = m(x); out.shape, c_n.shape\n    ((5, 3, 16), (2, 3, 16))")
+    mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size=proj_size, dtype=dtype, seed=seed)

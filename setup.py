@@ -1,0 +1,48 @@
+"""Build the compiled kernels of rnnc.
+
+The extension list and the single dict of Cython compiler directives live here; everything else
+about the package is in pyproject.toml. Set RNNC_DEBUG=1 to build with bounds checks and
+initialisation checks on (slow, for hunting memory errors).
+"""
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("RNNC_DEBUG", "0") not in ("", "0")
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": DEBUG,
+    "nonecheck": False,
+    "embedsignature": True,
+    "cpow": True,
+}
+
+# No -ffast-math: it changes exp/tanh and NaN behaviour, and the kernels must match the reference.
+COMPILE_ARGS = ["-O3"] if not DEBUG else ["-O0", "-g"]
+
+MODULES = [
+    "rnnc._blas",
+    "rnnc._rnn_kernel",
+    "rnnc._gru_kernel",
+    "rnnc._lstm_kernel",
+    "rnnc._linear_kernel",
+]
+
+extensions = [
+    Extension(
+        name,
+        [name.replace(".", "/") + ".pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=COMPILE_ARGS,
+    )
+    for name in MODULES
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))
