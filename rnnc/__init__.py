@@ -1,6 +1,16 @@
-"""rnnc: a compiled recurrent neural network core for NumPy, with PyTorch's semantics."""
+"""rnnc: a compiled recurrent neural network core for NumPy, with PyTorch's semantics.
+
+Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), single-step cells
+``RNNCell``, ``GRUCell``, ``LSTMCell``, the Keras-style ``Bidirectional`` wrapper and the dense
+output layer ``Linear``. ``rnnc.reference`` holds a plain NumPy implementation of every class with
+the same API: the specification the compiled kernels are tested against.
+"""
+from rnnc.bidirectional import Bidirectional
+from rnnc.cells import GRUCell, LSTMCell, RNNCell
+from rnnc.linear import Linear
 from rnnc.recurrent import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "GRU", "LSTM", "__version__"]
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
+           "__version__"]

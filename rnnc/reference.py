@@ -16,12 +16,15 @@ Conventions
 * All computation happens in the floating dtype of the inputs (float32 or
   float64); nothing is upcast or downcast, so results have the input dtype.
 
-Only NumPy is imported; nothing from the rest of rnnc.
+The math above the "Classes" section imports only NumPy, nothing from the rest of rnnc. The
+classes at the end give the reference the same API as rnnc's compiled classes: they reuse rnnc's
+argument checking and parameter handling, and replace every computation with the functions here.
 """
 
 import numpy as np
 
-__all__ = ["sigmoid", "rnn_cell", "gru_cell", "lstm_cell", "run_stack"]
+__all__ = ["sigmoid", "rnn_cell", "gru_cell", "lstm_cell", "run_stack", "RNN", "GRU", "LSTM",
+           "RNNCell", "GRUCell", "LSTMCell", "Linear", "Bidirectional"]
 
 _MODES = ("RNN", "GRU", "LSTM")
 
@@ -282,3 +285,116 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
         layer_input = np.concatenate(direction_outputs, axis=2)
 
     return layer_input, h_n, c_n
+
+
+# ---------------------------------------------------------------------------
+# Classes: rnnc's API on top of the math above
+# ---------------------------------------------------------------------------
+# Imported here, at the end, so that the math above stays readable on its own.
+from rnnc import bidirectional as _bidirectional  # noqa: E402
+from rnnc import cells as _cells  # noqa: E402
+from rnnc import linear as _linear  # noqa: E402
+from rnnc import recurrent as _recurrent  # noqa: E402
+
+
+class RNN(_recurrent.RNN):
+    """NumPy reference of rnnc.RNN (same constructor, call and state_dict)."""
+    _run_stack = staticmethod(run_stack)
+
+
+class GRU(_recurrent.GRU):
+    """NumPy reference of rnnc.GRU (same constructor, call and state_dict)."""
+    _run_stack = staticmethod(run_stack)
+
+
+class LSTM(_recurrent.LSTM):
+    """NumPy reference of rnnc.LSTM (same constructor, call and state_dict)."""
+    _run_stack = staticmethod(run_stack)
+
+
+class _ReferenceCellStep:
+    def _step(self, x, h, c):
+        p = self._params
+        w_ih, w_hh = p["weight_ih"], p["weight_hh"]
+        b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
+        if self.mode == "RNN":
+            return rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, self.nonlinearity), None
+        if self.mode == "GRU":
+            return gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, self.reset_after), None
+        return lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+class RNNCell(_ReferenceCellStep, _cells.RNNCell):
+    """NumPy reference of rnnc.RNNCell."""
+
+
+class GRUCell(_ReferenceCellStep, _cells.GRUCell):
+    """NumPy reference of rnnc.GRUCell."""
+
+
+class LSTMCell(_ReferenceCellStep, _cells.LSTMCell):
+    """NumPy reference of rnnc.LSTMCell."""
+
+
+class Linear(_linear.Linear):
+    """NumPy reference of rnnc.Linear: y = activation(x W^T + b) over the last axis."""
+
+    def __call__(self, x):
+        x = np.asarray(x, dtype=self.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have {self.in_features} features (in_features) in "
+                             f"its last axis, got shape {x.shape}")
+        y = x @ self._params["weight"].T
+        if self.bias:
+            y = y + self._params["bias"]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.activation == "tanh":
+                y = np.tanh(y)
+            elif self.activation == "relu":
+                y = np.where(y < 0, 0, y).astype(self.dtype)
+            elif self.activation == "sigmoid":
+                y = sigmoid(y)
+            elif self.activation == "softmax":
+                e = np.exp(y - y.max(axis=-1, keepdims=True))
+                y = e / e.sum(axis=-1, keepdims=True)
+        return y
+
+
+def reverse_padded(x, lengths):
+    """Reverse each sequence of a time-major (T, B, ...) batch within its own length;
+    padded positions (t >= lengths[b]) are left where they are."""
+    x = np.array(x, copy=True)
+    for b, n in enumerate(lengths):
+        x[:n, b] = x[:n, b][::-1].copy()
+    return x
+
+
+class Bidirectional(_bidirectional.Bidirectional):
+    """NumPy reference of rnnc.Bidirectional, written the textbook way: flip every sequence
+    within its length, run the backward layer forward in time, flip its outputs back."""
+
+    def __call__(self, x, hx=None, lengths=None):
+        hx_f, hx_b = (None, None) if hx is None else hx
+        layer = self.forward_layer
+        out_f, state_f = layer(x, hx_f, lengths)
+        x_tm = np.asarray(x)
+        unbatched = x_tm.ndim == 2
+        if unbatched:
+            x_tm = x_tm[:, None]
+        elif layer.batch_first:
+            x_tm = x_tm.swapaxes(0, 1)
+        T, B = x_tm.shape[:2]
+        n = np.full(B, T) if lengths is None else np.reshape(np.asarray(lengths), (B,))
+        x_rev = reverse_padded(x_tm, n)
+        if unbatched:
+            x_rev = x_rev[:, 0]
+        elif layer.batch_first:
+            x_rev = x_rev.swapaxes(0, 1)
+        out_b, state_b = self.backward_layer(x_rev, hx_b, lengths)
+        if unbatched:
+            out_b = reverse_padded(out_b[:, None], n)[:, 0]
+        elif layer.batch_first:
+            out_b = reverse_padded(out_b.swapaxes(0, 1), n).swapaxes(0, 1)
+        else:
+            out_b = reverse_padded(out_b, n)
+        return _bidirectional.merge(out_f, out_b, self.merge_mode), (state_f, state_b)

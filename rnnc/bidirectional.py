@@ -1,0 +1,116 @@
+"""Keras-style bidirectional wrapper: a forward layer and a backward copy with its own weights."""
+import copy
+
+import numpy as np
+
+from rnnc._validation import check_choice
+
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+def merge(out_f, out_b, merge_mode):
+    """Combine the outputs of the two directions (padded positions are 0 in both)."""
+    if merge_mode == "concat":
+        return np.concatenate([out_f, out_b], axis=-1)
+    if merge_mode == "sum":
+        return out_f + out_b
+    if merge_mode == "mul":
+        return out_f * out_b
+    if merge_mode == "ave":
+        return (out_f + out_b) / 2
+    return out_f, out_b
+
+
+class Bidirectional:
+    """Run ``layer`` forward in time and a copy of it, with its own weights, backward in time.
+
+    The backward layer reads each sequence from its own last step (``lengths`` respected) to
+    its first, and its outputs are put back in forward time order before merging, as Keras'
+    ``Bidirectional`` does. Unlike ``bidirectional=True`` on the layer classes (PyTorch's
+    stacked form), a stacked wrapped layer runs all of its layers in one direction.
+
+    Parameters
+    ----------
+    layer : rnnc.RNN, rnnc.GRU or rnnc.LSTM
+    merge_mode : 'concat' (default), 'sum', 'mul', 'ave' or None (return both outputs)
+    backward_layer : optional layer of the same kind to use as the backward layer; by default
+        a copy of ``layer`` re-initialised from ``layer``'s own generator (reproducible when
+        ``layer`` was built with a seed).
+
+    Calling ``bi(x, hx=None, lengths=None)`` returns ``(output, (state_fwd, state_bwd))`` where
+    each state is what the layer returns (h_n, or (h_n, c_n) for LSTM) and ``hx`` is ``None``
+    or a pair ``(hx_fwd, hx_bwd)``. With merge_mode=None, output is ``(out_fwd, out_bwd)``.
+
+    Parameters appear in ``state_dict()`` as ``forward_layer.<name>`` and
+    ``backward_layer.<name>``.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> bi = rnnc.Bidirectional(rnnc.GRU(3, 5, seed=0), merge_mode="sum")
+    >>> out, (h_f, h_b) = bi(np.zeros((7, 2, 3), dtype=np.float32), lengths=[7, 4])
+    >>> out.shape, h_f.shape
+    ((7, 2, 5), (1, 2, 5))
+    """
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None):
+        if not hasattr(layer, "_forward") or not hasattr(layer, "mode"):
+            raise TypeError(f"layer must be an RNN, GRU or LSTM layer, got "
+                            f"{type(layer).__name__}")
+        self.merge_mode = check_choice(merge_mode, "merge_mode", MERGE_MODES)
+        self.forward_layer = layer
+        if backward_layer is None:
+            backward_layer = copy.deepcopy(layer)
+            backward_layer._rng = np.random.default_rng(layer._rng.integers(2**63))
+            backward_layer._init_uniform({k: v.shape for k, v in layer._params.items()},
+                                         1.0 / np.sqrt(layer.hidden_size))
+        elif type(backward_layer) is not type(layer) or \
+                backward_layer._config() != layer._config():
+            raise ValueError(f"backward_layer must be configured like layer: expected "
+                             f"{layer!r}, got {backward_layer!r}")
+        self.backward_layer = backward_layer
+
+    def __repr__(self):
+        return f"Bidirectional({self.forward_layer!r}, merge_mode={self.merge_mode!r})"
+
+    def __call__(self, x, hx=None, lengths=None):
+        if hx is None:
+            hx_f = hx_b = None
+        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+            hx_f, hx_b = hx
+        else:
+            raise TypeError("hx for Bidirectional must be None or a pair (hx_forward, "
+                            f"hx_backward), got {type(hx).__name__}")
+        out_f, state_f = self.forward_layer._forward(x, hx_f, lengths, reverse_all=False)
+        out_b, state_b = self.backward_layer._forward(x, hx_b, lengths, reverse_all=True)
+        return merge(out_f, out_b, self.merge_mode), (state_f, state_b)
+
+    def state_dict(self):
+        d = {f"forward_layer.{k}": v for k, v in self.forward_layer.state_dict().items()}
+        d.update({f"backward_layer.{k}": v
+                  for k, v in self.backward_layer.state_dict().items()})
+        return d
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load ``forward_layer.*`` and ``backward_layer.*`` keys; all problems in one error."""
+        parts = {"forward_layer": {}, "backward_layer": {}}
+        unexpected = []
+        for key in state_dict.keys():
+            prefix, _, name = key.partition(".")
+            if prefix in parts and name:
+                parts[prefix][name] = state_dict[key]
+            else:
+                unexpected.append(key)
+        problems = [f"unexpected key {k!r}" for k in unexpected] if strict else []
+        for prefix, layer in (("forward_layer", self.forward_layer),
+                              ("backward_layer", self.backward_layer)):
+            try:
+                # Validate both halves before changing either.
+                copy.deepcopy(layer).load_state_dict(parts[prefix], strict=strict)
+            except ValueError as exc:
+                problems.append(f"{prefix}: {exc}")
+        if problems:
+            raise ValueError("load_state_dict for Bidirectional: " + "; ".join(problems))
+        self.forward_layer.load_state_dict(parts["forward_layer"], strict=strict)
+        self.backward_layer.load_state_dict(parts["backward_layer"], strict=strict)
+        return self

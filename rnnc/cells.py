@@ -1,0 +1,145 @@
+"""Single-step cells with the API of torch.nn.RNNCell / GRUCell / LSTMCell.
+
+A cell step is the layer kernel run for one time step (rnnc._stack.run_stack with T = 1), so
+cells and layers share one compiled code path.
+"""
+import numpy as np
+
+from rnnc import _stack
+from rnnc._module import Module
+from rnnc._validation import as_real_array, check_choice, check_shape, check_size
+
+
+class _CellBase(Module):
+    mode = None
+
+    def __init__(self, input_size, hidden_size, bias=True, *, nonlinearity="tanh",
+                 reset_after=True, dtype=np.float32, seed=None):
+        super().__init__(dtype, seed)
+        self.input_size = check_size(input_size, "input_size")
+        self.hidden_size = check_size(hidden_size, "hidden_size")
+        self.bias = bool(bias)
+        self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+        self.reset_after = bool(reset_after)
+        G, H = _stack.GATES[self.mode], self.hidden_size
+        check_size(G * H, f"{G} * hidden_size")
+        shapes = {"weight_ih": (G * H, self.input_size), "weight_hh": (G * H, H)}
+        if self.bias:
+            shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+        self._init_uniform(shapes, 1.0 / np.sqrt(H))
+
+    def __repr__(self):
+        extra = ""
+        if self.mode == "RNN" and self.nonlinearity != "tanh":
+            extra += f", nonlinearity={self.nonlinearity!r}"
+        if self.mode == "GRU" and not self.reset_after:
+            extra += ", reset_after=False"
+        if not self.bias:
+            extra += ", bias=False"
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
+                f"dtype={self.dtype.name})")
+
+    def __call__(self, input, hx=None):
+        x = as_real_array(input, "input", self.dtype)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"input must be 1-D ({self.input_size},) or 2-D (B, "
+                             f"{self.input_size}), got {x.ndim}-D with shape {x.shape}")
+        unbatched = x.ndim == 1
+        if unbatched:
+            x = x[None]
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"input must have {self.input_size} features (input_size) in its "
+                             f"last axis, got shape {x.shape[1:] if unbatched else x.shape}")
+        B, H = x.shape[0], self.hidden_size
+        expected = (H,) if unbatched else (B, H)
+        if self.mode == "LSTM":
+            if hx is None:
+                h = c = np.zeros((B, H), dtype=self.dtype)
+            else:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"hx for LSTMCell must be a tuple (h, c), got "
+                                    f"{type(hx).__name__}")
+                h = as_real_array(hx[0], "h", self.dtype)
+                c = as_real_array(hx[1], "c", self.dtype)
+                check_shape(h, "h", expected)
+                check_shape(c, "c", expected)
+        else:
+            h = np.zeros((B, H), dtype=self.dtype) if hx is None else \
+                as_real_array(hx, "hx", self.dtype)
+            c = None
+            if hx is not None:
+                check_shape(h, "hx", expected)
+        h_new, c_new = self._step(x, h.reshape(B, H), None if c is None else c.reshape(B, H))
+        if unbatched:
+            h_new = h_new[0]
+            c_new = None if c_new is None else c_new[0]
+        return (h_new, c_new) if self.mode == "LSTM" else h_new
+
+    def _step(self, x, h, c):
+        """One step on validated (B, I), (B, H) arrays; returns (h', c' or None)."""
+        p = self._params
+        params = {"weight_ih_l0": p["weight_ih"], "weight_hh_l0": p["weight_hh"]}
+        if self.bias:
+            params.update(bias_ih_l0=p["bias_ih"], bias_hh_l0=p["bias_hh"])
+        _, h_n, c_n = _stack.run_stack(
+            self.mode, params, x[None], h[None], None if c is None else c[None],
+            nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+        return h_n[0], None if c_n is None else c_n[0]
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step, h' = g(W_ih x + b_ih + W_hh h + b_hh), like ``torch.nn.RNNCell``.
+
+    Parameters: input_size, hidden_size, bias=True, nonlinearity='tanh' | 'relu';
+    keyword-only dtype (float32 | float64) and seed.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> cell = rnnc.RNNCell(4, 8, seed=0)
+    >>> cell(np.ones((2, 4), dtype=np.float32)).shape
+    (2, 8)
+    """
+    mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
+                 dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, bias, nonlinearity=nonlinearity,
+                         dtype=dtype, seed=seed)
+
+
+class GRUCell(_CellBase):
+    """One GRU step like ``torch.nn.GRUCell`` (gates r, z, n).
+
+    ``reset_after=False`` selects the original formulation (see rnnc.GRU).
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> cell = rnnc.GRUCell(4, 8, seed=0)
+    >>> cell(np.ones(4, dtype=np.float32)).shape
+    (8,)
+    """
+    mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True,
+                 dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, bias, reset_after=reset_after,
+                         dtype=dtype, seed=seed)
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step like ``torch.nn.LSTMCell`` (gates i, f, g, o); returns (h', c').
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> cell = rnnc.LSTMCell(4, 8, seed=0)
+    >>> h, c = cell(np.ones((2, 4), dtype=np.float32))
+    >>> h.shape, c.shape
+    ((2, 8), (2, 8))
+    """
+    mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)

@@ -1,0 +1,59 @@
+"""The output layer of the vanilla RNN model, y<t> = g'(W_ya a<t> + b_y)."""
+import numpy as np
+
+from rnnc._linear_kernel import ACTIVATIONS, linear_forward
+from rnnc._module import Module
+from rnnc._validation import as_real_array, check_choice, check_size
+
+
+class Linear(Module):
+    """Dense layer over the last axis, y = activation(x W^T + b), like ``torch.nn.Linear``
+    followed by an optional activation.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    activation : None, 'tanh', 'relu', 'sigmoid' or 'softmax' (over the last axis)
+    dtype : float32 or float64; seed : int or None
+        Initialised as PyTorch does: U(-1/sqrt(in_features), 1/sqrt(in_features)).
+
+    Parameter names ``weight`` (out_features, in_features) and ``bias`` (out_features,).
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> rnn = rnnc.RNN(3, 16, seed=0)
+    >>> head = rnnc.Linear(16, 4, activation="softmax", seed=0)
+    >>> a, _ = rnn(np.zeros((10, 2, 3), dtype=np.float32))   # a<t> for every t
+    >>> head(a).shape                                        # y<t> for every t
+    (10, 2, 4)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, *,
+                 dtype=np.float32, seed=None):
+        super().__init__(dtype, seed)
+        self.in_features = check_size(in_features, "in_features")
+        self.out_features = check_size(out_features, "out_features")
+        self.bias = bool(bias)
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["bias"] = (self.out_features,)
+        self._init_uniform(shapes, 1.0 / np.sqrt(self.in_features))
+
+    def __repr__(self):
+        return (f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, "
+                f"activation={self.activation!r}, dtype={self.dtype.name})")
+
+    def __call__(self, x):
+        x = as_real_array(x, "input", self.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have {self.in_features} features (in_features) in "
+                             f"its last axis, got shape {x.shape}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
+        b = self._params.get("bias", np.empty(0, dtype=self.dtype))
+        linear_forward(x2, self._params["weight"], b, y, ACTIVATIONS[self.activation])
+        return y.reshape(lead + (self.out_features,))
