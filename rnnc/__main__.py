@@ -1,0 +1,155 @@
+"""Command line: ``python -m rnnc`` (check every class against the NumPy reference and time
+both) and ``python -m rnnc info`` (version, BLAS, threads)."""
+import argparse
+import platform
+import sys
+import time
+
+import numpy as np
+
+import rnnc
+from rnnc import reference
+
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
+
+def _median_time(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _max_error(a, b):
+    if isinstance(a, tuple):
+        return max(_max_error(x, y) for x, y in zip(a, b))
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _cases(T, B, I, H):
+    """(class name, config text, builder(module namespace, dtype) -> module, call(module, x))"""
+    lengths = np.linspace(T, 1, B).astype(int)
+
+    def seq(m, x):
+        return m(x)
+
+    def seq_len(m, x):
+        return m(x, lengths=lengths)
+
+    def batch_first_len(m, x):
+        return m(x.swapaxes(0, 1), lengths=lengths)
+
+    def step(m, x):
+        return m(x[0])
+
+    def layer(name, **kw):
+        return lambda ns, dt: getattr(ns, name)(I, H, dtype=dt, seed=0, **kw)
+
+    return [
+        ("RNN", "tanh", layer("RNN"), seq),
+        ("RNN", "relu, 2 layers", layer("RNN", num_layers=2, nonlinearity="relu"), seq),
+        ("GRU", "", layer("GRU"), seq),
+        ("GRU", "reset_after=False", layer("GRU", reset_after=False), seq),
+        ("LSTM", "", layer("LSTM"), seq),
+        ("LSTM", "proj_size=H/2", layer("LSTM", proj_size=H // 2), seq),
+        ("LSTM", "2 layers, bidirectional, lengths", layer("LSTM", num_layers=2,
+                                                           bidirectional=True), seq_len),
+        ("GRU", "batch_first, lengths", layer("GRU", batch_first=True), batch_first_len),
+        ("Bidirectional", "LSTM, concat, lengths",
+         lambda ns, dt: ns.Bidirectional(ns.LSTM(I, H, dtype=dt, seed=0)), seq_len),
+        ("RNNCell", "", layer("RNNCell"), step),
+        ("GRUCell", "", layer("GRUCell"), step),
+        ("LSTMCell", "", layer("LSTMCell"), step),
+        ("Linear", "softmax", lambda ns, dt: ns.Linear(I, H, activation="softmax", dtype=dt,
+                                                       seed=0), seq),
+    ]
+
+
+def check(T=50, B=16, I=32, H=64, repeats=3, out=sys.stdout):
+    """Run every case in both dtypes; return True when all agree with the reference."""
+    rng = np.random.default_rng(0)
+    rows, ok = [], True
+    for dtype in (np.float32, np.float64):
+        dt = np.dtype(dtype)
+        x = rng.standard_normal((T, B, I)).astype(dt)
+        for name, config, build, call in _cases(T, B, I, H):
+            fast, slow = build(rnnc, dt), build(reference, dt)
+            slow.load_state_dict(fast.state_dict())
+            err = _max_error(call(fast, x), call(slow, x))
+            t_fast = _median_time(lambda: call(fast, x), repeats)
+            t_slow = _median_time(lambda: call(slow, x), repeats)
+            passed = err <= TOLERANCE[dt]
+            ok &= passed
+            rows.append((name, config, dt.name, f"{err:.1e}", "ok" if passed else "FAIL",
+                         f"{t_fast * 1e3:.3f}", f"{t_slow * 1e3:.3f}",
+                         f"{t_slow / t_fast:.1f}x"))
+    head = ("class", "config", "dtype", "max error", "check", "compiled ms", "reference ms",
+            "speed-up")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = " | ".join(h.ljust(w) for h, w in zip(head, widths))
+    print(f"rnnc {rnnc.__version__}: compiled vs NumPy reference, T={T} B={B} I={I} H={H}, "
+          f"median of {repeats}, {_blas_threads()} BLAS thread(s)", file=out)
+    print(line, file=out)
+    print("-+-".join("-" * w for w in widths), file=out)
+    for r in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)), file=out)
+    print(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} "
+          f"(tolerance float32 {TOLERANCE[np.dtype(np.float32)]:g}, "
+          f"float64 {TOLERANCE[np.dtype(np.float64)]:g})", file=out)
+    return ok
+
+
+def _blas_info():
+    """BLAS libraries loaded in this process, the one scipy (and so rnnc) calls first."""
+    import scipy.linalg  # noqa: F401 - loads the BLAS that rnnc calls through cython_blas
+    from threadpoolctl import threadpool_info
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    libs.sort(key=lambda i: "scipy" not in i.get("filepath", "").split("/")[-2])
+    return libs
+
+
+def _blas_threads():
+    libs = _blas_info()
+    return libs[0]["num_threads"] if libs else "?"
+
+
+def info(out=sys.stdout):
+    import scipy
+    print(f"rnnc {rnnc.__version__} at {rnnc.__file__}", file=out)
+    print(f"python {platform.python_version()}, numpy {np.__version__}, "
+          f"scipy {scipy.__version__}, {platform.machine()}", file=out)
+    libs = _blas_info()
+    if not libs:
+        print("BLAS: not reported by threadpoolctl", file=out)
+    for n, lib in enumerate(libs):
+        who = "used by rnnc (scipy.linalg.cython_blas)" if n == 0 else "also loaded"
+        print(f"BLAS {who}: {lib.get('internal_api')} {lib.get('version')} "
+              f"[{lib.get('architecture')}], {lib.get('num_threads')} thread(s), "
+              f"{lib.get('filepath')}", file=out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rnnc", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    chk = sub.add_parser("check", help="compare every class with the reference (default)")
+    for p in (parser, chk):
+        p.add_argument("--steps", type=int, default=50, help="sequence length T")
+        p.add_argument("--batch", type=int, default=16, help="batch size B")
+        p.add_argument("--input-size", type=int, default=32)
+        p.add_argument("--hidden-size", type=int, default=64)
+        p.add_argument("--repeats", type=int, default=3)
+    sub.add_parser("info", help="version, BLAS library and thread count")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        info()
+        return 0
+    ok = check(args.steps, args.batch, args.input_size, args.hidden_size, args.repeats)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
