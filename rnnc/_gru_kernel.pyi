@@ -1,0 +1,10 @@
+import numpy as np
+from numpy.typing import NDArray
+
+def gru_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
+                offsets: NDArray[np.intp], reverse: bool, reset_after: bool,
+                w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
+                b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
+                h: NDArray[np.floating], out: NDArray[np.floating], col0: int,
+                xg: NDArray[np.floating], hg: NDArray[np.floating], rh: NDArray[np.floating],
+                chunk_steps: int) -> None: ...

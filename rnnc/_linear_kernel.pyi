@@ -1,0 +1,7 @@
+import numpy as np
+from numpy.typing import NDArray
+
+ACTIVATIONS: dict[str | None, int]
+
+def linear_forward(x: NDArray[np.floating], w: NDArray[np.floating], b: NDArray[np.floating],
+                   y: NDArray[np.floating], act: int) -> None: ...

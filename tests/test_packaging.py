@@ -1,0 +1,53 @@
+"""What users install: the compiled modules, their stubs, and the README's code."""
+import ast
+import importlib
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import rnnc
+
+COMPILED = ["_blas", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel"]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_module_is_an_extension_with_a_matching_stub(name):
+    mod = importlib.import_module(f"rnnc.{name}")
+    assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
+    stub = pathlib.Path(rnnc.__file__).parent / f"{name}.pyi"
+    assert stub.exists(), f"{stub} is not installed"
+    declared = {n.name for n in ast.parse(stub.read_text()).body if isinstance(n, ast.FunctionDef)}
+    public = {k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")
+              and getattr(v, "__module__", None) == mod.__name__}
+    assert declared == public
+
+
+def test_py_typed_is_installed():
+    assert (pathlib.Path(rnnc.__file__).parent / "py.typed").exists()
+
+
+def test_public_api():
+    for name in rnnc.__all__:
+        assert hasattr(rnnc, name)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", rnnc.__version__)
+
+
+def _readme_blocks():
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not next to the tests (installed elsewhere)")
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    return [b for b in blocks if "torch_lstm" not in b]  # the first block needs a torch model
+
+
+def test_readme_examples_run_and_show_what_they_say():
+    ns = {}
+    for block in _readme_blocks():
+        exec(compile(block, "README.md", "exec"), ns)
+    # The vanilla model block: y rows are probabilities.
+    np.testing.assert_allclose(ns["y"].sum(axis=-1), 1.0, rtol=1e-5)
+    assert ns["y"].shape == (100, 8, 10)
+    assert ns["out"].shape == (100, 8, 128)
