@@ -9,9 +9,10 @@ from rnnc._activations cimport sigmoid, tanh_, relu
 
 
 cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
-                               const floating* pre,   # (b, H) pre-activation, stride H
+                               floating* pre,         # (b, H) pre-activation; the activation
+                                                      # replaces it when keep_act (training)
                                floating* h,           # (b, H) state out, stride H
-                               floating* out, Py_ssize_t ldo) noexcept nogil:
+                               floating* out, Py_ssize_t ldo, bint keep_act) noexcept nogil:
     cdef Py_ssize_t r, j
     cdef floating v
     for r in range(b):
@@ -20,16 +21,19 @@ cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
             v = relu(v) if use_relu else tanh_(v)
             h[r * H + j] = v
             out[r * ldo + j] = v
+            if keep_act:
+                pre[r * H + j] = v
 
 
 cdef inline void lstm_pointwise(Py_ssize_t b, Py_ssize_t H,
-                                const floating* gates,  # (b, 4H) pre-activations i, f, g, o
+                                floating* gates,  # (b, 4H) pre-activations i, f, g, o; the
+                                                  # activations replace them when keep_act
                                 floating* c,            # (b, H) cell state, updated in place
                                 floating* hdst, Py_ssize_t ldh,  # (b, H) o * tanh(c')
-                                floating* out, Py_ssize_t ldo   # (b, H) or NULL
-                                ) noexcept nogil:
+                                floating* out, Py_ssize_t ldo,  # (b, H) or NULL
+                                bint keep_act) noexcept nogil:
     cdef Py_ssize_t r, j
-    cdef const floating* g
+    cdef floating* g
     cdef floating i_, f_, g_, o_, cn, hv
     for r in range(b):
         g = gates + r * 4 * H
@@ -44,15 +48,22 @@ cdef inline void lstm_pointwise(Py_ssize_t b, Py_ssize_t H,
             hdst[r * ldh + j] = hv
             if out != NULL:
                 out[r * ldo + j] = hv
+            if keep_act:
+                g[j] = i_
+                g[H + j] = f_
+                g[2 * H + j] = g_
+                g[3 * H + j] = o_
 
 
 cdef inline void gru_pointwise_reset_after(
         Py_ssize_t b, Py_ssize_t H,
-        const floating* xg,    # (b, 3H) input part r, z, n, with b_ih and b_hr, b_hz folded in
+        floating* xg,          # (b, 3H) input part r, z, n, with b_ih and b_hr, b_hz folded in;
+                               # the activations r, z, n replace it when hn_keep != NULL
         const floating* hg,    # (b, 3H) recurrent part h @ W_hh^T, no bias
         const floating* b_hn,  # (H,) or NULL
         floating* h,           # (b, H) state, updated in place
-        floating* out, Py_ssize_t ldo) noexcept nogil:
+        floating* out, Py_ssize_t ldo,
+        floating* hn_keep) noexcept nogil:  # (b, H) W_hn h + b_hn for backward, or NULL
     # PyTorch's form: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
     cdef Py_ssize_t r, j
     cdef floating r_, z_, n_, hn
@@ -64,6 +75,11 @@ cdef inline void gru_pointwise_reset_after(
             if b_hn != NULL:
                 hn = hn + b_hn[j]
             n_ = tanh_(xg[r * 3 * H + 2 * H + j] + r_ * hn)
+            if hn_keep != NULL:
+                hn_keep[r * H + j] = hn
+                xg[r * 3 * H + j] = r_
+                xg[r * 3 * H + H + j] = z_
+                xg[r * 3 * H + 2 * H + j] = n_
             hn = (1 - z_) * n_ + z_ * h[r * H + j]
             h[r * H + j] = hn
             out[r * ldo + j] = hn
@@ -87,10 +103,11 @@ cdef inline void gru_reset_gate_before(
 
 cdef inline void gru_update_before(
         Py_ssize_t b, Py_ssize_t H,
-        const floating* xg,   # (b, 3H) input part, all biases folded in
+        floating* xg,         # (b, 3H) input part, all biases folded in; the activations
+                              # r, z, n replace it when keep_act
         const floating* hg,   # (b, 3H) r, z in [0, 2H); W_hn (r * h) in [2H, 3H)
         floating* h,          # (b, H) state, updated in place
-        floating* out, Py_ssize_t ldo) noexcept nogil:
+        floating* out, Py_ssize_t ldo, bint keep_act) noexcept nogil:
     # Original form: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     cdef Py_ssize_t r, j
     cdef floating z_, n_, hn
@@ -98,6 +115,140 @@ cdef inline void gru_update_before(
         for j in range(H):
             z_ = hg[r * 3 * H + H + j]
             n_ = tanh_(xg[r * 3 * H + 2 * H + j] + hg[r * 3 * H + 2 * H + j])
+            if keep_act:
+                xg[r * 3 * H + j] = hg[r * 3 * H + j]
+                xg[r * 3 * H + H + j] = z_
+                xg[r * 3 * H + 2 * H + j] = n_
             hn = (1 - z_) * n_ + z_ * h[r * H + j]
             h[r * H + j] = hn
             out[r * ldo + j] = hn
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward (BPTT) of one step. The forward kept the gate activations (overwritten here, in
+# place, by the gradients w.r.t. the gate pre-activations, dA) and the previous states.
+# `dh` holds the gradient reaching this step's state from the future (from the next step, or
+# grad_h_n); `dout` the gradient of this step's output. On return `dh` holds the part of the
+# gradient w.r.t. the previous state that does not go through a recurrent GEMM (the caller adds
+# the GEMM part), or is left for the caller to overwrite.
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void rnn_pointwise_backward(
+        Py_ssize_t b, Py_ssize_t H, bint use_relu,
+        floating* act,                         # (b, H) in: a<t>; out: dA
+        const floating* dh,                    # (b, H) from the future
+        const floating* dout, Py_ssize_t ldd) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef floating a, g
+    for r in range(b):
+        for j in range(H):
+            a = act[r * H + j]
+            g = dh[r * H + j] + dout[r * ldd + j]
+            if use_relu:
+                act[r * H + j] = g if a > 0 else 0
+            else:
+                act[r * H + j] = g * (1 - a * a)
+
+
+cdef inline void lstm_pointwise_backward(
+        Py_ssize_t b, Py_ssize_t H,
+        floating* act,            # (b, 4H) in: i, f, g, o; out: dA
+        const floating* c_prev,   # (b, H) c<t-1>
+        floating* dc,             # (b, H) in: dL/dc<t> from the future; out: dL/dc<t-1>
+        const floating* dhh,      # (b, H) dL/d(o * tanh c<t>), stride ldh
+        Py_ssize_t ldh,
+        const floating* dout, Py_ssize_t ldd,  # (b, H) added to dhh, or NULL (projection)
+        floating* hbuf) noexcept nogil:   # (b, H) out: o * tanh(c<t>) (projection), or NULL
+    cdef Py_ssize_t r, j
+    cdef floating* a
+    cdef floating i_, f_, g_, o_, cp, ct, tc, dht, dct
+    for r in range(b):
+        a = act + r * 4 * H
+        for j in range(H):
+            i_ = a[j]
+            f_ = a[H + j]
+            g_ = a[2 * H + j]
+            o_ = a[3 * H + j]
+            cp = c_prev[r * H + j]
+            ct = f_ * cp + i_ * g_
+            tc = tanh_(ct)
+            if hbuf != NULL:
+                hbuf[r * H + j] = o_ * tc
+            dht = dhh[r * ldh + j]
+            if dout != NULL:
+                dht = dht + dout[r * ldd + j]
+            dct = dc[r * H + j] + dht * o_ * (1 - tc * tc)
+            dc[r * H + j] = dct * f_
+            a[j] = dct * g_ * i_ * (1 - i_)
+            a[H + j] = dct * cp * f_ * (1 - f_)
+            a[2 * H + j] = dct * i_ * (1 - g_ * g_)
+            a[3 * H + j] = dht * tc * o_ * (1 - o_)
+
+
+cdef inline void gru_pointwise_backward_after(
+        Py_ssize_t b, Py_ssize_t H,
+        floating* act,            # (b, 3H) in: r, z, n; out: dA w.r.t. x W_ih^T + b_ih
+        floating* hn,             # (b, H) in: W_hn h + b_hn; out: its gradient r * dA_n
+        const floating* h_prev,   # (b, H)
+        floating* dh,             # (b, H) in: from the future; out: z * (dh + dout)
+        const floating* dout, Py_ssize_t ldd,
+        floating* dgh) noexcept nogil:  # (b, 3H) out: dA w.r.t. h W_hh^T + b_hh
+    cdef Py_ssize_t r, j
+    cdef floating* a
+    cdef floating r_, z_, n_, g, dan, dar, daz
+    for r in range(b):
+        a = act + r * 3 * H
+        for j in range(H):
+            r_ = a[j]
+            z_ = a[H + j]
+            n_ = a[2 * H + j]
+            g = dh[r * H + j] + dout[r * ldd + j]
+            # h' = (1 - z) n + z h;  n = tanh(a_n),  a_n = x_n + r * hn
+            dan = g * (1 - z_) * (1 - n_ * n_)
+            daz = g * (h_prev[r * H + j] - n_) * z_ * (1 - z_)
+            dar = dan * hn[r * H + j] * r_ * (1 - r_)
+            dh[r * H + j] = g * z_
+            a[j] = dar
+            a[H + j] = daz
+            a[2 * H + j] = dan
+            hn[r * H + j] = dan * r_
+            dgh[r * 3 * H + j] = dar
+            dgh[r * 3 * H + H + j] = daz
+            dgh[r * 3 * H + 2 * H + j] = dan * r_
+
+
+cdef inline void gru_pointwise_backward_before_n(
+        Py_ssize_t b, Py_ssize_t H,
+        floating* act,            # (b, 3H) in: r, z, n; out: z and n slots hold dA_z, dA_n
+        const floating* h_prev,   # (b, H)
+        floating* dh,             # (b, H) in: from the future; out: z * (dh + dout)
+        const floating* dout, Py_ssize_t ldd,
+        floating* rh) noexcept nogil:   # (b, H) out: r * h_prev (operand of dW_hn)
+    cdef Py_ssize_t r, j
+    cdef floating* a
+    cdef floating z_, n_, g
+    for r in range(b):
+        a = act + r * 3 * H
+        for j in range(H):
+            z_ = a[H + j]
+            n_ = a[2 * H + j]
+            g = dh[r * H + j] + dout[r * ldd + j]
+            rh[r * H + j] = a[j] * h_prev[r * H + j]
+            dh[r * H + j] = g * z_
+            a[H + j] = g * (h_prev[r * H + j] - n_) * z_ * (1 - z_)
+            a[2 * H + j] = g * (1 - z_) * (1 - n_ * n_)
+
+
+cdef inline void gru_pointwise_backward_before_r(
+        Py_ssize_t b, Py_ssize_t H,
+        floating* act,            # (b, 3H) in: r slot holds r; out: dA_r
+        const floating* h_prev,   # (b, H)
+        const floating* drh,      # (b, H) dL/d(r * h_prev) = dA_n @ W_hn
+        floating* dh) noexcept nogil:   # (b, H) += r * drh
+    cdef Py_ssize_t r, j
+    cdef floating r_
+    for r in range(b):
+        for j in range(H):
+            r_ = act[r * 3 * H + j]
+            dh[r * H + j] += drh[r * H + j] * r_
+            act[r * 3 * H + j] = drh[r * H + j] * h_prev[r * H + j] * r_ * (1 - r_)

@@ -1,18 +1,23 @@
-"""GRU forward over a whole packed sequence, one layer and one direction per call.
+"""GRU over a whole packed sequence, one layer and one direction per call: forward and BPTT.
 
 Gate order r, z, n as in PyTorch. Per chunk of steps one GEMM projects the inputs (with b_ih and
 the r, z parts of b_hh folded in). Per step:
 - reset_after=True (PyTorch): one GEMM h @ W_hh^T for all three gates, one fused pass.
 - reset_after=False (original form, ONNX's default): the reset gate multiplies h *before* the
   W_hn product, so a step needs two GEMMs: h @ [W_hr; W_hz]^T, then (r * h) @ W_hn^T.
-GIL released for the whole sequence, no allocation.
+In training the chunk is the whole sequence and the activations r, z, n stay in the projection
+buffer, with the previous states (and W_hn h + b_hn for reset_after). Backward walks the steps
+in the opposite order with the same number of GEMMs per step, then computes the weight and input
+gradients as GEMMs over all steps. GIL released for the whole sequence, no allocation.
 """
 from cython cimport floating
+from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm
 from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
-                              gru_update_before)
-from rnnc._sequence cimport chunk_bounds, project_inputs
+                              gru_update_before, gru_pointwise_backward_after,
+                              gru_pointwise_backward_before_n, gru_pointwise_backward_before_r)
+from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
 
 
 cdef void gru_sequence(
@@ -27,13 +32,16 @@ cdef void gru_sequence(
         Py_ssize_t H,
         floating* h,            # (B, H) state in/out
         floating* out, Py_ssize_t ldo,  # (N, H) this direction's output columns, row stride ldo
-        floating* xg,           # (chunk_steps * B, 3H) workspace
+        floating* xg,           # (chunk_steps * B, 3H) workspace; (N, 3H) r, z, n in training
         floating* hg,           # (B, 3H) workspace
         floating* rh,           # (B, H) workspace (reset_after=False only)
-        Py_ssize_t chunk_steps) noexcept nogil:
+        Py_ssize_t chunk_steps,
+        floating* h_prev,       # (N, H) out: state before each step (training), or NULL
+        floating* hn_keep) noexcept nogil:  # (N, H) out: W_hn h + b_hn (training, reset_after)
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
+    cdef bint keep = h_prev != NULL
     cdef floating* xs
     # With reset_after the n part of b_hh sits inside r * (W_hn h + b_hn) and cannot be folded.
     cdef Py_ssize_t n_fold = 2 * H if reset_after else G
@@ -48,15 +56,71 @@ cdef void gru_sequence(
             b = batch_sizes[t]
             if b == 0:
                 continue
+            if keep:
+                memcpy(h_prev + offsets[t] * H, h, b * H * sizeof(floating))
             xs = xg + (offsets[t] - row0) * G
             if reset_after:
                 gemm(False, True, b, G, H, 1, h, H, w_hh, H, 0, hg, G)
-                gru_pointwise_reset_after(b, H, xs, hg, b_hn, h, out + offsets[t] * ldo, ldo)
+                gru_pointwise_reset_after(b, H, xs, hg, b_hn, h, out + offsets[t] * ldo, ldo,
+                                          hn_keep + offsets[t] * H if keep else NULL)
             else:
                 gemm(False, True, b, 2 * H, H, 1, h, H, w_hh, H, 0, hg, G)
                 gru_reset_gate_before(b, H, xs, hg, h, rh)
                 gemm(False, True, b, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, hg + 2 * H, G)
-                gru_update_before(b, H, xs, hg, h, out + offsets[t] * ldo, ldo)
+                gru_update_before(b, H, xs, hg, h, out + offsets[t] * ldo, ldo, keep)
+
+
+cdef void gru_sequence_backward(
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) the layer's packed input
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        bint reset_after,
+        const floating* w_ih,   # (3H, I)
+        const floating* w_hh,   # (3H, H)
+        Py_ssize_t H,
+        floating* act,          # (N, 3H) in: r, z, n; out: dA w.r.t. the input projection
+        const floating* h_prev,  # (N, H)
+        floating* hn,           # (N, H) reset_after: in W_hn h + b_hn, out its gradient;
+                                # reset_after=False: out r * h_prev
+        const floating* dout, Py_ssize_t ldd,  # (N, H) gradient of this direction's output
+        floating* dh,           # (B, H) in: grad of h_n; out: grad of h_0
+        floating* dx, Py_ssize_t lddx, bint add_dx,  # (N, I) out (+= when add_dx)
+        floating* dw_ih, floating* dw_hh,     # (3H, I), (3H, H) out
+        floating* db_ih, floating* db_hh,     # (3H,) out (+=), or NULL
+        floating* work) noexcept nogil:       # (B, 3H) workspace
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
+    cdef Py_ssize_t s, t, b, off
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        off = offsets[t]
+        if reset_after:
+            gru_pointwise_backward_after(b, H, act + off * G, hn + off * H, h_prev + off * H,
+                                         dh, dout + off * ldd, ldd, work)
+            gemm(False, False, b, H, G, 1, work, G, w_hh, H, 1, dh, H)
+        else:
+            gru_pointwise_backward_before_n(b, H, act + off * G, h_prev + off * H, dh,
+                                            dout + off * ldd, ldd, hn + off * H)
+            # d(r * h_prev) = dA_n @ W_hn
+            gemm(False, False, b, H, H, 1, act + off * G + 2 * H, G, w_hh + 2 * H * H, H,
+                 0, work, H)
+            gru_pointwise_backward_before_r(b, H, act + off * G, h_prev + off * H, work, dh)
+            gemm(False, False, b, H, 2 * H, 1, act + off * G, G, w_hh, H, 1, dh, H)
+    input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
+    # dW_hr, dW_hz: their pre-activation gradients equal the input side's.
+    gemm(True, False, 2 * H, H, N, 1, act, G, h_prev, H, 0, dw_hh, H)
+    if reset_after:
+        # dW_hn from the gradient of W_hn h + b_hn kept in hn.
+        gemm(True, False, H, H, N, 1, hn, H, h_prev, H, 0, dw_hh + 2 * H * H, H)
+        if db_hh != NULL:
+            add_column_sums(act, G, N, 2 * H, db_hh)
+            add_column_sums(hn, H, N, H, db_hh + 2 * H)
+    else:
+        gemm(True, False, H, H, N, 1, act + 2 * H, G, hn, H, 0, dw_hh + 2 * H * H, H)
+        if db_hh != NULL:
+            add_column_sums(act, G, N, G, db_hh)
 
 
 def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
@@ -65,10 +129,12 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
                 floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] rh,
-                Py_ssize_t chunk_steps):
+                Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep):
     """Run one GRU layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
+    A non-empty h_prev (training) receives the state before each step, hn_keep W_hn h + b_hn
+    (reset_after), and xg (then (N, 3H), chunk_steps = T) the activations r, z, n.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1]
@@ -76,8 +142,37 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
         return
     cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
+    cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
+    cdef floating* hk = &hn_keep[0, 0] if hn_keep.shape[0] > 0 else NULL
     with nogil:
         gru_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], &hg[0, 0], &rh[0, 0],
-                     chunk_steps)
+                     chunk_steps, hp, hk)
+
+
+def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
+                 const Py_ssize_t[::1] offsets, bint reverse, bint reset_after,
+                 const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                 floating[:, ::1] act, const floating[:, ::1] h_prev, floating[:, ::1] hn,
+                 const floating[:, ::1] dout, Py_ssize_t col0, floating[:, ::1] dh,
+                 floating[:, ::1] dx, bint add_dx,
+                 floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
+                 floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] work):
+    """BPTT through one GRU layer and direction after a training forward.
+
+    act (N, 3H) holds the kept activations and is overwritten; hn (N, H) holds W_hn h + b_hn
+    (reset_after) or is workspace. dh holds the gradient of h_n and receives that of h_0.
+    """
+    cdef Py_ssize_t T = batch_sizes.shape[0]
+    cdef Py_ssize_t H = dh.shape[1]
+    if T == 0 or x.shape[0] == 0 or dh.shape[0] == 0:
+        return
+    cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
+    cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
+    with nogil:
+        gru_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
+                              T, reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], H,
+                              &act[0, 0], &h_prev[0, 0], &hn[0, 0], &dout[0, col0],
+                              dout.shape[1], &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
+                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0])

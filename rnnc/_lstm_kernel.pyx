@@ -1,18 +1,24 @@
-"""LSTM forward over a whole packed sequence, one layer and one direction per call.
+"""LSTM over a whole packed sequence, one layer and one direction per call: forward and BPTT.
 
-Per chunk of time steps: one GEMM projects the inputs of all its steps (rnnc/_sequence.pxd).
-Per step: one GEMM adds the recurrent product of all four gates, h @ W_hh^T, into the gate
-pre-activations; one fused pass applies the gates and updates c and h (rnnc/_cell_math.pxd);
-with proj_size, one more GEMM projects h = (o * tanh(c)) @ W_hr^T. The GIL is released for the
-whole sequence and nothing is allocated: the Python layer (rnnc/_stack.py) validated the inputs
-and owns every buffer passed here.
+Forward, per chunk of time steps: one GEMM projects the inputs of all its steps
+(rnnc/_sequence.pxd). Per step: one GEMM adds the recurrent product of all four gates,
+h @ W_hh^T, into the gate pre-activations; one fused pass applies the gates and updates c and h
+(rnnc/_cell_math.pxd); with proj_size, one more GEMM projects h = (o * tanh(c)) @ W_hr^T.
+In training the chunk is the whole sequence, the gate activations stay in the projection buffer,
+and the previous h and c of every step are kept for the backward pass.
+
+Backward walks the steps in the opposite order: per step one fused pass turns the kept
+activations into the gradients of the gate pre-activations (dA, in place) and one GEMM carries
+dA @ W_hh to the previous state; the weight and input gradients are then large GEMMs over all
+steps at once. The GIL is released for the whole sequence and nothing is allocated: the Python
+layer (rnnc/_stack.py) validated the inputs and owns every buffer passed here.
 """
 from cython cimport floating
 from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm
-from rnnc._cell_math cimport lstm_pointwise
-from rnnc._sequence cimport chunk_bounds, project_inputs
+from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
+from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
 
 
 cdef void lstm_sequence(
@@ -29,12 +35,15 @@ cdef void lstm_sequence(
         floating* h,            # (B, P) state in/out
         floating* c,            # (B, H) cell state in/out
         floating* out, Py_ssize_t ldo,  # (N, P) this direction's output columns, row stride ldo
-        floating* xg,           # (chunk_steps * B, 4H) workspace
+        floating* xg,           # (chunk_steps * B, 4H) workspace; (N, 4H) activations in training
         floating* hbuf,         # (B, H) workspace for o * tanh(c) when projecting, else unused
-        Py_ssize_t chunk_steps) noexcept nogil:
+        Py_ssize_t chunk_steps,
+        floating* h_prev,       # (N, P) out: state before each step (training), or NULL
+        floating* c_prev) noexcept nogil:  # (N, H) out: cell state before each step, or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, r, row0
+    cdef bint keep = h_prev != NULL
     cdef floating* gates
     for ci in range(n_chunks):
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
@@ -46,15 +55,76 @@ cdef void lstm_sequence(
             b = batch_sizes[t]
             if b == 0:
                 continue
+            if keep:
+                memcpy(h_prev + offsets[t] * P, h, b * P * sizeof(floating))
+                memcpy(c_prev + offsets[t] * H, c, b * H * sizeof(floating))
             gates = xg + (offsets[t] - row0) * G
             gemm(False, True, b, G, P, 1, h, P, w_hh, P, 1, gates, G)
             if w_hr == NULL:
-                lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo)
+                lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo, keep)
             else:
-                lstm_pointwise(b, H, gates, c, hbuf, H, <floating*>NULL, 0)
+                lstm_pointwise(b, H, gates, c, hbuf, H, <floating*>NULL, 0, keep)
                 gemm(False, True, b, P, H, 1, hbuf, H, w_hr, H, 0, h, P)
                 for r in range(b):
                     memcpy(out + (offsets[t] + r) * ldo, h + r * P, P * sizeof(floating))
+
+
+cdef void lstm_sequence_backward(
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) the layer's packed input
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_ih,   # (4H, I)
+        const floating* w_hh,   # (4H, P)
+        const floating* w_hr,   # (P, H) or NULL
+        Py_ssize_t H, Py_ssize_t P,
+        floating* act,          # (N, 4H) in: gate activations; out: dA
+        const floating* h_prev,  # (N, P)
+        const floating* c_prev,  # (N, H)
+        const floating* dout, Py_ssize_t ldd,  # (N, P) gradient of this direction's output
+        floating* dh,           # (B, P) in: grad of h_n; out: grad of h_0
+        floating* dc,           # (B, H) in: grad of c_n; out: grad of c_0
+        floating* dx, Py_ssize_t lddx, bint add_dx,  # (N, I) out (+= when add_dx)
+        floating* dw_ih, floating* dw_hh,     # (4H, I), (4H, P) out
+        floating* db_ih, floating* db_hh,     # (4H,) out (+=), or NULL without bias
+        floating* dw_hr,        # (P, H) out, or NULL
+        floating* dhh,          # (B, H) workspace (projection)
+        floating* hbuf_all,     # (N, H) workspace (projection): o * tanh(c) of every step
+        floating* dhp_all) noexcept nogil:  # (N, P) workspace (projection): grad of h
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
+    cdef Py_ssize_t s, t, b, r, j, off
+    cdef floating* dhp
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        off = offsets[t]
+        if w_hr == NULL:
+            lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dh, H,
+                                    dout + off * ldd, ldd, <floating*>NULL)
+        else:
+            dhp = dhp_all + off * P
+            for r in range(b):
+                for j in range(P):
+                    dhp[r * P + j] = dh[r * P + j] + dout[(off + r) * ldd + j]
+            gemm(False, False, b, H, P, 1, dhp, P, w_hr, H, 0, dhh, H)
+            lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dhh, H,
+                                    <floating*>NULL, 0, hbuf_all + off * H)
+        gemm(False, False, b, P, G, 1, act + off * G, G, w_hh, P, 0, dh, P)
+    input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
+    gemm(True, False, G, P, N, 1, act, G, h_prev, P, 0, dw_hh, P)
+    if db_hh != NULL:
+        add_column_sums(act, G, N, G, db_hh)
+    if w_hr != NULL:
+        gemm(True, False, P, H, N, 1, dhp_all, P, hbuf_all, H, 0, dw_hr, H)
+
+
+cdef inline floating* ptr_or_null(floating[:, ::1] a) noexcept:
+    return &a[0, 0] if a.shape[0] > 0 else NULL
+
+
+cdef inline floating* ptr1_or_null(floating[::1] a) noexcept:
+    return &a[0] if a.shape[0] > 0 else NULL
 
 
 def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
@@ -64,11 +134,13 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  const floating[:, ::1] w_hr,
                  floating[:, ::1] h, floating[:, ::1] c,
                  floating[:, ::1] out, Py_ssize_t col0,
-                 floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps):
+                 floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps,
+                 floating[:, ::1] h_prev, floating[:, ::1] c_prev):
     """Run one LSTM layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
-    columns [col0, col0 + P) of out are written. Shapes were checked by the caller.
+    columns [col0, col0 + P) of out are written. Non-empty h_prev/c_prev (training) receive the
+    states before each step, and xg (then (N, 4H), chunk_steps = T) the gate activations.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], P = h.shape[1]
@@ -77,9 +149,50 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef const floating* wr = &w_hr[0, 0] if w_hr.shape[0] > 0 else NULL
-    cdef floating* hb = &hbuf[0, 0] if hbuf.shape[0] > 0 else NULL
+    cdef floating* hb = ptr_or_null(hbuf)
+    cdef floating* hp = ptr_or_null(h_prev)
+    cdef floating* cp = ptr_or_null(c_prev)
     with nogil:
         lstm_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                       reverse, &w_ih[0, 0], &w_hh[0, 0], bi, bh, wr, H, P,
                       &h[0, 0], &c[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], hb,
-                      chunk_steps)
+                      chunk_steps, hp, cp)
+
+
+def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
+                  const Py_ssize_t[::1] offsets, bint reverse,
+                  const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                  const floating[:, ::1] w_hr,
+                  floating[:, ::1] act, const floating[:, ::1] h_prev,
+                  const floating[:, ::1] c_prev,
+                  const floating[:, ::1] dout, Py_ssize_t col0,
+                  floating[:, ::1] dh, floating[:, ::1] dc,
+                  floating[:, ::1] dx, bint add_dx,
+                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
+                  floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dw_hr,
+                  floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all):
+    """BPTT through one LSTM layer and direction after a training forward (see rnnc/_stack.py).
+
+    act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
+    gradients of the final states and receive those of the initial states. Weight gradients are
+    written (db_* added to); dx is written, or added to when add_dx. Zero-size db_*/dw_hr mean
+    no bias / no projection.
+    """
+    cdef Py_ssize_t T = batch_sizes.shape[0]
+    cdef Py_ssize_t H = dc.shape[1], P = dh.shape[1]
+    if T == 0 or x.shape[0] == 0 or dh.shape[0] == 0:
+        return
+    cdef const floating* wr = &w_hr[0, 0] if w_hr.shape[0] > 0 else NULL
+    cdef floating* dbi = ptr1_or_null(db_ih)
+    cdef floating* dbh = ptr1_or_null(db_hh)
+    cdef floating* dwr = ptr_or_null(dw_hr)
+    cdef floating* dhh_p = ptr_or_null(dhh)
+    cdef floating* hb = ptr_or_null(hbuf_all)
+    cdef floating* dhp = ptr_or_null(dhp_all)
+    with nogil:
+        lstm_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
+                               T, reverse, &w_ih[0, 0], &w_hh[0, 0], wr, H, P,
+                               &act[0, 0], &h_prev[0, 0], &c_prev[0, 0],
+                               &dout[0, col0], dout.shape[1], &dh[0, 0], &dc[0, 0],
+                               &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
+                               dbi, dbh, dwr, dhh_p, hb, dhp)

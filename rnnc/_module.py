@@ -26,6 +26,8 @@ class Module:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.training = False
+        self.grads = {}
+        self._cache = None          # what the backward pass needs, kept by a training forward
 
     # -- parameters -----------------------------------------------------------------------
     def _init_uniform(self, shapes, bound):
@@ -93,13 +95,25 @@ class Module:
         self._params.update(new)
         return self
 
-    # -- mode -------------------------------------------------------------------------------
-    def eval(self):
-        self.training = False
+    # -- training -----------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode: the forward pass keeps what backward() needs and applies dropout."""
+        self.training = bool(mode)
+        if not self.training:
+            self._cache = None
         return self
 
-    def train(self, mode=True):
-        if mode:
-            raise NotImplementedError(
-                "training mode (dropout, backward) is not implemented yet; rnnc runs inference")
-        return self.eval()
+    def eval(self):
+        """Inference mode (the default): nothing is kept, dropout is off."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Reset the accumulated gradients in ``self.grads`` to zero."""
+        self.grads = {k: np.zeros_like(v) for k, v in self._params.items()}
+
+    def _accumulate(self, grads):
+        for k, g in grads.items():
+            if k in self.grads and self.grads[k].shape == g.shape:
+                self.grads[k] += g
+            else:
+                self.grads[k] = g.copy()

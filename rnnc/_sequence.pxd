@@ -45,3 +45,26 @@ cdef inline void project_inputs(
         if b_hh != NULL:
             for j in range(n_fold):
                 row[j] += b_hh[j]
+
+
+cdef inline void add_column_sums(const floating* a, Py_ssize_t lda, Py_ssize_t nrows,
+                                 Py_ssize_t ncols, floating* out) noexcept nogil:
+    """out (ncols,) += sum over rows of a (nrows, ncols), row stride lda."""
+    cdef Py_ssize_t r, j
+    for r in range(nrows):
+        for j in range(ncols):
+            out[j] += a[r * lda + j]
+
+
+cdef inline void input_side_backward(
+        const floating* dA, Py_ssize_t GH, Py_ssize_t N,  # (N, GH) d(gate pre-activations)
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) the layer's packed input
+        const floating* w_ih,                              # (GH, I)
+        floating* dx, Py_ssize_t lddx, bint add_dx,       # (N, I) out (+=, when add_dx)
+        floating* dw_ih,                                   # (GH, I) out
+        floating* db_ih) noexcept nogil:                   # (GH,) out (+=), or NULL
+    """The gradients of the input projection x W_ih^T + b_ih, each one GEMM over all steps."""
+    gemm(False, False, N, I, GH, 1, dA, GH, w_ih, I, 1 if add_dx else 0, dx, lddx)
+    gemm(True, False, GH, I, N, 1, dA, GH, x, ldx, 0, dw_ih, I)
+    if db_ih != NULL:
+        add_column_sums(dA, GH, N, GH, db_ih)

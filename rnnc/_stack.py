@@ -8,9 +8,9 @@ direction, and scatters the results back to the caller's batch order.
 """
 import numpy as np
 
-from rnnc._gru_kernel import gru_forward
-from rnnc._lstm_kernel import lstm_forward
-from rnnc._rnn_kernel import rnn_forward
+from rnnc._gru_kernel import gru_backward, gru_forward
+from rnnc._lstm_kernel import lstm_backward, lstm_forward
+from rnnc._rnn_kernel import rnn_backward, rnn_forward
 from rnnc._validation import check_blas_size
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -71,6 +71,28 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
     lengths None or intp (B,) in [0, T] (checked by the caller).
     Returns out (T, B, D*P), h_n (D*L, B, P), c_n (D*L, B, H) or None.
     """
+    out, h_n, c_n, _ = _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional,
+                            nonlinearity, reset_after, proj_size, reverse_all, train=False)
+    return out, h_n, c_n
+
+
+def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
+                    bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
+                    reverse_all=False, dropout=0.0, rng=None):
+    """Training forward: like run_stack, also applying inverted dropout to the input of every
+    layer but the first (masks drawn from ``rng``), and returning a cache for
+    ``run_stack_backward`` as a fourth result. ``cache.dropout_masks`` holds the masks in the
+    padded (T, B, D*P) layout (None without dropout), for tests and references."""
+    return _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
+                reset_after, proj_size, reverse_all, train=True, dropout=dropout, rng=rng)
+
+
+class _Cache:
+    """What a training forward keeps for the backward pass (all arrays in packed layout)."""
+
+
+def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
+         reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     G = GATES[mode]
@@ -79,8 +101,17 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
     dtype = x.dtype
     h_n = np.array(h0, dtype=dtype, order="C", copy=True)
     c_n = None if c0 is None else np.array(c0, dtype=dtype, order="C", copy=True)
+    cache = None
+    if train:
+        cache = _Cache()
+        cache.__dict__.update(mode=mode, params=params, num_layers=num_layers, D=D, H=H, P=P,
+                              T=T, B=B, input_size=x.shape[2], nonlinearity=nonlinearity,
+                              reset_after=reset_after, reverse_all=reverse_all,
+                              dropout_masks=None, layer_in=[], kept=[])
     if T == 0 or B == 0:
-        return np.zeros((T, B, D * P), dtype=dtype), h_n, c_n
+        if train:
+            cache.layout = None
+        return np.zeros((T, B, D * P), dtype=dtype), h_n, c_n, cache
 
     layout = PackedLayout(T, B, lengths)
     if layout.perm is None:
@@ -90,20 +121,37 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
         c_state = None if c_n is None else np.ascontiguousarray(c_n[:, layout.perm])
     layer_in = layout.pack(x)
     n_rows = layout.n_rows
-    chunk_steps = max(1, min(len(layout.batch_sizes), CHUNK_ELEMENTS // (B * G * H)))
-    check_blas_size(chunk_steps * B, "rows of one input-projection GEMM")
+    steps = len(layout.batch_sizes)
+    # Training keeps every step's gate activations: the "chunk" is then the whole sequence.
+    chunk_steps = steps if train else max(1, min(steps, CHUNK_ELEMENTS // (B * G * H)))
+    check_blas_size(max(n_rows, chunk_steps * B), "rows of one input-projection GEMM")
     check_blas_size(D * P, "output width")
 
     # Workspace, allocated once for the whole stack.
-    xg = np.empty((chunk_steps * B, G * H), dtype=dtype)
+    if not train:
+        xg = np.empty((chunk_steps * B, G * H), dtype=dtype)
     if mode == "GRU":
         hg = np.empty((B, G * H), dtype=dtype)
         rh = np.empty((B, H), dtype=dtype) if not reset_after else np.empty((1, 1), dtype=dtype)
     if mode == "LSTM":
         hbuf = np.empty((B, H), dtype=dtype) if proj_size else _empty(dtype, 2)
-    empty1 = _empty(dtype, 1)
+    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
+    if train:
+        cache.layout = layout
+        if dropout > 0 and num_layers > 1:
+            cache.dropout_masks = []
 
     for k in range(num_layers):
+        if train and k > 0 and dropout > 0:
+            keep_p = 1.0 - dropout
+            mask = (rng.random((T, B, D * P)) < keep_p).astype(dtype)
+            if keep_p > 0:
+                mask /= dtype.type(keep_p)
+            cache.dropout_masks.append(mask)
+            layer_in = layer_in * layout.pack(mask)
+        if train:
+            cache.layer_in.append(layer_in)
+            cache.kept.append([])
         out = np.empty((n_rows, D * P), dtype=dtype)
         for d in range(D):
             sfx = "_reverse" if d else ""
@@ -113,23 +161,111 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
             b_ih = params.get(f"bias_ih_l{k}{sfx}", empty1)
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
+            h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
+            if train:
+                xg = np.empty((n_rows, G * H), dtype=dtype)
             if mode == "LSTM":
-                w_hr = params.get(f"weight_hr_l{k}{sfx}", _empty(dtype, 2))
+                w_hr = params.get(f"weight_hr_l{k}{sfx}", empty2)
+                c_prev = np.empty((n_rows, H), dtype=dtype) if train else empty2
                 lstm_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                              w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
-                             out, d * P, xg, hbuf, chunk_steps)
+                             out, d * P, xg, hbuf, chunk_steps, h_prev, c_prev)
+                extra = c_prev
             elif mode == "GRU":
+                hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
                 gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
                             w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, hg, rh,
-                            chunk_steps)
+                            chunk_steps, h_prev, hn)
+                extra = hn
             else:
                 rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                             nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_state[s],
-                            out, d * H, xg, chunk_steps)
+                            out, d * H, xg, chunk_steps, h_prev)
+                extra = None
+            if train:
+                cache.kept[k].append((xg, h_prev, extra))
         layer_in = out
 
     if layout.perm is not None:
         h_n[:, layout.perm] = h_state
         if c_n is not None:
             c_n[:, layout.perm] = c_state
-    return layout.unpack(layer_in, T, B), h_n, c_n
+    return layout.unpack(layer_in, T, B), h_n, c_n, cache
+
+
+def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
+    """Backpropagation through time after ``run_stack_train``.
+
+    grad_out (T, B, D*P), grad_h_n (D*L, B, P), grad_c_n (D*L, B, H) (None means zero) are
+    C-contiguous arrays of the forward's dtype. The cache's activation buffers are overwritten,
+    so a cache serves one backward. Returns dx (T, B, I), dh0, dc0 (None unless LSTM) and a
+    dict of parameter gradients keyed like the parameters.
+    """
+    mode, params, D, H, P = cache.mode, cache.params, cache.D, cache.H, cache.P
+    T, B, L = cache.T, cache.B, cache.num_layers
+    dtype = grad_out.dtype
+    dh = np.zeros((D * L, B, P), dtype=dtype) if grad_h_n is None else \
+        np.array(grad_h_n, dtype=dtype, order="C", copy=True)
+    dc = None
+    if mode == "LSTM":
+        dc = np.zeros((D * L, B, H), dtype=dtype) if grad_c_n is None else \
+            np.array(grad_c_n, dtype=dtype, order="C", copy=True)
+    grads = {name: np.zeros_like(p) for name, p in params.items()}
+    layout = cache.layout
+    if layout is None or layout.n_rows == 0:
+        return np.zeros((T, B, cache.input_size), dtype=dtype), dh, dc, grads
+
+    if layout.perm is None:
+        dh_s, dc_s = dh, dc
+    else:
+        dh_s = np.ascontiguousarray(dh[:, layout.perm])
+        dc_s = None if dc is None else np.ascontiguousarray(dc[:, layout.perm])
+    n_rows = layout.n_rows
+    dlayer = np.ascontiguousarray(layout.pack(grad_out))
+    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
+    if mode == "GRU":
+        work = np.empty((B, 3 * H), dtype=dtype)
+    if mode == "LSTM" and P != H:
+        dhh = np.empty((B, H), dtype=dtype)
+        hbuf_all = np.empty((n_rows, H), dtype=dtype)
+        dhp_all = np.empty((n_rows, P), dtype=dtype)
+    elif mode == "LSTM":
+        dhh = hbuf_all = dhp_all = empty2
+
+    for k in reversed(range(L)):
+        x_k = cache.layer_in[k]
+        dx = np.empty_like(x_k)
+        for d in range(D):
+            sfx = "_reverse" if d else ""
+            reverse = bool(d) or cache.reverse_all
+            names = [f"{w}_l{k}{sfx}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                                 "weight_hr")]
+            w_ih, w_hh = params[names[0]], params[names[1]]
+            dw_ih, dw_hh = grads[names[0]], grads[names[1]]
+            db_ih, db_hh = grads.get(names[2], empty1), grads.get(names[3], empty1)
+            act, h_prev, extra = cache.kept[k][d]
+            s = k * D + d
+            if mode == "LSTM":
+                lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
+                              params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
+                              dh_s[s], dc_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh,
+                              grads.get(names[4], empty2), dhh, hbuf_all, dhp_all)
+            elif mode == "GRU":
+                hn = extra if cache.reset_after else np.empty((n_rows, H), dtype=dtype)
+                gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
+                             cache.reset_after, w_ih, w_hh, act, h_prev, hn, dlayer, d * H,
+                             dh_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh, work)
+            else:
+                rnn_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
+                             cache.nonlinearity == "relu", w_ih, w_hh, act, h_prev, dlayer,
+                             d * H, dh_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh)
+        if k > 0 and cache.dropout_masks is not None:
+            dx *= layout.pack(cache.dropout_masks[k - 1])
+        dlayer = dx
+    cache.kept = None   # the activation buffers now hold gradients
+
+    if layout.perm is not None:
+        dh[:, layout.perm] = dh_s
+        if dc is not None:
+            dc[:, layout.perm] = dc_s
+    return layout.unpack(dlayer, T, B), dh, dc, grads

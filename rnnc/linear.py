@@ -56,4 +56,41 @@ class Linear(Module):
         y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
         b = self._params.get("bias", np.empty(0, dtype=self.dtype))
         linear_forward(x2, self._params["weight"], b, y, ACTIVATIONS[self.activation])
+        if self.training:
+            self._cache = (x2, y, lead)
         return y.reshape(lead + (self.out_features,))
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Gradients after a training-mode forward: returns ``(dx, None, grads)``.
+
+        ``grads`` maps parameter names to their gradients; they are also added to
+        ``self.grads``. The middle element is there so that every rnnc module's backward has
+        the same shape of result (Linear has no state).
+        """
+        if self._cache is None:
+            raise RuntimeError("Linear.backward needs a forward pass in training mode first "
+                               "(call .train(), then the module), and runs once per forward")
+        x2, y, lead = self._cache
+        dy = as_real_array(grad_output, "grad_output", self.dtype)
+        expected = lead + (self.out_features,)
+        if dy.shape != expected:
+            raise ValueError(f"grad_output must have shape {expected}, got {dy.shape}")
+        self._cache = None
+        dy = dy.reshape(-1, self.out_features)
+        # d(pre-activation) from d(output), written from the activation's output y.
+        if self.activation == "tanh":
+            dpre = dy * (1 - y * y)
+        elif self.activation == "relu":
+            dpre = np.where(y > 0, dy, 0).astype(self.dtype)
+        elif self.activation == "sigmoid":
+            dpre = dy * y * (1 - y)
+        elif self.activation == "softmax":
+            dpre = y * (dy - np.sum(dy * y, axis=1, keepdims=True))
+        else:
+            dpre = dy
+        grads = {"weight": dpre.T @ x2}
+        if self.bias:
+            grads["bias"] = dpre.sum(axis=0)
+        dx = (dpre @ self._params["weight"]).reshape(lead + (self.in_features,))
+        self._accumulate(grads)
+        return dx, None, grads
