@@ -3,7 +3,7 @@ import copy
 
 import numpy as np
 
-from rnnc._validation import check_choice
+from rnnc._validation import as_real_array, check_choice, check_shape
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -83,7 +83,85 @@ class Bidirectional:
                             f"hx_backward), got {type(hx).__name__}")
         out_f, state_f = self.forward_layer._forward(x, hx_f, lengths, reverse_all=False)
         out_b, state_b = self.backward_layer._forward(x, hx_b, lengths, reverse_all=True)
+        if self.training:
+            # "mul" needs each direction's output for the other's gradient.
+            self._outputs = (out_f, out_b) if self.merge_mode == "mul" else None
         return merge(out_f, out_b, self.merge_mode), (state_f, state_b)
+
+    # -- training ---------------------------------------------------------------------------
+    @property
+    def training(self):
+        return self.forward_layer.training
+
+    def train(self, mode=True):
+        self.forward_layer.train(mode)
+        self.backward_layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _layers(self):
+        return (("forward_layer", self.forward_layer), ("backward_layer", self.backward_layer))
+
+    def named_parameters(self):
+        return [(f"{p}.{k}", v) for p, layer in self._layers()
+                for k, v in layer.named_parameters()]
+
+    @property
+    def grads(self):
+        """Accumulated gradients, keyed like state_dict() (the layers' own arrays)."""
+        return {f"{p}.{k}": v for p, layer in self._layers() for k, v in layer.grads.items()}
+
+    def zero_grad(self):
+        self.forward_layer.zero_grad()
+        self.backward_layer.zero_grad()
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Gradients after a training-mode call: ``(dx, (dhx_fwd, dhx_bwd), grads)``.
+
+        ``grad_output`` has the merged output's shape (a pair for merge_mode=None);
+        ``grad_h_n`` is None or a pair of the two layers' state gradients (see the layers'
+        backward). grads are keyed like state_dict() and added to each layer's ``grads``.
+        """
+        if self.forward_layer._cache is None:
+            raise RuntimeError("Bidirectional.backward needs a call in training mode first "
+                               "(call .train(), then the module), and runs once per call")
+        g_f, g_b = self._split_grad(grad_output)
+        if grad_h_n is None:
+            gh_f = gh_b = None
+        elif isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
+            gh_f, gh_b = grad_h_n
+        else:
+            raise TypeError("grad_h_n for Bidirectional must be None or a pair "
+                            f"(forward, backward), got {type(grad_h_n).__name__}")
+        dx_f, dhx_f, grads_f = self.forward_layer.backward(g_f, gh_f)
+        dx_b, dhx_b, grads_b = self.backward_layer.backward(g_b, gh_b)
+        grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}
+        grads.update({f"backward_layer.{k}": v for k, v in grads_b.items()})
+        return dx_f + dx_b, (dhx_f, dhx_b), grads
+
+    def _split_grad(self, grad_output):
+        """Gradient of the merged output -> gradients of the two directions' outputs."""
+        layer = self.forward_layer
+        out_shape = layer._cache[2]
+        if self.merge_mode is None:
+            if not isinstance(grad_output, (tuple, list)) or len(grad_output) != 2:
+                raise TypeError("grad_output for merge_mode=None must be a pair (forward, "
+                                f"backward), got {type(grad_output).__name__}")
+            return grad_output
+        g = as_real_array(grad_output, "grad_output", layer.dtype)
+        if self.merge_mode == "concat":
+            expected = out_shape[:-1] + (2 * out_shape[-1],)
+            check_shape(g, "grad_output", expected)
+            return g[..., :out_shape[-1]], g[..., out_shape[-1]:]
+        check_shape(g, "grad_output", out_shape)
+        if self.merge_mode == "sum":
+            return g, g
+        if self.merge_mode == "ave":
+            return g / 2, g / 2
+        out_f, out_b = self._outputs       # "mul"
+        return g * out_b, g * out_f
 
     def state_dict(self):
         d = {f"forward_layer.{k}": v for k, v in self.forward_layer.state_dict().items()}

@@ -69,22 +69,70 @@ class _CellBase(Module):
             c = None
             if hx is not None:
                 check_shape(h, "hx", expected)
+        self._unbatched = unbatched
         h_new, c_new = self._step(x, h.reshape(B, H), None if c is None else c.reshape(B, H))
         if unbatched:
             h_new = h_new[0]
             c_new = None if c_new is None else c_new[0]
         return (h_new, c_new) if self.mode == "LSTM" else h_new
 
+    def _layer_params(self):
+        # A cell is layer 0 of a one-layer network: the same kernels, PyTorch's layer names.
+        return {f"{name}_l0": arr for name, arr in self._params.items()}
+
     def _step(self, x, h, c):
         """One step on validated (B, I), (B, H) arrays; returns (h', c' or None)."""
-        p = self._params
-        params = {"weight_ih_l0": p["weight_ih"], "weight_hh_l0": p["weight_hh"]}
-        if self.bias:
-            params.update(bias_ih_l0=p["bias_ih"], bias_hh_l0=p["bias_hh"])
-        _, h_n, c_n = _stack.run_stack(
-            self.mode, params, x[None], h[None], None if c is None else c[None],
-            nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+        args = (self.mode, self._layer_params(), x[None], h[None],
+                None if c is None else c[None])
+        opts = dict(nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+        if self.training:
+            _, h_n, c_n, self._cache = _stack.run_stack_train(*args, **opts)
+        else:
+            _, h_n, c_n = _stack.run_stack(*args, **opts)
         return h_n[0], None if c_n is None else c_n[0]
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Gradients of one step after a training-mode call.
+
+        ``grad_output`` is dL/dh' (for LSTMCell a pair (dh', dc'), entries may be None; a plain
+        array means dh'). A cell's output is its new state, so ``grad_h_n`` must be None.
+        Returns ``(dx, dhx, grads)``: dhx has hx's shape (a pair for LSTMCell); grads are keyed
+        like state_dict() and added to ``self.grads``.
+        """
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a call in training mode "
+                               "first (call .train(), then the cell), and runs once per call")
+        if grad_h_n is not None:
+            raise ValueError("grad_h_n must be None for a cell: its output is its new state")
+        cache, unbatched = self._cache, self._unbatched
+        shape = (self.hidden_size,) if unbatched else (cache.B, self.hidden_size)
+        if self.mode == "LSTM" and isinstance(grad_output, (tuple, list)):
+            if len(grad_output) != 2:
+                raise TypeError("grad_output for LSTMCell must be dh' or a pair (dh', dc')")
+            dh, dc = grad_output
+        else:
+            dh, dc = grad_output, None
+        B, H = cache.B, self.hidden_size
+        dh = np.zeros((B, H), self.dtype) if dh is None else \
+            as_real_array(dh, "grad_output", self.dtype)
+        if dh.shape != (B, H):
+            check_shape(dh, "grad_output", shape)
+        dh = dh.reshape(1, B, H)
+        if dc is not None:
+            dc = as_real_array(dc, "grad_output[1] (dc')", self.dtype)
+            check_shape(dc, "grad_output[1] (dc')", shape)
+            dc = dc.reshape(1, B, H)
+        self._cache = None
+        dx, dh0, dc0, grads = _stack.run_stack_backward(
+            cache, np.zeros((1, B, H), self.dtype), dh, dc)
+        grads = {name[:-3]: g for name, g in grads.items()}   # strip "_l0"
+        dx, dh0 = dx[0], dh0[0]
+        dc0 = None if dc0 is None else dc0[0]
+        if unbatched:
+            dx, dh0 = dx[0], dh0[0]
+            dc0 = None if dc0 is None else dc0[0]
+        self._accumulate(grads)
+        return dx, ((dh0, dc0) if self.mode == "LSTM" else dh0), grads
 
 
 class RNNCell(_CellBase):

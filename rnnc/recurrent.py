@@ -13,7 +13,10 @@ from rnnc._validation import (as_real_array, check_choice, check_lengths, check_
 
 class _RNNBase(Module):
     mode = None                         # "RNN" | "GRU" | "LSTM"
+    # The backend: inference forward, training forward (returns a cache) and backward.
     _run_stack = staticmethod(_stack.run_stack)
+    _run_stack_train = staticmethod(_stack.run_stack_train)
+    _run_stack_backward = staticmethod(_stack.run_stack_backward)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, proj_size=0, nonlinearity="tanh",
@@ -107,16 +110,81 @@ class _RNNBase(Module):
             if unbatched:
                 lengths = np.reshape(lengths, (1,)) if np.ndim(lengths) == 0 else lengths
             lengths = check_lengths(lengths, B, T)
-        out, h_n, c_n = self._run_stack(
-            self.mode, self._params, x, h0, c0, lengths, num_layers=self.num_layers,
-            bidirectional=self.bidirectional, nonlinearity=self.nonlinearity,
-            reset_after=self.reset_after, proj_size=self.proj_size, reverse_all=reverse_all)
+        opts = dict(num_layers=self.num_layers, bidirectional=self.bidirectional,
+                    nonlinearity=self.nonlinearity, reset_after=self.reset_after,
+                    proj_size=self.proj_size, reverse_all=reverse_all)
+        if self.training:
+            # A snapshot of the parameter dict: backward uses the weights of this forward.
+            out, h_n, c_n, cache = self._run_stack_train(
+                self.mode, dict(self._params), x, h0, c0, lengths, dropout=self.dropout,
+                rng=self._rng, **opts)
+        else:
+            out, h_n, c_n = self._run_stack(self.mode, self._params, x, h0, c0, lengths, **opts)
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
         elif self.batch_first:
             out = out.transpose(1, 0, 2)
+        if self.training:
+            self._cache = (cache, unbatched, out.shape, h_n.shape,
+                           None if c_n is None else c_n.shape)
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Backpropagation through time after a training-mode forward.
+
+        Parameters
+        ----------
+        grad_output : array of the output's shape, dL/d(output).
+        grad_h_n : dL/d(h_n) (array of h_n's shape) or None; for LSTM a pair (dh_n, dc_n)
+            whose entries may be None. None means zero.
+
+        Returns
+        -------
+        dx : dL/d(input), the input's shape (zero at padded steps).
+        dhx : dL/d(initial state), h_0's shape (for LSTM a pair (dh_0, dc_0)).
+        grads : dict of parameter gradients under the state_dict names; also added to
+            ``self.grads`` (cleared by ``zero_grad()``).
+
+        One backward per training forward: the forward's buffers are consumed.
+        """
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward pass in training "
+                               "mode first (call .train(), then the module), and runs once per "
+                               "forward")
+        cache, unbatched, out_shape, hn_shape, cn_shape = self._cache
+        g = as_real_array(grad_output, "grad_output", self.dtype)
+        check_shape(g, "grad_output", out_shape)
+        if self.mode == "LSTM":
+            if grad_h_n is None:
+                grad_h_n = (None, None)
+            if not isinstance(grad_h_n, (tuple, list)) or len(grad_h_n) != 2:
+                raise TypeError("grad_h_n for LSTM must be None or a pair (dh_n, dc_n), got "
+                                f"{type(grad_h_n).__name__}")
+            dh_n, dc_n = grad_h_n
+        else:
+            dh_n, dc_n = grad_h_n, None
+        if dh_n is not None:
+            dh_n = as_real_array(dh_n, "grad_h_n", self.dtype)
+            check_shape(dh_n, "grad_h_n", hn_shape)
+        if dc_n is not None:
+            dc_n = as_real_array(dc_n, "grad_c_n", self.dtype)
+            check_shape(dc_n, "grad_c_n", cn_shape)
+        if unbatched:
+            g = g[:, None]
+            dh_n = None if dh_n is None else dh_n[:, None]
+            dc_n = None if dc_n is None else dc_n[:, None]
+        elif self.batch_first:
+            g = np.ascontiguousarray(g.transpose(1, 0, 2))
+        self._cache = None
+        dx, dh0, dc0, grads = self._run_stack_backward(cache, g, dh_n, dc_n)
+        if unbatched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = None if dc0 is None else dc0[:, 0]
+        elif self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        self._accumulate(grads)
+        return dx, ((dh0, dc0) if self.mode == "LSTM" else dh0), grads
 
     def _initial_state(self, hx, B, unbatched):
         DL = self.num_directions * self.num_layers
@@ -158,7 +226,8 @@ _DOC = """{summary}
     batch_first : bool, default False
         Input and output are (B, T, F) instead of (T, B, F). States stay (D*L, B, H).
     dropout : float, default 0.0
-        Stored for training (not applied in inference mode, which is the only mode so far).
+        In training mode, inverted dropout on the input of every layer but the first (masks
+        drawn from the module's generator, reproducible with ``seed``). Off in inference.
     bidirectional : bool, default False
         PyTorch's stacked form: each layer sees both directions of the layer below.
     dtype : float32 or float64, default float32
