@@ -9,8 +9,13 @@ from rnnc.bidirectional import Bidirectional
 from rnnc.cells import GRUCell, LSTMCell, RNNCell
 from rnnc.linear import Linear
 from rnnc.recurrent import GRU, LSTM, RNN
+from rnnc._threads import get_num_threads, set_num_threads
+from rnnc import losses, optim
+from rnnc.optim import clip_grad_norm
+from rnnc.sequential import Sequential
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
-           "__version__"]
+           "Sequential", "losses", "optim", "clip_grad_norm", "set_num_threads",
+           "get_num_threads", "__version__"]

@@ -46,8 +46,11 @@ def gemm_py(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1]
     if M == 0 or N == 0:
         return
     if K == 0:
-        # BLAS with k == 0 only scales C by beta.
-        np.asarray(C)[...] *= beta
+        # With k == 0 BLAS only scales C by beta, and beta == 0 means C = 0 even over NaN.
+        if beta == 0:
+            np.asarray(C)[...] = 0
+        else:
+            np.asarray(C)[...] *= beta
         return
     with nogil:
         gemm(trans_a, trans_b, M, N, K, <floating>alpha, &A[0, 0], A.shape[1],

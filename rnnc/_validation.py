@@ -13,7 +13,9 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_dtype(dtype):
-    """The module's compute dtype: float32 or float64."""
+    """The module's compute dtype: float32 or float64 (None means float32, as in PyTorch)."""
+    if dtype is None:
+        return np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -63,7 +65,8 @@ def as_real_array(value, name, dtype):
                             f"{type(value).__name__}: {exc}") from exc
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must have a real numeric dtype (float or int), got {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    # np.asarray keeps 0-D input 0-D (np.ascontiguousarray would make it 1-D).
+    return np.asarray(arr, dtype=dtype, order="C")
 
 
 def check_shape(arr, name, expected):

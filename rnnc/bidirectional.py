@@ -3,6 +3,7 @@ import copy
 
 import numpy as np
 
+from rnnc.recurrent import _RNNBase
 from rnnc._validation import as_real_array, check_choice, check_shape
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -54,7 +55,7 @@ class Bidirectional:
     """
 
     def __init__(self, layer, merge_mode="concat", backward_layer=None):
-        if not hasattr(layer, "_forward") or not hasattr(layer, "mode"):
+        if not isinstance(layer, _RNNBase):
             raise TypeError(f"layer must be an RNN, GRU or LSTM layer, got "
                             f"{type(layer).__name__}")
         self.merge_mode = check_choice(merge_mode, "merge_mode", MERGE_MODES)
@@ -171,6 +172,8 @@ class Bidirectional:
 
     def load_state_dict(self, state_dict, strict=True):
         """Load ``forward_layer.*`` and ``backward_layer.*`` keys; all problems in one error."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         parts = {"forward_layer": {}, "backward_layer": {}}
         unexpected = []
         for key in state_dict.keys():

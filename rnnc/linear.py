@@ -35,15 +35,17 @@ class Linear(Module):
         super().__init__(dtype, seed)
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
-        self.bias = bool(bias)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         shapes = {"weight": (self.out_features, self.in_features)}
-        if self.bias:
+        if bias:
             shapes["bias"] = (self.out_features,)
+        else:
+            self.bias = None      # as torch.nn.Linear(bias=False).bias
         self._init_uniform(shapes, 1.0 / np.sqrt(self.in_features))
 
     def __repr__(self):
-        return (f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, "
+        return (f"Linear({self.in_features}, {self.out_features}, "
+                f"bias={'bias' in self._params}, "
                 f"activation={self.activation!r}, dtype={self.dtype.name})")
 
     def __call__(self, x):
@@ -89,7 +91,7 @@ class Linear(Module):
         else:
             dpre = dy
         grads = {"weight": dpre.T @ x2}
-        if self.bias:
+        if "bias" in self._params:
             grads["bias"] = dpre.sum(axis=0)
         dx = (dpre @ self._params["weight"]).reshape(lead + (self.in_features,))
         self._accumulate(grads)

@@ -3,6 +3,8 @@
 The classes validate and normalise their inputs once, then hand C-contiguous arrays to a
 backend ``run_stack`` (compiled: rnnc._stack; NumPy reference: rnnc.reference).
 """
+import numbers
+
 import numpy as np
 
 from rnnc import _stack
@@ -31,7 +33,7 @@ class _RNNBase(Module):
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), "
                              f"got {proj_size}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real) \
                 or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
@@ -96,15 +98,15 @@ class _RNNBase(Module):
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 2-D (T, {self.input_size}) unbatched or 3-D "
                              f"batched, got {x.ndim}-D with shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input must have {self.input_size} features (input_size) in its "
+                             f"last axis, got shape {x.shape}")
         unbatched = x.ndim == 2
         if unbatched:
             x = x[:, None, :]
         elif self.batch_first:
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise ValueError(f"input must have {self.input_size} features (input_size) in its "
-                             f"last axis, got shape {x.shape if not unbatched else x.shape[::2]}")
+        T, B, _ = x.shape
         h0, c0 = self._initial_state(hx, B, unbatched)
         if lengths is not None:
             if unbatched:

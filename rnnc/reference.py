@@ -345,7 +345,7 @@ class Linear(_linear.Linear):
             raise ValueError(f"input must have {self.in_features} features (in_features) in "
                              f"its last axis, got shape {x.shape}")
         y = x @ self._params["weight"].T
-        if self.bias:
+        if "bias" in self._params:
             y = y + self._params["bias"]
         with np.errstate(over="ignore", invalid="ignore"):
             if self.activation == "tanh":

@@ -220,7 +220,8 @@ def _rnn_backward(p, cache, dh_new, dc_new):
 
 def _gru_forward(p, x, h, c, nonlinearity, reset_after):
     H = h.shape[-1]
-    gi = _ref._affine(x, p["w_ih"], p["b_ih"])   # (B, 3H): [W_ir x + b_ir, W_iz x + b_iz, W_in x + b_in]
+    # Input contributions (B, 3H): [W_ir x + b_ir, W_iz x + b_iz, W_in x + b_in].
+    gi = _ref._affine(x, p["w_ih"], p["b_ih"])
     w_hh, b_hh = p["w_hh"], p["b_hh"]
     # Hidden contributions of r and z: W_hr h + b_hr, W_hz h + b_hz.
     gh_rz = _ref._affine(h, w_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])

@@ -36,7 +36,8 @@ class Sequential:
         step, not a sequence.
 
     Calling ``seq(x, lengths=None)`` passes ``lengths`` to every recurrent layer (``RNN``,
-    ``GRU``, ``LSTM``, ``Bidirectional``) and returns the last layer's output only.
+    ``GRU``, ``LSTM``, ``Bidirectional``, and nested ``Sequential``) and returns the last
+    layer's output only.
 
     Training: after ``seq.train()`` and a forward call, ``seq.backward(grad_output)`` runs
     every layer's ``backward`` in reverse order and returns ``(dx, None, grads)``, ``grads``
@@ -118,6 +119,8 @@ class Sequential:
         for layer in self._layers:
             if _returns_state(layer):
                 out = layer(out, lengths=lengths)[0]
+            elif isinstance(layer, Sequential):
+                out = layer(out, lengths=lengths)
             else:
                 out = layer(out)
         if self.training:

@@ -251,3 +251,60 @@ def test_bad_arguments():
     bi = rnnc.Bidirectional(rnnc.GRU(2, 3))
     with pytest.raises(TypeError):
         bi(np.zeros((2, 1, 2), np.float32), np.zeros((1, 1, 3), np.float32))
+
+
+def test_compiled_run_stack_refuses_reverse_all_with_bidirectional():
+    """rnnc._stack.run_stack has "the same signature and semantics as
+    rnnc.reference.run_stack", which refuses reverse_all=True with bidirectional=True."""
+    from rnnc import _stack
+
+    layer = rnnc.GRU(2, 3, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.zeros((2, 1, 2))
+    h0 = np.zeros((2, 1, 3))
+    with pytest.raises(ValueError):
+        rnnc.reference.run_stack("GRU", layer.state_dict(), x, h0, bidirectional=True,
+                                 reverse_all=True)
+    with pytest.raises(ValueError):
+        _stack.run_stack("GRU", layer.state_dict(), x, h0, bidirectional=True,
+                         reverse_all=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wrapping_a_bidirectional_layer_is_refused_or_correct(mode, rng):
+    """Bidirectional(layer with bidirectional=True): either an error, or what the reference
+    computes (the backward layer run on every sequence flipped within its length)."""
+    x = rng.standard_normal((5, 2, 2))
+    lengths = [5, 3]
+    try:
+        bi = rnnc.Bidirectional(getattr(rnnc, mode)(2, 3, bidirectional=True, dtype=np.float64,
+                                                    seed=0))
+        out, states = bi(x, None, lengths)
+    except (ValueError, TypeError):
+        return
+    ref = rnnc.reference.Bidirectional(getattr(rnnc.reference, mode)(
+        2, 3, bidirectional=True, dtype=np.float64))
+    ref.load_state_dict(bi.state_dict())
+    r_out, r_states = ref(x, None, lengths)
+    assert_output_close(out, r_out, np.float64)
+    assert_pair_states_close(states, r_states, np.float64)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_seed_gives_the_same_wrapper_in_both_dtypes(mode):
+    a = rnnc.Bidirectional(getattr(rnnc, mode)(3, 4, seed=5, dtype=np.float32)).state_dict()
+    b = rnnc.Bidirectional(getattr(rnnc, mode)(3, 4, seed=5, dtype=np.float64)).state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k].astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_initial_state_for_one_direction_only(mode, rng):
+    bi, ref = make_bi(mode, 3, 4, "sum", num_layers=2, dtype=np.float64)
+    x = rng.standard_normal((5, 2, 3))
+    hb = random_hx(rng, bi.forward_layer, 2, np.float64)
+    for hx in ((None, hb), [hb, None]):
+        out, states = bi(x, hx, [5, 2])
+        r_out, r_states = ref(x, hx, [5, 2])
+        assert_output_close(out, r_out, np.float64)
+        assert_pair_states_close(states, r_states, np.float64)

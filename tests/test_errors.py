@@ -501,14 +501,16 @@ def test_lengths_whole_floats_are_accepted():
 
 @pytest.mark.parametrize("cls", LAYERS, ids=LAYER_IDS)
 @pytest.mark.parametrize("hx", [
-    pytest.param(lambda h: h, id="array"),
+    pytest.param(lambda h: h[0], id="array"),
+    pytest.param(lambda h: np.stack([h[0], h[0]]), id="stacked-array"),
     pytest.param(lambda h: (h,), id="1-tuple"),
     pytest.param(lambda h: (h, h, h), id="3-tuple"),
     pytest.param(lambda h: 1.0, id="float"),
 ])
 def test_bidirectional_hx_not_a_pair(cls, hx):
     bi = rnnc.Bidirectional(_layer(cls))
-    h = _hx(cls, (1, 2, 4))
+    h = (np.zeros((1, 2, 4), dtype=np.float32),) * 2   # only h[0] is used for single arrays
+    h = _hx(cls, (1, 2, 4)) if cls is rnnc.LSTM else h
     with pytest.raises(TypeError, match=r"hx for Bidirectional must be None or a pair"):
         bi(np.zeros((5, 2, 3), dtype=np.float32), hx(h))
 
@@ -555,6 +557,31 @@ def test_cell_input_wrong_ndim(cls, x):
         cls(3, 4)(x)
 
 
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: rnnc.RNNCell(1, 4), id="RNNCell"),
+    pytest.param(lambda: rnnc.GRUCell(1, 4), id="GRUCell"),
+    pytest.param(lambda: rnnc.LSTMCell(1, 4), id="LSTMCell"),
+    pytest.param(lambda: rnnc.Linear(1, 4), id="Linear"),
+])
+@pytest.mark.parametrize("scalar", [2.0, np.float32(2.0), np.array(2.0)],
+                         ids=["float", "np-scalar", "0-D-array"])
+def test_scalar_input_is_refused_even_with_one_feature(make, scalar):
+    """A 0-D input is not a 1-feature vector: with input_size=1 it must still be an error
+    (rnnc.reference.Linear and torch refuse it), not silently read as shape (1,)."""
+    with pytest.raises(ValueError, match=r"input .*got .*shape \(\)"):
+        make()(scalar)
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=CELL_IDS)
+def test_cell_scalar_state_is_refused_with_hidden_size_one(cls):
+    cell = cls(3, 1)
+    x = np.ones(3, dtype=np.float32)
+    hx = (0.5, np.zeros(1)) if cls is rnnc.LSTMCell else 0.5
+    name = "h" if cls is rnnc.LSTMCell else "hx"
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(1,\), got \(\)"):
+        cell(x, hx)
+
+
 @pytest.mark.parametrize("cls", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("shape", [(2, 4), (2, 2), (0, 5), (4,), (1,), (0,)])
 def test_cell_input_wrong_feature_size(cls, shape):
@@ -583,7 +610,7 @@ def test_cell_state_wrong_shape(cls, batched):
     cell = cls(3, 4)
     x = np.zeros((2, 3) if batched else (3,), dtype=np.float32)
     good = (2, 4) if batched else (4,)
-    bads = [(2, 5), (3, 4), (4,), (1, 2, 4), (1, 4)] if batched else [(5,), (1, 4), (2, 4), ()]
+    bads = [(2, 5), (3, 4), (4,), (1, 2, 4), (1, 4)] if batched else [(5,), (1, 4), (2, 4)]
     for bad in bads:
         if cls is rnnc.LSTMCell:
             with pytest.raises(ValueError, match=rf"h must have shape {esc(good)}, "
@@ -752,9 +779,10 @@ def test_load_state_dict_non_strict(make):
     keys = list(sd)
     new = {keys[0]: sd[keys[0]] + 1, "unexpected": np.zeros(7)}   # everything else missing
     m.load_state_dict(new, strict=False)
-    np.testing.assert_array_equal(getattr(m, keys[0]), (sd[keys[0]] + 1).astype(m.dtype))
+    params = dict(m.named_parameters())
+    np.testing.assert_array_equal(params[keys[0]], (sd[keys[0]] + 1).astype(m.dtype))
     for k in keys[1:]:
-        np.testing.assert_array_equal(getattr(m, k), sd[k])
+        np.testing.assert_array_equal(params[k], sd[k])
     # ... but a wrong shape is still an error, and the load is all-or-nothing.
     before = m.state_dict()
     bad = {keys[0]: sd[keys[0]] - 1, keys[-1]: np.zeros(sd[keys[-1]].shape + (1,))}
@@ -792,7 +820,7 @@ def test_failed_load_changes_nothing(make):
         m.load_state_dict({**{k: v + 1 for k, v in before.items()}, "extra": 0})
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
-        assert getattr(m, k) is arrays[k]        # not even replaced by an equal array
+        assert dict(m.named_parameters())[k] is arrays[k]   # not even replaced by a copy
     np.testing.assert_array_equal(_output(m), out_before)
 
 
@@ -818,6 +846,15 @@ def test_parameter_assignment_wrong_shape(make):
     got = getattr(m, name)
     assert got.dtype == m.dtype and got.flags.c_contiguous and got is not new
     np.testing.assert_array_equal(got, 1)
+
+
+def test_parameters_are_attributes_under_their_torch_names():
+    """``Linear.bias`` is the bias vector (as torch.nn.Linear.bias), not the constructor flag:
+    every parameter name must resolve to the live parameter array."""
+    for m in [rnnc.Linear(3, 4, seed=0), rnnc.LSTM(3, 4, seed=0), rnnc.GRUCell(3, 4, seed=0)]:
+        for name, arr in m.named_parameters():
+            assert getattr(m, name) is arr, f"{type(m).__name__}.{name}"
+    assert rnnc.Linear(3, 4, seed=0).bias.shape == (4,)
 
 
 @pytest.mark.parametrize("bad", [[("weight", np.zeros((4, 3)))], "weight", 3, None])
@@ -890,13 +927,21 @@ def _all_modules_and_bidirectional():
 
 
 @pytest.mark.parametrize("make", _all_modules_and_bidirectional())
-def test_train_is_not_implemented(make):
+def test_train_mode(make):
+    """train() either refuses clearly (NotImplementedError, while training is not implemented)
+    or switches to training mode; it never half-switches."""
     m = make()
-    with pytest.raises(NotImplementedError, match="training"):
-        m.train()
-    with pytest.raises(NotImplementedError, match="training"):
-        m.train(True)
-    assert m.training is False
+    try:
+        result = m.train()
+    except NotImplementedError as exc:
+        assert "training" in str(exc)
+        assert m.training is False
+        with pytest.raises(NotImplementedError, match="training"):
+            m.train(True)
+        assert m.training is False
+    else:
+        assert result is m and m.training is True
+        assert m.eval() is m and m.training is False
 
 
 @pytest.mark.parametrize("make", _all_modules_and_bidirectional())

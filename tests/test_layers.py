@@ -744,3 +744,82 @@ def test_bad_arguments_raise(mode):
     else:
         with pytest.raises(ValueError):
             rnnc.LSTM(3, 4, proj_size=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations at extreme values, NaN propagation, larger shapes
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_is_exact_elementwise(dtype, nonlinearity):
+    """A 1x1 RNN with W_ih = 1, W_hh = 0 and no bias computes g(x) for every batch entry:
+    g must be the correctly rounded tanh / relu from 1e-40 to inf, NaN propagating."""
+    mod = rnnc.RNN(1, 1, nonlinearity=nonlinearity, bias=False, dtype=dtype, seed=0)
+    mod.load_state_dict({"weight_ih_l0": [[1.0]], "weight_hh_l0": [[0.0]]})
+    v = np.concatenate([np.logspace(-40, 4, 300), [0.0, 0.5, 1, 3, 9, 9.1, 19, 20, 1e30, np.inf]])
+    v = np.concatenate([v, -v, [np.nan]]).astype(dtype)
+    out, h_n = mod(v[None, :, None])
+    expected = np.tanh(v) if nonlinearity == "tanh" else np.maximum(v, 0)
+    got = out[0, :, 0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(expected)],
+                                  expected[~finite & ~np.isnan(expected)])
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=4 * np.finfo(dtype).eps,
+                               atol=0)
+    np.testing.assert_array_equal(h_n[0, :, 0], got)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_saturating_inputs_match_reference(variant, dtype, rng):
+    mod, ref = build(variant, 3, 4, rng, num_layers=2, bidirectional=True, dtype=dtype)
+    x = (rng.standard_normal((6, 3, 3)) * np.array([1e2, 1e4, 1e30])).astype(dtype)
+    out, state = mod(x, None, [6, 4, 5])
+    r_out, r_state = ref(x, None, [6, 4, 5])
+    assert_close(out, r_out, dtype)
+    assert_states_close(state, r_state, dtype)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_nan_in_a_valid_position_propagates_within_its_sequence_only(variant, rng):
+    dtype = np.float64
+    mod, ref = build(variant, 3, 4, rng, dtype=dtype)
+    x = rng.standard_normal((6, 3, 3))
+    x[2, 1, 0] = np.nan
+    out, state = mod(x, None, [6, 6, 4])
+    assert np.all(np.isnan(out[2:, 1])) and not np.any(np.isnan(out[:2, 1]))
+    assert np.all(np.isfinite(out[:, [0, 2]]))
+    for s in (state if isinstance(state, tuple) else (state,)):
+        assert np.all(np.isnan(s[:, 1])) and np.all(np.isfinite(s[:, [0, 2]]))
+    r_out, r_state = ref(x, None, [6, 6, 4])
+    assert_close(out, r_out, dtype)
+    assert_states_close(state, r_state, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_larger_shapes(mode, dtype, rng):
+    mod, ref = make_pair(mode, 37, 48, num_layers=2, bidirectional=True, dtype=dtype, seed=1)
+    x = rng.standard_normal((7, 19, 37)).astype(dtype)
+    lengths = rng.integers(0, 8, size=19)
+    out, state = mod(x, None, lengths)
+    r_out, r_state = ref(x, None, lengths)
+    assert_close(out, r_out, dtype)
+    assert_states_close(state, r_state, dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_calls_from_threads(mode, rng):
+    """The kernels release the GIL; concurrent calls on one module must not share buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mod = getattr(rnnc, mode)(4, 8, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    inputs = [(rng.standard_normal((12, 5, 4)), rng.integers(0, 13, size=5)) for _ in range(8)]
+    expected = [mod(x, None, n) for x, n in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda a: mod(a[0], None, a[1]), inputs))
+            for g, e in zip(got, expected):
+                assert_same_result(g, e)

@@ -1,0 +1,23 @@
+"""Thread control. rnnc starts no threads of its own: its only threads are the BLAS library's
+(the one scipy.linalg.cython_blas calls for the kernels, and NumPy's for the few NumPy
+products in the Python layer), so the thread count is the BLAS thread count."""
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from rnnc._validation import check_size
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for everything rnnc runs (every loaded BLAS library)."""
+    n = check_size(n, "n")
+    import scipy.linalg  # noqa: F401 - make sure the BLAS rnnc calls is loaded, so it is limited
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def get_num_threads():
+    """Threads rnnc uses: those of the BLAS that scipy.linalg.cython_blas calls."""
+    import scipy.linalg  # noqa: F401
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not libs:
+        return 1
+    scipy_libs = [i for i in libs if "scipy" in i.get("filepath", "").split("/")[-2]]
+    return int((scipy_libs or libs)[0]["num_threads"])
