@@ -7,4 +7,17 @@ def lstm_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
                  w_hr: NDArray[np.floating], h: NDArray[np.floating], c: NDArray[np.floating],
                  out: NDArray[np.floating], col0: int, xg: NDArray[np.floating],
-                 hbuf: NDArray[np.floating], chunk_steps: int) -> None: ...
+                 hbuf: NDArray[np.floating], chunk_steps: int, h_prev: NDArray[np.floating],
+                 c_prev: NDArray[np.floating]) -> None: ...
+
+def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
+                  offsets: NDArray[np.intp], reverse: bool,
+                  w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
+                  w_hr: NDArray[np.floating], act: NDArray[np.floating],
+                  h_prev: NDArray[np.floating], c_prev: NDArray[np.floating],
+                  dout: NDArray[np.floating], col0: int, dh: NDArray[np.floating],
+                  dc: NDArray[np.floating], dx: NDArray[np.floating], add_dx: bool,
+                  dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
+                  db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
+                  dw_hr: NDArray[np.floating], dhh: NDArray[np.floating],
+                  hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating]) -> None: ...

@@ -93,6 +93,8 @@ class _Cache:
 
 def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
          reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None):
+    if reverse_all and bidirectional:
+        raise ValueError("reverse_all=True requires bidirectional=False")
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     G = GATES[mode]
