@@ -12,6 +12,10 @@ from rnnc._validation import as_real_array, check_choice, check_shape, check_siz
 
 class _CellBase(Module):
     mode = None
+    # The backend (see rnnc.recurrent._RNNBase): a cell is a one-layer network run for one step.
+    _run_stack = staticmethod(_stack.run_stack)
+    _run_stack_train = staticmethod(_stack.run_stack_train)
+    _run_stack_backward = staticmethod(_stack.run_stack_backward)
 
     def __init__(self, input_size, hidden_size, bias=True, *, nonlinearity="tanh",
                  reset_after=True, dtype=np.float32, seed=None):
@@ -86,9 +90,9 @@ class _CellBase(Module):
                 None if c is None else c[None])
         opts = dict(nonlinearity=self.nonlinearity, reset_after=self.reset_after)
         if self.training:
-            _, h_n, c_n, self._cache = _stack.run_stack_train(*args, **opts)
+            _, h_n, c_n, self._cache = self._run_stack_train(*args, **opts)
         else:
-            _, h_n, c_n = _stack.run_stack(*args, **opts)
+            _, h_n, c_n = self._run_stack(*args, **opts)
         return h_n[0], None if c_n is None else c_n[0]
 
     def backward(self, grad_output, grad_h_n=None):
@@ -123,7 +127,7 @@ class _CellBase(Module):
             check_shape(dc, "grad_output[1] (dc')", shape)
             dc = dc.reshape(1, B, H)
         self._cache = None
-        dx, dh0, dc0, grads = _stack.run_stack_backward(
+        dx, dh0, dc0, grads = self._run_stack_backward(
             cache, np.zeros((1, B, H), self.dtype), dh, dc)
         grads = {name[:-3]: g for name, g in grads.items()}   # strip "_l0"
         dx, dh0 = dx[0], dh0[0]

@@ -297,23 +297,69 @@ from rnnc import linear as _linear  # noqa: E402
 from rnnc import recurrent as _recurrent  # noqa: E402
 
 
-class RNN(_recurrent.RNN):
-    """NumPy reference of rnnc.RNN (same constructor, call and state_dict)."""
+from rnnc import reference_backward as _backward  # noqa: E402
+
+
+class _TrainCache:
+    """The reference keeps the forward's inputs and recomputes everything in backward."""
+
+
+def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
+                    bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
+                    reverse_all=False, dropout=0.0, rng=None):
+    """Training forward with the compiled backend's conventions (rnnc._stack.run_stack_train):
+    inverted-dropout masks on the input of every layer but the first, drawn from ``rng`` in
+    the same order and layout, so one seed gives the same masks in both."""
+    T, B = x.shape[:2]
+    D = 2 if bidirectional else 1
+    H = params["weight_hh_l0"].shape[0] // {"RNN": 1, "GRU": 3, "LSTM": 4}[mode]
+    P = proj_size or H
+    masks = None
+    if dropout > 0 and num_layers > 1:
+        keep = 1.0 - dropout
+        masks = []
+        for _ in range(num_layers - 1):
+            mask = (rng.random((T, B, D * P)) < keep).astype(x.dtype)
+            masks.append(mask / x.dtype.type(keep) if keep > 0 else mask)
+    opts = dict(num_layers=num_layers, bidirectional=bidirectional, nonlinearity=nonlinearity,
+                reset_after=reset_after, proj_size=proj_size, reverse_all=reverse_all)
+    out, h_n, c_n = _backward.run_stack_dropout(mode, params, x, h0, c0, lengths,
+                                                dropout_masks=masks, **opts)
+    cache = _TrainCache()
+    cache.__dict__.update(mode=mode, params=params, x=x, h0=h0, c0=c0, lengths=lengths,
+                          opts=opts, dropout_masks=masks, B=B)
+    return out, h_n, c_n, cache
+
+
+def run_stack_backward_cache(cache, grad_out, grad_h_n=None, grad_c_n=None):
+    """Backward from a ``run_stack_train`` cache (rnnc._stack.run_stack_backward's API)."""
+    return _backward.run_stack_backward(
+        cache.mode, cache.params, cache.x, cache.h0, cache.c0, cache.lengths, grad_out,
+        grad_h_n, grad_c_n, dropout_masks=cache.dropout_masks, **cache.opts)
+
+
+class _ReferenceBackend:
     _run_stack = staticmethod(run_stack)
+    _run_stack_train = staticmethod(run_stack_train)
+    _run_stack_backward = staticmethod(run_stack_backward_cache)
 
 
-class GRU(_recurrent.GRU):
-    """NumPy reference of rnnc.GRU (same constructor, call and state_dict)."""
-    _run_stack = staticmethod(run_stack)
+class RNN(_ReferenceBackend, _recurrent.RNN):
+    """NumPy reference of rnnc.RNN (same constructor, call, backward and state_dict)."""
 
 
-class LSTM(_recurrent.LSTM):
-    """NumPy reference of rnnc.LSTM (same constructor, call and state_dict)."""
-    _run_stack = staticmethod(run_stack)
+class GRU(_ReferenceBackend, _recurrent.GRU):
+    """NumPy reference of rnnc.GRU (same constructor, call, backward and state_dict)."""
 
 
-class _ReferenceCellStep:
+class LSTM(_ReferenceBackend, _recurrent.LSTM):
+    """NumPy reference of rnnc.LSTM (same constructor, call, backward and state_dict)."""
+
+
+class _ReferenceCellStep(_ReferenceBackend):
     def _step(self, x, h, c):
+        if self.training:    # the one-step network of the layer reference, keeping a cache
+            return super()._step(x, h, c)
         p = self._params
         w_ih, w_hh = p["weight_ih"], p["weight_hh"]
         b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
