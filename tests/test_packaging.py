@@ -50,4 +50,6 @@ def test_readme_examples_run_and_show_what_they_say():
     # The vanilla model block: y rows are probabilities.
     np.testing.assert_allclose(ns["y"].sum(axis=-1), 1.0, rtol=1e-5)
     assert ns["y"].shape == (100, 8, 10)
-    assert ns["out"].shape == (100, 8, 128)
+    # The training block: a classifier over every step, and a layer's input gradient.
+    assert ns["logits"].shape == (100, 8, 5)
+    assert ns["dx"].shape == ns["x"].shape and np.isfinite(ns["loss"])
