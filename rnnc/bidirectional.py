@@ -58,6 +58,9 @@ class Bidirectional:
         if not isinstance(layer, _RNNBase):
             raise TypeError(f"layer must be an RNN, GRU or LSTM layer, got "
                             f"{type(layer).__name__}")
+        if layer.bidirectional:
+            raise ValueError("layer must be unidirectional (bidirectional=False): the wrapper "
+                             "adds the backward direction itself")
         self.merge_mode = check_choice(merge_mode, "merge_mode", MERGE_MODES)
         self.forward_layer = layer
         if backward_layer is None:

@@ -155,7 +155,9 @@ LAYER_CONFIGS = {
     "L3-batch_first-lengths-no_hx": dict(T=4, B=3, L=3, bf=True, lengths=[2, 4, 1], hx=False),
     "L2-bi-unbatched": dict(T=4, L=2, bi=True, unbatched=True),
     "L2-bi-no_bias-full_lengths": dict(T=3, B=2, L=2, bi=True, bias=False, lengths=[3, 3]),
-    "L1-bi-unbatched-length": dict(T=5, L=1, bi=True, unbatched=True, lengths=2),
+    # batch_first has no effect on unbatched input (PyTorch's rule)
+    "L1-bi-unbatched-batch_first-length": dict(T=5, L=1, bi=True, bf=True, unbatched=True,
+                                               lengths=2),
     "L2-bi-batch_first-zero_lengths": dict(T=3, B=2, L=2, bi=True, bf=True, lengths=[0, 0]),
 }
 
@@ -1083,3 +1085,127 @@ def test_bidirectional_grad_errors():
     bi(np.ones((5, 2, 3), np.float32))
     with pytest.raises(ValueError, match=_shape_error((5, 2, 4), (5, 2, 8))):
         bi.backward(np.ones((5, 2, 8), np.float32))
+
+
+def _arrays(obj):
+    if obj is None:
+        return []
+    if isinstance(obj, (tuple, list)):
+        return [a for o in obj for a in _arrays(o)]
+    return [obj]
+
+
+@pytest.mark.parametrize("name", ["GRU-lengths", "LSTM-proj", "LSTM-batch_first", "GRUCell",
+                                  "LSTMCell", "Bidirectional-mul", "Linear"])
+def test_backward_does_not_modify_arguments(name):
+    """Neither forward nor backward writes into the caller's arrays (x, hx, grad_output,
+    grad_h_n) or into the results of the forward (out, h_n, c_n) or the parameters."""
+    rng = np.random.default_rng(_seed(name))
+    lengths, hx = None, None
+    if name == "GRU-lengths":
+        m = rnnc.GRU(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+        x, lengths = rng.standard_normal((3, 2, 3)), [1, 3]
+        hx = random_hx(rng, m, 2)
+    elif name.startswith("LSTM-"):
+        bf = name == "LSTM-batch_first"
+        m = rnnc.LSTM(3, 4, num_layers=2, proj_size=0 if bf else 2, batch_first=bf,
+                      dtype=np.float64, seed=0)
+        x = rng.standard_normal((3, 2, 3))
+        hx = random_hx(rng, m, 2 if not bf else 3)
+    elif name == "GRUCell":
+        m = rnnc.GRUCell(3, 4, dtype=np.float64, seed=0)
+        x, hx = rng.standard_normal((2, 3)), rng.standard_normal((2, 4))
+    elif name == "LSTMCell":
+        m = rnnc.LSTMCell(3, 4, dtype=np.float64, seed=0)
+        x, hx = rng.standard_normal((2, 3)), (rng.standard_normal((2, 4)),
+                                              rng.standard_normal((2, 4)))
+    elif name == "Bidirectional-mul":
+        m = rnnc.Bidirectional(rnnc.LSTM(3, 4, dtype=np.float64, seed=0), merge_mode="mul")
+        x = rng.standard_normal((3, 2, 3))
+        hx = (random_hx(rng, m.forward_layer, 2), random_hx(rng, m.backward_layer, 2))
+    else:
+        m = rnnc.Linear(3, 4, activation="softmax", dtype=np.float64, seed=0)
+        x = rng.standard_normal((3, 2, 3))
+    params = copy_grads(m.state_dict())
+    args_before = [a.copy() for a in _arrays((x, hx))]
+    m.train()
+    if name == "Linear":
+        res = m(x)
+    elif "Cell" in name:
+        res = m(x, hx)
+    else:
+        res = m(x, hx, lengths)
+    res_before = [a.copy() for a in _arrays(res)]
+    if name == "Linear" or "Cell" in name:
+        g, gh = _like(rng, res), None
+    else:
+        g, gh = _like(rng, res[0]), _like(rng, res[1])
+    g_before = [a.copy() for a in _arrays((g, gh))]
+    m.backward(g, gh)
+    for before, after in [(args_before, _arrays((x, hx))), (res_before, _arrays(res)),
+                          (g_before, _arrays((g, gh)))]:
+        assert len(before) == len(after)
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a, b)
+    assert_grads_equal(m.state_dict(), params)
+
+
+@pytest.mark.parametrize("case", ["LSTM-grad_c_n", "GRU-grad_output", "LSTMCell-dc",
+                                  "Linear-grad_output", "Bidirectional-grad_h_n-backward",
+                                  "Bidirectional-None-grad_output-backward"])
+def test_rejected_backward_changes_nothing(case):
+    """A backward call refused with ValueError has no effect: the forward's buffers are still
+    there (a correct backward then works and gives the same result as on a fresh module) and
+    nothing was added to .grads."""
+    rng = np.random.default_rng(_seed(case))
+    x3, x2 = rng.standard_normal((4, 2, 3)), rng.standard_normal((2, 3))
+
+    def build(seed_shift=0):
+        if case.startswith("LSTM-"):
+            return rnnc.LSTM(3, 4, num_layers=2, dtype=np.float64, seed=0), x3
+        if case.startswith("GRU-"):
+            return rnnc.GRU(3, 4, bidirectional=True, dtype=np.float64, seed=0), x3
+        if case.startswith("LSTMCell"):
+            return rnnc.LSTMCell(3, 4, dtype=np.float64, seed=0), x2
+        if case.startswith("Linear"):
+            return rnnc.Linear(3, 4, activation="sigmoid", dtype=np.float64, seed=0), x2
+        mm = None if "None" in case else "concat"
+        return rnnc.Bidirectional(rnnc.GRU(3, 4, dtype=np.float64, seed=0),
+                                  merge_mode=mm), x3
+
+    m, x = build()
+    m.train()
+    res = m(x)
+    if case == "LSTM-grad_c_n":
+        good = (rng.standard_normal(res[0].shape), (None, rng.standard_normal((2, 2, 4))))
+        bad = (good[0], (None, np.ones((2, 2, 5))))
+    elif case == "GRU-grad_output":
+        good = (rng.standard_normal(res[0].shape), None)
+        bad = (np.ones((4, 2, 4)), None)
+    elif case == "LSTMCell-dc":
+        good = ((rng.standard_normal((2, 4)), rng.standard_normal((2, 4))),)
+        bad = ((good[0][0], np.ones((2, 5))),)
+    elif case == "Linear-grad_output":
+        good = (rng.standard_normal((2, 4)),)
+        bad = (np.ones((2, 5)),)
+    elif case == "Bidirectional-grad_h_n-backward":
+        out, (hf, hb) = res
+        good = (rng.standard_normal(out.shape), (np.ones_like(hf), np.ones_like(hb)))
+        bad = (good[0], (np.ones_like(hf), np.ones((1, 2, 5))))       # backward half wrong
+    else:
+        (of, ob), _ = res
+        good = ((rng.standard_normal(of.shape), rng.standard_normal(ob.shape)),)
+        bad = ((good[0][0], np.ones((4, 2, 5))),)                      # backward half wrong
+    with pytest.raises(ValueError):
+        m.backward(*bad)
+    assert all(not np.any(g) for g in m.grads.values()), \
+        f"a rejected backward added to .grads: {sorted(m.grads)}"
+    dx, _, grads = m.backward(*good)           # the forward's buffers are still usable
+
+    ref, _ = build()
+    ref.train()
+    ref(x)
+    dx_ref, _, grads_ref = ref.backward(*good)
+    np.testing.assert_array_equal(dx, dx_ref)
+    assert_grads_equal(grads, grads_ref)
+    assert_grads_equal(m.grads, grads_ref)

@@ -1,0 +1,213 @@
+"""Output of the benchmark suite: markdown table, JSON with every raw number, PNG chart.
+
+The result document (built by suite.run) holds "machine", "libraries", "settings", "rows" and
+timing metadata; every row has "results" {backend: {median, iqr, q1, q3, min, n, samples}} in
+the row's "unit" (ms, or us/step for stream cases), "unavailable" {backend: {reason, detail}},
+"check" {backend: {max_error, worst_output, tolerance}} and "ratio" {peer: rnnc / peer}.
+"""
+import json
+from pathlib import Path
+
+PEER_ORDER = ("reference", "torch", "onnxruntime")
+
+
+def fmt(v):
+    """About three significant digits, never in exponent notation."""
+    if v != v:                      # NaN
+        return "nan"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _peers(doc):
+    present = {b for r in doc["rows"] for b in list(r["results"]) + list(r["unavailable"])}
+    return [b for b in PEER_ORDER if b in present]
+
+
+def _footnotes(doc):
+    notes = {}
+    for r in doc["rows"]:
+        for u in r["unavailable"].values():
+            notes.setdefault(u["reason"], len(notes) + 1)
+    return notes
+
+
+def _cell(row, backend, notes):
+    if backend in row["results"]:
+        r = row["results"][backend]
+        return f"{fmt(r['median'])} ({fmt(r['iqr'])})"
+    if backend in row["unavailable"]:
+        return f"n/a [{notes[row['unavailable'][backend]['reason']]}]"
+    return "-"
+
+
+def _header(doc):
+    m, libs = doc["machine"], doc["libraries"]
+    v = libs["versions"]
+    lines = ["# rnnc benchmarks", ""]
+    if doc.get("note"):
+        lines += [doc["note"], ""]
+    cores = f"{m.get('logical_cpus')} logical CPUs"
+    if m.get("physical_cores"):
+        cores += f" / {m['physical_cores']} cores"
+    if m.get("affinity_cpus") and m["affinity_cpus"] != m.get("logical_cpus"):
+        cores += f" ({m['affinity_cpus']} usable)"
+    la0 = ", ".join(f"{x:.2f}" for x in doc["load_average_start"])
+    la1 = ", ".join(f"{x:.2f}" for x in doc.get("load_average_end", []))
+    lines.append(f"- Machine: {m.get('cpu_model')}, {cores}, {m.get('memory_gb', '?')} GB, "
+                 f"{m.get('platform')}; load average (1, 5, 15 min) {la0} at start, "
+                 f"{la1} at end.")
+    lines.append("- Libraries: " + ", ".join(f"{k} {val}" for k, val in v.items())
+                 + f"; Python {m.get('python')}.")
+    blas = [b for b in libs.get("blas", []) if b.get("user_api") == "blas"]
+    if blas:
+        lines.append("- BLAS (threadpoolctl): " + "; ".join(
+            f"{b.get('internal_api')} {b.get('version')} [{b.get('architecture')}] "
+            f"{Path(b.get('filepath', '')).name}" for b in blas) + ".")
+    if "torch" in libs:
+        t = libs["torch"]
+        lines.append(f"- torch: oneDNN (mkldnn) available {t['mkldnn_available']}, "
+                     f"enabled {t['mkldnn_enabled']}; MKL {t['mkl_available']}; measured as "
+                     "installed (inference under torch.inference_mode()).")
+    if "onnxruntime" in libs:
+        lines.append(f"- onnxruntime: {libs['onnxruntime']['export']}; session "
+                     f"{libs['onnxruntime']['session']}.")
+    tm = doc["settings"]["timing"]
+    lines.append(f"- Timing: {tm['passes']} passes over the runners of each case in rotating "
+                 f"order, each block after an untimed warm-up; at least {tm['min_repeats']} "
+                 f"calls and {tm['min_time']:g} s per runner (NumPy reference: "
+                 f"{tm['ref_min_repeats']} calls). Cells: median (IQR). Total run time "
+                 f"{doc.get('total_seconds', 0):.0f} s.")
+    tol = doc["settings"]["tolerance"]
+    lines.append(f"- Every peer was checked against rnnc before timing (max |difference| / "
+                 f"max(1, |value|) <= {tol['float32']:g} in float32, {tol['float64']:g} in "
+                 f"float64); largest error seen: {_largest_errors(doc)}.")
+    lines.append("- Last column: rnnc time / fastest peer time from the same run "
+                 "(< 1: rnnc is faster).")
+    if doc.get("error"):
+        lines += ["", f"**RUN STOPPED: {doc['error']}**"]
+    return lines
+
+
+def _largest_errors(doc):
+    worst = {}
+    for r in doc["rows"]:
+        for b, c in r["check"].items():
+            key = (b, r["dtype"])
+            worst[key] = max(worst.get(key, 0.0), c["max_error"])
+    return ", ".join(f"{b} {d} {e:.1e}" for (b, d), e in sorted(worst.items())) or "none"
+
+
+def markdown(doc):
+    peers = _peers(doc)
+    notes = _footnotes(doc)
+    lines = _header(doc) + [""]
+    head = ["case", "dtype", "threads", "unit", "rnnc"] + peers + ["rnnc / fastest peer"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|")
+    for r in doc["rows"]:
+        ratio = f"{r['rnnc_over_fastest']:.2f} ({r['fastest_peer']})" \
+            if "rnnc_over_fastest" in r else "-"
+        cells = [r["case"], r["dtype"], str(r["threads"]), r["unit"].replace("us", "µs"),
+                 _cell(r, "rnnc", notes)] + [_cell(r, b, notes) for b in peers] + [ratio]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += _varlen_table(doc, peers)
+    if notes:
+        lines += ["", "Not available:"]
+        lines += [f"[{n}] {reason}" + "  " for reason, n in notes.items()]
+    other = sorted({f"{b}: {t}" for r in doc["rows"] for b, t in r["notes"].items()})
+    if other:
+        lines += ["", "Notes:"] + [f"- {t}" for t in other]
+    return "\n".join(lines) + "\n"
+
+
+def _varlen_table(doc, peers):
+    rows = doc["rows"]
+    pairs = []
+    for r in rows:
+        if r["kind"] == "varlen" and r["variant"] == "lengths":
+            full = next((f for f in rows if f["group"] == r["group"] and f["variant"] == "full"
+                         and f["dtype"] == r["dtype"] and f["threads"] == r["threads"]), None)
+            if full is not None:
+                pairs.append((r, full))
+    if not pairs:
+        return []
+    backends = ["rnnc"] + peers
+    out = ["", "Variable lengths: time with lengths ~ U[1, T] / time of the same batch at full "
+           "length (ideal = Σ lengths / (B·T), the fraction of steps that really run).", "",
+           "| case | dtype | threads | ideal | " + " | ".join(backends) + " |",
+           "|---|---|---|---:|" + "---:|" * len(backends)]
+    for r, f in pairs:
+        cells = [r["group"], r["dtype"], str(r["threads"]), f"{r['ideal_ratio']:.2f}"]
+        for b in backends:
+            if b in r["results"] and b in f["results"]:
+                cells.append(f"{r['results'][b]['median'] / f['results'][b]['median']:.2f}")
+            else:
+                cells.append("n/a")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def plot(doc, path):
+    """Bar chart of rnnc's speed-up over each peer (peer time / rnnc time), log scale, one
+    group of bars per case, one panel per (dtype, threads). Returns False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    configs = []
+    for r in doc["rows"]:
+        if (r["dtype"], r["threads"]) not in configs:
+            configs.append((r["dtype"], r["threads"]))
+    if not configs:
+        return False
+    peers = _peers(doc)
+    colors = {"reference": "#9e9e9e", "torch": "#ee4c2c", "onnxruntime": "#1f77b4"}
+    n_max = max(sum(1 for r in doc["rows"] if (r["dtype"], r["threads"]) == c) for c in configs)
+    fig, axes = plt.subplots(len(configs), 1, figsize=(max(10, 0.5 * n_max + 2),
+                                                        4.8 * len(configs)), squeeze=False)
+    width = 0.8 / max(1, len(peers))
+    for ax, (dtype, threads) in zip(axes[:, 0], configs):
+        rows = [r for r in doc["rows"] if (r["dtype"], r["threads"]) == (dtype, threads)]
+        for j, peer in enumerate(peers):
+            xs, ys = [], []
+            for i, r in enumerate(rows):
+                if peer in r["results"] and "rnnc" in r["results"]:
+                    xs.append(i + (j - (len(peers) - 1) / 2) * width)
+                    ys.append(r["results"][peer]["median"] / r["results"]["rnnc"]["median"])
+            ax.bar(xs, ys, width, label=f"vs {peer}", color=colors.get(peer))
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["case"] for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_ylabel("peer time / rnnc time")
+        ax.set_title(f"rnnc speed-up over each peer (> 1: rnnc faster), {dtype}, "
+                     f"{threads} thread(s)", fontsize=10)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(doc, out, name):
+    """Write OUT/NAME.md, .json and .png; returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.md", out / f"{name}.json"]
+    paths[0].write_text(markdown(doc))
+    paths[1].write_text(json.dumps(doc, indent=1, default=str))
+    png = out / f"{name}.png"
+    if plot(doc, png):
+        paths.append(png)
+    return paths
