@@ -139,8 +139,11 @@ class Bidirectional:
         else:
             raise TypeError("grad_h_n for Bidirectional must be None or a pair "
                             f"(forward, backward), got {type(grad_h_n).__name__}")
-        dx_f, dhx_f, grads_f = self.forward_layer.backward(g_f, gh_f)
-        dx_b, dhx_b, grads_b = self.backward_layer.backward(g_b, gh_b)
+        # Check both halves before running either, so a rejected call changes nothing.
+        checked_f = self.forward_layer._check_backward(g_f, gh_f)
+        checked_b = self.backward_layer._check_backward(g_b, gh_b)
+        dx_f, dhx_f, grads_f = self.forward_layer._run_backward(checked_f)
+        dx_b, dhx_b, grads_b = self.backward_layer._run_backward(checked_b)
         grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}
         grads.update({f"backward_layer.{k}": v for k, v in grads_b.items()})
         return dx_f + dx_b, (dhx_f, dhx_b), grads

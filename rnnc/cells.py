@@ -117,11 +117,12 @@ class _CellBase(Module):
         else:
             dh, dc = grad_output, None
         B, H = cache.B, self.hidden_size
-        dh = np.zeros((B, H), self.dtype) if dh is None else \
-            as_real_array(dh, "grad_output", self.dtype)
-        if dh.shape != (B, H):
+        if dh is None:
+            dh = np.zeros((1, B, H), self.dtype)
+        else:
+            dh = as_real_array(dh, "grad_output", self.dtype)
             check_shape(dh, "grad_output", shape)
-        dh = dh.reshape(1, B, H)
+            dh = dh.reshape(1, B, H)
         if dc is not None:
             dc = as_real_array(dc, "grad_output[1] (dc')", self.dtype)
             check_shape(dc, "grad_output[1] (dc')", shape)

@@ -150,6 +150,10 @@ class _RNNBase(Module):
 
         One backward per training forward: the forward's buffers are consumed.
         """
+        return self._run_backward(self._check_backward(grad_output, grad_h_n))
+
+    def _check_backward(self, grad_output, grad_h_n):
+        """Validate backward's arguments (changing nothing); returns what _run_backward takes."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward pass in training "
                                "mode first (call .train(), then the module), and runs once per "
@@ -178,6 +182,11 @@ class _RNNBase(Module):
             dc_n = None if dc_n is None else dc_n[:, None]
         elif self.batch_first:
             g = np.ascontiguousarray(g.transpose(1, 0, 2))
+        return g, dh_n, dc_n
+
+    def _run_backward(self, checked):
+        g, dh_n, dc_n = checked
+        cache, unbatched = self._cache[:2]
         self._cache = None
         dx, dh0, dc0, grads = self._run_stack_backward(cache, g, dh_n, dc_n)
         if unbatched:
