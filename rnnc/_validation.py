@@ -49,20 +49,24 @@ def check_choice(value, name, choices):
     return value
 
 
+def to_array(value, name):
+    """np.asarray, with a TypeError naming the argument when the value is not array-like."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a real numeric array, could not convert "
+                        f"{type(value).__name__}: {exc}") from exc
+
+
 def as_real_array(value, name, dtype):
     """Convert array-like input of any real dtype to a C-contiguous array of `dtype`.
 
     Complex, bool, object and string data are refused: they have no meaning as RNN input, and
     silently casting them would hide a bug in the caller.
     """
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name} must be a real numeric array, could not convert "
-                            f"{type(value).__name__}: {exc}") from exc
+    arr = to_array(value, name)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must have a real numeric dtype (float or int), got {arr.dtype}")
     # np.asarray keeps 0-D input 0-D (np.ascontiguousarray would make it 1-D).

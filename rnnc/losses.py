@@ -21,21 +21,14 @@ array([[ True,  True],
 """
 import numpy as np
 
-from rnnc._validation import as_real_array, check_lengths, check_size
+from rnnc._validation import as_real_array, check_lengths, check_size, to_array
 
 __all__ = ["mse", "softmax_cross_entropy", "lengths_mask"]
 
 
 def _as_float_array(value, name):
     """A floating array: float inputs keep their dtype, integer inputs become float64."""
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name} must be a real numeric array, could not convert "
-                            f"{type(value).__name__}: {exc}") from exc
+    arr = to_array(value, name)
     if arr.dtype.kind == "f":
         return arr
     if arr.dtype.kind in "iu":
