@@ -120,7 +120,7 @@ def markdown(doc):
     lines += _varlen_table(doc, peers)
     if notes:
         lines += ["", "Not available:"]
-        lines += [f"[{n}] {reason}" + "  " for reason, n in notes.items()]
+        lines += [f"- [{n}] {reason}" for reason, n in notes.items()]
     other = sorted({f"{b}: {t}" for r in doc["rows"] for b, t in r["notes"].items()})
     if other:
         lines += ["", "Notes:"] + [f"- {t}" for t in other]
@@ -173,7 +173,7 @@ def plot(doc, path):
     colors = {"reference": "#9e9e9e", "torch": "#ee4c2c", "onnxruntime": "#1f77b4"}
     n_max = max(sum(1 for r in doc["rows"] if (r["dtype"], r["threads"]) == c) for c in configs)
     fig, axes = plt.subplots(len(configs), 1, figsize=(max(10, 0.5 * n_max + 2),
-                                                        4.8 * len(configs)), squeeze=False)
+                                                        5.5 * len(configs)), squeeze=False)
     width = 0.8 / max(1, len(peers))
     for ax, (dtype, threads) in zip(axes[:, 0], configs):
         rows = [r for r in doc["rows"] if (r["dtype"], r["threads"]) == (dtype, threads)]

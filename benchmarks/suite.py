@@ -21,7 +21,6 @@ chart) with NAME = "suite" or "quick" (--name).
 import argparse
 import datetime
 import gc
-import json
 import math
 import os
 import platform
@@ -175,10 +174,17 @@ def run_case(case, dtype, threads, backends, timing):
         for backend in backends:
             try:
                 r = peers.build(backend, case, variant, data, threads)
+                outs = r.outputs()
             except peers.Unavailable as exc:
                 row["unavailable"][backend] = {"reason": exc.reason, "detail": exc.detail}
                 continue
-            outs = r.outputs()
+            except Exception as exc:  # noqa: BLE001 - a broken peer must not stop the suite
+                if backend == "rnnc":
+                    raise
+                reason = f"{backend} raised {type(exc).__name__}: {str(exc)[:100]}"
+                print(f"WARNING: {row['case']} [{dtype}]: {reason}", file=sys.stderr)
+                row["unavailable"][backend] = {"reason": reason, "detail": repr(exc)}
+                continue
             if backend == "rnnc":
                 expected = outs
             else:
@@ -346,7 +352,10 @@ def _finish(doc, out, name, log=print):
         for path in report.write(doc, out, name):
             log(f"wrote {path}")
     log(f"total time {doc['total_seconds']:.0f} s")
-    return 1 if "error" in doc else 0
+    if "error" in doc:
+        print(f"AGREEMENT CHECK FAILED: {doc['error']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def quick(out=None):
