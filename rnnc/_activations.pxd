@@ -9,8 +9,17 @@
 # - float32: evaluated in double, the cancellation costs at most ~1e-16 / |x| relative, far
 #   below float32 rounding for |x| >= 1e-6; below that tanh(x) rounds to x in float32.
 # - float64: expm1 keeps full precision near 0: tanh(|x|) = -m / (m + 2), m = expm1(-2|x|).
+#
+# The array forms (sigmoid_inplace, tanh_inplace) are what the kernels use on whole gate blocks:
+# in float32 they call the vectorised functions of _simd_math.h (runtime CPU dispatch, a few
+# ulps); in float64 they loop over the exact scalar functions below.
 from cython cimport floating
 from libc.math cimport exp, expf, expm1, fabs, copysign
+
+
+cdef extern from "_simd_math.h" nogil:
+    void rnnc_sigmoid_f32(float* x, Py_ssize_t n)
+    void rnnc_tanh_f32(float* x, Py_ssize_t n)
 
 
 cdef inline floating sigmoid(floating x) noexcept nogil:
@@ -39,3 +48,21 @@ cdef inline floating relu(floating x) noexcept nogil:
     if x < 0:
         return 0
     return x
+
+
+cdef inline void sigmoid_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if floating is float:
+        rnnc_sigmoid_f32(x, n)
+    else:
+        for i in range(n):
+            x[i] = sigmoid(x[i])
+
+
+cdef inline void tanh_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if floating is float:
+        rnnc_tanh_f32(x, n)
+    else:
+        for i in range(n):
+            x[i] = tanh_(x[i])

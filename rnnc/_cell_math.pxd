@@ -5,60 +5,59 @@
 # single pass over the gates, writing the new state and the layer output. Gate order and
 # formulas are PyTorch's. Row strides are in elements.
 from cython cimport floating
-from rnnc._activations cimport sigmoid, tanh_, relu
+from rnnc._activations cimport relu, sigmoid_inplace, tanh_, tanh_inplace
 
 
 cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
-                               floating* pre,         # (b, H) pre-activation; the activation
-                                                      # replaces it when keep_act (training)
+                               floating* pre,         # (b, H) in: pre-activation; out: a<t>
                                floating* h,           # (b, H) state out, stride H
-                               floating* out, Py_ssize_t ldo, bint keep_act) noexcept nogil:
+                               floating* out, Py_ssize_t ldo) noexcept nogil:
     cdef Py_ssize_t r, j
-    cdef floating v
+    cdef floating* p
     for r in range(b):
+        p = pre + r * H
+        if use_relu:
+            for j in range(H):
+                p[j] = relu(p[j])
+        else:
+            tanh_inplace(p, H)
         for j in range(H):
-            v = pre[r * H + j]
-            v = relu(v) if use_relu else tanh_(v)
-            h[r * H + j] = v
-            out[r * ldo + j] = v
-            if keep_act:
-                pre[r * H + j] = v
+            h[r * H + j] = p[j]
+            out[r * ldo + j] = p[j]
 
 
 cdef inline void lstm_pointwise(Py_ssize_t b, Py_ssize_t H,
-                                floating* gates,  # (b, 4H) pre-activations i, f, g, o; the
-                                                  # activations replace them when keep_act
+                                floating* gates,  # (b, 4H) in: pre-activations i, f, g, o;
+                                                  # out: the activations
                                 floating* c,            # (b, H) cell state, updated in place
-                                floating* hdst, Py_ssize_t ldh,  # (b, H) o * tanh(c')
-                                floating* out, Py_ssize_t ldo,  # (b, H) or NULL
-                                bint keep_act) noexcept nogil:
+                                floating* hdst, Py_ssize_t ldh,  # (b, H) out: o * tanh(c')
+                                floating* out, Py_ssize_t ldo   # (b, H) or NULL
+                                ) noexcept nogil:
+    # Whole-row passes, so that the exp-based activations run vectorised.
     cdef Py_ssize_t r, j
     cdef floating* g
-    cdef floating i_, f_, g_, o_, cn, hv
+    cdef floating* hr
     for r in range(b):
         g = gates + r * 4 * H
+        hr = hdst + r * ldh
+        sigmoid_inplace(g, 2 * H)          # i, f
+        tanh_inplace(g + 2 * H, H)         # g
+        sigmoid_inplace(g + 3 * H, H)      # o
         for j in range(H):
-            i_ = sigmoid(g[j])
-            f_ = sigmoid(g[H + j])
-            g_ = tanh_(g[2 * H + j])
-            o_ = sigmoid(g[3 * H + j])
-            cn = f_ * c[r * H + j] + i_ * g_
-            c[r * H + j] = cn
-            hv = o_ * tanh_(cn)
-            hdst[r * ldh + j] = hv
-            if out != NULL:
-                out[r * ldo + j] = hv
-            if keep_act:
-                g[j] = i_
-                g[H + j] = f_
-                g[2 * H + j] = g_
-                g[3 * H + j] = o_
+            c[r * H + j] = g[H + j] * c[r * H + j] + g[j] * g[2 * H + j]
+            hr[j] = c[r * H + j]
+        tanh_inplace(hr, H)
+        for j in range(H):
+            hr[j] = g[3 * H + j] * hr[j]
+        if out != NULL:
+            for j in range(H):
+                out[r * ldo + j] = hr[j]
 
 
 cdef inline void gru_pointwise_reset_after(
         Py_ssize_t b, Py_ssize_t H,
-        floating* xg,          # (b, 3H) input part r, z, n, with b_ih and b_hr, b_hz folded in;
-                               # the activations r, z, n replace it when hn_keep != NULL
+        floating* xg,          # (b, 3H) in: input part r, z, n, with b_ih and b_hr, b_hz
+                               # folded in; out: the activations r, z, n
         const floating* hg,    # (b, 3H) recurrent part h @ W_hh^T, no bias
         const floating* b_hn,  # (H,) or NULL
         floating* h,           # (b, H) state, updated in place
@@ -66,60 +65,65 @@ cdef inline void gru_pointwise_reset_after(
         floating* hn_keep) noexcept nogil:  # (b, H) W_hn h + b_hn for backward, or NULL
     # PyTorch's form: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
     cdef Py_ssize_t r, j
-    cdef floating r_, z_, n_, hn
+    cdef floating* x
+    cdef const floating* hr
+    cdef floating hn, z_
     for r in range(b):
+        x = xg + r * 3 * H
+        hr = hg + r * 3 * H
+        for j in range(2 * H):
+            x[j] = x[j] + hr[j]
+        sigmoid_inplace(x, 2 * H)          # r, z
         for j in range(H):
-            r_ = sigmoid(xg[r * 3 * H + j] + hg[r * 3 * H + j])
-            z_ = sigmoid(xg[r * 3 * H + H + j] + hg[r * 3 * H + H + j])
-            hn = hg[r * 3 * H + 2 * H + j]
+            hn = hr[2 * H + j]
             if b_hn != NULL:
                 hn = hn + b_hn[j]
-            n_ = tanh_(xg[r * 3 * H + 2 * H + j] + r_ * hn)
             if hn_keep != NULL:
                 hn_keep[r * H + j] = hn
-                xg[r * 3 * H + j] = r_
-                xg[r * 3 * H + H + j] = z_
-                xg[r * 3 * H + 2 * H + j] = n_
-            hn = (1 - z_) * n_ + z_ * h[r * H + j]
+            x[2 * H + j] = x[2 * H + j] + x[j] * hn
+        tanh_inplace(x + 2 * H, H)         # n
+        for j in range(H):
+            z_ = x[H + j]
+            hn = (1 - z_) * x[2 * H + j] + z_ * h[r * H + j]
             h[r * H + j] = hn
             out[r * ldo + j] = hn
 
 
 cdef inline void gru_reset_gate_before(
         Py_ssize_t b, Py_ssize_t H,
-        const floating* xg,   # (b, 3H) input part, all biases folded in
-        floating* hg,         # (b, 3H) in: h @ W_hr,hz^T in columns [0, 2H); out: r, z there
+        floating* xg,         # (b, 3H) in: input part, all biases folded in; out: r, z in [0, 2H)
+        const floating* hg,   # (b, 3H) h @ W_hr,hz^T in columns [0, 2H)
         const floating* h,    # (b, H) current state
         floating* rh) noexcept nogil:  # (b, H) out: r * h, the operand of the W_hn product
     cdef Py_ssize_t r, j
-    cdef floating r_
+    cdef floating* x
     for r in range(b):
+        x = xg + r * 3 * H
+        for j in range(2 * H):
+            x[j] = x[j] + hg[r * 3 * H + j]
+        sigmoid_inplace(x, 2 * H)
         for j in range(H):
-            r_ = sigmoid(xg[r * 3 * H + j] + hg[r * 3 * H + j])
-            hg[r * 3 * H + H + j] = sigmoid(xg[r * 3 * H + H + j] + hg[r * 3 * H + H + j])
-            hg[r * 3 * H + j] = r_
-            rh[r * H + j] = r_ * h[r * H + j]
+            rh[r * H + j] = x[j] * h[r * H + j]
 
 
 cdef inline void gru_update_before(
         Py_ssize_t b, Py_ssize_t H,
-        floating* xg,         # (b, 3H) input part, all biases folded in; the activations
-                              # r, z, n replace it when keep_act
-        const floating* hg,   # (b, 3H) r, z in [0, 2H); W_hn (r * h) in [2H, 3H)
+        floating* xg,         # (b, 3H) in: r, z, input part of n; out: r, z, n
+        const floating* hg,   # (b, 3H) W_hn (r * h) in [2H, 3H)
         floating* h,          # (b, H) state, updated in place
-        floating* out, Py_ssize_t ldo, bint keep_act) noexcept nogil:
+        floating* out, Py_ssize_t ldo) noexcept nogil:
     # Original form: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     cdef Py_ssize_t r, j
-    cdef floating z_, n_, hn
+    cdef floating* x
+    cdef floating z_, hn
     for r in range(b):
+        x = xg + r * 3 * H
         for j in range(H):
-            z_ = hg[r * 3 * H + H + j]
-            n_ = tanh_(xg[r * 3 * H + 2 * H + j] + hg[r * 3 * H + 2 * H + j])
-            if keep_act:
-                xg[r * 3 * H + j] = hg[r * 3 * H + j]
-                xg[r * 3 * H + H + j] = z_
-                xg[r * 3 * H + 2 * H + j] = n_
-            hn = (1 - z_) * n_ + z_ * h[r * H + j]
+            x[2 * H + j] = x[2 * H + j] + hg[r * 3 * H + 2 * H + j]
+        tanh_inplace(x + 2 * H, H)
+        for j in range(H):
+            z_ = x[H + j]
+            hn = (1 - z_) * x[2 * H + j] + z_ * h[r * H + j]
             h[r * H + j] = hn
             out[r * ldo + j] = hn
 

@@ -67,7 +67,7 @@ cdef void gru_sequence(
                 gemm(False, True, b, 2 * H, H, 1, h, H, w_hh, H, 0, hg, G)
                 gru_reset_gate_before(b, H, xs, hg, h, rh)
                 gemm(False, True, b, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, hg + 2 * H, G)
-                gru_update_before(b, H, xs, hg, h, out + offsets[t] * ldo, ldo, keep)
+                gru_update_before(b, H, xs, hg, h, out + offsets[t] * ldo, ldo)
 
 
 cdef void gru_sequence_backward(

@@ -61,9 +61,9 @@ cdef void lstm_sequence(
             gates = xg + (offsets[t] - row0) * G
             gemm(False, True, b, G, P, 1, h, P, w_hh, P, 1, gates, G)
             if w_hr == NULL:
-                lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo, keep)
+                lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo)
             else:
-                lstm_pointwise(b, H, gates, c, hbuf, H, <floating*>NULL, 0, keep)
+                lstm_pointwise(b, H, gates, c, hbuf, H, <floating*>NULL, 0)
                 gemm(False, True, b, P, H, 1, hbuf, H, w_hr, H, 0, h, P)
                 for r in range(b):
                     memcpy(out + (offsets[t] + r) * ldo, h + r * P, P * sizeof(floating))

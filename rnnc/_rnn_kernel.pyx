@@ -48,7 +48,7 @@ cdef void rnn_sequence(
                 memcpy(h_prev + offsets[t] * H, h, b * H * sizeof(floating))
             pre = xg + (offsets[t] - row0) * H
             gemm(False, True, b, H, H, 1, h, H, w_hh, H, 1, pre, H)
-            rnn_pointwise(b, H, use_relu, pre, h, out + offsets[t] * ldo, ldo, keep)
+            rnn_pointwise(b, H, use_relu, pre, h, out + offsets[t] * ldo, ldo)
 
 
 cdef void rnn_sequence_backward(
