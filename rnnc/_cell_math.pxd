@@ -5,7 +5,7 @@
 # single pass over the gates, writing the new state and the layer output. Gate order and
 # formulas are PyTorch's. Row strides are in elements.
 from cython cimport floating
-from rnnc._activations cimport relu, sigmoid_inplace, tanh_, tanh_inplace
+from rnnc._activations cimport relu, sigmoid_inplace, tanh_inplace
 
 
 cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
@@ -162,20 +162,24 @@ cdef inline void lstm_pointwise_backward(
         const floating* dhh,      # (b, H) dL/d(o * tanh c<t>), stride ldh
         Py_ssize_t ldh,
         const floating* dout, Py_ssize_t ldd,  # (b, H) added to dhh, or NULL (projection)
-        floating* hbuf) noexcept nogil:   # (b, H) out: o * tanh(c<t>) (projection), or NULL
+        floating* hbuf,           # (b, H) out: o * tanh(c<t>) (projection), or NULL
+        floating* tc_row) noexcept nogil:  # (H,) workspace: tanh(c<t>) of one row
     cdef Py_ssize_t r, j
     cdef floating* a
-    cdef floating i_, f_, g_, o_, cp, ct, tc, dht, dct
+    cdef floating i_, f_, g_, o_, cp, tc, dht, dct
     for r in range(b):
         a = act + r * 4 * H
+        # c<t> is recomputed from the kept gates; its tanh runs as one vectorised pass.
+        for j in range(H):
+            tc_row[j] = a[H + j] * c_prev[r * H + j] + a[j] * a[2 * H + j]
+        tanh_inplace(tc_row, H)
         for j in range(H):
             i_ = a[j]
             f_ = a[H + j]
             g_ = a[2 * H + j]
             o_ = a[3 * H + j]
             cp = c_prev[r * H + j]
-            ct = f_ * cp + i_ * g_
-            tc = tanh_(ct)
+            tc = tc_row[j]
             if hbuf != NULL:
                 hbuf[r * H + j] = o_ * tc
             dht = dhh[r * ldh + j]

@@ -20,4 +20,5 @@ def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
                   db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
                   dw_hr: NDArray[np.floating], dhh: NDArray[np.floating],
-                  hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating]) -> None: ...
+                  hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating],
+                  tc_row: NDArray[np.floating]) -> None: ...

@@ -88,7 +88,8 @@ cdef void lstm_sequence_backward(
         floating* dw_hr,        # (P, H) out, or NULL
         floating* dhh,          # (B, H) workspace (projection)
         floating* hbuf_all,     # (N, H) workspace (projection): o * tanh(c) of every step
-        floating* dhp_all) noexcept nogil:  # (N, P) workspace (projection): grad of h
+        floating* dhp_all,      # (N, P) workspace (projection): grad of h
+        floating* tc_row) noexcept nogil:  # (H,) workspace
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, r, j, off
@@ -101,7 +102,7 @@ cdef void lstm_sequence_backward(
         off = offsets[t]
         if w_hr == NULL:
             lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dh, H,
-                                    dout + off * ldd, ldd, <floating*>NULL)
+                                    dout + off * ldd, ldd, <floating*>NULL, tc_row)
         else:
             dhp = dhp_all + off * P
             for r in range(b):
@@ -109,7 +110,7 @@ cdef void lstm_sequence_backward(
                     dhp[r * P + j] = dh[r * P + j] + dout[(off + r) * ldd + j]
             gemm(False, False, b, H, P, 1, dhp, P, w_hr, H, 0, dhh, H)
             lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dhh, H,
-                                    <floating*>NULL, 0, hbuf_all + off * H)
+                                    <floating*>NULL, 0, hbuf_all + off * H, tc_row)
         gemm(False, False, b, P, G, 1, act + off * G, G, w_hh, P, 0, dh, P)
     input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
     gemm(True, False, G, P, N, 1, act, G, h_prev, P, 0, dw_hh, P)
@@ -170,7 +171,8 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                   floating[:, ::1] dx, bint add_dx,
                   floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
                   floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dw_hr,
-                  floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all):
+                  floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all,
+                  floating[::1] tc_row):
     """BPTT through one LSTM layer and direction after a training forward (see rnnc/_stack.py).
 
     act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
@@ -195,4 +197,4 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                                &act[0, 0], &h_prev[0, 0], &c_prev[0, 0],
                                &dout[0, col0], dout.shape[1], &dh[0, 0], &dc[0, 0],
                                &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
-                               dbi, dbh, dwr, dhh_p, hb, dhp)
+                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0])

@@ -233,6 +233,8 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
         dhp_all = np.empty((n_rows, P), dtype=dtype)
     elif mode == "LSTM":
         dhh = hbuf_all = dhp_all = empty2
+    if mode == "LSTM":
+        tc_row = np.empty(H, dtype=dtype)
 
     for k in reversed(range(L)):
         x_k = cache.layer_in[k]
@@ -251,7 +253,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                 lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                               params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
                               dh_s[s], dc_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh,
-                              grads.get(names[4], empty2), dhh, hbuf_all, dhp_all)
+                              grads.get(names[4], empty2), dhh, hbuf_all, dhp_all, tc_row)
             elif mode == "GRU":
                 hn = extra if cache.reset_after else np.empty((n_rows, H), dtype=dtype)
                 gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,

@@ -188,8 +188,10 @@ def evaluate(model, T, n, seed, chunk=500):
 
 
 def train_one(cell, T, *, hidden_size=64, steps=1000, batch_size=64, lr=1e-2, clip=1.0, seed=0,
-              forget_bias=1.0, test_size=2000, progress=False, tools=None):
-    """Train one model; returns a dict with the model, per-step losses and the test scores."""
+              forget_bias=1.0, test_size=2000, progress=False, tools=None, cosine=True):
+    """Train one model; returns a dict with the model, per-step losses and the test scores.
+
+    With ``cosine`` the learning rate follows a cosine from ``lr`` down to 0 over the steps."""
     Adam, clip_grad_norm, mse, _ = tools or training_tools()
     model = LastStepRegressor(cell, hidden_size, forget_bias=forget_bias, seed=seed).train()
     opt = Adam(model, lr=lr)
@@ -203,6 +205,9 @@ def train_one(cell, T, *, hidden_size=64, steps=1000, batch_size=64, lr=1e-2, cl
     t0 = time.perf_counter()
     for i in range(steps):
         x, y = adding_batch(rng, T, batch_size)
+        if cosine and i >= int(0.8 * steps):
+            frac = (i - int(0.8 * steps)) / max(1, steps - int(0.8 * steps))
+            opt.lr = 0.5 * lr * (1 + np.cos(np.pi * frac))
         opt.zero_grad()
         loss, grad = mse(model(x), y)
         model.backward(grad)
