@@ -1,5 +1,6 @@
 """Command line: ``python -m rnnc`` (check every class against the NumPy reference and time
-both) and ``python -m rnnc info`` (version, BLAS, threads)."""
+both), ``python -m rnnc demo`` (train RNN, GRU and LSTM on the adding problem) and
+``python -m rnnc info`` (version, BLAS, threads)."""
 import argparse
 import platform
 import sys
@@ -133,8 +134,14 @@ def info(out=sys.stdout):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:        # the demo parses its own options
+        from rnnc.demo import main as demo_main
+        return demo_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m rnnc", description=__doc__)
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("demo", help="train RNN, GRU and LSTM on the adding problem and plot it "
+                                "(needs rnnc[demo]; see python -m rnnc demo -h)")
     chk = sub.add_parser("check", help="compare every class with the reference (default)")
     for p in (parser, chk):
         p.add_argument("--steps", type=int, default=50, help="sequence length T")

@@ -108,3 +108,16 @@ def test_bad_arguments_are_rejected():
         demo.main(["--lengths", "1"])
     with pytest.raises(SystemExit):
         demo.main(["--steps", "0"])
+
+
+def test_fallback_training_tools_match_rnnc_optim_and_losses():
+    # The demo's own Adam / clipping / MSE, used when rnnc.optim or rnnc.losses is missing,
+    # train exactly like the library's.
+    pytest.importorskip("rnnc.optim")
+    pytest.importorskip("rnnc.losses")
+    fallback = (demo._Adam, demo._clip_grad_norm, demo._mse, "fallback")
+    kw = dict(hidden_size=8, steps=30, batch_size=8, seed=0, test_size=50, clip=0.05)
+    for cell in ("RNN", "LSTM"):
+        lib = demo.train_one(cell, 8, tools=demo.training_tools(), **kw)
+        own = demo.train_one(cell, 8, tools=fallback, **kw)
+        np.testing.assert_allclose(own["losses"], lib["losses"], rtol=1e-4, atol=1e-6)
