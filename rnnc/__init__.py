@@ -5,15 +5,16 @@ Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), si
 output layer ``Linear``. ``rnnc.reference`` holds a plain NumPy implementation of every class with
 the same API: the specification the compiled kernels are tested against.
 """
-try:
-    from rnnc import _blas  # noqa: F401 - the first compiled module
-except ImportError as exc:  # pragma: no cover - depends on how rnnc is run
-    import os as _os
+import importlib.util as _util
+import os as _os
+
+# The kernels load on first use (they import scipy.linalg); check now that they are there.
+if _util.find_spec("rnnc._blas") is None:  # pragma: no cover - depends on how rnnc is run
     raise ImportError(
         f"rnnc's compiled kernels are not built in {_os.path.dirname(__file__)}. Running from "
         "rnnc's source folder makes Python import the sources instead of the installed package: "
         "use `python -P ...` (Python >= 3.11), run from another folder, or build in place with "
-        "`pip install -e . --no-build-isolation`.") from exc
+        "`pip install -e . --no-build-isolation`.")
 
 from rnnc.bidirectional import Bidirectional
 from rnnc.cells import GRUCell, LSTMCell, RNNCell

@@ -8,10 +8,10 @@ direction, and scatters the results back to the caller's batch order.
 """
 import numpy as np
 
-from rnnc._gru_kernel import gru_backward, gru_forward
-from rnnc._lstm_kernel import lstm_backward, lstm_forward
-from rnnc._rnn_kernel import rnn_backward, rnn_forward
 from rnnc._validation import check_blas_size
+
+# The kernels are imported on first use, not with rnnc: they cimport scipy.linalg.cython_blas,
+# and importing scipy.linalg is most of the cost of `import rnnc` (~0.2 s of ~0.3 s).
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
@@ -95,6 +95,9 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
          reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None):
     if reverse_all and bidirectional:
         raise ValueError("reverse_all=True requires bidirectional=False")
+    from rnnc._gru_kernel import gru_forward
+    from rnnc._lstm_kernel import lstm_forward
+    from rnnc._rnn_kernel import rnn_forward
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     G = GATES[mode]
@@ -203,6 +206,9 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     so a cache serves one backward. Returns dx (T, B, I), dh0, dc0 (None unless LSTM) and a
     dict of parameter gradients keyed like the parameters.
     """
+    from rnnc._gru_kernel import gru_backward
+    from rnnc._lstm_kernel import lstm_backward
+    from rnnc._rnn_kernel import rnn_backward
     mode, params, D, H, P = cache.mode, cache.params, cache.D, cache.H, cache.P
     T, B, L = cache.T, cache.B, cache.num_layers
     dtype = grad_out.dtype

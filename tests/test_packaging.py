@@ -53,3 +53,18 @@ def test_readme_examples_run_and_show_what_they_say():
     # The training block: a classifier over every step, and a layer's input gradient.
     assert ns["logits"].shape == (100, 8, 5)
     assert ns["dx"].shape == ns["x"].shape and np.isfinite(ns["loss"])
+
+
+def test_linear_activation_codes_match_the_kernel():
+    from rnnc import _linear_kernel, linear
+    assert linear.ACTIVATIONS == _linear_kernel.ACTIVATIONS
+
+
+def test_import_does_not_load_scipy_linalg():
+    # The kernels (and with them scipy.linalg) load on first use, keeping `import rnnc` light.
+    import subprocess
+    import sys
+    code = "import sys, rnnc; print('scipy.linalg' in sys.modules)"
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT.parent)
+    assert out.stdout.strip() == "False"
