@@ -10,3 +10,21 @@ cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t M, Py_ssize_t N, Py_ssize_
                floating alpha, const floating* A, Py_ssize_t lda,
                const floating* B, Py_ssize_t ldb,
                floating beta, floating* C, Py_ssize_t ldc) noexcept nogil
+
+
+cdef extern from "_small_gemm.h" nogil:
+    int rnnc_sgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                         const float* Bp, int beta, float* C, Py_ssize_t ldc)
+
+
+cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                                const floating* h, Py_ssize_t ldh,  # (M, K) state rows
+                                const floating* w, Py_ssize_t ldw,  # (N, K) weights, row-major
+                                const floating* w_packed,           # w^T in 64-column panels, or NULL
+                                floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed float32
+    weights, the small-batch kernel of _small_gemm.h (no per-call weight packing); else BLAS."""
+    if floating is float:
+        if w_packed != NULL and rnnc_sgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
+            return
+    gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)

@@ -6,6 +6,7 @@ Python for the shim's own tests only.
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+
 import numpy as np
 
 
@@ -55,3 +56,12 @@ def gemm_py(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1]
     with nogil:
         gemm(trans_a, trans_b, M, N, K, <floating>alpha, &A[0, 0], A.shape[1],
              &B[0, 0], B.shape[1], <floating>beta, &C[0, 0], C.shape[1])
+
+
+def has_small_gemm():
+    """Whether the packed small-batch float32 kernel runs on this CPU (AVX-512)."""
+    cdef float a = 1, b[64], c = 0
+    cdef int i
+    for i in range(64):
+        b[i] = 0
+    return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1))

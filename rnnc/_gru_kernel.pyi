@@ -8,7 +8,8 @@ def gru_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                 h: NDArray[np.floating], out: NDArray[np.floating], col0: int,
                 xg: NDArray[np.floating], hg: NDArray[np.floating], rh: NDArray[np.floating],
                 chunk_steps: int, h_prev: NDArray[np.floating],
-                hn_keep: NDArray[np.floating]) -> None: ...
+                hn_keep: NDArray[np.floating],
+                w_hh_packed: NDArray[np.floating]) -> None: ...
 
 def gru_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  offsets: NDArray[np.intp], reverse: bool, reset_after: bool,

@@ -13,7 +13,7 @@ gradients as GEMMs over all steps. GIL released for the whole sequence, no alloc
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm
+from rnnc._blas cimport gemm, recurrent_gemm
 from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
                               gru_update_before, gru_pointwise_backward_after,
                               gru_pointwise_backward_before_n, gru_pointwise_backward_before_r)
@@ -37,7 +37,8 @@ cdef void gru_sequence(
         floating* rh,           # (B, H) workspace (reset_after=False only)
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, H) out: state before each step (training), or NULL
-        floating* hn_keep) noexcept nogil:  # (N, H) out: W_hn h + b_hn (training, reset_after)
+        floating* hn_keep,      # (N, H) out: W_hn h + b_hn (training, reset_after)
+        const floating* w_hh_packed) noexcept nogil:  # W_hh^T in panels, or NULL (reset_after)
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
@@ -60,7 +61,7 @@ cdef void gru_sequence(
                 memcpy(h_prev + offsets[t] * H, h, b * H * sizeof(floating))
             xs = xg + (offsets[t] - row0) * G
             if reset_after:
-                gemm(False, True, b, G, H, 1, h, H, w_hh, H, 0, hg, G)
+                recurrent_gemm(b, G, H, h, H, w_hh, H, w_hh_packed, 0, hg, G)
                 gru_pointwise_reset_after(b, H, xs, hg, b_hn, h, out + offsets[t] * ldo, ldo,
                                           hn_keep + offsets[t] * H if keep else NULL)
             else:
@@ -129,7 +130,8 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
                 floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] rh,
-                Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep):
+                Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep,
+                const floating[:, :, ::1] w_hh_packed):
     """Run one GRU layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
@@ -144,11 +146,12 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
     cdef floating* hk = &hn_keep[0, 0] if hn_keep.shape[0] > 0 else NULL
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     with nogil:
         gru_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], &hg[0, 0], &rh[0, 0],
-                     chunk_steps, hp, hk)
+                     chunk_steps, hp, hk, wp)
 
 
 def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

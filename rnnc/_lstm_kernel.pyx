@@ -16,7 +16,7 @@ layer (rnnc/_stack.py) validated the inputs and owns every buffer passed here.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm
+from rnnc._blas cimport gemm, recurrent_gemm
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
 from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
 
@@ -39,7 +39,8 @@ cdef void lstm_sequence(
         floating* hbuf,         # (B, H) workspace for o * tanh(c) when projecting, else unused
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, P) out: state before each step (training), or NULL
-        floating* c_prev) noexcept nogil:  # (N, H) out: cell state before each step, or NULL
+        floating* c_prev,       # (N, H) out: cell state before each step, or NULL
+        const floating* w_hh_packed) noexcept nogil:  # W_hh^T in panels (_small_gemm.h), or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, r, row0
@@ -59,7 +60,7 @@ cdef void lstm_sequence(
                 memcpy(h_prev + offsets[t] * P, h, b * P * sizeof(floating))
                 memcpy(c_prev + offsets[t] * H, c, b * H * sizeof(floating))
             gates = xg + (offsets[t] - row0) * G
-            gemm(False, True, b, G, P, 1, h, P, w_hh, P, 1, gates, G)
+            recurrent_gemm(b, G, P, h, P, w_hh, P, w_hh_packed, 1, gates, G)
             if w_hr == NULL:
                 lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo)
             else:
@@ -136,12 +137,14 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] h, floating[:, ::1] c,
                  floating[:, ::1] out, Py_ssize_t col0,
                  floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps,
-                 floating[:, ::1] h_prev, floating[:, ::1] c_prev):
+                 floating[:, ::1] h_prev, floating[:, ::1] c_prev,
+                 const floating[:, :, ::1] w_hh_packed):
     """Run one LSTM layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
     columns [col0, col0 + P) of out are written. Non-empty h_prev/c_prev (training) receive the
     states before each step, and xg (then (N, 4H), chunk_steps = T) the gate activations.
+    A non-empty w_hh_packed (float32) selects the small-batch recurrent kernel.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], P = h.shape[1]
@@ -153,11 +156,12 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* hb = ptr_or_null(hbuf)
     cdef floating* hp = ptr_or_null(h_prev)
     cdef floating* cp = ptr_or_null(c_prev)
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                       reverse, &w_ih[0, 0], &w_hh[0, 0], bi, bh, wr, H, P,
                       &h[0, 0], &c[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], hb,
-                      chunk_steps, hp, cp)
+                      chunk_steps, hp, cp, wp)
 
 
 def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

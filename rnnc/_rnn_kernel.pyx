@@ -10,7 +10,7 @@ and input gradients as GEMMs over all steps. GIL released for the whole sequence
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm
+from rnnc._blas cimport gemm, recurrent_gemm
 from rnnc._cell_math cimport rnn_pointwise, rnn_pointwise_backward
 from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
 
@@ -29,7 +29,8 @@ cdef void rnn_sequence(
         floating* out, Py_ssize_t ldo,  # (N, H) this direction's output columns, row stride ldo
         floating* xg,           # (chunk_steps * B, H) workspace; (N, H) activations in training
         Py_ssize_t chunk_steps,
-        floating* h_prev) noexcept nogil:  # (N, H) out: state before each step, or NULL
+        floating* h_prev,       # (N, H) out: state before each step, or NULL
+        const floating* w_hh_packed) noexcept nogil:  # W_hh^T in panels (_small_gemm.h), or NULL
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
     cdef bint keep = h_prev != NULL
@@ -47,7 +48,7 @@ cdef void rnn_sequence(
             if keep:
                 memcpy(h_prev + offsets[t] * H, h, b * H * sizeof(floating))
             pre = xg + (offsets[t] - row0) * H
-            gemm(False, True, b, H, H, 1, h, H, w_hh, H, 1, pre, H)
+            recurrent_gemm(b, H, H, h, H, w_hh, H, w_hh_packed, 1, pre, H)
             rnn_pointwise(b, H, use_relu, pre, h, out + offsets[t] * ldo, ldo)
 
 
@@ -86,7 +87,8 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
-                floating[:, ::1] xg, Py_ssize_t chunk_steps, floating[:, ::1] h_prev):
+                floating[:, ::1] xg, Py_ssize_t chunk_steps, floating[:, ::1] h_prev,
+                const floating[:, :, ::1] w_hh_packed):
     """Run one Elman RNN layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
@@ -100,10 +102,11 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     with nogil:
         rnn_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, use_relu, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
-                     &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp)
+                     &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp, wp)
 
 
 def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

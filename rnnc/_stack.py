@@ -8,6 +8,7 @@ direction, and scatters the results back to the caller's batch order.
 """
 import numpy as np
 
+from rnnc._threads import cached_num_threads
 from rnnc._validation import check_blas_size
 
 # The kernels are imported on first use, not with rnnc: they cimport scipy.linalg.cython_blas,
@@ -61,6 +62,36 @@ class PackedLayout:
 
 def _empty(dtype, ndim):
     return np.empty((0,) * ndim, dtype=dtype)
+
+
+# Largest batch for which the packed small-batch kernel (rnnc/_small_gemm.h) replaces BLAS in
+# the recurrent product: up to 64 rows on one thread; with more threads only up to 16, since the
+# kernel runs on one thread and multi-threaded BLAS wins on larger products (measured with
+# benchmarks/suite.py on 2 cores).
+SMALL_GEMM_MAX_BATCH = {1: 64}
+SMALL_GEMM_MAX_BATCH_THREADED = 16
+_SMALL_GEMM = []
+
+
+def _use_small_gemm(dtype, batch, steps):
+    if dtype != np.float32 or steps < 4:   # packing costs one pass over the weights per call
+        return False
+    if not _SMALL_GEMM:
+        from rnnc._blas import has_small_gemm
+        _SMALL_GEMM.append(has_small_gemm())
+    limit = SMALL_GEMM_MAX_BATCH.get(cached_num_threads(), SMALL_GEMM_MAX_BATCH_THREADED)
+    return _SMALL_GEMM[0] and batch <= limit
+
+
+def pack_panels(w):
+    """w (N, K) -> w^T in panels of 64 columns, (ceil(N / 64), K, 64), zero-padded: the layout
+    of the small-batch kernel's weights. A fresh copy per call, so in-place parameter updates
+    are always seen."""
+    N, K = w.shape
+    n_panels = -(-N // 64)
+    packed = np.zeros((n_panels * 64, K), dtype=w.dtype)
+    packed[:N] = w
+    return np.ascontiguousarray(packed.reshape(n_panels, 64, K).transpose(0, 2, 1))
 
 
 def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidirectional=False,
@@ -140,7 +171,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         rh = np.empty((B, H), dtype=dtype) if not reset_after else np.empty((1, 1), dtype=dtype)
     if mode == "LSTM":
         hbuf = np.empty((B, H), dtype=dtype) if proj_size else _empty(dtype, 2)
-    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
+    empty1, empty2, empty3 = _empty(dtype, 1), _empty(dtype, 2), _empty(dtype, 3)
+    small = _use_small_gemm(dtype, B, steps) and (mode != "GRU" or reset_after)
     if train:
         cache.layout = layout
         if dropout > 0 and num_layers > 1:
@@ -166,6 +198,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_ih = params.get(f"bias_ih_l{k}{sfx}", empty1)
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
+            w_packed = pack_panels(w_hh) if small else empty3
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
             if train:
                 xg = np.empty((n_rows, G * H), dtype=dtype)
@@ -174,18 +207,18 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 c_prev = np.empty((n_rows, H), dtype=dtype) if train else empty2
                 lstm_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                              w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
-                             out, d * P, xg, hbuf, chunk_steps, h_prev, c_prev)
+                             out, d * P, xg, hbuf, chunk_steps, h_prev, c_prev, w_packed)
                 extra = c_prev
             elif mode == "GRU":
                 hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
                 gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
                             w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, hg, rh,
-                            chunk_steps, h_prev, hn)
+                            chunk_steps, h_prev, hn, w_packed)
                 extra = hn
             else:
                 rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                             nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_state[s],
-                            out, d * H, xg, chunk_steps, h_prev)
+                            out, d * H, xg, chunk_steps, h_prev, w_packed)
                 extra = None
             if train:
                 cache.kept[k].append((xg, h_prev, extra))

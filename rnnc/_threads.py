@@ -5,12 +5,16 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from rnnc._validation import check_size
 
+# The last count set through set_num_threads (or read once), for cheap per-call decisions.
+_known = []
+
 
 def set_num_threads(n):
     """Use ``n`` threads for everything rnnc runs (every loaded BLAS library)."""
     n = check_size(n, "n")
     import scipy.linalg  # noqa: F401 - make sure the BLAS rnnc calls is loaded, so it is limited
     threadpool_limits(limits=n, user_api="blas")
+    _known[:] = [n]
 
 
 def get_num_threads():
@@ -21,3 +25,12 @@ def get_num_threads():
         return 1
     scipy_libs = [i for i in libs if "scipy" in i.get("filepath", "").split("/")[-2]]
     return int((scipy_libs or libs)[0]["num_threads"])
+
+
+def cached_num_threads():
+    """get_num_threads() without its cost (~1 ms): the value set through set_num_threads, or
+    read once. Threads changed behind rnnc's back (threadpoolctl, environment) after the first
+    read are not seen; this only steers a speed heuristic, never a result."""
+    if not _known:
+        _known.append(get_num_threads())
+    return _known[0]
