@@ -28,3 +28,15 @@ cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
         if w_packed != NULL and rnnc_sgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
             return
     gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)
+
+
+cdef inline void recurrent_gemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                                   const floating* a, Py_ssize_t lda,  # (M, K) gate gradients
+                                   const floating* w, Py_ssize_t ldw,  # (K, N) weights
+                                   const floating* w_packed,           # w in 64-column panels
+                                   floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C (M, N) = beta * C + a @ w: the recurrent product of one backward step (see above)."""
+    if floating is float:
+        if w_packed != NULL and rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc):
+            return
+    gemm(False, False, M, N, K, 1, a, lda, w, ldw, beta, C, ldc)

@@ -13,7 +13,7 @@ gradients as GEMMs over all steps. GIL released for the whole sequence, no alloc
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm
+from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
                               gru_update_before, gru_pointwise_backward_after,
                               gru_pointwise_backward_before_n, gru_pointwise_backward_before_r)
@@ -87,7 +87,8 @@ cdef void gru_sequence_backward(
         floating* dx, Py_ssize_t lddx, bint add_dx,  # (N, I) out (+= when add_dx)
         floating* dw_ih, floating* dw_hh,     # (3H, I), (3H, H) out
         floating* db_ih, floating* db_hh,     # (3H,) out (+=), or NULL
-        floating* work) noexcept nogil:       # (B, 3H) workspace
+        floating* work,                       # (B, 3H) workspace
+        const floating* w_hh_packed) noexcept nogil:  # W_hh in panels, or NULL (reset_after)
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, off
@@ -100,7 +101,7 @@ cdef void gru_sequence_backward(
         if reset_after:
             gru_pointwise_backward_after(b, H, act + off * G, hn + off * H, h_prev + off * H,
                                          dh, dout + off * ldd, ldd, work)
-            gemm(False, False, b, H, G, 1, work, G, w_hh, H, 1, dh, H)
+            recurrent_gemm_nn(b, H, G, work, G, w_hh, H, w_hh_packed, 1, dh, H)
         else:
             gru_pointwise_backward_before_n(b, H, act + off * G, h_prev + off * H, dh,
                                             dout + off * ldd, ldd, hn + off * H)
@@ -161,7 +162,8 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  const floating[:, ::1] dout, Py_ssize_t col0, floating[:, ::1] dh,
                  floating[:, ::1] dx, bint add_dx,
                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] work):
+                 floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] work,
+                 const floating[:, :, ::1] w_hh_packed):
     """BPTT through one GRU layer and direction after a training forward.
 
     act (N, 3H) holds the kept activations and is overwritten; hn (N, H) holds W_hn h + b_hn
@@ -173,9 +175,10 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
         return
     cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
     cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     with nogil:
         gru_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
                               T, reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], H,
                               &act[0, 0], &h_prev[0, 0], &hn[0, 0], &dout[0, col0],
                               dout.shape[1], &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
-                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0])
+                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0], wp)

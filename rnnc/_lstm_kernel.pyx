@@ -16,7 +16,7 @@ layer (rnnc/_stack.py) validated the inputs and owns every buffer passed here.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm
+from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
 from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
 
@@ -90,7 +90,8 @@ cdef void lstm_sequence_backward(
         floating* dhh,          # (B, H) workspace (projection)
         floating* hbuf_all,     # (N, H) workspace (projection): o * tanh(c) of every step
         floating* dhp_all,      # (N, P) workspace (projection): grad of h
-        floating* tc_row) noexcept nogil:  # (H,) workspace
+        floating* tc_row,       # (H,) workspace
+        const floating* w_hh_packed) noexcept nogil:  # W_hh in panels (_small_gemm.h), or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, r, j, off
@@ -112,7 +113,7 @@ cdef void lstm_sequence_backward(
             gemm(False, False, b, H, P, 1, dhp, P, w_hr, H, 0, dhh, H)
             lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dhh, H,
                                     <floating*>NULL, 0, hbuf_all + off * H, tc_row)
-        gemm(False, False, b, P, G, 1, act + off * G, G, w_hh, P, 0, dh, P)
+        recurrent_gemm_nn(b, P, G, act + off * G, G, w_hh, P, w_hh_packed, 0, dh, P)
     input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
     gemm(True, False, G, P, N, 1, act, G, h_prev, P, 0, dw_hh, P)
     if db_hh != NULL:
@@ -176,7 +177,7 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                   floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
                   floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dw_hr,
                   floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all,
-                  floating[::1] tc_row):
+                  floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed):
     """BPTT through one LSTM layer and direction after a training forward (see rnnc/_stack.py).
 
     act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
@@ -195,10 +196,11 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* dhh_p = ptr_or_null(dhh)
     cdef floating* hb = ptr_or_null(hbuf_all)
     cdef floating* dhp = ptr_or_null(dhp_all)
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
                                T, reverse, &w_ih[0, 0], &w_hh[0, 0], wr, H, P,
                                &act[0, 0], &h_prev[0, 0], &c_prev[0, 0],
                                &dout[0, col0], dout.shape[1], &dh[0, 0], &dc[0, 0],
                                &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
-                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0])
+                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], wp)

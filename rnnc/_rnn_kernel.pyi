@@ -17,4 +17,5 @@ def rnn_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  dout: NDArray[np.floating], col0: int, dh: NDArray[np.floating],
                  dx: NDArray[np.floating], add_dx: bool,
                  dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
-                 db_ih: NDArray[np.floating], db_hh: NDArray[np.floating]) -> None: ...
+                 db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
+                 w_hh_packed: NDArray[np.floating]) -> None: ...

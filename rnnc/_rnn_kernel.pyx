@@ -10,7 +10,7 @@ and input gradients as GEMMs over all steps. GIL released for the whole sequence
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm
+from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport rnn_pointwise, rnn_pointwise_backward
 from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
 
@@ -65,7 +65,8 @@ cdef void rnn_sequence_backward(
         floating* dh,           # (B, H) in: grad of h_n; out: grad of h_0
         floating* dx, Py_ssize_t lddx, bint add_dx,  # (N, I) out (+= when add_dx)
         floating* dw_ih, floating* dw_hh,     # (H, I), (H, H) out
-        floating* db_ih, floating* db_hh) noexcept nogil:  # (H,) out (+=), or NULL
+        floating* db_ih, floating* db_hh,  # (H,) out (+=), or NULL
+        const floating* w_hh_packed) noexcept nogil:  # W_hh in panels (_small_gemm.h), or NULL
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, off
     for s in range(T):
@@ -75,7 +76,7 @@ cdef void rnn_sequence_backward(
             continue
         off = offsets[t]
         rnn_pointwise_backward(b, H, use_relu, act + off * H, dh, dout + off * ldd, ldd)
-        gemm(False, False, b, H, H, 1, act + off * H, H, w_hh, H, 0, dh, H)
+        recurrent_gemm_nn(b, H, H, act + off * H, H, w_hh, H, w_hh_packed, 0, dh, H)
     input_side_backward(act, H, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
     gemm(True, False, H, H, N, 1, act, H, h_prev, H, 0, dw_hh, H)
     if db_hh != NULL:
@@ -116,7 +117,8 @@ def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  const floating[:, ::1] dout, Py_ssize_t col0, floating[:, ::1] dh,
                  floating[:, ::1] dx, bint add_dx,
                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db_ih, floating[::1] db_hh):
+                 floating[::1] db_ih, floating[::1] db_hh,
+                 const floating[:, :, ::1] w_hh_packed):
     """BPTT through one Elman RNN layer and direction after a training forward.
 
     act (N, H) holds the kept activations and is overwritten with dA; dh holds the gradient of
@@ -128,9 +130,10 @@ def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
         return
     cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
     cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     with nogil:
         rnn_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
                               T, reverse, use_relu, &w_ih[0, 0], &w_hh[0, 0], H,
                               &act[0, 0], &h_prev[0, 0], &dout[0, col0], dout.shape[1],
                               &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
-                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh)
+                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, wp)

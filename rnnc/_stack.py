@@ -275,6 +275,9 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     if mode == "LSTM":
         tc_row = np.empty(H, dtype=dtype)
 
+    small = (_use_small_gemm(dtype, B, len(layout.batch_sizes))
+             and (mode != "GRU" or cache.reset_after))
+    empty3 = _empty(dtype, 3)
     for k in reversed(range(L)):
         x_k = cache.layer_in[k]
         dx = np.empty_like(x_k)
@@ -288,20 +291,22 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
             db_ih, db_hh = grads.get(names[2], empty1), grads.get(names[3], empty1)
             act, h_prev, extra = cache.kept[k][d]
             s = k * D + d
+            w_packed = pack_panels(w_hh.T) if small else empty3
             if mode == "LSTM":
                 lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                               params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
                               dh_s[s], dc_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh,
-                              grads.get(names[4], empty2), dhh, hbuf_all, dhp_all, tc_row)
+                              grads.get(names[4], empty2), dhh, hbuf_all, dhp_all, tc_row,
+                              w_packed)
             elif mode == "GRU":
                 hn = extra if cache.reset_after else np.empty((n_rows, H), dtype=dtype)
                 gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
                              cache.reset_after, w_ih, w_hh, act, h_prev, hn, dlayer, d * H,
-                             dh_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh, work)
+                             dh_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh, work, w_packed)
             else:
                 rnn_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
                              cache.nonlinearity == "relu", w_ih, w_hh, act, h_prev, dlayer,
-                             d * H, dh_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh)
+                             d * H, dh_s[s], dx, d == 1, dw_ih, dw_hh, db_ih, db_hh, w_packed)
         if k > 0 and cache.dropout_masks is not None:
             dx *= layout.pack(cache.dropout_masks[k - 1])
         dlayer = dx

@@ -60,3 +60,27 @@ def test_in_place_weight_updates_are_seen():
     ref.load_state_dict(m.state_dict())
     np.testing.assert_allclose(second[0], ref(x)[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(first[0], second[0])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("B,H", [(3, 7), (5, 65), (16, 40)])
+def test_backward_small_kernel_matches_blas(monkeypatch, mode, B, H):
+    rng = np.random.default_rng(7)
+    m = getattr(rnnc, mode)(5, H, num_layers=2, bidirectional=True, dtype=np.float32, seed=1)
+    x = rng.standard_normal((6, B, 5)).astype(np.float32)
+    lengths = np.arange(B) % 6 + 1
+    g = rng.standard_normal((6, B, 2 * H)).astype(np.float32)
+
+    def grads():
+        m.train()
+        m(x, lengths=lengths)
+        dx, _, gr = m.backward(g)
+        m.eval()
+        return dx, gr
+
+    dx_fast, g_fast = grads()
+    monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
+    dx_blas, g_blas = grads()
+    np.testing.assert_allclose(dx_fast, dx_blas, rtol=1e-4, atol=1e-5)
+    for k in g_fast:
+        np.testing.assert_allclose(g_fast[k], g_blas[k], rtol=1e-4, atol=1e-4)
