@@ -15,6 +15,34 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
 
+/* One tile: MR (1..4, a compile-time constant after inlining) rows of C, 64 columns. */
+__attribute__((target("avx512f"), always_inline))
+static inline void rnnc_sgemm_tile(const int MR, ptrdiff_t K, const float* const a[4],
+                                   const float* b, const __mmask16 m[4], int beta,
+                                   float* const c_rows[4]) {
+    __m512 c[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < 4; q++)
+            c[r][q] = beta ? _mm512_maskz_loadu_ps(m[q], c_rows[r] + 16 * q)
+                           : _mm512_setzero_ps();
+    for (ptrdiff_t k = 0; k < K; k++, b += 64) {
+        __m512 b0 = _mm512_loadu_ps(b);
+        __m512 b1 = _mm512_loadu_ps(b + 16);
+        __m512 b2 = _mm512_loadu_ps(b + 32);
+        __m512 b3 = _mm512_loadu_ps(b + 48);
+        for (int r = 0; r < MR; r++) {
+            __m512 x = _mm512_set1_ps(a[r][k]);
+            c[r][0] = _mm512_fmadd_ps(x, b0, c[r][0]);
+            c[r][1] = _mm512_fmadd_ps(x, b1, c[r][1]);
+            c[r][2] = _mm512_fmadd_ps(x, b2, c[r][2]);
+            c[r][3] = _mm512_fmadd_ps(x, b3, c[r][3]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < 4; q++)
+            _mm512_mask_storeu_ps(c_rows[r] + 16 * q, m[q], c[r][q]);
+}
+
 __attribute__((target("avx512f")))
 static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     const float* A, ptrdiff_t lda,
@@ -22,48 +50,27 @@ static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     float* C, ptrdiff_t ldc) {
     for (ptrdiff_t i = 0; i < M; i += 4) {
         ptrdiff_t mr = M - i < 4 ? M - i : 4;
-        const float* a0 = A + i * lda;
-        const float* a1 = mr > 1 ? a0 + lda : a0;
-        const float* a2 = mr > 2 ? a0 + 2 * lda : a0;
-        const float* a3 = mr > 3 ? a0 + 3 * lda : a0;
+        const float* a[4];
+        for (int r = 0; r < 4; r++)
+            a[r] = A + (i + (r < mr ? r : 0)) * lda;
         for (ptrdiff_t j = 0; j < N; j += 64) {
             ptrdiff_t nr = N - j < 64 ? N - j : 64;
             __mmask16 m[4];
+            float* c_rows[4];
             for (int q = 0; q < 4; q++) {
                 ptrdiff_t left = nr - 16 * q;
                 m[q] = left >= 16 ? (__mmask16)0xFFFF
                      : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
             }
-            __m512 c[4][4];
             for (int r = 0; r < 4; r++)
-                for (int q = 0; q < 4; q++)
-                    c[r][q] = (beta && r < mr)
-                        ? _mm512_maskz_loadu_ps(m[q], C + (i + r) * ldc + j + 16 * q)
-                        : _mm512_setzero_ps();
+                c_rows[r] = C + (i + (r < mr ? r : 0)) * ldc + j;
             const float* b = Bp + (j / 64) * K * 64;
-            for (ptrdiff_t k = 0; k < K; k++, b += 64) {
-                __m512 b0 = _mm512_loadu_ps(b);
-                __m512 b1 = _mm512_loadu_ps(b + 16);
-                __m512 b2 = _mm512_loadu_ps(b + 32);
-                __m512 b3 = _mm512_loadu_ps(b + 48);
-                __m512 x;
-                x = _mm512_set1_ps(a0[k]);
-                c[0][0] = _mm512_fmadd_ps(x, b0, c[0][0]); c[0][1] = _mm512_fmadd_ps(x, b1, c[0][1]);
-                c[0][2] = _mm512_fmadd_ps(x, b2, c[0][2]); c[0][3] = _mm512_fmadd_ps(x, b3, c[0][3]);
-                x = _mm512_set1_ps(a1[k]);
-                c[1][0] = _mm512_fmadd_ps(x, b0, c[1][0]); c[1][1] = _mm512_fmadd_ps(x, b1, c[1][1]);
-                c[1][2] = _mm512_fmadd_ps(x, b2, c[1][2]); c[1][3] = _mm512_fmadd_ps(x, b3, c[1][3]);
-                x = _mm512_set1_ps(a2[k]);
-                c[2][0] = _mm512_fmadd_ps(x, b0, c[2][0]); c[2][1] = _mm512_fmadd_ps(x, b1, c[2][1]);
-                c[2][2] = _mm512_fmadd_ps(x, b2, c[2][2]); c[2][3] = _mm512_fmadd_ps(x, b3, c[2][3]);
-                x = _mm512_set1_ps(a3[k]);
-                c[3][0] = _mm512_fmadd_ps(x, b0, c[3][0]); c[3][1] = _mm512_fmadd_ps(x, b1, c[3][1]);
-                c[3][2] = _mm512_fmadd_ps(x, b2, c[3][2]); c[3][3] = _mm512_fmadd_ps(x, b3, c[3][3]);
-            }
-            for (int r = 0; r < 4; r++) {
-                if (r >= mr) break;
-                for (int q = 0; q < 4; q++)
-                    _mm512_mask_storeu_ps(C + (i + r) * ldc + j + 16 * q, m[q], c[r][q]);
+            /* Only the rows that exist: no wasted FMAs for a batch of 1 to 3. */
+            switch (mr) {
+                case 4: rnnc_sgemm_tile(4, K, a, b, m, beta, c_rows); break;
+                case 3: rnnc_sgemm_tile(3, K, a, b, m, beta, c_rows); break;
+                case 2: rnnc_sgemm_tile(2, K, a, b, m, beta, c_rows); break;
+                default: rnnc_sgemm_tile(1, K, a, b, m, beta, c_rows); break;
             }
         }
     }

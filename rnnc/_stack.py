@@ -64,10 +64,10 @@ def _empty(dtype, ndim):
     return np.empty((0,) * ndim, dtype=dtype)
 
 
-# Largest batch for which the packed small-batch kernel (rnnc/_small_gemm.h) replaces BLAS in
-# the recurrent product: up to 64 rows on one thread; with more threads only up to 16, since the
-# kernel runs on one thread and multi-threaded BLAS wins on larger products (measured with
-# benchmarks/suite.py on 2 cores).
+# Batches for which the packed small-batch kernel (rnnc/_small_gemm.h) replaces BLAS in the
+# recurrent product: from 2 rows (for one row BLAS's matrix-vector path is as fast) up to 64 on
+# one thread, up to 16 with more threads, since the kernel runs on one thread and
+# multi-threaded BLAS wins on larger products (measured with benchmarks/suite.py on 2 cores).
 SMALL_GEMM_MAX_BATCH = {1: 64}
 SMALL_GEMM_MAX_BATCH_THREADED = 16
 _SMALL_GEMM = []
@@ -80,7 +80,7 @@ def _use_small_gemm(dtype, batch, steps):
         from rnnc._blas import has_small_gemm
         _SMALL_GEMM.append(has_small_gemm())
     limit = SMALL_GEMM_MAX_BATCH.get(cached_num_threads(), SMALL_GEMM_MAX_BATCH_THREADED)
-    return _SMALL_GEMM[0] and batch <= limit
+    return _SMALL_GEMM[0] and 2 <= batch <= limit
 
 
 def pack_panels(w):

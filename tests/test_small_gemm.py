@@ -27,7 +27,7 @@ def flat(result):
 
 @pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
                                      ("RNN", {}), ("LSTM", {"bidirectional": True})])
-@pytest.mark.parametrize("B,H", [(1, 1), (3, 7), (4, 16), (5, 63), (17, 65), (2, 130)])
+@pytest.mark.parametrize("B,H", [(2, 1), (3, 7), (4, 16), (5, 63), (17, 65), (2, 130)])
 def test_small_kernel_matches_blas_and_reference(monkeypatch, mode, kw, B, H):
     if kw.get("proj_size", 0) >= H:
         pytest.skip("proj_size must be < hidden_size")
@@ -53,7 +53,7 @@ def test_kernel_is_used_where_available():
 
 def test_in_place_weight_updates_are_seen():
     # The kernel's packed weights are made per call, never cached across calls.
-    m, x, first = run("LSTM", 2, 16, 8)
+    m, x, first = run("LSTM", 3, 16, 8)
     m.weight_hh_l0 *= 0.5
     second = m(x)
     ref = reference.LSTM(5, 16, dtype=np.float32)
@@ -84,3 +84,9 @@ def test_backward_small_kernel_matches_blas(monkeypatch, mode, B, H):
     np.testing.assert_allclose(dx_fast, dx_blas, rtol=1e-4, atol=1e-5)
     for k in g_fast:
         np.testing.assert_allclose(g_fast[k], g_blas[k], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_rule():
+    assert not _stack._use_small_gemm(np.dtype(np.float32), 1, 100)   # BLAS's gemv path
+    if has_small_gemm():
+        assert _stack._use_small_gemm(np.dtype(np.float32), 2, 100)
