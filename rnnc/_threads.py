@@ -1,6 +1,7 @@
-"""Thread control. rnnc starts no threads of its own: its only threads are the BLAS library's
-(the one scipy.linalg.cython_blas calls for the kernels, and NumPy's for the few NumPy
-products in the Python layer), so the thread count is the BLAS thread count."""
+"""Thread control. rnnc's threads are the BLAS library's (the one scipy.linalg.cython_blas calls
+for the kernels, and NumPy's for the few NumPy products in the Python layer), plus one helper
+thread that runs the second direction of a large bidirectional layer while BLAS is held at one
+thread (rnnc._stack); with set_num_threads(1) the helper is never used."""
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from rnnc._validation import check_size
