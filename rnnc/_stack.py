@@ -103,12 +103,14 @@ def _run_directions(run, parallel):
         run(0)
         run(1)
         return
+    import os
     from concurrent.futures import ThreadPoolExecutor
     from threadpoolctl import ThreadpoolController
-    if not _HELPER:
-        _HELPER.extend([ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
-                        ThreadpoolController()])
-    helper, controller = _HELPER
+    # A forked child inherits the executor but not its thread: make a new one per process.
+    if not _HELPER or _HELPER[2] != os.getpid():
+        _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
+                      ThreadpoolController(), os.getpid()]
+    helper, controller, _ = _HELPER
     with controller.limit(limits=1, user_api="blas"):   # two directions x one BLAS thread
         other = helper.submit(run, 1)
         try:

@@ -46,3 +46,22 @@ def test_one_thread_means_no_concurrency(monkeypatch):
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
     assert not _stack._parallel_directions(2, 10**12)
     assert not _stack._parallel_directions(1, 10**12)
+
+
+def test_concurrent_directions_work_in_a_forked_child(monkeypatch):
+    # The helper thread does not survive fork(); a child must make its own, not hang.
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
+    m = rnnc.GRU(3, 4, bidirectional=True, seed=0)
+    x = np.ones((5, 2, 3), np.float32)
+    expected = m(x)[0]          # creates the helper in this process
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_run_in_child, (m, x)).get(timeout=60)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def _run_in_child(m, x):
+    return m(x)[0]
