@@ -1,10 +1,12 @@
-"""Compiled forward of a stacked, optionally bidirectional RNN / GRU / LSTM.
+"""Compiled forward and backward of a stacked, optionally bidirectional RNN / GRU / LSTM.
 
-``run_stack`` has the same signature and semantics as ``rnnc.reference.run_stack``; the classes
-in rnnc.recurrent call one or the other. This module is the thin layer between the classes and
-the kernels: it lays the batch out in PyTorch's packed form (sorted by decreasing length, see
-rnnc/_sequence.pxd), allocates every buffer the kernels write, calls one kernel per layer and
-direction, and scatters the results back to the caller's batch order.
+``run_stack`` has the same signature and semantics as ``rnnc.reference.run_stack``
+(``run_stack_train`` / ``run_stack_backward`` those of rnnc.reference's training pair); the
+classes in rnnc.recurrent call one or the other. This module is the thin layer between the
+classes and the kernels: it lays the batch out in PyTorch's packed form (sorted by decreasing
+length, see rnnc/_sequence.pxd), allocates every buffer the kernels write, chooses the recurrent
+GEMM (BLAS or the small-batch kernel) and whether the two directions run concurrently, calls one
+kernel per layer and direction, and scatters the results back to the caller's batch order.
 """
 import numpy as np
 
