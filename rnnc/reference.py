@@ -190,29 +190,12 @@ def _run_direction(mode, p, x, h0, c0, lengths, reverse, nonlinearity, reset_aft
     return out, h, c
 
 
-def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidirectional=False,
-              nonlinearity="tanh", reset_after=True, proj_size=0, reverse_all=False):
-    """Run a stacked (optionally bidirectional) recurrent network like torch.nn.RNN/GRU/LSTM.
+def prepare_stack_args(mode, params, x, h0, c0, lengths, num_layers, bidirectional,
+                       nonlinearity, proj_size, reverse_all):
+    """Check run_stack's arguments and fill in the defaults (zero states, full lengths).
 
-    mode: "RNN" | "GRU" | "LSTM".
-    params: dict with PyTorch's state_dict names and shapes: weight_ih_l{k}, weight_hh_l{k},
-        bias_ih_l{k}, bias_hh_l{k} (absent when bias=False), weight_hr_l{k} (LSTM with proj_size>0),
-        each with suffix "_reverse" for the backward direction.
-    x: (T, B, I) time-major. h0: (D*L, B, P) where P = proj_size or hidden_size; c0: (D*L, B, H) for LSTM.
-        Layer/direction index in h0 is k*D + d, as in PyTorch.
-        (h0=None / c0=None mean zero initial states.)
-    lengths: None (all sequences have length T) or an int array (B,) with 0 <= lengths[b] <= T.
-        Semantics of PyTorch packed sequences: sequence b only runs on steps t < lengths[b]; the forward
-        direction runs t = 0..len-1; the reverse direction starts at t = len-1 (its own last step) and runs
-        down to 0; output positions t >= lengths[b] are exactly 0; h_n/c_n hold each sequence's state after
-        its own last processed step. A length of 0 gives an all-zero output and h_n == h0 (c_n == c0).
-        Padding content (x[t, b] for t >= lengths[b]) must never influence anything, even if it is NaN.
-    reverse_all: if True, every layer runs only in the reverse time direction (used for a Keras-style
-        Bidirectional wrapper's backward layer; only meaningful with bidirectional=False). Same length
-        semantics as the reverse direction above. Parameters are then looked up WITHOUT the
-        "_reverse" suffix (weight_ih_l{k}, ...), since there is only one direction.
-    Layer k > 0 takes as input the concatenation [forward, reverse] of layer k-1's outputs (D*P features).
-    Returns (out (T, B, D*P), h_n (D*L, B, P), c_n (D*L, B, H) or None for RNN/GRU).
+    Returns x, h0, c0 (None unless LSTM), lengths (int64) and the sizes (T, B, D, H, P).
+    Shared with rnnc.reference_backward, which takes the same arguments.
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -246,6 +229,8 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
         c0 = np.asarray(c0)
         if c0.shape != (D * L, B, H):
             raise ValueError(f"c0 must have shape {(D * L, B, H)}, got {c0.shape}")
+    else:
+        c0 = None
 
     if lengths is None:
         lengths = np.full(B, T, dtype=np.int64)
@@ -254,6 +239,37 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
         raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
     if np.any(lengths < 0) or np.any(lengths > T):
         raise ValueError(f"lengths must satisfy 0 <= lengths <= T={T}")
+    return x, h0, c0, lengths, (T, B, D, H, P)
+
+
+def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidirectional=False,
+              nonlinearity="tanh", reset_after=True, proj_size=0, reverse_all=False):
+    """Run a stacked (optionally bidirectional) recurrent network like torch.nn.RNN/GRU/LSTM.
+
+    mode: "RNN" | "GRU" | "LSTM".
+    params: dict with PyTorch's state_dict names and shapes: weight_ih_l{k}, weight_hh_l{k},
+        bias_ih_l{k}, bias_hh_l{k} (absent when bias=False), weight_hr_l{k} (LSTM with proj_size>0),
+        each with suffix "_reverse" for the backward direction.
+    x: (T, B, I) time-major. h0: (D*L, B, P) where P = proj_size or hidden_size; c0: (D*L, B, H) for LSTM.
+        Layer/direction index in h0 is k*D + d, as in PyTorch.
+        (h0=None / c0=None mean zero initial states.)
+    lengths: None (all sequences have length T) or an int array (B,) with 0 <= lengths[b] <= T.
+        Semantics of PyTorch packed sequences: sequence b only runs on steps t < lengths[b]; the forward
+        direction runs t = 0..len-1; the reverse direction starts at t = len-1 (its own last step) and runs
+        down to 0; output positions t >= lengths[b] are exactly 0; h_n/c_n hold each sequence's state after
+        its own last processed step. A length of 0 gives an all-zero output and h_n == h0 (c_n == c0).
+        Padding content (x[t, b] for t >= lengths[b]) must never influence anything, even if it is NaN.
+    reverse_all: if True, every layer runs only in the reverse time direction (used for a Keras-style
+        Bidirectional wrapper's backward layer; only meaningful with bidirectional=False). Same length
+        semantics as the reverse direction above. Parameters are then looked up WITHOUT the
+        "_reverse" suffix (weight_ih_l{k}, ...), since there is only one direction.
+    Layer k > 0 takes as input the concatenation [forward, reverse] of layer k-1's outputs (D*P features).
+    Returns (out (T, B, D*P), h_n (D*L, B, P), c_n (D*L, B, H) or None for RNN/GRU).
+    """
+    x, h0, c0, lengths, (T, B, D, H, P) = prepare_stack_args(
+        mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity, proj_size,
+        reverse_all)
+    dtype, L = x.dtype, num_layers
 
     h_n = np.zeros((D * L, B, P), dtype=dtype)
     c_n = np.zeros((D * L, B, H), dtype=dtype) if mode == "LSTM" else None

@@ -38,59 +38,12 @@ except ImportError:  # loaded by file path, outside the package
 
 __all__ = ["run_stack_backward", "run_stack_dropout"]
 
-_N_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _LOCAL_TO_TORCH = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
                    "w_hr": "weight_hr"}
 
 
-# ---------------------------------------------------------------------------
-# Argument handling (mirrors reference.run_stack)
-# ---------------------------------------------------------------------------
-
-def _prepare(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
-             proj_size, reverse_all):
-    """Validate like reference.run_stack; return x, h0, c0, lengths with defaults filled in,
-    and the sizes (T, B, D, H, P)."""
-    if mode not in _N_GATES:
-        raise ValueError(f"mode must be one of {tuple(_N_GATES)}, got {mode!r}")
-    if reverse_all and bidirectional:
-        raise ValueError("reverse_all=True requires bidirectional=False")
-    if proj_size and mode != "LSTM":
-        raise ValueError("proj_size > 0 is only supported for LSTM")
-    _ref._activation(nonlinearity)  # validates
-
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (T, B, I), got {x.shape}")
-    T, B = x.shape[0], x.shape[1]
-    dtype = x.dtype
-    D = 2 if bidirectional else 1
-    L = num_layers
-    H = params["weight_hh_l0"].shape[0] // _N_GATES[mode]
-    P = proj_size if proj_size else H
-
-    if h0 is None:
-        h0 = np.zeros((D * L, B, P), dtype=dtype)
-    h0 = np.asarray(h0)
-    if h0.shape != (D * L, B, P):
-        raise ValueError(f"h0 must have shape {(D * L, B, P)}, got {h0.shape}")
-    if mode == "LSTM":
-        if c0 is None:
-            c0 = np.zeros((D * L, B, H), dtype=dtype)
-        c0 = np.asarray(c0)
-        if c0.shape != (D * L, B, H):
-            raise ValueError(f"c0 must have shape {(D * L, B, H)}, got {c0.shape}")
-    else:
-        c0 = None
-
-    if lengths is None:
-        lengths = np.full(B, T, dtype=np.int64)
-    lengths = np.asarray(lengths).astype(np.int64)
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
-    if np.any(lengths < 0) or np.any(lengths > T):
-        raise ValueError(f"lengths must satisfy 0 <= lengths <= T={T}")
-    return x, h0, c0, lengths, (T, B, D, H, P)
+# Argument checks and defaults: reference.prepare_stack_args, shared with the forward.
+_prepare = _ref.prepare_stack_args
 
 
 def _check_masks(dropout_masks, num_layers, T, B, D, P, dtype):
