@@ -10,6 +10,7 @@ kernel per layer and direction, and scatters the results back to the caller's ba
 """
 import numpy as np
 
+from rnnc._dropout import dropout_mask
 from rnnc._threads import cached_num_threads
 from rnnc._validation import check_blas_size
 
@@ -225,10 +226,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
 
     for k in range(num_layers):
         if train and k > 0 and dropout > 0:
-            keep_p = 1.0 - dropout
-            mask = (rng.random((T, B, D * P)) < keep_p).astype(dtype)
-            if keep_p > 0:
-                mask /= dtype.type(keep_p)
+            mask = dropout_mask(rng, (T, B, D * P), dropout, dtype)
             cache.dropout_masks.append(mask)
             layer_in = layer_in * layout.pack(mask)
         if train:

@@ -314,6 +314,7 @@ from rnnc import recurrent as _recurrent  # noqa: E402
 
 
 from rnnc import reference_backward as _backward  # noqa: E402
+from rnnc._dropout import dropout_mask  # noqa: E402
 
 
 class _TrainCache:
@@ -332,11 +333,8 @@ def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
     P = proj_size or H
     masks = None
     if dropout > 0 and num_layers > 1:
-        keep = 1.0 - dropout
-        masks = []
-        for _ in range(num_layers - 1):
-            mask = (rng.random((T, B, D * P)) < keep).astype(x.dtype)
-            masks.append(mask / x.dtype.type(keep) if keep > 0 else mask)
+        masks = [dropout_mask(rng, (T, B, D * P), dropout, x.dtype)
+                 for _ in range(num_layers - 1)]
     opts = dict(num_layers=num_layers, bidirectional=bidirectional, nonlinearity=nonlinearity,
                 reset_after=reset_after, proj_size=proj_size, reverse_all=reverse_all)
     out, h_n, c_n = _backward.run_stack_dropout(mode, params, x, h0, c0, lengths,
