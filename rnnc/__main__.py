@@ -10,6 +10,7 @@ import numpy as np
 
 import rnnc
 from rnnc import reference
+from rnnc._threads import blas_libraries
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
@@ -93,7 +94,7 @@ def check(T=50, B=16, I=32, H=64, repeats=3, out=sys.stdout):
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     line = " | ".join(h.ljust(w) for h, w in zip(head, widths))
     print(f"rnnc {rnnc.__version__}: compiled vs NumPy reference, T={T} B={B} I={I} H={H}, "
-          f"median of {repeats}, {_blas_threads()} BLAS thread(s)", file=out)
+          f"median of {repeats}, {rnnc.get_num_threads()} BLAS thread(s)", file=out)
     print(line, file=out)
     print("-+-".join("-" * w for w in widths), file=out)
     for r in rows:
@@ -104,18 +105,6 @@ def check(T=50, B=16, I=32, H=64, repeats=3, out=sys.stdout):
     return ok
 
 
-def _blas_info():
-    """BLAS libraries loaded in this process, the one scipy (and so rnnc) calls first."""
-    import scipy.linalg  # noqa: F401 - loads the BLAS that rnnc calls through cython_blas
-    from threadpoolctl import threadpool_info
-    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    libs.sort(key=lambda i: "scipy" not in i.get("filepath", "").split("/")[-2])
-    return libs
-
-
-def _blas_threads():
-    libs = _blas_info()
-    return libs[0]["num_threads"] if libs else "?"
 
 
 def info(out=sys.stdout):
@@ -123,7 +112,7 @@ def info(out=sys.stdout):
     print(f"rnnc {rnnc.__version__} at {rnnc.__file__}", file=out)
     print(f"python {platform.python_version()}, numpy {np.__version__}, "
           f"scipy {scipy.__version__}, {platform.machine()}", file=out)
-    libs = _blas_info()
+    libs = blas_libraries()
     if not libs:
         print("BLAS: not reported by threadpoolctl", file=out)
     for n, lib in enumerate(libs):

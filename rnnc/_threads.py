@@ -18,14 +18,19 @@ def set_num_threads(n):
     _known[:] = [n]
 
 
+def blas_libraries():
+    """threadpoolctl's records of the BLAS libraries loaded in this process, the one
+    scipy.linalg.cython_blas (and so rnnc) calls first."""
+    import scipy.linalg  # noqa: F401 - loads the BLAS that rnnc calls
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    libs.sort(key=lambda i: "scipy" not in i.get("filepath", "").split("/")[-2])
+    return libs
+
+
 def get_num_threads():
     """Threads rnnc uses: those of the BLAS that scipy.linalg.cython_blas calls."""
-    import scipy.linalg  # noqa: F401
-    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    if not libs:
-        return 1
-    scipy_libs = [i for i in libs if "scipy" in i.get("filepath", "").split("/")[-2]]
-    return int((scipy_libs or libs)[0]["num_threads"])
+    libs = blas_libraries()
+    return int(libs[0]["num_threads"]) if libs else 1
 
 
 def cached_num_threads():
