@@ -1,19 +1,15 @@
 """Forward-inference benchmark (kept for compatibility): the forward cases of the suite.
 
-A thin wrapper around benchmarks/suite.py (see its --help for everything it can do):
+A thin wrapper around the suite, rnnc/bench/suite.py (see benchmarks/suite.py --help for
+everything it can do):
 
     python benchmarks/bench_forward.py                  # forward grid, 1 thread, float32
     python benchmarks/bench_forward.py --threads 2 --dtype float64 --out bench_results
 """
 import argparse
 import sys
-from pathlib import Path
 
-if __package__:
-    from . import suite
-else:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import suite  # noqa: E402
+from rnnc.bench import suite
 
 
 def main(argv=None):

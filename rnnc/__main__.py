@@ -1,5 +1,6 @@
 """Command line: ``python -m rnnc`` (check every class against the NumPy reference and time
-both), ``python -m rnnc demo`` (train RNN, GRU and LSTM on the adding problem) and
+both), ``python -m rnnc demo`` (train RNN, GRU and LSTM on the adding problem),
+``python -m rnnc bench`` (quick benchmark against PyTorch and ONNX Runtime) and
 ``python -m rnnc info`` (version, BLAS, threads)."""
 import argparse
 import platform
@@ -138,11 +139,29 @@ def main(argv=None):
         p.add_argument("--input-size", type=int, default=32)
         p.add_argument("--hidden-size", type=int, default=64)
         p.add_argument("--repeats", type=int, default=3)
+    bench = sub.add_parser(
+        "bench", help="quick benchmark (under a minute) against the NumPy reference, PyTorch "
+                      "and ONNX Runtime, each if installed",
+        description="A quick subset of the benchmark suite (one case of each kind, float32, "
+                    "short timing) against the NumPy reference, PyTorch and ONNX Runtime, each "
+                    "if installed (pip install torch onnx onnxruntime matplotlib). Every peer "
+                    "is checked against rnnc before timing. The full suite (8+ minutes): "
+                    "python -P benchmarks/suite.py in a source checkout, or "
+                    "python -m rnnc.bench.suite --help.")
+    bench.add_argument("--threads", type=int, nargs="+", default=[1], metavar="N",
+                       help="thread counts (default: 1)")
+    bench.add_argument("--out", metavar="DIR",
+                       help="also write quick.md, quick.json and quick.png (needs matplotlib) "
+                            "to DIR")
     sub.add_parser("info", help="version, BLAS library and thread count")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
         return 0
+    if args.command == "bench":
+        # Imported here: the suite imports PyTorch and ONNX Runtime when they are installed.
+        from rnnc.bench.suite import quick
+        return quick(args.out, args.threads, log=lambda s: print(s, flush=True))
     ok = check(args.steps, args.batch, args.input_size, args.hidden_size, args.repeats)
     return 0 if ok else 1
 

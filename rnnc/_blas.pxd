@@ -15,6 +15,8 @@ cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t M, Py_ssize_t N, Py_ssize_
 cdef extern from "_small_gemm.h" nogil:
     int rnnc_sgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                          const float* Bp, int beta, float* C, Py_ssize_t ldc)
+    void rnnc_pack_panels(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t sn,
+                          Py_ssize_t sk, float* out)
 
 
 cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,

@@ -65,3 +65,18 @@ def has_small_gemm():
     for i in range(64):
         b[i] = 0
     return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1))
+
+
+def pack_panels_into(const float[:, :] w, float[:, :, ::1] out):
+    """out (ceil(N / 64), K, 64) = w^T (w is (N, K), any strides) in the small-batch kernel's
+    panel layout, zero-padded past N. Compiled because NumPy's strided transpose copy cost
+    18 ms for a 4096 x 1024 matrix (this: a few ms)."""
+    cdef Py_ssize_t N = w.shape[0], K = w.shape[1]
+    if out.shape[0] != (N + 63) // 64 or out.shape[1] != K or out.shape[2] != 64:
+        raise ValueError(f"pack_panels_into: out has shape ({out.shape[0]}, {out.shape[1]}, "
+                         f"{out.shape[2]}), expected ({(N + 63) // 64}, {K}, 64)")
+    if N == 0 or K == 0:
+        return
+    with nogil:
+        rnnc_pack_panels(N, K, &w[0, 0], w.strides[0] // sizeof(float),
+                         w.strides[1] // sizeof(float), &out[0, 0, 0])

@@ -27,7 +27,8 @@ def flat(result):
 
 @pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
                                      ("RNN", {}), ("LSTM", {"bidirectional": True})])
-@pytest.mark.parametrize("B,H", [(2, 1), (3, 7), (4, 16), (5, 63), (17, 65), (2, 130)])
+@pytest.mark.parametrize("B,H", [(1, 1), (1, 33), (2, 1), (3, 7), (4, 16), (5, 63), (17, 65),
+                                 (2, 130)])
 def test_small_kernel_matches_blas_and_reference(monkeypatch, mode, kw, B, H):
     if kw.get("proj_size", 0) >= H:
         pytest.skip("proj_size must be < hidden_size")
@@ -63,7 +64,7 @@ def test_in_place_weight_updates_are_seen():
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("B,H", [(3, 7), (5, 65), (16, 40)])
+@pytest.mark.parametrize("B,H", [(1, 9), (3, 7), (5, 65), (16, 40)])
 def test_backward_small_kernel_matches_blas(monkeypatch, mode, B, H):
     rng = np.random.default_rng(7)
     m = getattr(rnnc, mode)(5, H, num_layers=2, bidirectional=True, dtype=np.float32, seed=1)
@@ -87,6 +88,25 @@ def test_backward_small_kernel_matches_blas(monkeypatch, mode, B, H):
 
 
 def test_batch_rule():
-    assert not _stack._use_small_gemm(np.dtype(np.float32), 1, 100)   # BLAS's gemv path
+    assert not _stack._use_small_gemm(np.dtype(np.float32), 0, 100)
     if has_small_gemm():
+        assert _stack._use_small_gemm(np.dtype(np.float32), 1, 100)
         assert _stack._use_small_gemm(np.dtype(np.float32), 2, 100)
+
+
+def _panels_numpy(w):
+    n, k = w.shape
+    n_panels = -(-n // 64)
+    padded = np.zeros((n_panels * 64, k), dtype=w.dtype)
+    padded[:n] = w
+    return padded.reshape(n_panels, 64, k).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (16, 16), (17, 33), (64, 16), (100, 70), (130, 17),
+                                 (200, 1), (512, 128)])
+def test_pack_panels_matches_numpy(N, K):
+    # Both the transposing case (forward: W_hh, k contiguous; AVX-512 16 x 16 blocks plus
+    # edges) and the copying case (backward: W_hh^T), plus a strided view.
+    w = np.random.default_rng(N * K).standard_normal((N, K)).astype(np.float32)
+    for view in (w, np.ascontiguousarray(w.T).T, w[:, ::2], w.T):
+        np.testing.assert_array_equal(_stack.pack_panels(view), _panels_numpy(view))

@@ -5,10 +5,12 @@ timing metadata; every row has "results" {backend: {median, iqr, q1, q3, min, n,
 the row's "unit" (ms, or us/step for stream cases), "unavailable" {backend: {reason, detail}},
 "check" {backend: {max_error, worst_output, tolerance}} and "ratio" {peer: rnnc / peer}.
 """
+import importlib.util
 import json
 from pathlib import Path
 
 PEER_ORDER = ("reference", "torch", "onnxruntime")
+RATIO = "rnnc time / fastest peer time from the same run (< 1: rnnc is faster)"
 
 
 def fmt(v):
@@ -88,8 +90,7 @@ def _header(doc):
     lines.append(f"- Every peer was checked against rnnc before timing (max |difference| / "
                  f"max(1, |value|) <= {tol['float32']:g} in float32, {tol['float64']:g} in "
                  f"float64); largest error seen: {_largest_errors(doc)}.")
-    lines.append("- Last column: rnnc time / fastest peer time from the same run "
-                 "(< 1: rnnc is faster).")
+    lines.append(f"- Last column: {RATIO}.")
     if doc.get("error"):
         lines += ["", f"**RUN STOPPED: {doc['error']}**"]
     return lines
@@ -152,6 +153,10 @@ def _varlen_table(doc, peers):
                 cells.append("n/a")
         out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def can_plot():
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot(doc, path):

@@ -57,11 +57,34 @@ class Runner:
         self.notes = notes
 
 
+def missing():
+    """{backend: why it cannot run here} for the optional backends."""
+    why = {}
+    if torch is None:
+        why["torch"] = "PyTorch is not installed (pip install torch)"
+    if ort is None:
+        why["onnxruntime"] = "ONNX Runtime is not installed (pip install onnx onnxruntime)"
+    elif torch is None:
+        why["onnxruntime"] = "needs PyTorch to export the model to ONNX"
+    return why
+
+
 def installed():
     """The backends importable in this process."""
-    return [b for b in BACKENDS if b in ("rnnc", "reference")
-            or (b == "torch" and torch is not None)
-            or (b == "onnxruntime" and torch is not None and ort is not None)]
+    return [b for b in BACKENDS if b not in missing()]
+
+
+def describe(backend):
+    """What ``backend`` is, with its version, for a report's first line."""
+    if backend == "rnnc":
+        return f"rnnc {rnnc.__version__} (compiled)"
+    if backend == "reference":
+        return "reference (rnnc.reference, the plain NumPy loop)"
+    if backend == "torch":
+        return f"PyTorch {torch.__version__} (torch.nn.RNN/GRU/LSTM)"
+    if backend == "onnxruntime":
+        return f"ONNX Runtime {ort.__version__} (the PyTorch module, exported to ONNX)"
+    raise ValueError(f"unknown backend {backend!r}")
 
 
 # ---------------------------------------------------------------------------------------------
