@@ -2,7 +2,8 @@
 
 The extension list and the single dict of Cython compiler directives live here; everything else
 about the package is in pyproject.toml. Set RNNC_DEBUG=1 to build with bounds checks and
-initialisation checks on (slow, for hunting memory errors).
+initialisation checks on (slow, for hunting memory errors). RNNC_ONLY=_lstm_kernel,_blas builds
+only the named modules (development: rebuild one kernel while another is being edited).
 """
 import os
 
@@ -34,7 +35,11 @@ MODULES = [
     "rnnc._gru_kernel",
     "rnnc._lstm_kernel",
     "rnnc._linear_kernel",
+    "rnnc._parallel_forward",
 ]
+ONLY = [m for m in os.environ.get("RNNC_ONLY", "").split(",") if m]
+if ONLY:
+    MODULES = [m for m in MODULES if m.split(".")[-1] in ONLY]
 
 extensions = [
     Extension(

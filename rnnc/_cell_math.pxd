@@ -12,6 +12,13 @@ cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
                                floating* pre,         # (b, H) in: pre-activation; out: a<t>
                                floating* h,           # (b, H) state out, stride H
                                floating* out, Py_ssize_t ldo) noexcept nogil:
+    rnn_pointwise_ld(b, H, use_relu, pre, h, H, out, ldo)
+
+
+cdef inline void rnn_pointwise_ld(Py_ssize_t b, Py_ssize_t H, bint use_relu,
+                                  floating* pre,         # (b, H) in: pre-activation; out: a<t>
+                                  floating* h, Py_ssize_t ldh,  # (b, H) state out
+                                  floating* out, Py_ssize_t ldo) noexcept nogil:
     cdef Py_ssize_t r, j
     cdef floating* p
     for r in range(b):
@@ -22,7 +29,7 @@ cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
         else:
             tanh_inplace(p, H)
         for j in range(H):
-            h[r * H + j] = p[j]
+            h[r * ldh + j] = p[j]
             out[r * ldo + j] = p[j]
 
 
@@ -63,6 +70,16 @@ cdef inline void gru_pointwise_reset_after(
         floating* h,           # (b, H) state, updated in place
         floating* out, Py_ssize_t ldo,
         floating* hn_keep) noexcept nogil:  # (b, H) W_hn h + b_hn for backward, or NULL
+    gru_pointwise_reset_after_ld(b, H, xg, hg, b_hn, h, H, h, H, out, ldo, hn_keep)
+
+
+cdef inline void gru_pointwise_reset_after_ld(
+        Py_ssize_t b, Py_ssize_t H,
+        floating* xg, const floating* hg, const floating* b_hn,   # as above
+        const floating* h_old, Py_ssize_t ldh_old,  # (b, H) state before the step
+        floating* h_new, Py_ssize_t ldh_new,        # (b, H) out: state after (may be h_old)
+        floating* out, Py_ssize_t ldo,
+        floating* hn_keep) noexcept nogil:
     # PyTorch's form: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
     cdef Py_ssize_t r, j
     cdef floating* x
@@ -84,8 +101,8 @@ cdef inline void gru_pointwise_reset_after(
         tanh_inplace(x + 2 * H, H)         # n
         for j in range(H):
             z_ = x[H + j]
-            hn = (1 - z_) * x[2 * H + j] + z_ * h[r * H + j]
-            h[r * H + j] = hn
+            hn = (1 - z_) * x[2 * H + j] + z_ * h_old[r * ldh_old + j]
+            h_new[r * ldh_new + j] = hn
             out[r * ldo + j] = hn
 
 

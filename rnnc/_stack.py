@@ -5,13 +5,14 @@
 classes in rnnc.recurrent call one or the other. This module is the thin layer between the
 classes and the kernels: it lays the batch out in PyTorch's packed form (sorted by decreasing
 length, see rnnc/_sequence.pxd), allocates every buffer the kernels write, chooses the recurrent
-GEMM (BLAS or the small-batch kernel) and whether the two directions run concurrently, calls one
-kernel per layer and direction, and scatters the results back to the caller's batch order.
+GEMM (BLAS or the small-batch kernel) and how to use a second thread (the two directions of a
+bidirectional layer concurrently, or a unidirectional layer's hidden units split in two), calls
+the kernels per layer and direction, and scatters the results back to the caller's batch order.
 """
 import numpy as np
 
 from rnnc._dropout import dropout_mask
-from rnnc._threads import cached_num_threads
+from rnnc._threads import cached_num_threads, run_pair
 from rnnc._validation import check_blas_size
 
 # The kernels are imported on first use, not with rnnc: they cimport scipy.linalg.cython_blas,
@@ -94,7 +95,6 @@ def _use_small_gemm(dtype, batch, steps, one_thread=False):
 # below it (e.g. B4 H128: 2.6e5) the helper thread and BLAS's idle spinning cost more than the
 # concurrency saves (measured: B16 H256 bi-LSTM 58 ms concurrent vs 97 ms one after the other).
 PARALLEL_MIN_WORK = 1 << 20
-_HELPER = []
 
 
 def _parallel_directions(D, work):
@@ -103,24 +103,82 @@ def _parallel_directions(D, work):
 
 def _run_directions(run, parallel):
     """run(0) and run(1), concurrently when parallel: both kernels release the GIL."""
-    if not parallel:
+    if parallel:
+        run_pair(lambda: run(0), lambda: run(1))
+    else:
         run(0)
         run(1)
-        return
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-    from threadpoolctl import ThreadpoolController
-    # A forked child inherits the executor but not its thread: make a new one per process.
-    if not _HELPER or _HELPER[2] != os.getpid():
-        _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
-                      ThreadpoolController(), os.getpid()]
-    helper, controller, _ = _HELPER
-    with controller.limit(limits=1, user_api="blas"):   # two directions x one BLAS thread
-        other = helper.submit(run, 1)
-        try:
-            run(0)
-        finally:
-            other.result()
+
+
+# Inference splits a layer's hidden units between two threads (rnnc/_parallel_forward.pyx) when
+# rnnc may use 2+ threads and the directions do not already run concurrently, if the layer is
+# big enough to repay starting the helper thread (~0.1 ms) and, per step, either its weights
+# are too big for one core's cache (1 MB of float32: LSTM H256) or its product is large. On this
+# 2-core machine (two busy cores run ~30% slower each) it gained 0.56-0.87x on LSTM/GRU/RNN
+# B1-B64 H256-H1024 and lost 1.1-2.7x below these sizes (LSTM B16 H128, GRU B1 H256, B1 H64).
+SPLIT_MIN_TOTAL_WORK = 1 << 23      # multiply-adds of all recurrent products of the layer
+SPLIT_MIN_WEIGHTS = 1 << 18         # elements of W_hh (gates x hidden x hidden)
+SPLIT_MIN_STEP_WORK = 1 << 22       # multiply-adds of one step's recurrent product
+_SPLIT_MODES = {"RNN": 0, "GRU": 2, "LSTM": 3}
+
+
+def _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel):
+    weights = GATES[mode] * H * H
+    return (not train and not parallel and not proj_size and H >= 32
+            and (mode != "GRU" or reset_after)
+            and steps * B * weights >= SPLIT_MIN_TOTAL_WORK
+            and (weights >= SPLIT_MIN_WEIGHTS or B * weights >= SPLIT_MIN_STEP_WORK)
+            and cached_num_threads() >= 2)
+
+
+def _pack_gate_rows(w, G, H, u0, nu):
+    """pack_panels of the rows of units [u0, u0 + nu) of every gate block of w (G*H, K),
+    packing straight from the gate blocks when nu fills whole panels (no gathered copy)."""
+    from rnnc._blas import pack_panels_into
+    if nu % 64:
+        return pack_panels(w.reshape(G, H, -1)[:, u0:u0 + nu].reshape(G * nu, -1))
+    per = nu // 64
+    packed = np.empty((G * per, w.shape[1], 64), dtype=np.float32)
+    for g in range(G):
+        pack_panels_into(w[g * H + u0:g * H + u0 + nu], packed[g * per:(g + 1) * per])
+    return packed
+
+
+def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out,
+               col0, chunk_steps, small):
+    """One layer and direction, inference, hidden units split between this thread and rnnc's
+    helper thread (rnnc/_parallel_forward.pyx). Everything is allocated and prepared before
+    either part starts: the parts wait for each other every step, so neither may fail alone."""
+    from rnnc._parallel_forward import forward_part_py
+    dtype = layer_in.dtype
+    G, H = GATES[mode], h.shape[1]
+    B = h.shape[0]
+    half = max(16, H // 2 // 16 * 16)
+    bias = None
+    if b_ih.size:
+        bias = (b_ih + b_hh) if mode != "GRU" else b_ih + np.concatenate(
+            [b_hh[:2 * H], np.zeros(H, dtype=dtype)])
+    hbuf = np.empty((2, B, H), dtype=dtype)
+    hbuf[0] = h
+    hbuf[1] = h
+    bar = np.zeros(32, dtype=np.int32)   # 128 bytes: the barrier's words on a line of their own
+    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
+    parts = []
+    for u0, nu in ((0, half), (half, H - half)):
+        rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
+        parts.append((
+            code, layer_in, layout.batch_sizes, layout.offsets, reverse,
+            np.ascontiguousarray(w_ih[rows]),
+            bias[rows] if bias is not None else empty1,
+            b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
+            empty2 if small else np.ascontiguousarray(w_hh[rows]),
+            _pack_gate_rows(w_hh, G, H, u0, nu) if small else _empty(dtype, 3),
+            u0, nu, hbuf, h, c if c is not None else empty2,
+            np.empty((B, nu), dtype=dtype) if mode == "LSTM" else empty2,
+            out, col0, np.empty((chunk_steps * B, G * nu), dtype=dtype),
+            np.empty((B, G * nu), dtype=dtype) if mode == "GRU" else empty2,
+            chunk_steps, bar, 2))
+    run_pair(lambda: forward_part_py(*parts[0]), lambda: forward_part_py(*parts[1]))
 
 
 def pack_panels(w):
@@ -204,6 +262,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
     check_blas_size(D * P, "output width")
 
     parallel = _parallel_directions(D, B * G * H * P)
+    split = _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel)
     # Workspace, allocated once for the whole stack (one set per direction: they may run
     # concurrently).
     ws = []
@@ -244,6 +303,12 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_ih = params.get(f"bias_ih_l{k}{sfx}", empty1)
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
+            if split:
+                code = _SPLIT_MODES[mode] + (nonlinearity == "relu" and mode == "RNN")
+                _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
+                           h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
+                           chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True))
+                return
             w_packed = pack_panels(w_hh) if small else empty3
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
             xg = np.empty((n_rows, G * H), dtype=dtype) if train else w["xg"]

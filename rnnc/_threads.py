@@ -1,7 +1,9 @@
 """Thread control. rnnc's threads are the BLAS library's (the one scipy.linalg.cython_blas calls
 for the kernels, and NumPy's for the few NumPy products in the Python layer), plus one helper
-thread that runs the second direction of a large bidirectional layer while BLAS is held at one
-thread (rnnc._stack); with set_num_threads(1) the helper is never used."""
+thread of its own (run_pair) that runs the second half of a layer -- the reverse direction of a
+bidirectional layer, or half of the hidden units of a unidirectional one -- while BLAS is held
+at one thread (rnnc._stack); with set_num_threads(1) the helper is never used."""
+import os
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from rnnc._validation import check_size
@@ -40,3 +42,27 @@ def cached_num_threads():
     if not _known:
         _known.append(get_num_threads())
     return _known[0]
+
+
+# [executor, threadpoolctl controller, pid]: one helper thread per process. A forked child
+# inherits the executor object but not its thread, so it makes its own.
+_HELPER = []
+
+
+def run_pair(first, second):
+    """first() on the calling thread and second() on rnnc's helper thread, concurrently, with
+    BLAS held at one thread each; returns when both are done. Both must release the GIL.
+    second is submitted before first starts, so a kernel pair that waits for each other at a
+    barrier never finds its partner missing."""
+    if not _HELPER or _HELPER[2] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+        from threadpoolctl import ThreadpoolController
+        _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
+                      ThreadpoolController(), os.getpid()]
+    helper, controller, _ = _HELPER
+    with controller.limit(limits=1, user_api="blas"):
+        other = helper.submit(second)
+        try:
+            first()
+        finally:
+            other.result()

@@ -9,7 +9,8 @@ import pytest
 
 import rnnc
 
-COMPILED = ["_blas", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel"]
+COMPILED = ["_blas", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel",
+            "_parallel_forward"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,33 @@
+/* A spinning barrier for the threads that share one recurrent layer (rnnc/_parallel_forward.pyx).
+ * They meet once per time step, a few microseconds apart, so waiting by spinning (with the CPU's
+ * pause hint) is far cheaper than sleeping on a futex; after ~50 us of spinning a waiter yields
+ * its core instead, in case the other thread is not running (more threads than cores).
+ * Sense-reversing: bar[0] counts arrivals, bar[1] flips when the last one arrives; every thread
+ * keeps its own `sense`, starting at 0 like bar[1]. bar must start zeroed. */
+#ifndef RNNC_BARRIER_H
+#define RNNC_BARRIER_H
+#include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RNNC_PAUSE() _mm_pause()
+#else
+#define RNNC_PAUSE() ((void)0)
+#endif
+
+static inline void rnnc_barrier_wait(int* bar, int n_threads, int* sense) {
+    int s = !*sense;
+    *sense = s;
+    if (__atomic_add_fetch(&bar[0], 1, __ATOMIC_ACQ_REL) == n_threads) {
+        __atomic_store_n(&bar[0], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&bar[1], s, __ATOMIC_RELEASE);
+        return;
+    }
+    unsigned spins = 0;
+    while (__atomic_load_n(&bar[1], __ATOMIC_ACQUIRE) != s) {
+        if (++spins < 2000)
+            RNNC_PAUSE();
+        else
+            sched_yield();
+    }
+}
+#endif

@@ -1,0 +1,123 @@
+"""Inference may split a layer's hidden units between two threads (rnnc/_parallel_forward.pyx,
+chosen in rnnc._stack). The split is forced here on small shapes; results must match the NumPy
+reference as tightly as the one-thread kernels do, and the split must be used only where it
+applies (inference, no projection, GRU in PyTorch's form, 2+ threads)."""
+import numpy as np
+import pytest
+
+import rnnc
+from rnnc import _stack, reference
+
+
+@pytest.fixture
+def force_split(monkeypatch):
+    monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
+    calls = []
+    run_split = _stack._run_split
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return run_split(*args, **kwargs)
+
+    monkeypatch.setattr(_stack, "_run_split", spy)
+    return calls
+
+
+def flat(result):
+    out, state = result
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+CASES = [  # mode, hidden, batch, steps, layers, bidirectional, options
+    ("LSTM", 32, 1, 9, 1, False, {}),
+    ("LSTM", 40, 3, 7, 2, False, {}),          # unequal halves (16 + 24 units)
+    ("LSTM", 130, 17, 5, 1, False, {"bias": False}),
+    ("LSTM", 33, 70, 4, 1, False, {}),         # batch > 64: BLAS with gathered W_hh rows
+    ("LSTM", 64, 5, 6, 3, True, {}),
+    ("GRU", 48, 4, 8, 1, False, {}),
+    ("GRU", 130, 2, 5, 2, True, {"bias": False}),
+    ("GRU", 64, 66, 3, 1, False, {}),
+    ("RNN", 32, 6, 10, 1, False, {}),
+    ("RNN", 96, 3, 7, 2, False, {"nonlinearity": "relu"}),
+    ("RNN", 256, 70, 3, 1, False, {}),
+]
+
+
+@pytest.mark.parametrize("mode,H,B,T,layers,bidir,kw", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variable", [False, True])
+def test_split_matches_reference(force_split, mode, H, B, T, layers, bidir, kw, dtype,
+                                 variable):
+    rng = np.random.default_rng(H * 100 + B)
+    D = 2 if bidir else 1
+    m = getattr(rnnc, mode)(11, H, num_layers=layers, bidirectional=bidir, dtype=dtype, seed=H,
+                            **kw)
+    ref = getattr(reference, mode)(11, H, num_layers=layers, bidirectional=bidir, dtype=dtype,
+                                   **kw)
+    ref.load_state_dict(m.state_dict())
+    x = rng.standard_normal((T, B, 11)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B) if variable else None   # zeros included
+    h0 = rng.standard_normal((D * layers, B, H)).astype(dtype)
+    hx = (h0, rng.standard_normal((D * layers, B, H)).astype(dtype)) if mode == "LSTM" else h0
+    got = m(x, hx, lengths=lengths)
+    assert len(force_split) == D * layers
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, e in zip(flat(got), flat(ref(x, hx, lengths=lengths))):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+
+
+def test_split_batch_first_and_unbatched(force_split):
+    m = rnnc.LSTM(5, 48, batch_first=True, seed=1, dtype=np.float64)
+    ref = reference.LSTM(5, 48, batch_first=True, dtype=np.float64)
+    ref.load_state_dict(m.state_dict())
+    x = np.random.default_rng(0).standard_normal((3, 6, 5))
+    for a, e in zip(flat(m(x)), flat(ref(x))):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    for a, e in zip(flat(m(x[0])), flat(ref(x[0]))):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    assert len(force_split) == 2
+
+
+@pytest.mark.parametrize("mode,kw", [("LSTM", {"proj_size": 8}), ("GRU", {"reset_after": False})])
+def test_forms_without_a_split_kernel_run_unsplit(force_split, mode, kw):
+    m = getattr(rnnc, mode)(4, 32, seed=0, **kw)
+    ref = getattr(reference, mode)(4, 32, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
+    for a, e in zip(flat(m(x)), flat(ref(x))):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    assert force_split == []
+
+
+def test_training_forward_and_one_thread_do_not_split(force_split, monkeypatch):
+    m = rnnc.GRU(4, 32, seed=0)
+    x = np.ones((5, 2, 4), np.float32)
+    m.train()
+    m(x)
+    m.backward(np.ones((5, 2, 32), np.float32))
+    assert force_split == []
+    m.eval()
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
+    m(x)
+    assert force_split == []
+
+
+def test_split_rule_follows_size(monkeypatch):
+    # Defaults: small layers stay on one thread, big ones split (given 2 threads).
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
+    args = dict(proj_size=0, reset_after=True, train=False, parallel=False)
+    rule = _stack._split_layers
+    assert not rule("LSTM", 1, 64, 100, **args)       # the thread's start-up would dominate
+    assert not rule("LSTM", 16, 128, 100, **args)
+    assert rule("LSTM", 1, 256, 100, **args)          # 1 MB of W_hh
+    assert rule("GRU", 8, 1024, 20, **args)
+    assert rule("RNN", 64, 512, 50, **args)
+    assert not rule("LSTM", 1, 256, 2, **args)        # too short to repay the thread
+    assert not rule("LSTM", 64, 512, 50, **{**args, "train": True})
+    assert not rule("LSTM", 64, 512, 50, **{**args, "parallel": True})
+    assert not rule("LSTM", 64, 512, 50, **{**args, "proj_size": 100})
+    assert not rule("GRU", 64, 512, 50, **{**args, "reset_after": False})
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
+    assert not rule("LSTM", 64, 512, 50, **args)
