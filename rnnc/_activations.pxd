@@ -20,6 +20,9 @@ from libc.math cimport exp, expf, expm1, fabs, copysign
 cdef extern from "_simd_math.h" nogil:
     void rnnc_sigmoid_f32(float* x, Py_ssize_t n)
     void rnnc_tanh_f32(float* x, Py_ssize_t n)
+    void rnnc_lstm_row_f32(Py_ssize_t H, float* g, float* c, float* h, float* out)
+    void rnnc_gru_row_f32(Py_ssize_t H, float* x, const float* hg, const float* b_hn,
+                          const float* h_old, float* h_new, float* out, float* hn_keep)
 
 
 cdef inline floating sigmoid(floating x) noexcept nogil:

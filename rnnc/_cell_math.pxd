@@ -5,7 +5,8 @@
 # single pass over the gates, writing the new state and the layer output. Gate order and
 # formulas are PyTorch's. Row strides are in elements.
 from cython cimport floating
-from rnnc._activations cimport relu, sigmoid_inplace, tanh_inplace
+from rnnc._activations cimport (relu, rnnc_gru_row_f32, rnnc_lstm_row_f32, sigmoid_inplace,
+                               tanh_inplace)
 
 
 cdef inline void rnn_pointwise(Py_ssize_t b, Py_ssize_t H, bint use_relu,
@@ -44,6 +45,11 @@ cdef inline void lstm_pointwise(Py_ssize_t b, Py_ssize_t H,
     cdef Py_ssize_t r, j
     cdef floating* g
     cdef floating* hr
+    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+        for r in range(b):
+            rnnc_lstm_row_f32(H, gates + r * 4 * H, c + r * H, hdst + r * ldh,
+                              out + r * ldo if out != NULL else hdst + r * ldh)
+        return
     for r in range(b):
         g = gates + r * 4 * H
         hr = hdst + r * ldh
@@ -85,6 +91,12 @@ cdef inline void gru_pointwise_reset_after_ld(
     cdef floating* x
     cdef const floating* hr
     cdef floating hn, z_
+    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+        for r in range(b):
+            rnnc_gru_row_f32(H, xg + r * 3 * H, hg + r * 3 * H, b_hn, h_old + r * ldh_old,
+                             h_new + r * ldh_new, out + r * ldo,
+                             hn_keep + r * H if hn_keep != NULL else <float*>NULL)
+        return
     for r in range(b):
         x = xg + r * 3 * H
         hr = hg + r * 3 * H

@@ -11,6 +11,8 @@
 # of the chunk at once). Chunking bounds the workspace: a long sequence needs little memory beyond
 # its output.
 from cython cimport floating
+from libc.string cimport memcpy
+
 from rnnc._blas cimport gemm
 
 
@@ -34,17 +36,24 @@ cdef inline void project_inputs(
         Py_ssize_t GH, Py_ssize_t n_fold,
         floating* xg) noexcept nogil:  # (nrows, GH) out
     """xg = x @ w_ih^T + b_ih + b_hh[:n_fold] (b_hh terms that commute with the gate math)."""
-    cdef Py_ssize_t r, j
-    cdef floating* row
-    gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 0, xg, GH)
-    for r in range(nrows):
-        row = xg + r * GH
-        if b_ih != NULL:
-            for j in range(GH):
-                row[j] += b_ih[j]
-        if b_hh != NULL:
-            for j in range(n_fold):
-                row[j] += b_hh[j]
+    cdef Py_ssize_t j
+    cdef floating* row0 = xg
+    if b_ih == NULL and b_hh == NULL:
+        gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 0, xg, GH)
+        return
+    # The summed bias is laid into every row and the GEMM adds onto it (beta = 1): one pass of
+    # plain copies instead of two read-modify-write passes after the GEMM.
+    for j in range(GH):
+        row0[j] = (b_ih[j] if b_ih != NULL else 0) + (b_hh[j] if b_hh != NULL and j < n_fold else 0)
+    fill_rows(xg, GH, nrows)
+    gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 1, xg, GH)
+
+
+cdef inline void fill_rows(floating* a, Py_ssize_t ncols, Py_ssize_t nrows) noexcept nogil:
+    """Rows 1..nrows-1 of a (nrows, ncols), contiguous, = its row 0."""
+    cdef Py_ssize_t r
+    for r in range(1, nrows):
+        memcpy(a + r * ncols, a, ncols * sizeof(floating))
 
 
 cdef inline void add_column_sums(const floating* a, Py_ssize_t lda, Py_ssize_t nrows,

@@ -50,31 +50,101 @@ static inline float rnnc_expf_body(float x) {
     return x > hi ? __builtin_inff() : y;   /* exp(x > hi) = inf; NaN stays NaN */
 }
 
+static inline float rnnc_sigmoidf_body(float x) {
+    return 1.0f / (1.0f + rnnc_expf_body(-x));
+}
+
+static inline float rnnc_tanhf_body(float v) {
+    float a = v < 0 ? -v : v;
+    /* |x| >= 0.625 */
+    float big = 1.0f - 2.0f / (rnnc_expf_body(2.0f * a) + 1.0f);
+    big = v < 0 ? -big : big;
+    /* |x| < 0.625 */
+    float z = v * v;
+    float p = -5.70498872745E-3f;
+    p = p * z + 2.06390887954E-2f;
+    p = p * z - 5.37397155531E-2f;
+    p = p * z + 1.33314422036E-1f;
+    p = p * z - 3.33332819422E-1f;
+    float small = p * z * v + v;
+    /* tiny |x|: tanh(x) rounds to x (and -0 stays -0) */
+    return a >= 0.625f ? big : (a < 1e-4f ? v : small);
+}
+
 RNNC_DISPATCH
 static void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++)
-        x[i] = 1.0f / (1.0f + rnnc_expf_body(-x[i]));
+        x[i] = rnnc_sigmoidf_body(x[i]);
 }
 
 RNNC_DISPATCH
 static void rnnc_tanh_f32(float* x, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float v = x[i];
-        float a = v < 0 ? -v : v;
-        /* |x| >= 0.625 */
-        float big = 1.0f - 2.0f / (rnnc_expf_body(2.0f * a) + 1.0f);
-        big = v < 0 ? -big : big;
-        /* |x| < 0.625 */
-        float z = v * v;
-        float p = -5.70498872745E-3f;
-        p = p * z + 2.06390887954E-2f;
-        p = p * z - 5.37397155531E-2f;
-        p = p * z + 1.33314422036E-1f;
-        p = p * z - 3.33332819422E-1f;
-        float small = p * z * v + v;
-        /* tiny |x|: tanh(x) rounds to x (and -0 stays -0) */
-        x[i] = a >= 0.625f ? big : (a < 1e-4f ? v : small);
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] = rnnc_tanhf_body(x[i]);
+}
+
+/* One batch row of an LSTM step in one vectorised pass (separate passes over the gate blocks
+ * cost a call and a trip through memory each). g (4H): pre-activations i, f, g, o in,
+ * activations out (kept for training); c (H) updated; h and out (H) receive o * tanh(c')
+ * (out may be h). */
+RNNC_DISPATCH
+static void rnnc_lstm_row_f32(ptrdiff_t H, float* restrict g, float* restrict c,
+                              float* restrict h, float* out) {
+    for (ptrdiff_t j = 0; j < H; j++) {
+        float i_ = rnnc_sigmoidf_body(g[j]);
+        float f_ = rnnc_sigmoidf_body(g[H + j]);
+        float g_ = rnnc_tanhf_body(g[2 * H + j]);
+        float o_ = rnnc_sigmoidf_body(g[3 * H + j]);
+        float cn = f_ * c[j] + i_ * g_;
+        float hn = o_ * rnnc_tanhf_body(cn);
+        g[j] = i_;
+        g[H + j] = f_;
+        g[2 * H + j] = g_;
+        g[3 * H + j] = o_;
+        c[j] = cn;
+        h[j] = hn;
     }
+    if (out != h)
+        for (ptrdiff_t j = 0; j < H; j++)
+            out[j] = h[j];
+}
+
+/* One batch row of a GRU step, PyTorch's form n = tanh(x_n + r * (h W_hn^T + b_hn)), in one
+ * pass. x (3H): input parts of r, z, n in (biases folded), activations out; hg (3H): the
+ * recurrent products; b_hn (H) or NULL; h_old (H) -> h_new (may be h_old) and out (H);
+ * hn_keep (H) or NULL: h W_hn^T + b_hn, kept for the backward pass. */
+__attribute__((always_inline))
+static inline void rnnc_gru_row_body(ptrdiff_t H, float* restrict x, const float* restrict hg,
+                                     const float* restrict b_hn, const float* h_old,
+                                     float* h_new, float* restrict out,
+                                     float* restrict hn_keep, const int bias, const int keep) {
+    for (ptrdiff_t j = 0; j < H; j++) {
+        float r_ = rnnc_sigmoidf_body(x[j] + hg[j]);
+        float z_ = rnnc_sigmoidf_body(x[H + j] + hg[H + j]);
+        float hn = bias ? hg[2 * H + j] + b_hn[j] : hg[2 * H + j];
+        float n_ = rnnc_tanhf_body(x[2 * H + j] + r_ * hn);
+        float hv = (1 - z_) * n_ + z_ * h_old[j];
+        x[j] = r_;
+        x[H + j] = z_;
+        x[2 * H + j] = n_;
+        if (keep)
+            hn_keep[j] = hn;
+        h_new[j] = hv;
+        out[j] = hv;
+    }
+}
+
+RNNC_DISPATCH
+static void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, const float* b_hn,
+                             const float* h_old, float* h_new, float* out, float* hn_keep) {
+    if (b_hn && hn_keep)
+        rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 1, 1);
+    else if (b_hn)
+        rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 1, 0);
+    else if (hn_keep)
+        rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 1);
+    else
+        rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 0);
 }
 
 #endif

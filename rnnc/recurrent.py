@@ -132,6 +132,24 @@ class _RNNBase(Module):
                            None if c_n is None else c_n.shape)
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
 
+    def stream(self, batch_size=1):
+        """A stepper for streaming inference: one time step per call, the state carried.
+
+        ``s = m.stream(batch_size=1)``; ``y = s.step(x)`` with x (batch_size, input_size)
+        returns this step's output (batch_size, P); ``s.state`` is (h_n) or (h_n, c_n) so far;
+        ``s.reset(h0=None, c0=None)``; ``s.refresh()``. ``batch_size=None``: unbatched,
+        x (input_size,). Stepping through a sequence gives the results of ``m(x, hx)``, at a
+        fraction of the cost of calling the layer with T = 1. The stream works on a snapshot
+        of the weights taken now: changes to the layer are seen only after ``s.refresh()``.
+        Inference only (no dropout); unidirectional layers only. See rnnc.stream.Stream.
+        """
+        if type(self)._run_stack is not _stack.run_stack:
+            raise NotImplementedError(f"{type(self).__module__}.{type(self).__name__} has no "
+                                      "stream: streaming runs rnnc's compiled kernel; step the "
+                                      "reference by calling it with T = 1 and the state")
+        from rnnc.stream import Stream
+        return Stream(self, batch_size)
+
     def backward(self, grad_output, grad_h_n=None):
         """Backpropagation through time after a training-mode forward.
 

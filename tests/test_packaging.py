@@ -10,7 +10,7 @@ import pytest
 import rnnc
 
 COMPILED = ["_blas", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel",
-            "_parallel_forward"]
+            "_parallel_forward", "_stream_kernel"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +20,8 @@ def test_compiled_module_is_an_extension_with_a_matching_stub(name):
     assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
     stub = pathlib.Path(rnnc.__file__).parent / f"{name}.pyi"
     assert stub.exists(), f"{stub} is not installed"
-    declared = {n.name for n in ast.parse(stub.read_text()).body if isinstance(n, ast.FunctionDef)}
+    declared = {n.name for n in ast.parse(stub.read_text()).body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     public = {k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")
               and getattr(v, "__module__", None) == mod.__name__}
     assert declared == public

@@ -170,7 +170,23 @@ def _stream_numpy_api(ns, case, data):
                 if keep is not None:
                     keep.append(h)
             return h, c
+    elif ns is rnnc:
+        # What a user does: the layer's stepper (rnnc.stream), one (1, I) slice per call.
+        m = _rnnc_layer(ns, case, dt)
+        m.load_state_dict(data.state_dict)
+        s = m.stream(batch_size=1)
+        xs = [data.x[t] for t in range(T)]                     # (1, I) each
+
+        def loop(keep=None):
+            s.reset()
+            for xt in xs:
+                y = s.step(xt)
+                if keep is not None:
+                    keep.append(y)
+            h, c = s.state
+            return h.reshape(1, H), c.reshape(1, H)
     else:
+        # The reference has no stepper: the layer called on (1, 1, I) slices.
         m = _rnnc_layer(ns, case, dt)
         m.load_state_dict(data.state_dict)
         xs = [data.x[t:t + 1] for t in range(T)]               # (1, 1, I) each

@@ -1,0 +1,356 @@
+"""Streaming: one time step of a stacked, unidirectional RNN / GRU / LSTM per call.
+
+Calling a layer with T = 1 pays on every step for what a sequence pays once: input checks and
+conversion, the packed layout, bias folding, weight packing, a dozen memoryview arguments per
+kernel call (~25 us for LSTM B1 H128, of which the arithmetic is ~5). A StreamKernel is bound
+once to buffers that rnnc/stream.py allocates and fills (weight copies, packed weight panels,
+folded biases, states, workspace); it keeps raw pointers to them, so a step only checks x with
+NumPy's C macros, allocates the output and runs the layers with the GIL released.
+
+One step, per layer (the next layer's input is this layer's new h):
+- every mode: gates = bias; gates += x @ W_ih^T (bias: b_ih + b_hh, folded where the gate math
+  allows it, as in the sequence kernels);
+- RNN, LSTM: gates += h @ W_hh^T, then the pointwise update of rnnc/_cell_math.pxd; with
+  proj_size, h = (o * tanh(c)) @ W_hr^T;
+- GRU reset_after: hg = h @ W_hh^T, then gru_pointwise_reset_after (adds b_hn inside r * (.));
+- GRU reset_after=False: hg[:, :2H] = h @ [W_hr; W_hz]^T, r * h, hg[:, 2H:] = (r * h) @ W_hn^T.
+The input and recurrent products are two calls, not one over [x | h] stacked along K: the
+same bytes of weights are read either way (measured equal), and two calls need no copy of x.
+
+Products: float32 on AVX-512 CPUs, batches up to 64: the packed small-batch kernel of
+rnnc/_small_gemm.h (recurrent_gemm with packed weights); otherwise BLAS. At batch 1 a step is
+bound by reading the weights from L2 once (LSTM H128 I128: 512 KB, ~4.5 us at this machine's
+~115 GB/s L2 bandwidth); the gate math adds ~0.4 us, the call itself (checks, output array,
+GIL) ~0.25 us. Releasing the GIL costs ~35 ns a step (measured against a build without it):
+under 1% at that size, so it is released, as in every other kernel.
+"""
+cimport numpy as cnp
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cython cimport floating
+from libc.string cimport memcpy, memset
+
+from rnnc._blas cimport recurrent_gemm
+from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
+                              gru_update_before, lstm_pointwise, rnn_pointwise)
+
+import numpy as np
+
+cnp.import_array()
+
+cdef enum:
+    MODE_RNN = 0
+    MODE_GRU = 1
+    MODE_LSTM = 2
+
+_MODES = {"RNN": MODE_RNN, "GRU": MODE_GRU, "LSTM": MODE_LSTM}
+_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+cdef struct StreamLayer:
+    # Pointers into arrays owned by the Python Stream (kept alive by StreamKernel._owned).
+    # Weights are of the kernel's dtype; *_packed are float32 panels (_small_gemm.h) or NULL.
+    Py_ssize_t in_size        # input width: input_size for layer 0, P above
+    const void* w_ih          # (G*H, I)
+    const void* w_hh          # (G*H, P)
+    const void* w_hr          # (P, H), or NULL (no projection)
+    const void* w_ih_packed   # W_ih^T panels, or NULL (BLAS)
+    const void* w_hh_packed   # W_hh^T panels (GRU reset_after=False: rows [0, 2H) only)
+    const void* w_hn_packed   # GRU reset_after=False: W_hn^T panels, else NULL
+    const void* w_hr_packed   # W_hr^T panels, or NULL
+    const void* bias          # (G*H,) folded bias, or NULL (bias=False)
+    const void* b_hn          # (H,) GRU reset_after with bias, else NULL
+    void* h                   # (B, P) state, in/out
+    void* c                   # (B, H) LSTM cell state, in/out, else NULL
+    void* gates               # (B, G*H) workspace
+    void* hg                  # (B, G*H) workspace (GRU), else NULL
+    void* tmp                 # (B, H) workspace: o * tanh(c) (LSTM proj), r * h (GRU before)
+
+
+cdef void stream_step(const floating* x,     # (B, I0) this step's input
+                      floating* y,           # (B, P) out: the last layer's h
+                      const StreamLayer* layers, Py_ssize_t L, Py_ssize_t B,
+                      Py_ssize_t H, Py_ssize_t P, int mode, bint use_relu,
+                      bint reset_after) noexcept nogil:
+    cdef Py_ssize_t k, r, I
+    cdef Py_ssize_t G = 4 * H if mode == MODE_LSTM else (3 * H if mode == MODE_GRU else H)
+    cdef const StreamLayer* lay
+    cdef const floating* inp = x
+    cdef const floating* w_hh
+    cdef const floating* bias
+    cdef floating* gates
+    cdef floating* h
+    cdef floating* hg
+    cdef floating* tmp
+    cdef floating beta
+    if B == 0:      # the state buffers are empty (NULL pointers): nothing to do
+        return
+    for k in range(L):
+        lay = &layers[k]
+        I = lay.in_size
+        gates = <floating*>lay.gates
+        h = <floating*>lay.h
+        hg = <floating*>lay.hg
+        tmp = <floating*>lay.tmp
+        w_hh = <const floating*>lay.w_hh
+        bias = <const floating*>lay.bias
+        beta = 0
+        if bias != NULL:
+            for r in range(B):
+                memcpy(gates + r * G, bias, G * sizeof(floating))
+            beta = 1
+        recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
+                       <const floating*>lay.w_ih_packed, beta, gates, G)
+        if mode == MODE_LSTM:
+            recurrent_gemm(B, G, P, h, P, w_hh, P, <const floating*>lay.w_hh_packed, 1,
+                           gates, G)
+            if lay.w_hr == NULL:
+                lstm_pointwise(B, H, gates, <floating*>lay.c, h, H, <floating*>NULL, 0)
+            else:
+                lstm_pointwise(B, H, gates, <floating*>lay.c, tmp, H, <floating*>NULL, 0)
+                recurrent_gemm(B, P, H, tmp, H, <const floating*>lay.w_hr, H,
+                               <const floating*>lay.w_hr_packed, 0, h, P)
+        elif mode == MODE_RNN:
+            recurrent_gemm(B, H, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 1,
+                           gates, H)
+            # Every layer also writes y (the pointwise math needs an output): the last layer's
+            # values are the ones left.
+            rnn_pointwise(B, H, use_relu, gates, h, y, H)
+        elif reset_after:
+            recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0, hg, G)
+            gru_pointwise_reset_after(B, H, gates, hg, <const floating*>lay.b_hn, h, y, H,
+                                      <floating*>NULL)
+        else:
+            recurrent_gemm(B, 2 * H, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0,
+                           hg, G)
+            gru_reset_gate_before(B, H, gates, hg, h, tmp)
+            recurrent_gemm(B, H, H, tmp, H, w_hh + 2 * H * H, H,
+                           <const floating*>lay.w_hn_packed, 0, hg + 2 * H, G)
+            gru_update_before(B, H, gates, hg, h, y, H)
+        inp = h
+    if mode == MODE_LSTM:
+        memcpy(y, inp, B * P * sizeof(floating))
+
+
+cdef void* _pointer(dict buffers, str name, tuple shape, int typenum, bint optional) except? NULL:
+    """The data pointer of buffers[name], checked: an ndarray of exactly `shape`, `typenum`,
+    C-contiguous, aligned, native byte order and writeable (so that a wrong binding is an
+    error, never a stray write). NULL for an absent optional buffer."""
+    arr = buffers.get(name)
+    if arr is None:
+        if optional:
+            return NULL
+        raise ValueError(f"StreamKernel.bind: buffer {name!r} is missing")
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"StreamKernel.bind: buffer {name!r} must be an ndarray, got "
+                        f"{type(arr).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    if cnp.PyArray_TYPE(a) != typenum or arr.shape != shape \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISBEHAVED(a):
+        expected = "float32" if typenum == cnp.NPY_FLOAT32 else "float64"
+        raise ValueError(f"StreamKernel.bind: buffer {name!r} must be a writeable, aligned, "
+                         f"C-contiguous {expected} array of shape {shape}, got {arr.dtype} "
+                         f"{arr.shape}")
+    if arr.size == 0:
+        return NULL
+    return cnp.PyArray_DATA(a)
+
+
+cdef class StreamKernel:
+    """Compiled core of rnnc.stream.Stream: ``bind`` once, then ``step`` per time step.
+
+    Not meant to be used on its own: rnnc.stream.Stream subclasses it, allocates and fills the
+    buffers, and documents the API.
+    """
+    cdef StreamLayer* layers
+    cdef Py_ssize_t L, B, H, P, n_in   # (<complex.h> defines I as a macro)
+    cdef int mode, typenum
+    cdef bint use_relu, reset_after, unbatched, busy
+    cdef object _dtype
+    cdef list _owned       # the bound buffers, kept alive while their pointers are in use
+
+    def __cinit__(self, *args, **kwargs):
+        self.layers = NULL
+        self.L = 0
+        self.busy = False
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+
+    def bind(self, str mode, dtype, Py_ssize_t batch_size, bint unbatched, Py_ssize_t input_size,
+             Py_ssize_t hidden_size, Py_ssize_t proj_size, bint use_relu, bint reset_after,
+             list layers):
+        """Bind the buffers of every layer (a list of dicts of arrays, see rnnc/stream.py).
+
+        Shapes, dtypes and layouts are checked here; the step trusts them. proj_size is the
+        state width P (hidden_size without projection). Can be called once.
+        """
+        if self.layers != NULL:
+            raise RuntimeError("StreamKernel.bind: already bound")
+        if mode not in _MODES:
+            raise ValueError(f"StreamKernel.bind: mode must be one of {list(_MODES)}, got "
+                             f"{mode!r}")
+        dt = np.dtype(dtype)
+        if dt != np.float32 and dt != np.float64:
+            raise TypeError(f"StreamKernel.bind: dtype must be float32 or float64, got {dt}")
+        cdef Py_ssize_t L = len(layers), B = batch_size, H = hidden_size, P = proj_size
+        cdef Py_ssize_t G = _GATES[mode] * H, I, k
+        if L < 1 or B < 0 or H < 1 or P < 1 or P > H or input_size < 1 \
+                or (unbatched and B != 1) or (P != H and mode != "LSTM"):
+            raise ValueError(f"StreamKernel.bind: invalid sizes L={L}, B={B}, I={input_size}, "
+                             f"H={H}, P={P}, unbatched={unbatched}")
+        cdef int typenum = cnp.NPY_FLOAT32 if dt == np.float32 else cnp.NPY_FLOAT64
+        cdef int f32 = cnp.NPY_FLOAT32
+        cdef StreamLayer* lay
+        cdef StreamLayer* arr = <StreamLayer*>PyMem_Malloc(L * sizeof(StreamLayer))
+        if arr == NULL:
+            raise MemoryError()
+        memset(arr, 0, L * sizeof(StreamLayer))
+        try:
+            for k in range(L):
+                buf = layers[k]
+                if not isinstance(buf, dict):
+                    raise TypeError("StreamKernel.bind: layers must be dicts of arrays")
+                I = input_size if k == 0 else P
+                lay = &arr[k]
+                lay.in_size = I
+                lay.w_ih = _pointer(buf, "w_ih", (G, I), typenum, False)
+                lay.w_hh = _pointer(buf, "w_hh", (G, P), typenum, False)
+                lay.bias = _pointer(buf, "bias", (G,), typenum, True)
+                lay.h = _pointer(buf, "h", (B, P), typenum, False)
+                lay.gates = _pointer(buf, "gates", (B, G), typenum, False)
+                lay.w_ih_packed = _pointer(buf, "w_ih_packed", ((G + 63) // 64, I, 64), f32,
+                                           True)
+                if mode == "LSTM":
+                    lay.c = _pointer(buf, "c", (B, H), typenum, False)
+                    lay.w_hh_packed = _pointer(buf, "w_hh_packed", ((G + 63) // 64, P, 64), f32,
+                                               True)
+                    if P != H:
+                        lay.w_hr = _pointer(buf, "w_hr", (P, H), typenum, False)
+                        lay.w_hr_packed = _pointer(buf, "w_hr_packed", ((P + 63) // 64, H, 64),
+                                                   f32, True)
+                        lay.tmp = _pointer(buf, "tmp", (B, H), typenum, False)
+                elif mode == "RNN":
+                    lay.w_hh_packed = _pointer(buf, "w_hh_packed", ((H + 63) // 64, H, 64), f32,
+                                               True)
+                else:
+                    lay.hg = _pointer(buf, "hg", (B, G), typenum, False)
+                    if reset_after:
+                        lay.w_hh_packed = _pointer(buf, "w_hh_packed", ((G + 63) // 64, H, 64),
+                                                   f32, True)
+                        lay.b_hn = _pointer(buf, "b_hn", (H,), typenum, True)
+                    else:
+                        lay.w_hh_packed = _pointer(buf, "w_hh_packed",
+                                                   ((2 * H + 63) // 64, H, 64), f32, True)
+                        lay.w_hn_packed = _pointer(buf, "w_hn_packed", ((H + 63) // 64, H, 64),
+                                                   f32, True)
+                        lay.tmp = _pointer(buf, "tmp", (B, H), typenum, False)
+                if typenum != f32 and (lay.w_ih_packed != NULL or lay.w_hh_packed != NULL
+                                       or lay.w_hn_packed != NULL or lay.w_hr_packed != NULL):
+                    raise ValueError("StreamKernel.bind: packed weights are float32 only")
+        except BaseException:
+            PyMem_Free(arr)
+            raise
+        self._owned = [dict(buf) for buf in layers]    # the very arrays whose pointers we hold
+        self.layers = arr
+        self.L, self.B, self.H, self.P, self.n_in = L, B, H, P, input_size
+        self.mode = _MODES[mode]
+        self.typenum = typenum
+        self._dtype = dt
+        self.use_relu = use_relu
+        self.reset_after = reset_after
+        self.unbatched = unbatched
+
+    def _acquire(self):
+        """Mark the stream busy (reset and refresh write its buffers): a step, reset or
+        refresh from another thread meanwhile raises instead of racing."""
+        if self.busy:
+            raise RuntimeError("this stream is in use by another thread; use one stream per "
+                               "thread")
+        self.busy = True
+
+    def _release(self):
+        self.busy = False
+
+    def step(self, x, out=None):
+        """Run one time step: returns this step's output of the last layer (its new h).
+
+        Parameters
+        ----------
+        x : ndarray (B, input_size), or (input_size,) for an unbatched stream
+            Exactly the stream's dtype (float32 or float64; TypeError otherwise: a silent
+            conversion would cost more than the step). Non-contiguous arrays are copied.
+        out : ndarray (B, P), or (P,), optional
+            Written instead of allocating a new array: C-contiguous, writeable, the stream's
+            dtype. It may be x itself (when input_size == P).
+
+        Returns
+        -------
+        y : ndarray (B, P) or (P,); P = proj_size or hidden_size. ``out`` when given.
+        """
+        if self.layers == NULL:
+            raise RuntimeError("stream used before bind()")
+        cdef cnp.ndarray xa, ya
+        cdef cnp.npy_intp* dims
+        cdef cnp.npy_intp ydims[2]
+        if not cnp.PyArray_Check(x):
+            raise TypeError(f"x must be a numpy.ndarray of dtype {self._dtype}, got "
+                            f"{type(x).__name__}")
+        xa = <cnp.ndarray>x
+        if cnp.PyArray_TYPE(xa) != self.typenum:
+            raise TypeError(f"x must have dtype {self._dtype} (the stream's dtype), got "
+                            f"{x.dtype}")
+        dims = cnp.PyArray_DIMS(xa)
+        if self.unbatched:
+            if cnp.PyArray_NDIM(xa) != 1 or dims[0] != self.n_in:
+                raise ValueError(f"x must have shape ({self.n_in},) (unbatched stream: "
+                                 f"input_size), got {x.shape}")
+        elif cnp.PyArray_NDIM(xa) != 2 or dims[0] != self.B or dims[1] != self.n_in:
+            raise ValueError(f"x must have shape ({self.B}, {self.n_in}) (batch_size, "
+                             f"input_size), got {x.shape}")
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(xa) and cnp.PyArray_ISBEHAVED_RO(xa)):
+            # Strided, misaligned or byte-swapped: one native C-contiguous copy.
+            xa = np.array(xa, dtype=self._dtype, order="C", copy=True)
+        if out is None:
+            ydims[0] = self.B
+            ydims[1] = self.P
+            if self.unbatched:
+                ydims[0] = self.P
+            ya = <cnp.ndarray>cnp.PyArray_EMPTY(1 if self.unbatched else 2, ydims,
+                                                self.typenum, 0)
+        else:
+            ya = self._check_out(out)
+        if self.busy:
+            raise RuntimeError("this stream is in use by another thread; use one stream per "
+                               "thread")
+        self.busy = True
+        cdef void* px = cnp.PyArray_DATA(xa)
+        cdef void* py = cnp.PyArray_DATA(ya)
+        if self.typenum == cnp.NPY_FLOAT32:
+            with nogil:
+                stream_step(<const float*>px, <float*>py, self.layers, self.L, self.B,
+                            self.H, self.P, self.mode, self.use_relu, self.reset_after)
+        else:
+            with nogil:
+                stream_step(<const double*>px, <double*>py, self.layers, self.L, self.B,
+                            self.H, self.P, self.mode, self.use_relu, self.reset_after)
+        self.busy = False
+        return ya
+
+    cdef cnp.ndarray _check_out(self, out):
+        if not cnp.PyArray_Check(out):
+            raise TypeError(f"out must be a numpy.ndarray of dtype {self._dtype}, got "
+                            f"{type(out).__name__}")
+        cdef cnp.ndarray ya = <cnp.ndarray>out
+        if cnp.PyArray_TYPE(ya) != self.typenum:
+            raise TypeError(f"out must have dtype {self._dtype} (the stream's dtype), got "
+                            f"{out.dtype}")
+        cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(ya)
+        if self.unbatched:
+            if cnp.PyArray_NDIM(ya) != 1 or dims[0] != self.P:
+                raise ValueError(f"out must have shape ({self.P},), got {out.shape}")
+        elif cnp.PyArray_NDIM(ya) != 2 or dims[0] != self.B or dims[1] != self.P:
+            raise ValueError(f"out must have shape ({self.B}, {self.P}), got {out.shape}")
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(ya) and cnp.PyArray_ISBEHAVED(ya)):
+            raise ValueError("out must be a writeable, aligned, C-contiguous array in native "
+                             f"byte order, got flags {out.flags!r}")
+        return ya

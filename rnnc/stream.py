@@ -1,0 +1,244 @@
+"""Streaming inference: one time step per call, the state carried between calls.
+
+``layer.stream(batch_size)`` (rnnc.RNN / GRU / LSTM) returns a ``Stream``. This module checks
+the arguments, allocates every buffer (weight copies, packed weights, folded biases, states,
+workspace) and fills them; the step itself is the compiled ``StreamKernel.step``
+(rnnc/_stream_kernel.pyx), inherited as it is so that a step costs no Python frame.
+"""
+import numpy as np
+
+from rnnc import _stack
+from rnnc._stream_kernel import StreamKernel
+from rnnc._validation import as_real_array, check_shape, check_size
+
+# Batches whose products use the packed small-batch kernel (float32, AVX-512): the limit the
+# sequence kernels use at one thread (rnnc._stack), without their minimum sequence length since
+# a stream packs its weights once, not per call.
+SMALL_GEMM_MAX_BATCH = _stack.SMALL_GEMM_MAX_BATCH[1]
+_SMALL_GEMM = []
+
+
+def _use_small_gemm(dtype, batch):
+    if dtype != np.float32 or not 1 <= batch <= SMALL_GEMM_MAX_BATCH:
+        return False
+    if not _SMALL_GEMM:
+        from rnnc._blas import has_small_gemm
+        _SMALL_GEMM.append(has_small_gemm())
+    return _SMALL_GEMM[0]
+
+
+class Stream(StreamKernel):
+    """A recurrent layer run one time step per call, its state carried between calls.
+
+    Made by ``layer.stream(batch_size=1)`` for a unidirectional ``rnnc.RNN``, ``GRU`` or
+    ``LSTM`` (any number of layers, bias or not, proj_size, float32 or float64). Stepping
+    through x[0], ..., x[T-1] gives the results of ``layer(x, hx)`` (to rounding: products are
+    summed in another order): ``step`` returns ``out[t]`` and ``state`` is then ``h_n``
+    (``(h_n, c_n)`` for LSTM).
+
+    The weights are a snapshot. The stream copies (and, for float32, re-lays out) the layer's
+    parameters when it is made; later changes to the layer -- in-place updates, an optimizer
+    step, ``load_state_dict`` -- are not seen until ``refresh()``.
+
+    Inference only: no dropout is applied, whatever the layer's training flag (as in
+    ``layer.eval()``); nothing is kept for ``backward``. A bidirectional layer cannot stream:
+    its reverse direction starts from the last step. ``batch_first`` plays no part (a step is
+    one (batch, features) slice). One stream per thread: a step releases the GIL, and a second
+    thread stepping, resetting or refreshing the same stream meanwhile gets a RuntimeError.
+
+    Parameters
+    ----------
+    module : rnnc.RNN, rnnc.GRU or rnnc.LSTM, unidirectional
+    batch_size : int >= 0, or None, default 1
+        Rows per step. None: unbatched, ``step(x (input_size,)) -> (P,)`` and states without
+        the batch axis, as an unbatched layer call.
+
+    Methods and attributes
+    ----------------------
+    step(x, out=None)
+        x (batch_size, input_size) of exactly the layer's dtype (TypeError otherwise; arrays
+        that are not C-contiguous are copied) -> y (batch_size, P), P = proj_size or
+        hidden_size: the last layer's output for this step. ``out``: write y there instead of
+        into a new array.
+    state
+        Copies of the current state: h (L, batch_size, P), for LSTM the pair (h, c) with
+        c (L, batch_size, hidden_size) -- the layer's h_n / c_n. Unbatched: (L, P), (L, H).
+    reset(h0=None, c0=None)
+        Start again from zero or from the given state (shapes as ``state``; c0 for LSTM only).
+    refresh()
+        Copy the layer's current weights in; the state is kept.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnc
+    >>> lstm = rnnc.LSTM(8, 16, num_layers=2, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((5, 3, 8)).astype(np.float32)
+    >>> s = lstm.stream(batch_size=3)
+    >>> ys = [s.step(xt) for xt in x]          # xt (3, 8) -> (3, 16)
+    >>> out, (h_n, c_n) = lstm(x)
+    >>> bool(np.allclose(np.stack(ys), out, atol=1e-6) and np.allclose(s.state[0], h_n, atol=1e-6))
+    True
+    """
+
+    def __init__(self, module, batch_size=1):
+        mode = getattr(module, "mode", None)
+        if mode not in _stack.GATES or not hasattr(module, "num_layers"):
+            raise TypeError(f"module must be an rnnc.RNN, GRU or LSTM layer, got "
+                            f"{type(module).__name__}")
+        if module.bidirectional:
+            raise ValueError(f"stream() needs a unidirectional layer, got bidirectional=True: "
+                             f"the reverse direction of {type(module).__name__} starts from "
+                             "the last step of the sequence, which a stream has not seen yet")
+        unbatched = batch_size is None
+        B = 1 if unbatched else check_size(batch_size, "batch_size", minimum=0)
+        dtype = module.dtype
+        L, H, I = module.num_layers, module.hidden_size, module.input_size
+        P = module.proj_size or H
+        G = _stack.GATES[mode] * H
+        small = _use_small_gemm(dtype, B)
+        self.module = module
+        self.batch_size = batch_size
+        self._shape = (L, H, P, G, unbatched)
+        self._h = np.zeros((L, B, P), dtype=dtype)
+        self._c = np.zeros((L, B, H), dtype=dtype) if mode == "LSTM" else None
+        # Workspace shared by the layers (they run one after the other).
+        gates = np.empty((B, G), dtype=dtype)
+        hg = np.empty((B, G), dtype=dtype) if mode == "GRU" else None
+        tmp = np.empty((B, H), dtype=dtype) if (P != H or (mode == "GRU"
+                                                           and not module.reset_after)) else None
+        self._layers = []
+        for k in range(L):
+            layer_in = I if k == 0 else P
+            buf = dict(w_ih=np.empty((G, layer_in), dtype=dtype),
+                       w_hh=np.empty((G, P), dtype=dtype),
+                       bias=np.empty(G, dtype=dtype) if module.bias else None,
+                       h=self._h[k], gates=gates, hg=hg, tmp=tmp)
+            if mode == "LSTM":
+                buf["c"] = self._c[k]
+                if P != H:
+                    buf["w_hr"] = np.empty((P, H), dtype=dtype)
+            if mode == "GRU" and module.reset_after and module.bias:
+                buf["b_hn"] = np.empty(H, dtype=dtype)
+            if small:
+                # Which products use which panels: see StreamKernel's layer buffers.
+                buf["w_ih_packed"] = _panels(G, layer_in)
+                if mode == "GRU" and not module.reset_after:
+                    buf["w_hh_packed"] = _panels(2 * H, H)
+                    buf["w_hn_packed"] = _panels(H, H)
+                else:
+                    buf["w_hh_packed"] = _panels(G, P)
+                if P != H:
+                    buf["w_hr_packed"] = _panels(P, H)
+            self._layers.append(buf)
+        self._load_weights()
+        self.bind(mode, dtype, B, unbatched, I, H, P, module.nonlinearity == "relu",
+                  module.reset_after, self._layers)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.module!r}, batch_size={self.batch_size!r})"
+
+    @property
+    def state(self):
+        """Copies of the current state: h (L, B, P), or for LSTM (h, c) with c (L, B, H);
+        unbatched (L, P) and (L, H). The layer's h_n / c_n after the steps so far."""
+        unbatched = self._shape[4]
+        h = self._h[:, 0].copy() if unbatched else self._h.copy()
+        if self._c is None:
+            return h
+        return h, (self._c[:, 0].copy() if unbatched else self._c.copy())
+
+    def reset(self, h0=None, c0=None):
+        """Start a new sequence from the given state (None: zeros).
+
+        h0 (L, B, P) and, for LSTM, c0 (L, B, H) -- without the B axis for an unbatched stream
+        -- of any real dtype (converted to the layer's), checked like the layer's hx.
+        """
+        L, H, P, _, unbatched = self._shape
+        lead = (L,) if unbatched else (L, self._h.shape[1])
+        dtype = self._h.dtype
+        if h0 is not None:
+            h0 = as_real_array(h0, "h0", dtype)
+            check_shape(h0, "h0", lead + (P,))
+        if c0 is not None:
+            if self._c is None:
+                raise TypeError(f"c0 is the cell state of an LSTM; {self.module.mode} has "
+                                "none (pass h0 only)")
+            c0 = as_real_array(c0, "c0", dtype)
+            check_shape(c0, "c0", lead + (H,))
+        self._acquire()
+        try:
+            _assign(self._h, h0, unbatched)
+            if self._c is not None:
+                _assign(self._c, c0, unbatched)
+        finally:
+            self._release()
+        return self
+
+    def refresh(self):
+        """Copy the module's current weights into the stream (the state is kept).
+
+        The stream works on a snapshot taken when it was made: changes to the module's
+        parameters are seen only after this call.
+        """
+        self._acquire()
+        try:
+            self._load_weights()
+        finally:
+            self._release()
+        return self
+
+    def _load_weights(self):
+        from rnnc._blas import pack_panels_into
+        m = self.module
+        params = dict(m.named_parameters())
+        H = self._shape[1]
+        for k, buf in enumerate(self._layers):
+            w_ih = _copy(buf["w_ih"], params, f"weight_ih_l{k}")
+            w_hh = _copy(buf["w_hh"], params, f"weight_hh_l{k}")
+            w_hr = _copy(buf["w_hr"], params, f"weight_hr_l{k}") if "w_hr" in buf else None
+            if m.bias:
+                # b_hh folded into the input side wherever the gate math allows (as in the
+                # sequence kernels): all of it but the n part of a reset_after GRU.
+                b_ih, b_hh = params[f"bias_ih_l{k}"], params[f"bias_hh_l{k}"]
+                _check(buf["bias"], b_ih, f"bias_ih_l{k}")
+                _check(buf["bias"], b_hh, f"bias_hh_l{k}")
+                np.add(b_ih, b_hh, out=buf["bias"])
+                if "b_hn" in buf:
+                    buf["bias"][2 * H:] = b_ih[2 * H:]
+                    buf["b_hn"][...] = b_hh[2 * H:]
+            if "w_ih_packed" in buf:
+                pack_panels_into(w_ih, buf["w_ih_packed"])
+                if "w_hn_packed" in buf:
+                    pack_panels_into(w_hh[:2 * H], buf["w_hh_packed"])
+                    pack_panels_into(w_hh[2 * H:], buf["w_hn_packed"])
+                else:
+                    pack_panels_into(w_hh, buf["w_hh_packed"])
+                if w_hr is not None:
+                    pack_panels_into(w_hr, buf["w_hr_packed"])
+
+
+def _panels(N, K):
+    """The small-batch kernel's layout of an (N, K) weight (rnnc._stack.pack_panels)."""
+    return np.empty((-(-N // 64), K, 64), dtype=np.float32)
+
+
+def _check(dst, src, name):
+    if src.shape != dst.shape:      # only if the module's parameters were replaced by hand
+        raise ValueError(f"parameter {name} has shape {src.shape}, the stream was made for "
+                         f"{dst.shape}")
+
+
+def _copy(dst, params, name):
+    src = params[name]
+    _check(dst, src, name)
+    dst[...] = src
+    return dst
+
+
+def _assign(state, value, unbatched):
+    if value is None:
+        state[...] = 0
+    elif unbatched:
+        state[:, 0] = value
+    else:
+        state[...] = value

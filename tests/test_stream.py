@@ -1,0 +1,394 @@
+"""Streaming (layer.stream()): one step per call must reproduce the whole-sequence layer.
+
+Every variant is stepped through a sequence and compared with the compiled layer called on the
+whole sequence and with the NumPy reference, then the state handling (initial states, reset,
+refresh and the weight snapshot), the accepted inputs and every error path.
+"""
+import ast
+import pathlib
+
+import numpy as np
+import pytest
+
+import rnnc
+import rnnc.reference
+import rnnc.stream
+from conftest import (DTYPES, VARIANT_IDS, VARIANTS, assert_close, assert_states_close,
+                      make_pair, random_initial_state, resolve_kwargs)
+
+
+def stream_through(s, x):
+    """Step s through x (T, B, I); returns the stacked outputs (T, B, P)."""
+    return np.stack([s.step(xt) for xt in x])
+
+
+def make_layers(mode, kwargs, I, H, rng, **extra):
+    return make_pair(mode, I, H, **resolve_kwargs(kwargs, H, rng), **extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement with the layer and the reference
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("B", [1, 3, 17, 70])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_stream_matches_layer_and_reference(mode, kwargs, dtype, B, bias, rng):
+    mod, ref = make_layers(mode, kwargs, 5, 9, rng, num_layers=2, bias=bias, dtype=dtype)
+    x = rng.standard_normal((7, B, 5)).astype(dtype)
+    hx = random_initial_state(rng, mod, B, dtype)
+    s = mod.stream(batch_size=B)
+    s.reset(*(hx if mode == "LSTM" else (hx,)))
+    ys = stream_through(s, x)
+    out, state = mod(x, hx)
+    out_ref, state_ref = ref(x, hx)
+    assert_close(ys, out, dtype)
+    assert_close(ys, out_ref, dtype)
+    assert_states_close(s.state, state, dtype)
+    assert_states_close(s.state, state_ref, dtype)
+
+
+@pytest.mark.parametrize("B", [1, 3, 5])
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_stream_wide_layers_across_weight_panels(mode, kwargs, B, rng):
+    # G * H spans several 64-column panels of the small-batch kernel, the last one partial;
+    # K (input 33, state 70 or P) is odd-sized.
+    dtype = np.float32
+    mod, ref = make_layers(mode, kwargs, 33, 70, rng, num_layers=2, dtype=dtype)
+    x = rng.standard_normal((6, B, 33)).astype(dtype)
+    s = mod.stream(B)
+    ys = stream_through(s, x)
+    out, state = mod(x)
+    assert_close(ys, out, dtype)
+    assert_close(ys, ref(x)[0], dtype)
+    assert_states_close(s.state, state, dtype)
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_stream_num_layers(mode, kwargs, dtype, num_layers, rng):
+    mod, ref = make_layers(mode, kwargs, 4, 6, rng, num_layers=num_layers, dtype=dtype)
+    x = rng.standard_normal((5, 2, 4)).astype(dtype)
+    s = mod.stream(2)
+    ys = stream_through(s, x)
+    out, state = ref(x)
+    assert_close(ys, out, dtype)
+    assert_states_close(s.state, state, dtype)
+
+
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_stream_blas_path_matches_small_batch_kernel(mode, kwargs, rng, monkeypatch):
+    # float32 batches up to 64 use the packed kernel where the CPU has it; this forces BLAS.
+    mod, ref = make_layers(mode, kwargs, 6, 40, rng, num_layers=2)
+    x = rng.standard_normal((5, 3, 6)).astype(np.float32)
+    small = stream_through(mod.stream(3), x)
+    monkeypatch.setattr(rnnc.stream, "SMALL_GEMM_MAX_BATCH", 0)
+    s = mod.stream(3)
+    assert "w_ih_packed" not in s._layers[0]
+    blas = stream_through(s, x)
+    out = ref(x)[0]
+    assert_close(small, out, np.float32)
+    assert_close(blas, out, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_unbatched_stream(mode, kwargs, dtype, rng):
+    mod, ref = make_layers(mode, kwargs, 4, 7, rng, num_layers=2, dtype=dtype)
+    x = rng.standard_normal((6, 4)).astype(dtype)                 # (T, I)
+    hx = random_initial_state(rng, mod, None, dtype, unbatched=True)
+    s = mod.stream(batch_size=None)
+    s.reset(*(hx if mode == "LSTM" else (hx,)))
+    ys = np.stack([s.step(xt) for xt in x])
+    out, state = ref(x, hx)
+    P = mod.proj_size or 7
+    assert ys.shape == (6, P)
+    assert_close(ys, out, dtype)
+    assert_states_close(s.state, state, dtype)
+    assert_states_close(s.state, mod(x, hx)[1], dtype)
+
+
+def test_a_stream_in_two_halves_is_the_whole_sequence(rng):
+    mod = rnnc.GRU(5, 8, num_layers=2, seed=0, dtype=np.float64)
+    x = rng.standard_normal((10, 3, 5))
+    s = mod.stream(3)
+    first = stream_through(s, x[:4])
+    out1, h1 = mod(x[:4])
+    assert_close(first, out1, np.float64)
+    assert_close(s.state, h1, np.float64)
+    assert_close(stream_through(s, x[4:]), mod(x[4:], h1)[0], np.float64)
+    assert_close(s.state, mod(x)[1], np.float64)
+
+
+def test_zero_batch():
+    s = rnnc.LSTM(3, 4, num_layers=2, proj_size=2).stream(batch_size=0)
+    y = s.step(np.zeros((0, 3), np.float32))
+    assert y.shape == (0, 2) and y.dtype == np.float32
+    h, c = s.state
+    assert h.shape == (2, 0, 2) and c.shape == (2, 0, 4)
+
+
+def test_nan_propagates(rng):
+    s = rnnc.LSTM(3, 4, seed=0).stream(2)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    x[1, 0] = np.nan
+    y = s.step(x)
+    assert np.all(np.isfinite(y[0])) and np.all(np.isnan(y[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# State: reset, refresh, the snapshot, training mode
+# ---------------------------------------------------------------------------------------------
+def test_reset_starts_again_from_zero_or_the_given_state(rng):
+    mod = rnnc.LSTM(4, 6, num_layers=2, seed=0)
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    s = mod.stream(2)
+    first = stream_through(s, x)
+    assert s.reset() is s
+    h, c = s.state
+    assert not h.any() and not c.any()
+    np.testing.assert_array_equal(stream_through(s, x), first)
+    h0, c0 = random_initial_state(rng, mod, 2, np.float32)
+    s.reset(h0.astype(np.float64), c0.tolist())           # any real array-like, converted
+    assert_close(stream_through(s, x), mod(x, (h0, c0))[0], np.float32)
+    s.reset(h0)                                           # c0 omitted: zero
+    assert_close(stream_through(s, x), mod(x, (h0, np.zeros_like(c0)))[0], np.float32)
+
+
+def test_state_is_a_copy(rng):
+    s = rnnc.RNN(3, 4, seed=0).stream(1)
+    s.step(rng.standard_normal((1, 3)).astype(np.float32))
+    h = s.state
+    h[...] = 99
+    assert not np.any(s.state == 99)
+
+
+def test_weights_are_a_snapshot_until_refresh(rng):
+    mod = rnnc.GRU(4, 6, num_layers=2, seed=0, dtype=np.float64)
+    old = rnnc.GRU(4, 6, num_layers=2, seed=0, dtype=np.float64)   # a copy of the weights
+    x = rng.standard_normal((5, 3, 4))
+    s = mod.stream(3)
+    # Changed in place and through load_state_dict: the stream still has the old weights.
+    mod.weight_hh_l0 *= 0.5
+    mod.load_state_dict({"bias_ih_l1": rng.standard_normal(18)}, strict=False)
+    assert not np.allclose(mod(x)[0], old(x)[0])
+    assert_close(stream_through(s, x), old(x)[0], np.float64)
+    # refresh() reads them; the state is kept.
+    h_before = s.state
+    assert s.refresh() is s
+    np.testing.assert_array_equal(s.state, h_before)
+    s.reset()
+    assert_close(stream_through(s, x), mod(x)[0], np.float64)
+
+
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_refresh_after_new_weights(mode, kwargs, rng):
+    kwargs = resolve_kwargs(kwargs, 70, rng)
+    mod = getattr(rnnc, mode)(5, 70, num_layers=2, seed=0, **kwargs)
+    other = getattr(rnnc, mode)(5, 70, num_layers=2, seed=7, **kwargs)
+    x = rng.standard_normal((4, 2, 5)).astype(np.float32)
+    s = mod.stream(2)
+    mod.load_state_dict(other.state_dict())
+    assert_close(stream_through(s, x), getattr(rnnc, mode)(5, 70, num_layers=2, seed=0,
+                                                           **kwargs)(x)[0], np.float32)
+    s.refresh()
+    s.reset()
+    assert_close(stream_through(s, x), other(x)[0], np.float32)
+
+
+def test_training_mode_streams_without_dropout(rng):
+    mod = rnnc.LSTM(4, 6, num_layers=3, dropout=0.5, seed=0)
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    expected = mod(x)[0]                           # eval mode: no dropout
+    mod.train()
+    s = mod.stream(2)
+    assert_close(stream_through(s, x), expected, np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs accepted at the boundary
+# ---------------------------------------------------------------------------------------------
+def _odd_layouts(x):
+    """The same values as x (B, I) in layouts the step must copy."""
+    B, I = x.shape
+    wide = np.zeros((B, 2 * I), x.dtype)
+    wide[:, ::2] = x
+    fortran = np.asfortranarray(x)
+    swapped = x.astype(x.dtype.newbyteorder())
+    raw = np.zeros(x.nbytes + 1, np.uint8)[1:].view(x.dtype).reshape(B, I)   # misaligned
+    raw[...] = x
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    return {"strided": wide[:, ::2], "fortran": fortran, "byteswapped": swapped,
+            "misaligned": raw, "readonly": readonly}
+
+
+@pytest.mark.parametrize("layout", ["strided", "fortran", "byteswapped", "misaligned",
+                                    "readonly"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_inputs_are_accepted(layout, dtype, rng):
+    mod = rnnc.LSTM(5, 6, seed=0, dtype=dtype)
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    odd = _odd_layouts(x)[layout]
+    assert odd.dtype == dtype or layout == "byteswapped"
+    expected = mod.stream(3).step(x)
+    np.testing.assert_array_equal(mod.stream(3).step(odd), expected)
+
+
+def test_out_argument(rng):
+    mod = rnnc.RNN(4, 4, num_layers=2, seed=0)
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    expected = stream_through(mod.stream(2), x)
+    s = mod.stream(2)
+    out = np.empty((2, 4), np.float32)
+    for t in range(3):
+        assert s.step(x[t], out=out) is out
+        np.testing.assert_array_equal(out, expected[t])
+    # In place: out may be x itself (input_size == P).
+    s.reset()
+    for t in range(3):
+        xt = x[t].copy()
+        s.step(xt, out=xt)
+        np.testing.assert_array_equal(xt, expected[t])
+    u = mod.stream(None)
+    y = np.empty(4, np.float32)
+    assert u.step(x[0, 0], out=y) is y
+    assert_close(y, expected[0, 0], np.float32)     # a batch of 1 sums in another order
+
+
+def test_outputs_are_new_arrays(rng):
+    s = rnnc.GRU(3, 4, seed=0).stream(1)
+    x = rng.standard_normal((1, 3)).astype(np.float32)
+    y1 = s.step(x)
+    y1_copy = y1.copy()
+    y2 = s.step(x)
+    assert y1 is not y2 and not np.shares_memory(y1, y2)
+    np.testing.assert_array_equal(y1, y1_copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+def test_wrong_dtype_is_a_type_error_naming_x():
+    s = rnnc.LSTM(3, 4).stream(2)
+    with pytest.raises(TypeError, match=r"x must have dtype float32.*got float64"):
+        s.step(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=r"x must have dtype float32.*got int64"):
+        s.step(np.zeros((2, 3), np.int64))
+    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray of dtype float32, got list"):
+        s.step([[0.0] * 3] * 2)
+    with pytest.raises(TypeError, match=r"x must have dtype float64.*got float32"):
+        rnnc.GRU(3, 4, dtype=np.float64).stream(2).step(np.zeros((2, 3), np.float32))
+
+
+def test_wrong_shape_is_a_value_error_with_both_shapes():
+    s = rnnc.LSTM(3, 4).stream(2)
+    for bad in [(2, 4), (3, 3), (1, 2, 3), (3,), ()]:
+        with pytest.raises(ValueError, match=r"x must have shape \(2, 3\)") as info:
+            s.step(np.zeros(bad, np.float32))
+        assert str(info.value).endswith(f"got {bad}")
+    u = rnnc.LSTM(3, 4).stream(None)
+    with pytest.raises(ValueError, match=r"x must have shape \(3,\).*got \(1, 3\)"):
+        u.step(np.zeros((1, 3), np.float32))
+
+
+def test_bad_out_argument():
+    s = rnnc.LSTM(3, 4, proj_size=2).stream(2)
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 2\), got \(2, 4\)"):
+        s.step(x, out=np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match=r"out must have dtype float32.*float64"):
+        s.step(x, out=np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="out must be a numpy.ndarray"):
+        s.step(x, out=[[0, 0], [0, 0]])
+    with pytest.raises(ValueError, match="out must be a writeable, aligned, C-contiguous"):
+        s.step(x, out=np.zeros((2, 4), np.float32)[:, ::2])
+    ro = np.zeros((2, 2), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        s.step(x, out=ro)
+
+
+def test_bidirectional_layers_cannot_stream():
+    with pytest.raises(ValueError, match="bidirectional.*reverse direction"):
+        rnnc.LSTM(3, 4, bidirectional=True).stream()
+
+
+@pytest.mark.parametrize("batch_size, exc", [(-1, ValueError), (1.5, TypeError),
+                                             (True, TypeError), ("2", TypeError)])
+def test_bad_batch_size(batch_size, exc):
+    with pytest.raises(exc, match="batch_size"):
+        rnnc.GRU(3, 4).stream(batch_size)
+
+
+def test_bad_reset_arguments():
+    s = rnnc.LSTM(3, 4, num_layers=2).stream(5)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 5, 4\), got \(1, 5, 4\)"):
+        s.reset(np.zeros((1, 5, 4)))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(2, 5, 4\), got \(2, 4\)"):
+        s.reset(None, np.zeros((2, 4)))
+    with pytest.raises(TypeError, match="h0 must have a real numeric dtype"):
+        s.reset(np.zeros((2, 5, 4), complex))
+    with pytest.raises(TypeError, match="c0 is the cell state of an LSTM; GRU has none"):
+        rnnc.GRU(3, 4).stream(1).reset(np.zeros((1, 1, 4)), np.zeros((1, 1, 4)))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 4\), got \(1, 1, 4\)"):
+        rnnc.GRU(3, 4).stream(None).reset(np.zeros((1, 1, 4)))
+
+
+def test_the_reference_has_no_stream():
+    with pytest.raises(NotImplementedError, match="T = 1"):
+        rnnc.reference.LSTM(3, 4).stream()
+
+
+def test_a_busy_stream_refuses_a_second_user():
+    # What a second thread sees while a step, reset or refresh runs (the flag is set and
+    # cleared with the GIL held).
+    s = rnnc.LSTM(3, 4).stream(1)
+    s._acquire()
+    try:
+        with pytest.raises(RuntimeError, match="in use by another thread"):
+            s.step(np.zeros((1, 3), np.float32))
+        with pytest.raises(RuntimeError, match="in use by another thread"):
+            s.reset()
+        with pytest.raises(RuntimeError, match="in use by another thread"):
+            s.refresh()
+    finally:
+        s._release()
+    assert s.step(np.zeros((1, 3), np.float32)).shape == (1, 4)
+
+
+def test_the_kernel_checks_its_buffers():
+    from rnnc._stream_kernel import StreamKernel
+    k = StreamKernel()
+    with pytest.raises(RuntimeError, match="before bind"):
+        k.step(np.zeros((1, 3), np.float32))
+    s = rnnc.RNN(3, 4).stream(1)
+    with pytest.raises(RuntimeError, match="already bound"):
+        s.bind("RNN", np.float32, 1, False, 3, 4, 4, False, True, s._layers)
+    bad = [dict(buf, h=np.zeros((2, 4), np.float32)) for buf in s._layers]
+    with pytest.raises(ValueError, match=r"buffer 'h' must be .* of shape \(1, 4\)"):
+        StreamKernel().bind("RNN", np.float32, 1, False, 3, 4, 4, False, True, bad)
+    bad = [dict(buf, w_ih=np.zeros((4, 3))) for buf in s._layers]
+    with pytest.raises(ValueError, match=r"buffer 'w_ih' must be .* float32"):
+        StreamKernel().bind("RNN", np.float32, 1, False, 3, 4, 4, False, True, bad)
+
+
+def test_stream_repr():
+    m = rnnc.GRU(3, 4, reset_after=False)
+    assert repr(m.stream(None)) == f"Stream({m!r}, batch_size=None)"
+
+
+def test_stub_declares_the_compiled_class():
+    from rnnc import _stream_kernel
+    stub = pathlib.Path(rnnc.__file__).parent / "_stream_kernel.pyi"
+    tree = ast.parse(stub.read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert set(classes) == {"StreamKernel"}
+    declared = {n.name for n in classes["StreamKernel"].body if isinstance(n, ast.FunctionDef)}
+    compiled = {k for k, v in vars(_stream_kernel.StreamKernel).items()
+                if callable(v) and not k.startswith("__")}
+    assert declared == compiled
+    public = {k for k, v in vars(_stream_kernel).items() if callable(v) and not k.startswith("_")
+              and getattr(v, "__module__", None) == _stream_kernel.__name__}
+    assert public == {"StreamKernel"}
