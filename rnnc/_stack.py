@@ -9,6 +9,9 @@ GEMM (BLAS or the small-batch kernel) and how to use a second thread (the two di
 bidirectional layer concurrently, or a unidirectional layer's hidden units split in two), calls
 the kernels per layer and direction, and scatters the results back to the caller's batch order.
 """
+import math
+import threading
+
 import numpy as np
 
 from rnnc._dropout import dropout_mask
@@ -68,6 +71,26 @@ def _empty(dtype, ndim):
     return np.empty((0,) * ndim, dtype=dtype)
 
 
+# Inference scratch buffers (input projections, packed weights, ...) are kept per calling thread
+# and reused by the next call: fresh arrays of a few MB cost a page fault per 4 KB on first
+# touch, and two threads faulting at once (a split layer) serialise in the kernel -- measured
+# 30% of LSTM B16 H128 at 2 threads. Each thread keeps at most one buffer per key, as large as
+# its largest use so far (bounded by CHUNK_ELEMENTS-sized projections and the packed weights).
+# Keys name a buffer's role and its direction/part, which never overlap within one call.
+_scratch = threading.local()
+
+
+def _workspace(key, shape, dtype):
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    n = math.prod(shape)
+    buf = buffers.get(key)
+    if buf is None or buf.dtype != dtype or buf.size < n:
+        buf = buffers[key] = np.empty(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
 # Batches for which the packed small-batch kernel (rnnc/_small_gemm.h) replaces BLAS in the
 # recurrent product: up to 64 rows on one thread, up to 16 with more threads, since the kernel
 # runs on one thread and multi-threaded BLAS wins on larger products (measured with
@@ -114,11 +137,12 @@ def _run_directions(run, parallel):
 # rnnc may use 2+ threads and the directions do not already run concurrently, if the layer is
 # big enough to repay starting the helper thread (~0.1 ms) and, per step, either its weights
 # are too big for one core's cache (1 MB of float32: LSTM H256) or its product is large. On this
-# 2-core machine (two busy cores run ~30% slower each) it gained 0.56-0.87x on LSTM/GRU/RNN
-# B1-B64 H256-H1024 and lost 1.1-2.7x below these sizes (LSTM B16 H128, GRU B1 H256, B1 H64).
+# 2-core machine (two busy cores run ~30% slower each) it gained 0.67-0.90x on LSTM B16 H128,
+# LSTM/GRU/RNN B1-B64 H256-H1024, and lost 1.1-4x below (GRU B16 H128, RNN B16 H128, GRU B1
+# H256, LSTM B4 H64, B1 H32/H64), measured with the scratch buffers of _workspace.
 SPLIT_MIN_TOTAL_WORK = 1 << 23      # multiply-adds of all recurrent products of the layer
 SPLIT_MIN_WEIGHTS = 1 << 18         # elements of W_hh (gates x hidden x hidden)
-SPLIT_MIN_STEP_WORK = 1 << 22       # multiply-adds of one step's recurrent product
+SPLIT_MIN_STEP_WORK = 1 << 20       # multiply-adds of one step's recurrent product
 _SPLIT_MODES = {"RNN": 0, "GRU": 2, "LSTM": 3}
 
 
@@ -131,14 +155,14 @@ def _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel):
             and cached_num_threads() >= 2)
 
 
-def _pack_gate_rows(w, G, H, u0, nu):
+def _pack_gate_rows(w, G, H, u0, nu, key):
     """pack_panels of the rows of units [u0, u0 + nu) of every gate block of w (G*H, K),
     packing straight from the gate blocks when nu fills whole panels (no gathered copy)."""
     from rnnc._blas import pack_panels_into
     if nu % 64:
-        return pack_panels(w.reshape(G, H, -1)[:, u0:u0 + nu].reshape(G * nu, -1))
+        return pack_panels(w.reshape(G, H, -1)[:, u0:u0 + nu].reshape(G * nu, -1), key)
     per = nu // 64
-    packed = np.empty((G * per, w.shape[1], 64), dtype=np.float32)
+    packed = _workspace(key, (G * per, w.shape[1], 64), np.float32)
     for g in range(G):
         pack_panels_into(w[g * H + u0:g * H + u0 + nu], packed[g * per:(g + 1) * per])
     return packed
@@ -158,36 +182,43 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     if b_ih.size:
         bias = (b_ih + b_hh) if mode != "GRU" else b_ih + np.concatenate(
             [b_hh[:2 * H], np.zeros(H, dtype=dtype)])
-    hbuf = np.empty((2, B, H), dtype=dtype)
+    hbuf = _workspace("split h", (2, B, H), dtype)
     hbuf[0] = h
     hbuf[1] = h
     bar = np.zeros(32, dtype=np.int32)   # 128 bytes: the barrier's words on a line of their own
     empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
     parts = []
-    for u0, nu in ((0, half), (half, H - half)):
+    for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
         rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
+        w_ih_part = _workspace(f"split w_ih {p}", (G * nu, w_ih.shape[1]), dtype)
+        np.take(w_ih, rows, axis=0, out=w_ih_part)
+        w_hh_part = empty2
+        if not small:
+            w_hh_part = _workspace(f"split w_hh {p}", (G * nu, H), dtype)
+            np.take(w_hh, rows, axis=0, out=w_hh_part)
         parts.append((
-            code, layer_in, layout.batch_sizes, layout.offsets, reverse,
-            np.ascontiguousarray(w_ih[rows]),
+            code, layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih_part,
             bias[rows] if bias is not None else empty1,
             b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
-            empty2 if small else np.ascontiguousarray(w_hh[rows]),
-            _pack_gate_rows(w_hh, G, H, u0, nu) if small else _empty(dtype, 3),
+            w_hh_part,
+            _pack_gate_rows(w_hh, G, H, u0, nu, f"split packed {p}") if small
+            else _empty(dtype, 3),
             u0, nu, hbuf, h, c if c is not None else empty2,
-            np.empty((B, nu), dtype=dtype) if mode == "LSTM" else empty2,
-            out, col0, np.empty((chunk_steps * B, G * nu), dtype=dtype),
-            np.empty((B, G * nu), dtype=dtype) if mode == "GRU" else empty2,
+            _workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
+            out, col0, _workspace(f"split xg {p}", (chunk_steps * B, G * nu), dtype),
+            _workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
             chunk_steps, bar, 2))
     run_pair(lambda: forward_part_py(*parts[0]), lambda: forward_part_py(*parts[1]))
 
 
-def pack_panels(w):
+def pack_panels(w, key=None):
     """w (N, K) -> w^T in panels of 64 columns, (ceil(N / 64), K, 64), zero-padded: the layout
-    of the small-batch kernel's weights. A fresh copy per call, so in-place parameter updates
-    are always seen."""
+    of the small-batch kernel's weights. Packed afresh on every call, so in-place parameter
+    updates are always seen; into this thread's scratch buffer `key` when given."""
     from rnnc._blas import pack_panels_into
     N, K = w.shape
-    packed = np.empty((-(-N // 64), K, 64), dtype=np.float32)
+    shape = (-(-N // 64), K, 64)
+    packed = _workspace(key, shape, np.float32) if key else np.empty(shape, dtype=np.float32)
     pack_panels_into(w, packed)
     return packed
 
@@ -266,10 +297,10 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
     # Workspace, allocated once for the whole stack (one set per direction: they may run
     # concurrently).
     ws = []
-    for _ in range(D):
+    for d in range(D):
         w = {}
         if not train:
-            w["xg"] = np.empty((chunk_steps * B, G * H), dtype=dtype)
+            w["xg"] = _workspace(f"xg {d}", (chunk_steps * B, G * H), dtype)
         if mode == "GRU":
             w["hg"] = np.empty((B, G * H), dtype=dtype)
             w["rh"] = np.empty((B, H) if not reset_after else (1, 1), dtype=dtype)
@@ -309,7 +340,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                            h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
                            chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True))
                 return
-            w_packed = pack_panels(w_hh) if small else empty3
+            w_packed = pack_panels(w_hh, f"packed {d}") if small else empty3
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
             xg = np.empty((n_rows, G * H), dtype=dtype) if train else w["xg"]
             if mode == "LSTM":
@@ -415,7 +446,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
             db_ih, db_hh = grads.get(names[2], empty1), grads.get(names[3], empty1)
             act, h_prev, extra = cache.kept[k][d]
             s = k * D + d
-            w_packed = pack_panels(w_hh.T) if small else empty3
+            w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
             if mode == "LSTM":
                 lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                               params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
