@@ -17,6 +17,12 @@ One step, per layer (the next layer's input is this layer's new h):
 The input and recurrent products are two calls, not one over [x | h] stacked along K: the
 same bytes of weights are read either way (measured equal), and two calls need no copy of x.
 
+Two threads (rnnc/stream.py decides): the hidden units of every layer are split in two halves;
+the helper thread of rnnc/_worker.h computes the second half's gate columns, state update and
+output while the caller computes the first, so each core reads half the weights from its own
+L2. One spinning barrier per layer; the new state goes to h_next and each half copies its own
+columns into h once both have passed the last barrier (the other half reads all of h).
+
 Products: float32 on AVX-512 CPUs, batches up to 64: the packed small-batch kernel of
 rnnc/_small_gemm.h (recurrent_gemm with packed weights); otherwise BLAS. At batch 1 a step is
 bound by reading the weights from L2 once (LSTM H128 I128: 512 KB, ~4.5 us at this machine's
@@ -30,8 +36,20 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from rnnc._blas cimport recurrent_gemm
-from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
-                              gru_update_before, lstm_pointwise, rnn_pointwise)
+from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
+                              gru_reset_gate_before, gru_update_before, lstm_pointwise,
+                              rnn_pointwise, rnn_pointwise_ld)
+
+
+cdef extern from "_worker.h" nogil:
+    ctypedef struct rnnc_worker:
+        pass
+    rnnc_worker* rnnc_worker_start(void (*job)(void*) noexcept nogil, void* arg)
+    int rnnc_worker_alive(const rnnc_worker* w)
+    void rnnc_worker_post(rnnc_worker* w)
+    void rnnc_worker_wait(rnnc_worker* w)
+    void rnnc_worker_stop(rnnc_worker* w)
+    void rnnc_barrier_wait(int* bar, int n_threads, int* sense)
 
 import numpy as np
 
@@ -64,6 +82,101 @@ cdef struct StreamLayer:
     void* gates               # (B, G*H) workspace
     void* hg                  # (B, G*H) workspace (GRU), else NULL
     void* tmp                 # (B, H) workspace: o * tanh(c) (LSTM proj), r * h (GRU before)
+    void* h_next              # (B, H) next state, when steps are split between threads
+
+
+cdef struct StreamPart:
+    # One thread's share of a layer whose hidden units are split between two threads: the
+    # rows of every gate that feed units [u0, u0 + nu), and its own workspace.
+    Py_ssize_t u0, nu
+    const void* w_ih          # (G*nu, I) its rows of W_ih (BLAS path)
+    const void* w_hh          # (G*nu, H) its rows of W_hh (BLAS path)
+    const void* w_ih_packed   # the same in panels, or NULL (BLAS)
+    const void* w_hh_packed
+    const void* bias          # (G*nu,) folded bias, or NULL
+    const void* b_hn          # (nu,) GRU reset_after with bias, else NULL
+    void* gates               # (B, G*nu) workspace
+    void* hg                  # (B, G*nu) GRU workspace, else NULL
+
+
+cdef struct SplitStep:
+    # What both threads of a split step read: set by the owner before it posts the step.
+    const void* x
+    void* y
+    const StreamLayer* layers
+    const StreamPart* parts   # (L, 2)
+    Py_ssize_t L, B, H, n_in
+    int mode, typenum
+    bint use_relu
+    int bar[32]               # the per-layer barrier (rnnc/_barrier.h), its own cache lines
+    int sense[2]              # each thread's barrier sense, kept across steps
+
+
+cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p) noexcept nogil:
+    """Part p of one step: every layer's gate columns of units [u0, u0 + nu), then the state
+    update of those units into h_next (the other part reads h, so h is written only after
+    both have passed the layer's barrier: each part copies its own columns across at the end).
+    GRU here is PyTorch's form (reset_after) and LSTM has no projection (rnnc/stream.py)."""
+    cdef Py_ssize_t k, r, I = job.n_in, B = job.B, H = job.H, u0, nu, GN
+    cdef Py_ssize_t G1 = 4 if job.mode == MODE_LSTM else (3 if job.mode == MODE_GRU else 1)
+    cdef const StreamLayer* lay
+    cdef const StreamPart* part
+    cdef const floating* inp = x
+    cdef floating* h
+    cdef floating* hn
+    cdef floating* gates
+    cdef floating* outp
+    cdef floating beta
+    for k in range(job.L):
+        lay = &job.layers[k]
+        part = &job.parts[2 * k + p]
+        u0, nu = part.u0, part.nu
+        GN = G1 * nu
+        gates = <floating*>part.gates
+        h = <floating*>lay.h
+        hn = <floating*>lay.h_next
+        beta = 0
+        if part.bias != NULL:
+            for r in range(B):
+                memcpy(gates + r * GN, part.bias, GN * sizeof(floating))
+            beta = 1
+        recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
+                       <const floating*>part.w_ih_packed, beta, gates, GN)
+        # The last layer writes y directly; the others write h_next twice (harmless).
+        outp = (y if k == job.L - 1 else hn) + u0
+        if job.mode == MODE_GRU:
+            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
+                           <const floating*>part.w_hh_packed, 0, <floating*>part.hg, GN)
+            gru_pointwise_reset_after_ld(B, nu, gates, <floating*>part.hg,
+                                         <const floating*>part.b_hn, h + u0, H, hn + u0, H,
+                                         outp, H, <floating*>NULL)
+        else:
+            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
+                           <const floating*>part.w_hh_packed, 1, gates, GN)
+            if job.mode == MODE_LSTM:
+                for r in range(B):  # row by row: c's rows are H apart, this part's gates nu
+                    lstm_pointwise(1, nu, gates + r * GN, <floating*>lay.c + r * H + u0,
+                                   hn + r * H + u0, H, outp + r * H, H)
+            else:
+                rnn_pointwise_ld(B, nu, job.use_relu, gates, hn + u0, H, outp, H)
+        rnnc_barrier_wait(job.bar, 2, &job.sense[p])
+        inp = hn
+        I = H
+    for k in range(job.L):
+        lay = &job.layers[k]
+        u0, nu = job.parts[2 * k + p].u0, job.parts[2 * k + p].nu
+        for r in range(B):
+            memcpy(<floating*>lay.h + r * H + u0, <floating*>lay.h_next + r * H + u0,
+                   nu * sizeof(floating))
+
+
+cdef void split_helper_job(void* arg) noexcept nogil:
+    """The helper thread's part (1) of a posted step (rnnc/_worker.h)."""
+    cdef SplitStep* job = <SplitStep*>arg
+    if job.typenum == cnp.NPY_FLOAT32:
+        split_part_step(<const float*>job.x, <float*>job.y, job, 1)
+    else:
+        split_part_step(<const double*>job.x, <double*>job.y, job, 1)
 
 
 cdef void stream_step(const floating* x,     # (B, I0) this step's input
@@ -167,14 +280,95 @@ cdef class StreamKernel:
     cdef bint use_relu, reset_after, unbatched, busy
     cdef object _dtype
     cdef list _owned       # the bound buffers, kept alive while their pointers are in use
+    cdef StreamPart* parts     # (L, 2) when steps are split between two threads, else NULL
+    cdef SplitStep* job
+    cdef rnnc_worker* worker   # the helper thread of a split stream, or NULL
 
     def __cinit__(self, *args, **kwargs):
         self.layers = NULL
+        self.parts = NULL
+        self.job = NULL
+        self.worker = NULL
         self.L = 0
         self.busy = False
 
     def __dealloc__(self):
+        rnnc_worker_stop(self.worker)   # joins the thread before its job's memory goes
+        PyMem_Free(self.job)
+        PyMem_Free(self.parts)
         PyMem_Free(self.layers)
+
+    @property
+    def threads(self):
+        """Threads a step runs on: 2 when the hidden units are split with a helper thread."""
+        return 2 if self.worker != NULL and rnnc_worker_alive(self.worker) else 1
+
+    def _bind_parts(self, list parts):
+        """Bind the two parts of every layer (rnnc/stream.py) and start the helper thread.
+        Without a thread (none could be started) steps stay on the caller's thread."""
+        cdef Py_ssize_t L = self.L, B = self.B, H = self.H, k, p, G1, I, nu
+        cdef int typenum = self.typenum, f32 = cnp.NPY_FLOAT32
+        cdef StreamPart* part
+        if self.layers == NULL or self.parts != NULL:
+            raise RuntimeError("StreamKernel._bind_parts: bind() first, and only once")
+        if self.P != H or (self.mode == MODE_GRU and not self.reset_after) or len(parts) != L:
+            raise ValueError("StreamKernel._bind_parts: needs one pair of parts per layer, "
+                             "no projection, and GRU with reset_after")
+        G1 = 4 if self.mode == MODE_LSTM else (3 if self.mode == MODE_GRU else 1)
+        cdef StreamPart* arr = <StreamPart*>PyMem_Malloc(2 * L * sizeof(StreamPart))
+        cdef SplitStep* job = <SplitStep*>PyMem_Malloc(sizeof(SplitStep))
+        if arr == NULL or job == NULL:
+            PyMem_Free(arr)
+            PyMem_Free(job)
+            raise MemoryError()
+        memset(arr, 0, 2 * L * sizeof(StreamPart))
+        memset(job, 0, sizeof(SplitStep))
+        try:
+            for k in range(L):
+                I = self.n_in if k == 0 else H
+                self.layers[k].h_next = _pointer(self._owned[k], "h_next", (B, H), typenum,
+                                                 False)
+                if len(parts[k]) != 2:
+                    raise ValueError("StreamKernel._bind_parts: two parts per layer")
+                for p in range(2):
+                    buf = parts[k][p]
+                    part = &arr[2 * k + p]
+                    part.u0, part.nu = buf["u0"], buf["nu"]
+                    nu = part.nu
+                    if nu < 1 or part.u0 != (0 if p == 0 else arr[2 * k].nu) \
+                            or (p == 1 and part.u0 + nu != H):
+                        raise ValueError("StreamKernel._bind_parts: the parts must cover the "
+                                         "hidden units in order")
+                    part.w_ih = _pointer(buf, "w_ih", (G1 * nu, I), typenum, False)
+                    part.w_hh = _pointer(buf, "w_hh", (G1 * nu, H), typenum, False)
+                    part.w_ih_packed = _pointer(buf, "w_ih_packed",
+                                                ((G1 * nu + 63) // 64, I, 64), f32, True)
+                    part.w_hh_packed = _pointer(buf, "w_hh_packed",
+                                                ((G1 * nu + 63) // 64, H, 64), f32, True)
+                    part.bias = _pointer(buf, "bias", (G1 * nu,), typenum, True)
+                    part.b_hn = _pointer(buf, "b_hn", (nu,), typenum, True)
+                    part.gates = _pointer(buf, "gates", (B, G1 * nu), typenum, False)
+                    part.hg = _pointer(buf, "hg", (B, G1 * nu), typenum,
+                                       self.mode != MODE_GRU)
+                    if typenum != f32 and (part.w_ih_packed != NULL
+                                           or part.w_hh_packed != NULL):
+                        raise ValueError("StreamKernel._bind_parts: packed weights are float32 "
+                                         "only")
+        except BaseException:
+            PyMem_Free(arr)
+            PyMem_Free(job)
+            for k in range(L):
+                self.layers[k].h_next = NULL
+            raise
+        self._owned.append([[dict(b) for b in pair] for pair in parts])
+        job.layers = self.layers
+        job.parts = arr
+        job.L, job.B, job.H, job.n_in = L, B, H, self.n_in
+        job.mode, job.typenum, job.use_relu = self.mode, typenum, self.use_relu
+        self.parts = arr
+        self.job = job
+        if B > 0:
+            self.worker = rnnc_worker_start(split_helper_job, job)
 
     def bind(self, str mode, dtype, Py_ssize_t batch_size, bint unbatched, Py_ssize_t input_size,
              Py_ssize_t hidden_size, Py_ssize_t proj_size, bint use_relu, bint reset_after,
@@ -325,7 +519,18 @@ cdef class StreamKernel:
         self.busy = True
         cdef void* px = cnp.PyArray_DATA(xa)
         cdef void* py = cnp.PyArray_DATA(ya)
-        if self.typenum == cnp.NPY_FLOAT32:
+        cdef SplitStep* job = self.job
+        if self.worker != NULL and rnnc_worker_alive(self.worker):
+            job.x = px
+            job.y = py
+            with nogil:
+                rnnc_worker_post(self.worker)
+                if self.typenum == cnp.NPY_FLOAT32:
+                    split_part_step(<const float*>px, <float*>py, job, 0)
+                else:
+                    split_part_step(<const double*>px, <double*>py, job, 0)
+                rnnc_worker_wait(self.worker)
+        elif self.typenum == cnp.NPY_FLOAT32:
             with nogil:
                 stream_step(<const float*>px, <float*>py, self.layers, self.L, self.B,
                             self.H, self.P, self.mode, self.use_relu, self.reset_after)

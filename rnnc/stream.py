@@ -27,6 +27,22 @@ def _use_small_gemm(dtype, batch):
     return _SMALL_GEMM[0]
 
 
+# A step's hidden units are split between the calling thread and a helper thread of the
+# stream's own (rnnc/_worker.h) when rnnc may use 2+ threads and a step reads enough weights
+# for two cores' caches and bandwidth to matter: LSTM B1 H128 (256 K multiply-adds a step).
+SPLIT_MIN_WORK = 1 << 17
+
+
+def _split_units(module, B):
+    from rnnc._threads import cached_num_threads
+    H = module.hidden_size
+    G = _stack.GATES[module.mode] * H
+    return (B >= 1 and H >= 32 and not module.proj_size
+            and (module.mode != "GRU" or module.reset_after)
+            and B * G * (module.input_size + H) >= SPLIT_MIN_WORK
+            and cached_num_threads() >= 2)
+
+
 class Stream(StreamKernel):
     """A recurrent layer run one time step per call, its state carried between calls.
 
@@ -39,6 +55,12 @@ class Stream(StreamKernel):
     The weights are a snapshot. The stream copies (and, for float32, re-lays out) the layer's
     parameters when it is made; later changes to the layer -- in-place updates, an optimizer
     step, ``load_state_dict`` -- are not seen until ``refresh()``.
+
+    Threads: with ``rnnc.set_num_threads(n)``, n >= 2 (as when the stream is made), a step of
+    a large enough layer (LSTM B1 H128 and up; no projection; GRU in PyTorch's form) splits the
+    hidden units between the calling thread and a helper thread owned by the stream
+    (``threads`` tells which): the helper spins ~20 us after each step, waiting for the next,
+    then sleeps; it ends with the stream. In a forked child the steps run on one thread.
 
     Inference only: no dropout is applied, whatever the layer's training flag (as in
     ``layer.eval()``); nothing is kept for ``backward``. A bidirectional layer cannot stream:
@@ -130,9 +152,41 @@ class Stream(StreamKernel):
                 if P != H:
                     buf["w_hr_packed"] = _panels(P, H)
             self._layers.append(buf)
+        self._parts = None
+        if _split_units(module, B):
+            self._parts = [self._part_buffers(mode, k, B, small) for k in range(L)]
+            for buf in self._layers:
+                buf["h_next"] = np.empty((B, H), dtype=dtype)
         self._load_weights()
         self.bind(mode, dtype, B, unbatched, I, H, P, module.nonlinearity == "relu",
                   module.reset_after, self._layers)
+        if self._parts is not None:
+            self._bind_parts(self._parts)
+
+    def _part_buffers(self, mode, k, B, small):
+        """The two halves of layer k's hidden units: the rows of its weights (gathered and,
+        for the small-batch kernel, packed by _load_weights) and each half's workspace."""
+        m = self.module
+        dtype, H = m.dtype, m.hidden_size
+        G1 = _stack.GATES[mode]
+        layer_in = m.input_size if k == 0 else H
+        half = max(16, H // 2 // 16 * 16)
+        parts = []
+        for u0, nu in ((0, half), (half, H - half)):
+            buf = dict(u0=u0, nu=nu,
+                       rows=(np.arange(G1)[:, None] * H + np.arange(u0, u0 + nu)).ravel(),
+                       w_ih=np.empty((G1 * nu, layer_in), dtype=dtype),
+                       w_hh=np.empty((G1 * nu, H), dtype=dtype),
+                       bias=np.empty(G1 * nu, dtype=dtype) if m.bias else None,
+                       gates=np.empty((B, G1 * nu), dtype=dtype),
+                       hg=np.empty((B, G1 * nu), dtype=dtype) if mode == "GRU" else None)
+            if mode == "GRU" and m.bias:
+                buf["b_hn"] = np.empty(nu, dtype=dtype)
+            if small:
+                buf["w_ih_packed"] = _panels(G1 * nu, layer_in)
+                buf["w_hh_packed"] = _panels(G1 * nu, H)
+            parts.append(buf)
+        return parts
 
     def __repr__(self):
         return f"{type(self).__name__}({self.module!r}, batch_size={self.batch_size!r})"
@@ -215,6 +269,19 @@ class Stream(StreamKernel):
                     pack_panels_into(w_hh, buf["w_hh_packed"])
                 if w_hr is not None:
                     pack_panels_into(w_hr, buf["w_hr_packed"])
+        for k, pair in enumerate(self._parts or ()):
+            buf = self._layers[k]
+            for part in pair:
+                rows = part["rows"]
+                np.take(buf["w_ih"], rows, axis=0, out=part["w_ih"])
+                np.take(buf["w_hh"], rows, axis=0, out=part["w_hh"])
+                if part["bias"] is not None:
+                    np.take(buf["bias"], rows, axis=0, out=part["bias"])
+                if "b_hn" in part:
+                    part["b_hn"][...] = buf["b_hn"][part["u0"]:part["u0"] + part["nu"]]
+                if "w_ih_packed" in part:
+                    pack_panels_into(part["w_ih"], part["w_ih_packed"])
+                    pack_panels_into(part["w_hh"], part["w_hh_packed"])
 
 
 def _panels(N, K):

@@ -5,6 +5,8 @@ whole sequence and with the NumPy reference, then the state handling (initial st
 refresh and the weight snapshot), the accepted inputs and every error path.
 """
 import ast
+import inspect
+import os
 import pathlib
 
 import numpy as np
@@ -387,8 +389,95 @@ def test_stub_declares_the_compiled_class():
     assert set(classes) == {"StreamKernel"}
     declared = {n.name for n in classes["StreamKernel"].body if isinstance(n, ast.FunctionDef)}
     compiled = {k for k, v in vars(_stream_kernel.StreamKernel).items()
-                if callable(v) and not k.startswith("__")}
+                if (callable(v) or inspect.isgetsetdescriptor(v)) and not k.startswith("__")}
     assert declared == compiled
     public = {k for k, v in vars(_stream_kernel).items() if callable(v) and not k.startswith("_")
               and getattr(v, "__module__", None) == _stream_kernel.__name__}
     assert public == {"StreamKernel"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps split between the calling thread and the stream's helper thread
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def split(monkeypatch):
+    """Streams made while this fixture is active split every step (2 threads), whatever the
+    machine and the layer size; those without a split form (projection, GRU
+    reset_after=False) stay on one thread."""
+    import rnnc._threads
+    monkeypatch.setattr(rnnc.stream, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(rnnc._threads, "cached_num_threads", lambda: 2)
+
+
+@pytest.mark.parametrize("B", [1, 3, 70])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_split_stream_matches_layer_and_reference(split, mode, kwargs, dtype, B, rng):
+    H = 40      # halves of 16 and 24 units
+    mod, ref = make_layers(mode, kwargs, 5, H, rng, num_layers=2, dtype=dtype)
+    x = rng.standard_normal((6, B, 5)).astype(dtype)
+    hx = random_initial_state(rng, mod, B, dtype)
+    s = mod.stream(batch_size=B)
+    splittable = not mod.proj_size and (mode != "GRU" or mod.reset_after)
+    assert s.threads == (2 if splittable else 1)
+    s.reset(*(hx if isinstance(hx, tuple) else (hx,)))
+    ys = stream_through(s, x)
+    out, state = mod(x, hx)
+    assert_close(ys, out, dtype)
+    assert_states_close(s.state, state, dtype)
+    ref_out, _ = ref(x, hx)
+    assert_close(ys, ref_out, dtype)
+
+
+def test_split_stream_refresh_and_reset(split, rng):
+    m = rnnc.GRU(6, 48, num_layers=2, seed=1)
+    s = m.stream(batch_size=2)
+    assert s.threads == 2
+    x = rng.standard_normal((5, 2, 6)).astype(np.float32)
+    stream_through(s, x)
+    m.weight_hh_l1 *= -0.5
+    m.bias_hh_l0 += 0.25
+    s.refresh().reset()
+    assert_close(stream_through(s, x), m(x)[0], np.float32)
+
+
+def _task_count():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+def test_split_stream_thread_ends_with_the_stream(split, rng):
+    import gc
+    m = rnnc.LSTM(4, 32, seed=0)
+    before = _task_count()
+    s = m.stream()
+    assert s.threads == 2 and _task_count() == before + 1
+    s.step(np.ones((1, 4), np.float32))
+    del s
+    gc.collect()
+    assert _task_count() == before
+
+
+def test_split_stream_in_a_forked_child(split, rng):
+    # The helper thread is not inherited: the child's steps run on its one thread and agree.
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    m = rnnc.LSTM(4, 32, num_layers=2, seed=0)
+    s = m.stream()
+    x = rng.standard_normal((5, 1, 4)).astype(np.float32)
+    expected = m(x)[0]
+    stream_through(s, x[:2])
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_step_rest_in_child, args=(s, x[2:], q))
+    p.start()
+    threads, ys = q.get(timeout=60)
+    p.join(timeout=60)
+    assert p.exitcode == 0 and threads == 1
+    assert_close(ys, expected[2:], np.float32)
+    assert_close(stream_through(s, x[2:]), expected[2:], np.float32)   # parent still split
+
+
+def _step_rest_in_child(s, x, q):
+    q.put((s.threads, stream_through(s, x)))

@@ -1,0 +1,138 @@
+/* A helper thread owned by one object (a stream, rnnc/_stream_kernel.pyx) that runs the same job
+ * again and again, each time the owner posts it, a few microseconds apart.
+ *
+ * Why not a thread pool or a Python thread: a time step of a streamed layer takes ~3 us, and
+ * handing work to a Python thread costs ~50 us. Here the owner publishes a sequence number and
+ * the helper, spinning on it, starts within ~0.1 us; after ~20 us without work it sleeps on a
+ * condition variable, so an idle stream costs no CPU. The owner waits for `done` by spinning
+ * (the helper's share of a step is as short as its own).
+ *
+ * fork(): a child inherits the struct but not the thread. A fork handler bumps a generation
+ * counter; rnnc_worker_alive() is false in the child, which then runs the job itself and never
+ * joins the thread it does not have.
+ *
+ * Lost wake-ups: the helper sets `sleeping` and then re-reads `seq` under the mutex before it
+ * waits; the owner stores `seq` and then reads `sleeping` (both sequentially consistent), so
+ * either the helper sees the new `seq` or the owner sees `sleeping` and signals under the mutex.
+ */
+#ifndef RNNC_WORKER_H
+#define RNNC_WORKER_H
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include "_barrier.h"
+
+static long rnnc_fork_generation = 0;
+static int rnnc_fork_handler_set = 0;
+
+static void rnnc_after_fork_in_child(void) {
+    rnnc_fork_generation++;
+}
+
+typedef struct rnnc_worker {
+    pthread_t thread;
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    void (*job)(void* arg);
+    void* arg;
+    long seq;        /* posted jobs (owner writes) */
+    long done;       /* finished jobs (helper writes) */
+    int sleeping;
+    int quit;
+    long generation;  /* rnnc_fork_generation when started */
+} rnnc_worker;
+
+static void* rnnc_worker_main(void* p) {
+    rnnc_worker* w = (rnnc_worker*)p;
+    long seen = 0;
+    for (;;) {
+        unsigned spins = 0;
+        while (__atomic_load_n(&w->seq, __ATOMIC_SEQ_CST) == seen
+               && !__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST)) {
+            if (++spins < 20000) {
+                RNNC_PAUSE();
+                continue;
+            }
+            pthread_mutex_lock(&w->mutex);
+            __atomic_store_n(&w->sleeping, 1, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(&w->seq, __ATOMIC_SEQ_CST) == seen
+                   && !__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST))
+                pthread_cond_wait(&w->cond, &w->mutex);
+            __atomic_store_n(&w->sleeping, 0, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&w->mutex);
+            spins = 0;
+        }
+        if (__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST))
+            return NULL;
+        seen = __atomic_load_n(&w->seq, __ATOMIC_SEQ_CST);
+        w->job(w->arg);
+        __atomic_store_n(&w->done, seen, __ATOMIC_RELEASE);
+    }
+}
+
+/* A started helper, or NULL (no memory, no thread): the caller then runs the job itself. */
+static rnnc_worker* rnnc_worker_start(void (*job)(void*), void* arg) {
+    if (!rnnc_fork_handler_set) {    /* called with the GIL held: no race on the flag */
+        if (pthread_atfork(NULL, NULL, rnnc_after_fork_in_child) != 0)
+            return NULL;
+        rnnc_fork_handler_set = 1;
+    }
+    rnnc_worker* w = (rnnc_worker*)calloc(1, sizeof(rnnc_worker));
+    if (w == NULL)
+        return NULL;
+    w->generation = rnnc_fork_generation;
+    w->job = job;
+    w->arg = arg;
+    pthread_mutex_init(&w->mutex, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    if (pthread_create(&w->thread, NULL, rnnc_worker_main, w) != 0) {
+        pthread_cond_destroy(&w->cond);
+        pthread_mutex_destroy(&w->mutex);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* The helper thread exists in this process (not a forked copy of the struct). */
+static int rnnc_worker_alive(const rnnc_worker* w) {
+    return w != NULL && w->generation == rnnc_fork_generation;
+}
+
+static void rnnc_worker_post(rnnc_worker* w) {
+    __atomic_add_fetch(&w->seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&w->mutex);
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->mutex);
+    }
+}
+
+static void rnnc_worker_wait(rnnc_worker* w) {
+    long s = __atomic_load_n(&w->seq, __ATOMIC_RELAXED);
+    unsigned spins = 0;
+    while (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) != s) {
+        if (++spins < 2000)
+            RNNC_PAUSE();
+        else
+            sched_yield();
+    }
+}
+
+static void rnnc_worker_stop(rnnc_worker* w) {
+    if (w == NULL)
+        return;
+    if (!rnnc_worker_alive(w)) {    /* a forked child: no thread to stop, mutexes unusable */
+        free(w);
+        return;
+    }
+    pthread_mutex_lock(&w->mutex);
+    __atomic_store_n(&w->quit, 1, __ATOMIC_SEQ_CST);
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->mutex);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->mutex);
+    free(w);
+}
+#endif
