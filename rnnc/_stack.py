@@ -98,18 +98,25 @@ def _workspace(key, shape, dtype):
 # matrix-vector path 0.23 ms) since the row kernel keeps eight FMA chains in flight.
 SMALL_GEMM_MAX_BATCH = {1: 64}
 SMALL_GEMM_MAX_BATCH_THREADED = 16
+SMALL_GEMM_MAX_BATCH_F64 = {1: 64}
+SMALL_GEMM_MAX_BATCH_F64_THREADED = 16
 _SMALL_GEMM = []
 
 
 def _use_small_gemm(dtype, batch, steps, one_thread=False):
-    if dtype != np.float32 or steps < 4:   # packing costs one pass over the weights per call
+    if steps < 4:   # packing costs one pass over the weights per call
+        return False
+    if dtype == np.float32:
+        limits, threaded = SMALL_GEMM_MAX_BATCH, SMALL_GEMM_MAX_BATCH_THREADED
+    elif dtype == np.float64:
+        limits, threaded = SMALL_GEMM_MAX_BATCH_F64, SMALL_GEMM_MAX_BATCH_F64_THREADED
+    else:
         return False
     if not _SMALL_GEMM:
         from rnnc._blas import has_small_gemm
         _SMALL_GEMM.append(has_small_gemm())
     threads = 1 if one_thread else cached_num_threads()
-    limit = SMALL_GEMM_MAX_BATCH.get(threads, SMALL_GEMM_MAX_BATCH_THREADED)
-    return _SMALL_GEMM[0] and 1 <= batch <= limit
+    return _SMALL_GEMM[0] and 1 <= batch <= limits.get(threads, threaded)
 
 
 # Bidirectional layers run their two directions concurrently (one on the calling thread, one on
@@ -158,11 +165,12 @@ def _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel):
 def _pack_gate_rows(w, G, H, u0, nu, key):
     """pack_panels of the rows of units [u0, u0 + nu) of every gate block of w (G*H, K),
     packing straight from the gate blocks when nu fills whole panels (no gathered copy)."""
-    from rnnc._blas import pack_panels_into
-    if nu % 64:
+    from rnnc._blas import pack_panels_into, panel_width
+    width = panel_width(w.dtype)
+    if nu % width:
         return pack_panels(w.reshape(G, H, -1)[:, u0:u0 + nu].reshape(G * nu, -1), key)
-    per = nu // 64
-    packed = _workspace(key, (G * per, w.shape[1], 64), np.float32)
+    per = nu // width
+    packed = _workspace(key, (G * per, w.shape[1], width), w.dtype)
     for g in range(G):
         pack_panels_into(w[g * H + u0:g * H + u0 + nu], packed[g * per:(g + 1) * per])
     return packed
@@ -212,13 +220,15 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
 
 
 def pack_panels(w, key=None):
-    """w (N, K) -> w^T in panels of 64 columns, (ceil(N / 64), K, 64), zero-padded: the layout
-    of the small-batch kernel's weights. Packed afresh on every call, so in-place parameter
-    updates are always seen; into this thread's scratch buffer `key` when given."""
-    from rnnc._blas import pack_panels_into
+    """w (N, K) -> w^T in panels of W columns, (ceil(N / W), K, W), zero-padded: the layout of
+    the small-batch kernel's weights, W = 64 for float32 and 32 for float64 (the dtype of w).
+    Packed afresh on every call, so in-place parameter updates are always seen; into this
+    thread's scratch buffer `key` when given."""
+    from rnnc._blas import pack_panels_into, panel_width
     N, K = w.shape
-    shape = (-(-N // 64), K, 64)
-    packed = _workspace(key, shape, np.float32) if key else np.empty(shape, dtype=np.float32)
+    width = panel_width(w.dtype)
+    shape = (-(-N // width), K, width)
+    packed = _workspace(key, shape, w.dtype) if key else np.empty(shape, dtype=w.dtype)
     pack_panels_into(w, packed)
     return packed
 
@@ -234,6 +244,48 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
     out, h_n, c_n, _ = _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional,
                             nonlinearity, reset_after, proj_size, reverse_all, train=False)
     return out, h_n, c_n
+
+
+_ONE_STEP = {}
+
+
+def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=True):
+    """One inference step of a one-layer network (the cells): x (B, I), h (B, H), c (B, H) or
+    None, validated C-contiguous arrays of one dtype; returns (h', c' or None), new arrays.
+    The layer kernel is called directly: with one step every row is active, so there is no
+    packed layout to build, nothing to chunk or split, and (one step) no weights to pack."""
+    from rnnc._gru_kernel import gru_forward
+    from rnnc._lstm_kernel import lstm_forward
+    from rnnc._rnn_kernel import rnn_forward
+    B, H = h.shape
+    dtype = x.dtype
+    if B == 0:
+        return h.copy(), None if c is None else c.copy()
+    steps = _ONE_STEP.get(B)
+    if steps is None:
+        steps = _ONE_STEP[B] = (np.array([B], dtype=np.intp), np.zeros(1, dtype=np.intp))
+    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
+    empty3 = _empty(dtype, 3)
+    w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
+    b_ih, b_hh = params.get("bias_ih_l0", empty1), params.get("bias_hh_l0", empty1)
+    G = GATES[mode]
+    h_new = h.copy()
+    out = _workspace("cell out", (B, H), dtype)
+    xg = _workspace("cell xg", (B, G * H), dtype)
+    if mode == "LSTM":
+        c_new = c.copy()
+        lstm_forward(x, *steps, False, w_ih, w_hh, b_ih, b_hh, empty2, h_new, c_new, out, 0,
+                     xg, empty2, 1, empty2, empty2, empty3)
+        return h_new, c_new
+    if mode == "GRU":
+        gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
+                    _workspace("cell hg", (B, G * H), dtype),
+                    _workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype), 1,
+                    empty2, empty2, empty3)
+    else:
+        rnn_forward(x, *steps, False, nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_new,
+                    out, 0, xg, 1, empty2, empty3)
+    return h_new, None
 
 
 def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,

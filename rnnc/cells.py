@@ -91,6 +91,10 @@ class _CellBase(Module):
         opts = dict(nonlinearity=self.nonlinearity, reset_after=self.reset_after)
         if self.training:
             _, h_n, c_n, self._cache = self._run_stack_train(*args, **opts)
+        elif self._run_stack is _stack.run_stack:     # compiled: the one-step fast path
+            return _stack.run_step(self.mode, self._layer_params(), np.ascontiguousarray(x),
+                                   np.ascontiguousarray(h),
+                                   None if c is None else np.ascontiguousarray(c), **opts)
         else:
             _, h_n, c_n = self._run_stack(*args, **opts)
         return h_n[0], None if c_n is None else c_n[0]
