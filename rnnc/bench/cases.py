@@ -7,8 +7,10 @@ A ``Case`` is one workload. ``kind`` says what is timed:
                together with the same batch at full length (two table rows, and their cost
                ratio);
 * ``stream``   one time step per call with the state carried between calls (B = 1); T steps per
-               timed call, reported in microseconds per step. ``variant`` "layer" calls the
-               layer on (1, 1, I) slices, "cell" the single-step cell;
+               timed call, reported in microseconds per step. ``variant`` "layer": rnnc steps
+               the layer's stream (``layer.stream()``), the reference calls the layer on
+               (1, 1, I) slices, PyTorch and ONNX Runtime run a T = 1 model with the state
+               passed in and out; "cell": the single-step cell (ONNX: the T = 1 model);
 * ``train``    one training step: zero the gradients, forward, backward of a fixed output
                gradient (input gradient included).
 """
