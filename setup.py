@@ -36,6 +36,7 @@ MODULES = [
     "rnnc._lstm_kernel",
     "rnnc._linear_kernel",
     "rnnc._parallel_forward",
+    "rnnc._parallel_train",
     "rnnc._stream_kernel",
 ]
 ONLY = [m for m in os.environ.get("RNNC_ONLY", "").split(",") if m]

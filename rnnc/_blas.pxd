@@ -13,32 +13,48 @@ cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t M, Py_ssize_t N, Py_ssize_
 
 
 cdef extern from "_small_gemm.h" nogil:
+    enum:
+        RNNC_SGEMM_PANEL    # columns of a float32 panel (64)
+        RNNC_DGEMM_PANEL    # columns of a float64 panel (32)
     int rnnc_sgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                          const float* Bp, int beta, float* C, Py_ssize_t ldc)
+    int rnnc_dgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                         Py_ssize_t lda, const double* Bp, int beta, double* C, Py_ssize_t ldc)
     void rnnc_pack_panels(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t sn,
                           Py_ssize_t sk, float* out)
+    void rnnc_dpack_panels(Py_ssize_t N, Py_ssize_t K, const double* w, Py_ssize_t sn,
+                           Py_ssize_t sk, double* out)
 
 
 cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                 const floating* h, Py_ssize_t ldh,  # (M, K) state rows
                                 const floating* w, Py_ssize_t ldw,  # (N, K) weights, row-major
-                                const floating* w_packed,           # w^T in 64-column panels, or NULL
+                                const floating* w_packed,           # w^T in panels, or NULL
                                 floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
-    """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed float32
-    weights, the small-batch kernel of _small_gemm.h (no per-call weight packing); else BLAS."""
-    if floating is float:
-        if w_packed != NULL and rnnc_sgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
-            return
+    """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed weights
+    (panels of 64 float32 or 32 float64 columns, rnnc._stack.pack_panels), the small-batch
+    kernel of _small_gemm.h (no per-call weight packing); else, or without AVX-512, BLAS."""
+    if w_packed != NULL:
+        if floating is float:
+            if rnnc_sgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
+                return
+        else:
+            if rnnc_dgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
+                return
     gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)
 
 
 cdef inline void recurrent_gemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                    const floating* a, Py_ssize_t lda,  # (M, K) gate gradients
                                    const floating* w, Py_ssize_t ldw,  # (K, N) weights
-                                   const floating* w_packed,           # w in 64-column panels
+                                   const floating* w_packed,           # w in panels, or NULL
                                    floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
     """C (M, N) = beta * C + a @ w: the recurrent product of one backward step (see above)."""
-    if floating is float:
-        if w_packed != NULL and rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc):
-            return
+    if w_packed != NULL:
+        if floating is float:
+            if rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc):
+                return
+        else:
+            if rnnc_dgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc):
+                return
     gemm(False, False, M, N, K, 1, a, lda, w, ldw, beta, C, ldc)

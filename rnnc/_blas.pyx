@@ -1,7 +1,8 @@
 """Row-major GEMM on top of scipy.linalg.cython_blas.
 
-Everything in rnnc that multiplies matrices goes through ``gemm`` here. ``gemm_py`` exposes it to
-Python for the shim's own tests only.
+Everything in rnnc that multiplies matrices goes through ``gemm`` here (or, for the recurrent
+product, ``recurrent_gemm`` of _blas.pxd). ``gemm_py`` and ``recurrent_gemm_py`` expose them to
+Python for their own tests only.
 """
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -58,25 +59,70 @@ def gemm_py(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1]
              &B[0, 0], B.shape[1], <floating>beta, &C[0, 0], C.shape[1])
 
 
+def recurrent_gemm_py(const floating[:, ::1] h, const floating[:, ::1] w,
+                      const floating[:, :, ::1] w_packed, floating[:, ::1] C, bint beta=False):
+    """Test hook: C (M, N) = h (M, K) @ w (N, K)^T, plus C when beta, through recurrent_gemm:
+    the small-batch kernel when w_packed (= rnnc._stack.pack_panels(w)) is not zero-size and
+    the CPU has AVX-512, else BLAS."""
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
+    cdef Py_ssize_t M = h.shape[0], K = h.shape[1], N = w.shape[0]
+    if K == 0 or w.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError(f"recurrent_gemm_py: incompatible shapes h({M}, {K}) "
+                         f"w({w.shape[0]}, {w.shape[1]}) C({C.shape[0]}, {C.shape[1]})")
+    if w_packed.shape[0] and (w_packed.shape[0] != (N + W - 1) // W
+                              or w_packed.shape[1] != K or w_packed.shape[2] != W):
+        raise ValueError(f"recurrent_gemm_py: w_packed has shape ({w_packed.shape[0]}, "
+                         f"{w_packed.shape[1]}, {w_packed.shape[2]}), expected "
+                         f"({(N + W - 1) // W}, {K}, {W})")
+    if M == 0 or N == 0:
+        return
+    cdef const floating* wp = &w_packed[0, 0, 0] if w_packed.shape[0] else NULL
+    with nogil:
+        recurrent_gemm(M, N, K, &h[0, 0], K, &w[0, 0], K, wp, <floating>(1 if beta else 0),
+                       &C[0, 0], N)
+
+
 def has_small_gemm():
-    """Whether the packed small-batch float32 kernel runs on this CPU (AVX-512)."""
-    cdef float a = 1, b[64], c = 0
+    """Whether the packed small-batch kernels (float32 and float64) run on this CPU (AVX-512)."""
+    cdef float a = 1, b[RNNC_SGEMM_PANEL], c = 0
+    cdef double ad = 1, bd[RNNC_DGEMM_PANEL], cd = 0
     cdef int i
-    for i in range(64):
+    for i in range(RNNC_SGEMM_PANEL):
         b[i] = 0
-    return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1))
+    for i in range(RNNC_DGEMM_PANEL):
+        bd[i] = 0
+    return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1)
+                and rnnc_dgemm_small(1, 1, 1, &ad, 1, bd, 0, &cd, 1))
 
 
-def pack_panels_into(const float[:, :] w, float[:, :, ::1] out):
-    """out (ceil(N / 64), K, 64) = w^T (w is (N, K), any strides) in the small-batch kernel's
-    panel layout, zero-padded past N. Compiled because NumPy's strided transpose copy cost
-    18 ms for a 4096 x 1024 matrix (this: a few ms)."""
+def panel_width(dtype):
+    """Columns of one panel of the small-batch kernel's packed weights for a dtype: 64 float32
+    or 32 float64 (256 bytes a row either way, four AVX-512 registers)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return RNNC_SGEMM_PANEL
+    if dtype == np.float64:
+        return RNNC_DGEMM_PANEL
+    raise TypeError(f"panel_width: dtype must be float32 or float64, not {dtype}")
+
+
+def pack_panels_into(const floating[:, :] w, floating[:, :, ::1] out):
+    """out (ceil(N / W), K, W) = w^T (w is (N, K), any strides) in the small-batch kernel's
+    panel layout, zero-padded past N, with W = panel_width(dtype): 64 float32, 32 float64.
+    w and out must have the same dtype. Compiled because NumPy's strided transpose copy cost
+    18 ms for a 4096 x 1024 float32 matrix (this: a few ms)."""
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t N = w.shape[0], K = w.shape[1]
-    if out.shape[0] != (N + 63) // 64 or out.shape[1] != K or out.shape[2] != 64:
+    # Strides in elements; the cast keeps negative strides negative (size_t division would not).
+    cdef Py_ssize_t item = <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sn = w.strides[0] // item, sk = w.strides[1] // item
+    if out.shape[0] != (N + W - 1) // W or out.shape[1] != K or out.shape[2] != W:
         raise ValueError(f"pack_panels_into: out has shape ({out.shape[0]}, {out.shape[1]}, "
-                         f"{out.shape[2]}), expected ({(N + 63) // 64}, {K}, 64)")
+                         f"{out.shape[2]}), expected ({(N + W - 1) // W}, {K}, {W})")
     if N == 0 or K == 0:
         return
     with nogil:
-        rnnc_pack_panels(N, K, &w[0, 0], w.strides[0] // sizeof(float),
-                         w.strides[1] // sizeof(float), &out[0, 0, 0])
+        if floating is float:
+            rnnc_pack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0])
+        else:
+            rnnc_dpack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0])

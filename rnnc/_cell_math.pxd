@@ -163,16 +163,34 @@ cdef inline void gru_update_before(
 # `dh` holds the gradient reaching this step's state from the future (from the next step, or
 # grad_h_n); `dout` the gradient of this step's output. On return `dh` holds the part of the
 # gradient w.r.t. the previous state that does not go through a recurrent GEMM (the caller adds
-# the GEMM part), or is left for the caller to overwrite.
+# the GEMM part), or is left for the caller to overwrite. `db`, when not NULL, accumulates the
+# column sums of dA (the bias gradients) while the values are at hand. float32 runs one fused,
+# vectorised pass per row (rnnc/_simd_math.h), float64 the loops below (same formulas).
 # ---------------------------------------------------------------------------------------------
+
+cdef extern from "_simd_math.h" nogil:
+    # The float32 backward rows (vectorised, runtime-dispatched); see rnnc/_simd_math.h.
+    void rnnc_lstm_row_backward_f32(Py_ssize_t H, float* a, const float* c_prev, float* dc,
+                                    const float* dhh, const float* dout, float* hbuf,
+                                    float* db)
+    void rnnc_gru_row_backward_f32(Py_ssize_t H, float* a, float* hn, const float* h_prev,
+                                   float* dh, const float* dout, float* dgh, float* db)
+    void rnnc_rnn_row_backward_f32(Py_ssize_t H, int relu, float* a, const float* dh,
+                                   const float* dout, float* db)
+
 
 cdef inline void rnn_pointwise_backward(
         Py_ssize_t b, Py_ssize_t H, bint use_relu,
         floating* act,                         # (b, H) in: a<t>; out: dA
         const floating* dh,                    # (b, H) from the future
-        const floating* dout, Py_ssize_t ldd) noexcept nogil:
+        const floating* dout, Py_ssize_t ldd,
+        floating* db) noexcept nogil:          # (H,) += column sums of dA, or NULL
     cdef Py_ssize_t r, j
     cdef floating a, g
+    if floating is float:
+        for r in range(b):
+            rnnc_rnn_row_backward_f32(H, use_relu, act + r * H, dh + r * H, dout + r * ldd, db)
+        return
     for r in range(b):
         for j in range(H):
             a = act[r * H + j]
@@ -181,6 +199,9 @@ cdef inline void rnn_pointwise_backward(
                 act[r * H + j] = g if a > 0 else 0
             else:
                 act[r * H + j] = g * (1 - a * a)
+        if db != NULL:
+            for j in range(H):
+                db[j] += act[r * H + j]
 
 
 cdef inline void lstm_pointwise_backward(
@@ -192,13 +213,21 @@ cdef inline void lstm_pointwise_backward(
         Py_ssize_t ldh,
         const floating* dout, Py_ssize_t ldd,  # (b, H) added to dhh, or NULL (projection)
         floating* hbuf,           # (b, H) out: o * tanh(c<t>) (projection), or NULL
-        floating* tc_row) noexcept nogil:  # (H,) workspace: tanh(c<t>) of one row
+        floating* tc_row,         # (H,) workspace: tanh(c<t>) of one row (float64)
+        floating* db) noexcept nogil:  # (4H,) += column sums of dA, or NULL
     cdef Py_ssize_t r, j
     cdef floating* a
     cdef floating i_, f_, g_, o_, cp, tc, dht, dct
+    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+        for r in range(b):
+            rnnc_lstm_row_backward_f32(H, act + r * 4 * H, c_prev + r * H, dc + r * H,
+                                       dhh + r * ldh,
+                                       dout + r * ldd if dout != NULL else <float*>NULL,
+                                       hbuf + r * H if hbuf != NULL else <float*>NULL, db)
+        return
     for r in range(b):
         a = act + r * 4 * H
-        # c<t> is recomputed from the kept gates; its tanh runs as one vectorised pass.
+        # c<t> is recomputed from the kept gates; its tanh runs as one pass.
         for j in range(H):
             tc_row[j] = a[H + j] * c_prev[r * H + j] + a[j] * a[2 * H + j]
         tanh_inplace(tc_row, H)
@@ -220,6 +249,9 @@ cdef inline void lstm_pointwise_backward(
             a[H + j] = dct * cp * f_ * (1 - f_)
             a[2 * H + j] = dct * i_ * (1 - g_ * g_)
             a[3 * H + j] = dht * tc * o_ * (1 - o_)
+        if db != NULL:
+            for j in range(4 * H):
+                db[j] += a[j]
 
 
 cdef inline void gru_pointwise_backward_after(
@@ -229,10 +261,16 @@ cdef inline void gru_pointwise_backward_after(
         const floating* h_prev,   # (b, H)
         floating* dh,             # (b, H) in: from the future; out: z * (dh + dout)
         const floating* dout, Py_ssize_t ldd,
-        floating* dgh) noexcept nogil:  # (b, 3H) out: dA w.r.t. h W_hh^T + b_hh
+        floating* dgh,            # (b, 3H) out: dA w.r.t. h W_hh^T + b_hh
+        floating* db) noexcept nogil:  # (4H,) += column sums of [dA, r * dA_n], or NULL
     cdef Py_ssize_t r, j
     cdef floating* a
     cdef floating r_, z_, n_, g, dan, dar, daz
+    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+        for r in range(b):
+            rnnc_gru_row_backward_f32(H, act + r * 3 * H, hn + r * H, h_prev + r * H,
+                                      dh + r * H, dout + r * ldd, dgh + r * 3 * H, db)
+        return
     for r in range(b):
         a = act + r * 3 * H
         for j in range(H):
@@ -252,6 +290,11 @@ cdef inline void gru_pointwise_backward_after(
             dgh[r * 3 * H + j] = dar
             dgh[r * 3 * H + H + j] = daz
             dgh[r * 3 * H + 2 * H + j] = dan * r_
+        if db != NULL:
+            for j in range(3 * H):
+                db[j] += a[j]
+            for j in range(H):
+                db[3 * H + j] += hn[r * H + j]
 
 
 cdef inline void gru_pointwise_backward_before_n(

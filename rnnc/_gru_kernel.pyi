@@ -19,4 +19,5 @@ def gru_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  dh: NDArray[np.floating], dx: NDArray[np.floating], add_dx: bool,
                  dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
                  db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
-                 work: NDArray[np.floating], w_hh_packed: NDArray[np.floating]) -> None: ...
+                 work: NDArray[np.floating], db_acc: NDArray[np.floating],
+                 w_hh_packed: NDArray[np.floating]) -> None: ...

@@ -88,10 +88,16 @@ cdef void gru_sequence_backward(
         floating* dw_ih, floating* dw_hh,     # (3H, I), (3H, H) out
         floating* db_ih, floating* db_hh,     # (3H,) out (+=), or NULL
         floating* work,                       # (B, 3H) workspace
+        floating* db_acc,                     # (4H,) workspace (reset_after): bias sums
         const floating* w_hh_packed) noexcept nogil:  # W_hh in panels, or NULL (reset_after)
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
-    cdef Py_ssize_t s, t, b, off
+    cdef Py_ssize_t s, t, b, off, j
+    # reset_after: the bias gradients [dA_r, dA_z, dA_n, r * dA_n] are summed during the steps.
+    cdef floating* acc = db_acc if (reset_after and (db_ih != NULL or db_hh != NULL)) else NULL
+    if acc != NULL:
+        for j in range(4 * H):
+            acc[j] = 0
     for s in range(T):
         t = s if reverse else T - 1 - s
         b = batch_sizes[t]
@@ -100,7 +106,7 @@ cdef void gru_sequence_backward(
         off = offsets[t]
         if reset_after:
             gru_pointwise_backward_after(b, H, act + off * G, hn + off * H, h_prev + off * H,
-                                         dh, dout + off * ldd, ldd, work)
+                                         dh, dout + off * ldd, ldd, work, acc)
             recurrent_gemm_nn(b, H, G, work, G, w_hh, H, w_hh_packed, 1, dh, H)
         else:
             gru_pointwise_backward_before_n(b, H, act + off * G, h_prev + off * H, dh,
@@ -110,15 +116,19 @@ cdef void gru_sequence_backward(
                  0, work, H)
             gru_pointwise_backward_before_r(b, H, act + off * G, h_prev + off * H, work, dh)
             gemm(False, False, b, H, 2 * H, 1, act + off * G, G, w_hh, H, 1, dh, H)
-    input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
+    input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih,
+                        <floating*>NULL if reset_after else db_ih)
     # dW_hr, dW_hz: their pre-activation gradients equal the input side's.
     gemm(True, False, 2 * H, H, N, 1, act, G, h_prev, H, 0, dw_hh, H)
     if reset_after:
         # dW_hn from the gradient of W_hn h + b_hn kept in hn.
         gemm(True, False, H, H, N, 1, hn, H, h_prev, H, 0, dw_hh + 2 * H * H, H)
-        if db_hh != NULL:
-            add_column_sums(act, G, N, 2 * H, db_hh)
-            add_column_sums(hn, H, N, H, db_hh + 2 * H)
+        if acc != NULL:
+            for j in range(G):
+                if db_ih != NULL:
+                    db_ih[j] += acc[j]
+                if db_hh != NULL:
+                    db_hh[j] += acc[j] if j < 2 * H else acc[H + j]
     else:
         gemm(True, False, H, H, N, 1, act + 2 * H, G, hn, H, 0, dw_hh + 2 * H * H, H)
         if db_hh != NULL:
@@ -163,11 +173,12 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] dx, bint add_dx,
                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
                  floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] work,
-                 const floating[:, :, ::1] w_hh_packed):
+                 floating[::1] db_acc, const floating[:, :, ::1] w_hh_packed):
     """BPTT through one GRU layer and direction after a training forward.
 
     act (N, 3H) holds the kept activations and is overwritten; hn (N, H) holds W_hn h + b_hn
     (reset_after) or is workspace. dh holds the gradient of h_n and receives that of h_0.
+    work (B, 3H) and db_acc (4H,) are workspace.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dh.shape[1]
@@ -181,4 +192,5 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                               T, reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], H,
                               &act[0, 0], &h_prev[0, 0], &hn[0, 0], &dout[0, col0],
                               dout.shape[1], &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
-                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0], wp)
+                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0],
+                              &db_acc[0], wp)

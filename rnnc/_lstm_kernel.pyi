@@ -22,5 +22,5 @@ def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
                   dw_hr: NDArray[np.floating], dhh: NDArray[np.floating],
                   hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating],
-                  tc_row: NDArray[np.floating],
+                  tc_row: NDArray[np.floating], db_acc: NDArray[np.floating],
                   w_hh_packed: NDArray[np.floating]) -> None: ...

@@ -18,7 +18,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
-from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
+from rnnc._sequence cimport chunk_bounds, input_side_backward, project_inputs
 
 
 cdef void lstm_sequence(
@@ -91,11 +91,17 @@ cdef void lstm_sequence_backward(
         floating* hbuf_all,     # (N, H) workspace (projection): o * tanh(c) of every step
         floating* dhp_all,      # (N, P) workspace (projection): grad of h
         floating* tc_row,       # (H,) workspace
+        floating* db_acc,       # (4H,) workspace: the bias gradient, summed during the steps
         const floating* w_hh_packed) noexcept nogil:  # W_hh in panels (_small_gemm.h), or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, r, j, off
     cdef floating* dhp
+    # db_ih and db_hh both equal the column sums of dA: summed once, during the steps.
+    cdef floating* acc = db_acc if (db_ih != NULL or db_hh != NULL) else NULL
+    if acc != NULL:
+        for j in range(G):
+            acc[j] = 0
     for s in range(T):
         t = s if reverse else T - 1 - s
         b = batch_sizes[t]
@@ -104,7 +110,7 @@ cdef void lstm_sequence_backward(
         off = offsets[t]
         if w_hr == NULL:
             lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dh, H,
-                                    dout + off * ldd, ldd, <floating*>NULL, tc_row)
+                                    dout + off * ldd, ldd, <floating*>NULL, tc_row, acc)
         else:
             dhp = dhp_all + off * P
             for r in range(b):
@@ -112,12 +118,16 @@ cdef void lstm_sequence_backward(
                     dhp[r * P + j] = dh[r * P + j] + dout[(off + r) * ldd + j]
             gemm(False, False, b, H, P, 1, dhp, P, w_hr, H, 0, dhh, H)
             lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dhh, H,
-                                    <floating*>NULL, 0, hbuf_all + off * H, tc_row)
+                                    <floating*>NULL, 0, hbuf_all + off * H, tc_row, acc)
         recurrent_gemm_nn(b, P, G, act + off * G, G, w_hh, P, w_hh_packed, 0, dh, P)
-    input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
+    input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, <floating*>NULL)
     gemm(True, False, G, P, N, 1, act, G, h_prev, P, 0, dw_hh, P)
-    if db_hh != NULL:
-        add_column_sums(act, G, N, G, db_hh)
+    if acc != NULL:
+        for j in range(G):
+            if db_ih != NULL:
+                db_ih[j] += acc[j]
+            if db_hh != NULL:
+                db_hh[j] += acc[j]
     if w_hr != NULL:
         gemm(True, False, P, H, N, 1, dhp_all, P, hbuf_all, H, 0, dw_hr, H)
 
@@ -177,13 +187,14 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                   floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
                   floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dw_hr,
                   floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all,
-                  floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed):
+                  floating[::1] tc_row, floating[::1] db_acc,
+                  const floating[:, :, ::1] w_hh_packed):
     """BPTT through one LSTM layer and direction after a training forward (see rnnc/_stack.py).
 
     act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
     gradients of the final states and receive those of the initial states. Weight gradients are
     written (db_* added to); dx is written, or added to when add_dx. Zero-size db_*/dw_hr mean
-    no bias / no projection.
+    no bias / no projection. tc_row (H,) and db_acc (4H,) are workspace.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dc.shape[1], P = dh.shape[1]
@@ -203,4 +214,4 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                                &act[0, 0], &h_prev[0, 0], &c_prev[0, 0],
                                &dout[0, col0], dout.shape[1], &dh[0, 0], &dc[0, 0],
                                &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
-                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], wp)
+                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], &db_acc[0], wp)

@@ -12,7 +12,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport rnn_pointwise, rnn_pointwise_backward
-from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
+from rnnc._sequence cimport chunk_bounds, input_side_backward, project_inputs
 
 
 cdef void rnn_sequence(
@@ -66,21 +66,31 @@ cdef void rnn_sequence_backward(
         floating* dx, Py_ssize_t lddx, bint add_dx,  # (N, I) out (+= when add_dx)
         floating* dw_ih, floating* dw_hh,     # (H, I), (H, H) out
         floating* db_ih, floating* db_hh,  # (H,) out (+=), or NULL
+        floating* db_acc,       # (H,) workspace: the bias gradient, summed during the steps
         const floating* w_hh_packed) noexcept nogil:  # W_hh in panels (_small_gemm.h), or NULL
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
-    cdef Py_ssize_t s, t, b, off
+    cdef Py_ssize_t s, t, b, off, j
+    # db_ih and db_hh both equal the column sums of dA: summed once, during the steps.
+    cdef floating* acc = db_acc if (db_ih != NULL or db_hh != NULL) else NULL
+    if acc != NULL:
+        for j in range(H):
+            acc[j] = 0
     for s in range(T):
         t = s if reverse else T - 1 - s
         b = batch_sizes[t]
         if b == 0:
             continue
         off = offsets[t]
-        rnn_pointwise_backward(b, H, use_relu, act + off * H, dh, dout + off * ldd, ldd)
+        rnn_pointwise_backward(b, H, use_relu, act + off * H, dh, dout + off * ldd, ldd, acc)
         recurrent_gemm_nn(b, H, H, act + off * H, H, w_hh, H, w_hh_packed, 0, dh, H)
-    input_side_backward(act, H, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, db_ih)
+    input_side_backward(act, H, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, <floating*>NULL)
     gemm(True, False, H, H, N, 1, act, H, h_prev, H, 0, dw_hh, H)
-    if db_hh != NULL:
-        add_column_sums(act, H, N, H, db_hh)
+    if acc != NULL:
+        for j in range(H):
+            if db_ih != NULL:
+                db_ih[j] += acc[j]
+            if db_hh != NULL:
+                db_hh[j] += acc[j]
 
 
 def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
@@ -117,12 +127,12 @@ def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  const floating[:, ::1] dout, Py_ssize_t col0, floating[:, ::1] dh,
                  floating[:, ::1] dx, bint add_dx,
                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db_ih, floating[::1] db_hh,
+                 floating[::1] db_ih, floating[::1] db_hh, floating[::1] db_acc,
                  const floating[:, :, ::1] w_hh_packed):
     """BPTT through one Elman RNN layer and direction after a training forward.
 
     act (N, H) holds the kept activations and is overwritten with dA; dh holds the gradient of
-    h_n and receives that of h_0. Zero-size db_* mean no bias.
+    h_n and receives that of h_0. Zero-size db_* mean no bias; db_acc (H,) is workspace.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dh.shape[1]
@@ -136,4 +146,4 @@ def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                               T, reverse, use_relu, &w_ih[0, 0], &w_hh[0, 0], H,
                               &act[0, 0], &h_prev[0, 0], &dout[0, col0], dout.shape[1],
                               &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
-                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, wp)
+                              &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &db_acc[0], wp)

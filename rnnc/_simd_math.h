@@ -147,4 +147,156 @@ static void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, const float
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 0);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Backward (BPTT) rows: one batch row of one step of the training backward, float32, in one
+ * vectorised pass each. Same formulas as the float64 code of rnnc/_cell_math.pxd (see there for
+ * the derivation); db, when not NULL, accumulates the gradients of the gate pre-activations
+ * (the bias gradients, summed over rows and steps) while they are in registers, instead of one
+ * more pass over the whole (N, G) gradient afterwards.
+ *
+ * RNNC_IVDEP: the rows' arrays never overlap (each is a distinct buffer or a distinct block of
+ * one), but GCC cannot prove that a[j] and a[H + j] differ for an unknown H and gave up once the
+ * run-time overlap checks it would need passed ten (the bias accumulators), leaving scalar code.
+ * ------------------------------------------------------------------------------------------- */
+#if defined(__GNUC__) && !defined(__clang__)
+#define RNNC_IVDEP _Pragma("GCC ivdep")
+#else
+#define RNNC_IVDEP
+#endif
+
+/* LSTM. a (4H): activations i, f, g, o in, dA out; c_prev (H); dc (H): dL/dc<t> in,
+ * dL/dc<t-1> out; dhh (H) dL/d(o * tanh c<t>), plus dout (H) when not NULL; hbuf (H) or NULL:
+ * out o * tanh(c<t>) (projection); db (4H) += dA, or NULL. */
+__attribute__((always_inline))
+static inline void rnnc_lstm_row_backward_body(
+        ptrdiff_t H, float* restrict a, const float* restrict c_prev, float* restrict dc,
+        const float* restrict dhh, const float* restrict dout, float* restrict hbuf,
+        float* restrict db, const int has_dout, const int has_hbuf, const int has_db) {
+    RNNC_IVDEP
+    for (ptrdiff_t j = 0; j < H; j++) {
+        float i_ = a[j], f_ = a[H + j], g_ = a[2 * H + j], o_ = a[3 * H + j];
+        float cp = c_prev[j];
+        /* c<t> recomputed from the kept gates */
+        float tc = rnnc_tanhf_body(f_ * cp + i_ * g_);
+        float dht = has_dout ? dhh[j] + dout[j] : dhh[j];
+        float dct = dc[j] + dht * o_ * (1 - tc * tc);
+        float da_i = dct * g_ * i_ * (1 - i_);
+        float da_f = dct * cp * f_ * (1 - f_);
+        float da_g = dct * i_ * (1 - g_ * g_);
+        float da_o = dht * tc * o_ * (1 - o_);
+        if (has_hbuf)
+            hbuf[j] = o_ * tc;
+        dc[j] = dct * f_;
+        a[j] = da_i;
+        a[H + j] = da_f;
+        a[2 * H + j] = da_g;
+        a[3 * H + j] = da_o;
+        if (has_db) {
+            db[j] += da_i;
+            db[H + j] += da_f;
+            db[2 * H + j] += da_g;
+            db[3 * H + j] += da_o;
+        }
+    }
+}
+
+RNNC_DISPATCH
+static void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_prev, float* dc,
+                                       const float* dhh, const float* dout, float* hbuf,
+                                       float* db) {
+    if (hbuf) {         /* projection: dout is already in dhh */
+        if (db)
+            rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 1, 1);
+        else
+            rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 1, 0);
+    } else if (dout) {
+        if (db)
+            rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 1, 0, 1);
+        else
+            rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 1, 0, 0);
+    } else {
+        if (db)
+            rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 0, 1);
+        else
+            rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 0, 0);
+    }
+}
+
+/* GRU, PyTorch's form (reset_after). a (3H): r, z, n in, dA w.r.t. the input projection out;
+ * hn (H): W_hn h + b_hn in, its gradient r * dA_n out; h_prev (H); dh (H): dL/dh<t> from the
+ * future in, z * (dh + dout) out; dout (H); dgh (3H) out: dA w.r.t. h W_hh^T + b_hh;
+ * db (4H) += [dA_r, dA_z, dA_n, r * dA_n], or NULL. */
+__attribute__((always_inline))
+static inline void rnnc_gru_row_backward_body(
+        ptrdiff_t H, float* restrict a, float* restrict hn, const float* restrict h_prev,
+        float* restrict dh, const float* restrict dout, float* restrict dgh,
+        float* restrict db, const int has_db) {
+    RNNC_IVDEP
+    for (ptrdiff_t j = 0; j < H; j++) {
+        float r_ = a[j], z_ = a[H + j], n_ = a[2 * H + j];
+        float g = dh[j] + dout[j];
+        float dan = g * (1 - z_) * (1 - n_ * n_);
+        float daz = g * (h_prev[j] - n_) * z_ * (1 - z_);
+        float dar = dan * hn[j] * r_ * (1 - r_);
+        float dhn = dan * r_;
+        dh[j] = g * z_;
+        a[j] = dar;
+        a[H + j] = daz;
+        a[2 * H + j] = dan;
+        hn[j] = dhn;
+        dgh[j] = dar;
+        dgh[H + j] = daz;
+        dgh[2 * H + j] = dhn;
+        if (has_db) {
+            db[j] += dar;
+            db[H + j] += daz;
+            db[2 * H + j] += dan;
+            db[3 * H + j] += dhn;
+        }
+    }
+}
+
+RNNC_DISPATCH
+static void rnnc_gru_row_backward_f32(ptrdiff_t H, float* a, float* hn, const float* h_prev,
+                                      float* dh, const float* dout, float* dgh, float* db) {
+    if (db)
+        rnnc_gru_row_backward_body(H, a, hn, h_prev, dh, dout, dgh, db, 1);
+    else
+        rnnc_gru_row_backward_body(H, a, hn, h_prev, dh, dout, dgh, db, 0);
+}
+
+/* Elman RNN. a (H): activations in, dA out; dh (H) from the future; dout (H);
+ * db (H) += dA, or NULL. relu: dA = g where a > 0, else 0 (a NaN activation gives 0, as in
+ * the float64 code). */
+__attribute__((always_inline))
+static inline void rnnc_rnn_row_backward_body(
+        ptrdiff_t H, float* restrict a, const float* restrict dh, const float* restrict dout,
+        float* restrict db, const int relu, const int has_db) {
+    RNNC_IVDEP
+    for (ptrdiff_t j = 0; j < H; j++) {
+        float av = a[j];
+        float g = dh[j] + dout[j];
+        float d = relu ? (av > 0 ? g : 0.0f) : g * (1 - av * av);
+        a[j] = d;
+        if (has_db)
+            db[j] += d;
+    }
+}
+
+RNNC_DISPATCH
+static void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const float* dh,
+                                      const float* dout, float* db) {
+    if (relu) {
+        if (db)
+            rnnc_rnn_row_backward_body(H, a, dh, dout, db, 1, 1);
+        else
+            rnnc_rnn_row_backward_body(H, a, dh, dout, db, 1, 0);
+    } else {
+        if (db)
+            rnnc_rnn_row_backward_body(H, a, dh, dout, db, 0, 1);
+        else
+            rnnc_rnn_row_backward_body(H, a, dh, dout, db, 0, 0);
+    }
+}
+
 #endif

@@ -1,6 +1,8 @@
-/* C (M, N) = beta * C + A (M, K) @ B for small M, float32, row-major A and C.
- * B is given packed: panels of 64 columns, panel p = B[:, 64p:64p+64] stored as (K, 64)
- * contiguous (zero-padded past N), so the k loop streams through memory.
+/* C (M, N) = beta * C + A (M, K) @ B for small M, row-major A and C, float32 and float64.
+ * B is given packed: panels of W = RNNC_SGEMM_PANEL (64) float32 or RNNC_DGEMM_PANEL (32)
+ * float64 columns, panel p = B[:, Wp:Wp+W] stored as (K, W) contiguous (zero-padded past N), so
+ * the k loop streams through memory. Either width makes a panel row 256 bytes: four zmm
+ * registers.
  * The recurrent product of one time step: M is the (small) batch, Bt the transposed weights,
  * laid out once per call so that each k reads one contiguous row of Bt. OpenBLAS re-packs the
  * whole weight matrix on every call, which dominates for small M; this kernel reads it in place.
@@ -11,6 +13,9 @@
 #ifndef RNNC_SMALL_GEMM_H
 #define RNNC_SMALL_GEMM_H
 #include <stddef.h>
+
+#define RNNC_SGEMM_PANEL 64
+#define RNNC_DGEMM_PANEL 32
 
 /* The packed operand of rnnc_sgemm_small: out[p][k][i] = W[64p + i][k] for the logical
  * (N, K) matrix W whose element (n, k) sits at w[n * sn + k * sk], zero past N. When sn != 1
@@ -44,8 +49,48 @@ static void rnnc_pack_panels_scalar(ptrdiff_t N, ptrdiff_t K, const float* w, pt
 }
 
 
+/* The packed operand of rnnc_dgemm_small: the float64 counterpart of the above with panels of
+ * 32 columns, out[p][k][i] = W[32p + i][k], zero past N. Blocks of 8 k: one 64-byte line of
+ * doubles. Portable version; rnnc_dpack_panels below uses AVX-512 where it can. */
+static void rnnc_dpack_panels_scalar(ptrdiff_t N, ptrdiff_t K, const double* w, ptrdiff_t sn,
+                                     ptrdiff_t sk, double* out) {
+    for (ptrdiff_t j = 0; j < N; j += 32, out += K * 32) {
+        ptrdiff_t nr = N - j < 32 ? N - j : 32;
+        const double* wj = w + j * sn;
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += 8) {
+            ptrdiff_t kn = K - k0 < 8 ? K - k0 : 8;
+            double* o = out + k0 * 32;
+            if (sn == 1) {
+                for (ptrdiff_t kk = 0; kk < kn; kk++)
+                    for (ptrdiff_t i = 0; i < nr; i++)
+                        o[kk * 32 + i] = wj[(k0 + kk) * sk + i];
+            } else {
+                for (ptrdiff_t i = 0; i < nr; i++) {
+                    const double* src = wj + i * sn + k0 * sk;
+                    for (ptrdiff_t kk = 0; kk < kn; kk++)
+                        o[kk * 32 + i] = src[kk * sk];
+                }
+            }
+            for (ptrdiff_t kk = 0; kk < kn; kk++)
+                for (ptrdiff_t i = nr; i < 32; i++)
+                    o[kk * 32 + i] = 0.0;
+        }
+    }
+}
+
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
+
+/* Whether the CPU runs AVX-512F, asked once (a benign race: every thread stores the same). */
+static int rnnc_cpu_has_avx512(void) {
+    static int has_avx512 = -1;
+    if (has_avx512 < 0) {
+        __builtin_cpu_init();
+        has_avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return has_avx512;
+}
 
 /* dst[c * ldd + r] = src[r * lds + c] for a 16 x 16 block: the classic three-stage
  * unpack / shuffle / lane-shuffle transpose (48 shuffles instead of 256 scalar moves). */
@@ -187,18 +232,236 @@ static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 
 static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
                             const float* Bp, int beta, float* C, ptrdiff_t ldc) {
-    static int has_avx512 = -1;
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    if (!has_avx512) return 0;
+    if (!rnnc_cpu_has_avx512()) return 0;
     rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, beta, C, ldc);
+    return 1;
+}
+
+
+/* ---- float64 ---------------------------------------------------------------------------------
+ * The same design with 8 doubles a zmm register: panels of 32 columns keep a row of the panel at
+ * 256 bytes (4 registers), so a 4-row tile still holds 16 accumulators and the batch-1 row
+ * kernel still runs eight FMA chains. Differences from float32:
+ * - panels outer, row tiles inner: float64 weights are twice as large (LSTM H1024: 32 MB, the
+ *   size of L3), so each panel (K x 256 bytes, 256 KB at K = 1024) is read from memory once per
+ *   step and then from L2 by the other row tiles, instead of once per 4 rows of the batch;
+ * - the packer's transposes are 8 x 8 and masked, so edge blocks (N or K not a multiple of 8,
+ *   the zero padding past N) take the same vector path instead of scalar loops. */
+
+/* Packed weights of at least this many bytes are written with non-temporal (streaming) stores:
+ * too large to stay cached until the first time step reads them (LSTM H1024: 32 MB, L3's
+ * size), they would cost a read of every output line before its write. Measured: 4096 x 1024
+ * packed in 2.0 ms this way, 4.2-5.3 ms with plain stores; 2048 x 512 (8 MB) 0.32 ms against
+ * 0.5-0.9 ms; but 1024 x 512 (4 MB) 0.15 ms against 0.13 ms, so smaller outputs keep plain
+ * stores. */
+#define RNNC_DPACK_STREAM_BYTES ((ptrdiff_t)8 << 20)
+
+/* One 64-byte line of packed output; `nt` asks for a streaming store (dst then 64-byte aligned). */
+__attribute__((target("avx512f"), always_inline))
+static inline void rnnc_dpack_store(double* dst, __m512d v, int nt) {
+    if (nt)
+        _mm512_stream_pd(dst, v);
+    else
+        _mm512_storeu_pd(dst, v);
+}
+
+/* dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block of doubles, of which only the first
+ * `rows` rows (0..8) and `cols` columns (1..8) of src are read (the others count as zero) and
+ * only the first `cols` rows of dst are written, whole. Three stages of 8 shuffles: unpack pairs
+ * of rows, then gather 128-bit lanes twice (0x88 picks lanes 0 and 2 of each source, 0xdd 1, 3). */
+__attribute__((target("avx512f")))
+static void rnnc_transpose8d(const double* src, ptrdiff_t lds, int rows, int cols,
+                             double* dst, ptrdiff_t ldd, int nt) {
+    __m512d r[8], t[8];
+    __mmask8 m = (__mmask8)((1u << cols) - 1);
+    for (int i = 0; i < 8; i++)
+        r[i] = i < rows ? _mm512_maskz_loadu_pd(m, src + i * lds) : _mm512_setzero_pd();
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);      /* a0 b0 a2 b2 a4 b4 a6 b6 */
+        t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);  /* a1 b1 a3 b3 a5 b5 a7 b7 */
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0x88);      /* a0 b0 a4 b4 c0 d0 c4 d4 */
+        r[i + 1] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0xdd);  /* a2 b2 a6 b6 c2 d2 c6 d6 */
+        r[i + 2] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0x88);  /* columns 1 and 5 */
+        r[i + 3] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0xdd);  /* columns 3 and 7 */
+    }
+    static const int col_of[4] = {0, 2, 1, 3};   /* the low column each r[i], r[i + 4] holds */
+    for (int i = 0; i < 4; i++) {
+        int lo = col_of[i];
+        if (lo < cols)
+            rnnc_dpack_store(dst + lo * ldd, _mm512_shuffle_f64x2(r[i], r[i + 4], 0x88), nt);
+        if (lo + 4 < cols)
+            rnnc_dpack_store(dst + (lo + 4) * ldd, _mm512_shuffle_f64x2(r[i], r[i + 4], 0xdd),
+                             nt);
+    }
+}
+
+/* Whether a packed output of `bytes` at `out` takes streaming stores (see above). */
+static inline int rnnc_dpack_streams(const double* out, ptrdiff_t bytes) {
+    return bytes >= RNNC_DPACK_STREAM_BYTES && ((size_t)out & 63) == 0;
+}
+
+/* rnnc_dpack_panels_scalar's layout when k is contiguous in w (the forward pass's W_hh): per
+ * group of 8 rows of w, 8 x 8 transposes along k, each writing 8 whole 64-byte lines; the
+ * groups past N (up to the panel's end) write the zero padding. Reading 8 rows at a time beat
+ * walking k across a panel's 32 rows (4096 x 1024, plain stores: 4.2-5.0 ms against 6.3-6.9). */
+__attribute__((target("avx512f")))
+static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
+                                               ptrdiff_t sn, double* out) {
+    ptrdiff_t Np = (N + 31) / 32 * 32;
+    int nt = rnnc_dpack_streams(out, Np * K * (ptrdiff_t)sizeof(double));
+    for (ptrdiff_t n0 = 0; n0 < Np; n0 += 8) {
+        int rows = N - n0 >= 8 ? 8 : N - n0 <= 0 ? 0 : (int)(N - n0);
+        const double* src = rows ? w + n0 * sn : w;
+        double* o = out + (n0 / 32) * K * 32 + n0 % 32;
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += 8)
+            rnnc_transpose8d(src + (rows ? k0 : 0), sn, rows, K - k0 < 8 ? (int)(K - k0) : 8,
+                             o + k0 * 32, 32, nt);
+    }
+    if (nt) _mm_sfence();   /* streaming stores are weakly ordered: publish them */
+}
+
+/* The same layout when n is contiguous in w (the backward pass's W_hh^T, a view of W_hh): each
+ * output row is 32 consecutive elements of one source row, four masked 8-wide copies (the masks
+ * also write the zero padding past N; masked-off lanes are never read, so never fault). Source
+ * rows outer, so that w is read in order: panel by panel, each reading 256 bytes of every row,
+ * took 4.8 ms for W_hh^T of LSTM H1024 (8 KB apart: a TLB miss per row), this 2.0 ms. */
+__attribute__((target("avx512f")))
+static void rnnc_dpack_panels_copy_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
+                                          ptrdiff_t sk, double* out) {
+    ptrdiff_t n_panels = (N + 31) / 32;
+    int nt = rnnc_dpack_streams(out, n_panels * 32 * K * (ptrdiff_t)sizeof(double));
+    __mmask8 last[4];   /* the last panel's masks; every other panel is full */
+    for (int q = 0; q < 4; q++) {
+        ptrdiff_t left = N - (n_panels - 1) * 32 - 8 * q;
+        last[q] = left >= 8 ? (__mmask8)0xFF
+                : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
+    }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const double* src = w + k * sk;
+        for (ptrdiff_t p = 0; p < n_panels; p++, src += 32) {
+            double* o = out + (p * K + k) * 32;
+            for (int q = 0; q < 4; q++) {
+                __mmask8 m = p + 1 < n_panels ? (__mmask8)0xFF : last[q];
+                rnnc_dpack_store(o + 8 * q, _mm512_maskz_loadu_pd(m, m ? src + 8 * q : w), nt);
+            }
+        }
+    }
+    if (nt) _mm_sfence();
+}
+
+/* One tile: MR (1..4, a compile-time constant after inlining) rows of C, 32 columns. */
+__attribute__((target("avx512f"), always_inline))
+static inline void rnnc_dgemm_tile(const int MR, ptrdiff_t K, const double* const a[4],
+                                   const double* b, const __mmask8 m[4], int beta,
+                                   double* const c_rows[4]) {
+    __m512d c[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < 4; q++)
+            c[r][q] = beta ? _mm512_maskz_loadu_pd(m[q], c_rows[r] + 8 * q)
+                           : _mm512_setzero_pd();
+    for (ptrdiff_t k = 0; k < K; k++, b += 32) {
+        __m512d b0 = _mm512_loadu_pd(b);
+        __m512d b1 = _mm512_loadu_pd(b + 8);
+        __m512d b2 = _mm512_loadu_pd(b + 16);
+        __m512d b3 = _mm512_loadu_pd(b + 24);
+        for (int r = 0; r < MR; r++) {
+            __m512d x = _mm512_set1_pd(a[r][k]);
+            c[r][0] = _mm512_fmadd_pd(x, b0, c[r][0]);
+            c[r][1] = _mm512_fmadd_pd(x, b1, c[r][1]);
+            c[r][2] = _mm512_fmadd_pd(x, b2, c[r][2]);
+            c[r][3] = _mm512_fmadd_pd(x, b3, c[r][3]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < 4; q++)
+            _mm512_mask_storeu_pd(c_rows[r] + 8 * q, m[q], c[r][q]);
+}
+
+/* One row of C (a batch of 1), 32 columns: even and odd k feed separate accumulators, so that
+ * eight independent FMA chains hide the FMA latency, as in rnnc_sgemm_row. */
+__attribute__((target("avx512f"), always_inline))
+static inline void rnnc_dgemm_row(ptrdiff_t K, const double* a, const double* b,
+                                  const __mmask8 m[4], int beta, double* c_row) {
+    __m512d c[2][4];
+    for (int q = 0; q < 4; q++) {
+        c[0][q] = beta ? _mm512_maskz_loadu_pd(m[q], c_row + 8 * q) : _mm512_setzero_pd();
+        c[1][q] = _mm512_setzero_pd();
+    }
+    ptrdiff_t k = 0;
+    for (; k + 1 < K; k += 2, b += 64) {
+        __m512d x0 = _mm512_set1_pd(a[k]);
+        __m512d x1 = _mm512_set1_pd(a[k + 1]);
+        for (int q = 0; q < 4; q++) {
+            c[0][q] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(b + 8 * q), c[0][q]);
+            c[1][q] = _mm512_fmadd_pd(x1, _mm512_loadu_pd(b + 32 + 8 * q), c[1][q]);
+        }
+    }
+    if (k < K) {
+        __m512d x0 = _mm512_set1_pd(a[k]);
+        for (int q = 0; q < 4; q++)
+            c[0][q] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(b + 8 * q), c[0][q]);
+    }
+    for (int q = 0; q < 4; q++)
+        _mm512_mask_storeu_pd(c_row + 8 * q, m[q], _mm512_add_pd(c[0][q], c[1][q]));
+}
+
+/* Panels outer, row tiles inner (see the float64 notes above): one step of LSTM H1024 (N 4096,
+ * K 1024) took 3.6 ms at M 16 and 11.4 ms at M 64 this way, 6.4 and 30.8 ms with the row tiles
+ * outer. Blocking k as well (64 rows of a panel, 16 KB, through all row tiles before the next
+ * block) was slower at every size measured (M 8-64, K 128-1024), as were software prefetches. */
+__attribute__((target("avx512f")))
+static void rnnc_dgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                    const double* A, ptrdiff_t lda,
+                                    const double* Bp, int beta,
+                                    double* C, ptrdiff_t ldc) {
+    for (ptrdiff_t j = 0; j < N; j += 32) {
+        ptrdiff_t nr = N - j < 32 ? N - j : 32;
+        __mmask8 m[4];
+        for (int q = 0; q < 4; q++) {
+            ptrdiff_t left = nr - 8 * q;
+            m[q] = left >= 8 ? (__mmask8)0xFF
+                 : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
+        }
+        const double* b = Bp + (j / 32) * K * 32;
+        for (ptrdiff_t i = 0; i < M; i += 4) {
+            ptrdiff_t mr = M - i < 4 ? M - i : 4;
+            const double* a[4];
+            double* c_rows[4];
+            for (int r = 0; r < 4; r++) {
+                a[r] = A + (i + (r < mr ? r : 0)) * lda;
+                c_rows[r] = C + (i + (r < mr ? r : 0)) * ldc + j;
+            }
+            /* Only the rows that exist: no wasted FMAs for a batch of 1 to 3. */
+            switch (mr) {
+                case 4: rnnc_dgemm_tile(4, K, a, b, m, beta, c_rows); break;
+                case 3: rnnc_dgemm_tile(3, K, a, b, m, beta, c_rows); break;
+                case 2: rnnc_dgemm_tile(2, K, a, b, m, beta, c_rows); break;
+                default: rnnc_dgemm_row(K, a[0], b, m, beta, c_rows[0]); break;
+            }
+        }
+    }
+}
+
+static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A,
+                            ptrdiff_t lda, const double* Bp, int beta, double* C,
+                            ptrdiff_t ldc) {
+    if (!rnnc_cpu_has_avx512()) return 0;
+    rnnc_dgemm_small_avx512(M, N, K, A, lda, Bp, beta, C, ldc);
     return 1;
 }
 #else
 static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
                             const float* Bp, int beta, float* C, ptrdiff_t ldc) {
+    (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)beta; (void)C;
+    (void)ldc;
+    return 0;
+}
+
+static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A,
+                            ptrdiff_t lda, const double* Bp, int beta, double* C,
+                            ptrdiff_t ldc) {
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)beta; (void)C;
     (void)ldc;
     return 0;
@@ -209,11 +472,29 @@ static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* 
 static void rnnc_pack_panels(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
                              ptrdiff_t sk, float* out) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
-    if (sk == 1 && __builtin_cpu_supports("avx512f")) {
+    if (sk == 1 && rnnc_cpu_has_avx512()) {
         rnnc_pack_panels_avx512(N, K, w, sn, out);
         return;
     }
 #endif
     rnnc_pack_panels_scalar(N, K, w, sn, sk, out);
+}
+
+/* The packed operand of rnnc_dgemm_small (see rnnc_dpack_panels_scalar). */
+static void rnnc_dpack_panels(ptrdiff_t N, ptrdiff_t K, const double* w, ptrdiff_t sn,
+                              ptrdiff_t sk, double* out) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
+    if (rnnc_cpu_has_avx512()) {
+        if (sk == 1) {
+            rnnc_dpack_panels_transpose_avx512(N, K, w, sn, out);
+            return;
+        }
+        if (sn == 1) {
+            rnnc_dpack_panels_copy_avx512(N, K, w, sk, out);
+            return;
+        }
+    }
+#endif
+    rnnc_dpack_panels_scalar(N, K, w, sn, sk, out);
 }
 #endif

@@ -91,32 +91,37 @@ def _workspace(key, shape, dtype):
     return buf[:n].reshape(shape)
 
 
-# Batches for which the packed small-batch kernel (rnnc/_small_gemm.h) replaces BLAS in the
-# recurrent product: up to 64 rows on one thread, up to 16 with more threads, since the kernel
-# runs on one thread and multi-threaded BLAS wins on larger products (measured with
-# benchmarks/suite.py on 2 cores). A batch of 1 gains too (LSTM B1 H64 T100: 0.19 ms vs BLAS's
-# matrix-vector path 0.23 ms) since the row kernel keeps eight FMA chains in flight.
+# Batches for which the packed small-batch kernels (rnnc/_small_gemm.h, float32 and float64)
+# replace BLAS in the recurrent product: up to 64 rows on one thread, up to 16 with more threads,
+# since the kernel runs on one thread and multi-threaded BLAS wins on larger products (measured
+# with benchmarks/suite.py on 2 cores). A batch of 1 gains too (LSTM B1 H64 T100: 0.19 ms vs
+# BLAS's matrix-vector path 0.23 ms) since the row kernel keeps eight FMA chains in flight.
+# float64 measured to the same limits (LSTM/GRU/RNN, H64-H1024, whole layers at 1 thread): the
+# kernel took 0.15-0.6x BLAS's time at B2-B16 and H >= 256 (LSTM H1024 B8: 39 ms vs 72 ms),
+# 0.75-0.95x at B16-B64, ties at B1-B2 for H <= 128 and at B96-B128. At 2 threads, training
+# (no split layers) with B >= 32 and H >= 256 took 1.1-1.2x BLAS's time, B8-B16 0.8-1.0x.
 SMALL_GEMM_MAX_BATCH = {1: 64}
 SMALL_GEMM_MAX_BATCH_THREADED = 16
-SMALL_GEMM_MAX_BATCH_F64 = {1: 64}
-SMALL_GEMM_MAX_BATCH_F64_THREADED = 16
 _SMALL_GEMM = []
+
+# Packed weights of at least this many bytes are placed 64-byte aligned (NumPy's large arrays
+# start 16 bytes past a page boundary), so that the float64 packer may write them with
+# streaming stores (RNNC_DPACK_STREAM_BYTES in rnnc/_small_gemm.h: 8 MB). Smaller ones skip the
+# ~3 us of finding the alignment.
+SMALL_GEMM_ALIGN_BYTES = 1 << 20
 
 
 def _use_small_gemm(dtype, batch, steps, one_thread=False):
     if steps < 4:   # packing costs one pass over the weights per call
         return False
-    if dtype == np.float32:
-        limits, threaded = SMALL_GEMM_MAX_BATCH, SMALL_GEMM_MAX_BATCH_THREADED
-    elif dtype == np.float64:
-        limits, threaded = SMALL_GEMM_MAX_BATCH_F64, SMALL_GEMM_MAX_BATCH_F64_THREADED
-    else:
+    if dtype != np.float32 and dtype != np.float64:
         return False
     if not _SMALL_GEMM:
         from rnnc._blas import has_small_gemm
         _SMALL_GEMM.append(has_small_gemm())
     threads = 1 if one_thread else cached_num_threads()
-    return _SMALL_GEMM[0] and 1 <= batch <= limits.get(threads, threaded)
+    limit = SMALL_GEMM_MAX_BATCH.get(threads, SMALL_GEMM_MAX_BATCH_THREADED)
+    return _SMALL_GEMM[0] and 1 <= batch <= limit
 
 
 # Bidirectional layers run their two directions concurrently (one on the calling thread, one on
@@ -170,7 +175,14 @@ def _pack_gate_rows(w, G, H, u0, nu, key):
     if nu % width:
         return pack_panels(w.reshape(G, H, -1)[:, u0:u0 + nu].reshape(G * nu, -1), key)
     per = nu // width
-    packed = _workspace(key, (G * per, w.shape[1], width), w.dtype)
+    shape = (G * per, w.shape[1], width)
+    n = math.prod(shape)
+    if n * w.dtype.itemsize < SMALL_GEMM_ALIGN_BYTES:
+        packed = _workspace(key, shape, w.dtype)
+    else:   # 64-byte aligned, as in pack_panels
+        flat = _workspace(key, (n + 64 // w.dtype.itemsize,), w.dtype)
+        skip = (-flat.ctypes.data % 64) // w.dtype.itemsize
+        packed = flat[skip:skip + n].reshape(shape)
     for g in range(G):
         pack_panels_into(w[g * H + u0:g * H + u0 + nu], packed[g * per:(g + 1) * per])
     return packed
@@ -228,7 +240,14 @@ def pack_panels(w, key=None):
     N, K = w.shape
     width = panel_width(w.dtype)
     shape = (-(-N // width), K, width)
-    packed = _workspace(key, shape, w.dtype) if key else np.empty(shape, dtype=w.dtype)
+    n = math.prod(shape)
+    if n * w.dtype.itemsize < SMALL_GEMM_ALIGN_BYTES:
+        packed = _workspace(key, shape, w.dtype) if key else np.empty(shape, dtype=w.dtype)
+    else:
+        pad = 64 // w.dtype.itemsize
+        flat = _workspace(key, (n + pad,), w.dtype) if key else np.empty(n + pad, dtype=w.dtype)
+        skip = (-flat.ctypes.data % 64) // w.dtype.itemsize
+        packed = flat[skip:skip + n].reshape(shape)
     pack_panels_into(w, packed)
     return packed
 
@@ -366,6 +385,9 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         cache.layout = layout
         if dropout > 0 and num_layers > 1:
             cache.dropout_masks = []
+        # Training splits a layer's hidden units between two threads (rnnc/_split_train.py).
+        from rnnc import _split_train
+        train_split = _split_train.use_split(mode, B, H, steps, proj_size, parallel)
 
     for k in range(num_layers):
         if train and k > 0 and dropout > 0:
@@ -375,7 +397,10 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if train:
             cache.layer_in.append(layer_in)
             cache.kept.append([None] * D)
-        out = np.empty((n_rows, D * P), dtype=dtype)
+        if train and train_split:   # the split parts write their columns of each row
+            out = _split_train.aligned_empty((n_rows, D * P), dtype)
+        else:
+            out = np.empty((n_rows, D * P), dtype=dtype)
 
         def direction(d, k=k, layer_in=layer_in, out=out):
             sfx = "_reverse" if d else ""
@@ -391,6 +416,11 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
                            h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
                            chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True))
+                return
+            if train and train_split:     # kept: (act, [x | h_prev], c_prev, SplitKept)
+                cache.kept[k][d] = _split_train.lstm_forward(
+                    layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s], c_state[s],
+                    out, d * P)
                 return
             w_packed = pack_panels(w_hh, f"packed {d}") if small else empty3
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
@@ -414,7 +444,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                             out, d * H, xg, chunk_steps, h_prev, w_packed)
                 extra = None
             if train:
-                cache.kept[k][d] = (xg, h_prev, extra)
+                cache.kept[k][d] = (xg, h_prev, extra, None)
 
         if D == 2:
             _run_directions(direction, parallel)
@@ -466,7 +496,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     parallel = _parallel_directions(D, B * G * H * P)
     ws = []     # workspace per direction: they may run concurrently
     for _ in range(D):
-        w = {}
+        w = {"db_acc": np.empty(H if mode == "RNN" else 4 * H, dtype=dtype)}
         if mode == "GRU":
             w["work"] = np.empty((B, 3 * H), dtype=dtype)
         if mode == "LSTM":
@@ -496,25 +526,31 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
             w_ih, w_hh = params[names[0]], params[names[1]]
             dw_ih, dw_hh = grads[names[0]], grads[names[1]]
             db_ih, db_hh = grads.get(names[2], empty1), grads.get(names[3], empty1)
-            act, h_prev, extra = cache.kept[k][d]
             s = k * D + d
+            if cache.kept[k][d][3] is not None:   # the forward ran split: so does the backward
+                from rnnc._split_train import lstm_backward as split_lstm_backward
+                split_lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P, dh_s[s],
+                                    dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh)
+                return
+            act, h_prev, extra, _ = cache.kept[k][d]
             w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
             if mode == "LSTM":
                 lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                               params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
                               dh_s[s], dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
                               grads.get(names[4], empty2), w["dhh"], w["hbuf_all"],
-                              w["dhp_all"], w["tc_row"], w_packed)
+                              w["dhp_all"], w["tc_row"], w["db_acc"], w_packed)
             elif mode == "GRU":
                 hn = extra if cache.reset_after else np.empty((n_rows, H), dtype=dtype)
                 gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
                              cache.reset_after, w_ih, w_hh, act, h_prev, hn, dlayer, d * H,
                              dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, w["work"],
-                             w_packed)
+                             w["db_acc"], w_packed)
             else:
                 rnn_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
                              cache.nonlinearity == "relu", w_ih, w_hh, act, h_prev, dlayer,
-                             d * H, dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, w_packed)
+                             d * H, dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
+                             w["db_acc"], w_packed)
 
         if D == 2:
             _run_directions(direction, parallel)

@@ -1,0 +1,179 @@
+"""Training of one LSTM layer and direction with its hidden units split between two threads.
+
+The Python side of rnnc/_parallel_train.pyx (read its docstring first): when to split, the
+weights in part order, the buffers, and starting the two parts together. rnnc/_stack.py calls
+``lstm_forward`` from its training forward and ``lstm_backward`` from run_stack_backward for the
+layers whose forward was split (the kept activations are then in part order).
+"""
+import functools
+import math
+import threading
+
+import numpy as np
+
+from rnnc._stack import _empty, _use_small_gemm, pack_panels
+from rnnc._threads import cached_num_threads, run_pair
+
+# Training splits an LSTM layer's hidden units between two threads when rnnc may use 2+ threads
+# and the directions do not already run concurrently, if
+# - one step's recurrent product (batch x 4H x H multiply-adds) is large enough to repay a
+#   barrier per step, and
+# - the sequence has enough rows (steps x batch) to repay the set-up: the weights are copied
+#   into part order and packed per call.
+# Below either, the one-thread kernels run (BLAS using both cores for the large GEMMs before and
+# after the time loop). Measured on this 2-core machine, training forward + backward, split /
+# unsplit at 2 threads: LSTM B16 H128 T100 0.90, B64 H256 T50 0.90, B8 H128 T100 0.94,
+# B32 H64 T100 0.91, B4 H256 T100 0.88, B8 H512 T100 0.83; worse below the limits: B16 H64
+# T100 1.2, B64 H32 T100 1.1, B1 H256 T100 1.1 (per-step product 2^18), B8 H512 T20 1.1
+# (160 rows).
+TRAIN_SPLIT_MIN_STEP_WORK = 1 << 19
+TRAIN_SPLIT_MIN_ROWS = 256
+
+
+def use_split(mode, B, H, steps, proj_size, parallel):
+    """Whether the training forward (and then the backward) of a layer runs split."""
+    return (mode == "LSTM" and not parallel and not proj_size and H >= 32
+            and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK and steps * B >= TRAIN_SPLIT_MIN_ROWS
+            and cached_num_threads() >= 2)
+
+
+def _aligned(buf, shape):
+    """A C-contiguous array of `shape` starting on a 64-byte boundary inside the flat `buf`
+    (which has 64 bytes to spare)."""
+    n = math.prod(shape)
+    skip = (-buf.ctypes.data % 64) // buf.itemsize
+    return buf[skip:skip + n].reshape(shape)
+
+
+def aligned_empty(shape, dtype):
+    """np.empty, 64-byte aligned. The two threads write to the same rows of the shared
+    buffers, each its own columns: with the rows and the parts' column blocks on cache-line
+    boundaries they never write to the same line (NumPy's large arrays start 16 bytes past a
+    page boundary; the lines shared at the part boundary made the pointwise passes of LSTM
+    B16 H128 ~2x slower)."""
+    return _aligned(np.empty(math.prod(shape) + 64, dtype=dtype), shape)
+
+
+# Per-thread scratch buffers of the split (one part's private workspace, the shared state
+# buffers), 64-byte aligned so that no cache line holds data of both parts; reused by the next
+# call when the shape and dtype match (see rnnc._stack._workspace for why).
+_scratch_local = threading.local()
+
+
+def _scratch(key, shape, dtype):
+    buffers = getattr(_scratch_local, "buffers", None)
+    if buffers is None:
+        buffers = _scratch_local.buffers = {}
+    buf = buffers.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = buffers[key] = aligned_empty(shape, dtype)
+    return buf
+
+
+def _barrier():
+    """The barrier's words (rnnc/_barrier.h), zeroed, on a cache line of their own."""
+    return _aligned(np.zeros(64, dtype=np.int32), (16,))
+
+
+def _parts(H):
+    """(u0, nu) of each part: two halves, the first a multiple of 16 units, so that with H a
+    multiple of 16 every part's columns of a shared row start on a cache line."""
+    half = max(16, H // 2 // 16 * 16)
+    return ((0, half), (half, H - half))
+
+
+@functools.lru_cache(maxsize=16)
+def _part_order(H):
+    """Gate rows (4H) in part order: [part 0: i f g o of its units | part 1: ...]."""
+    order = np.concatenate([(np.arange(4)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
+                            for u0, nu in _parts(H)])
+    order.flags.writeable = False   # shared by every call (cached)
+    return order
+
+
+class SplitKept:
+    """What a split training forward keeps for the backward, besides the activations (in part
+    order) and the previous states: the weights in part order and the kernel choice."""
+
+    def __init__(self, w_ih_perm, w_hh_perm, small):
+        self.w_ih_perm = w_ih_perm
+        self.w_hh_perm = w_hh_perm
+        self.small = small
+
+
+def _halves(N):
+    """Rows [0, N) in two halves, one per part: of the input copied into [x | h_prev] in the
+    forward, of the input gradient in the backward."""
+    return ((0, N // 2), (N // 2, N))
+
+
+def lstm_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0):
+    """Training forward of one LSTM layer and direction, split; h, c (B, H) updated in place
+    and out's columns [col0, col0 + H) written as by rnnc._lstm_kernel.lstm_forward.
+
+    Returns what lstm_backward needs: (act, xh, c_prev, SplitKept) with the activations in
+    part order, xh = [x | h_prev] (N, I + H) the input next to the state before each step,
+    and the cell states before each step. Everything is allocated and prepared before either
+    part starts: the parts wait for each other every step, so neither may fail alone."""
+    from rnnc._parallel_train import lstm_train_forward_part_py
+    dtype = layer_in.dtype
+    (N, I), (B, H) = layer_in.shape, h.shape
+    small = _use_small_gemm(dtype, B, len(layout.batch_sizes), one_thread=True)
+    perm = _part_order(H)
+    w_ih_perm = w_ih[perm]
+    w_hh_perm = w_hh[perm]
+    bias = (b_ih + b_hh)[perm] if b_ih.size else _empty(dtype, 1)
+    act = aligned_empty((N, 4 * H), dtype)
+    xh = aligned_empty((N, I + H), dtype)
+    c_prev = aligned_empty((N, H), dtype)
+    hbuf = _scratch("split train h", (2, B, H), dtype)
+    hbuf[0] = h
+    hbuf[1] = h
+    bar = _barrier()
+    parts = []
+    for p, ((u0, nu), (x0, x1)) in enumerate(zip(_parts(H), _halves(N))):
+        rows = slice(4 * u0, 4 * (u0 + nu))
+        if small:
+            w_ih_p, w_hh_p = w_ih_perm[rows], _empty(dtype, 2)
+            ih_packed = pack_panels(w_ih_p, f"split train ih {p}")
+            hh_packed = pack_panels(w_hh_perm[rows], f"split train hh {p}")
+        else:
+            w_ih_p, w_hh_p = w_ih_perm[rows], w_hh_perm[rows]
+            ih_packed = hh_packed = _empty(dtype, 3)
+        parts.append((
+            layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih_p, ih_packed,
+            bias[rows] if bias.size else bias, w_hh_p, hh_packed, u0, nu, hbuf, h, c,
+            _scratch(f"split train c {p}", (B, nu), dtype), out, col0, act, xh, x0, x1,
+            c_prev, bar, 2))
+    run_pair(lambda: lstm_train_forward_part_py(*parts[0]),
+             lambda: lstm_train_forward_part_py(*parts[1]))
+    return act, xh, c_prev, SplitKept(w_ih_perm, w_hh_perm, small)
+
+
+def lstm_backward(layout, reverse, act, xh, c_prev, kept, dout, col0, dh, dc, dx, add_dx,
+                  dw_ih, dw_hh, db_ih, db_hh):
+    """BPTT through one LSTM layer and direction after lstm_forward (whose results are act,
+    xh, c_prev and kept), split the same way; the other arguments and the results are those of
+    rnnc._lstm_kernel.lstm_backward (act is overwritten)."""
+    from rnnc._parallel_train import lstm_backward_part_py
+    dtype = act.dtype
+    B, H = dh.shape
+    N, I = xh.shape[0], xh.shape[1] - H
+    bar = _barrier()
+    parts = []
+    for p, ((u0, nu), (row0, row1)) in enumerate(zip(_parts(H), _halves(N))):
+        cols = kept.w_hh_perm[:, u0:u0 + nu]
+        if kept.small:
+            w_cols, packed = _empty(dtype, 2), pack_panels(cols.T, f"split train bwd {p}")
+        else:
+            w_cols, packed = np.ascontiguousarray(cols), _empty(dtype, 3)
+        parts.append((
+            layout.batch_sizes, layout.offsets, reverse, kept.w_ih_perm, w_cols, packed,
+            u0, nu, row0, row1, act, xh, c_prev, dout, col0, dh, dc,
+            _scratch(f"split train dh {p}", (B, nu), dtype),
+            _scratch(f"split train dc {p}", (B, nu), dtype),
+            dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
+            _scratch(f"split train acc {p}", (4 * nu,), dtype),
+            _scratch(f"split train wtmp {p}", (4 * nu, I + H), dtype),
+            _scratch(f"split train tc {p}", (nu,), dtype), bar, 2))
+    run_pair(lambda: lstm_backward_part_py(*parts[0]), lambda: lstm_backward_part_py(*parts[1]))
