@@ -6,12 +6,11 @@ weights in part order, the buffers, and starting the two parts together. rnnc/_s
 layers whose forward was split (the kept activations are then in part order).
 """
 import functools
-import math
-import threading
 
 import numpy as np
 
-from rnnc._stack import _empty, _use_small_gemm, pack_panels
+from rnnc._stack import (_aligned, _empty, _use_small_gemm, _workspace as _scratch,
+                         aligned_empty, pack_panels)
 from rnnc._threads import cached_num_threads, run_pair
 
 # Training splits an LSTM layer's hidden units between two threads when rnnc may use 2+ threads
@@ -35,39 +34,6 @@ def use_split(mode, B, H, steps, proj_size, parallel):
     return (mode == "LSTM" and not parallel and not proj_size and H >= 32
             and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK and steps * B >= TRAIN_SPLIT_MIN_ROWS
             and cached_num_threads() >= 2)
-
-
-def _aligned(buf, shape):
-    """A C-contiguous array of `shape` starting on a 64-byte boundary inside the flat `buf`
-    (which has 64 bytes to spare)."""
-    n = math.prod(shape)
-    skip = (-buf.ctypes.data % 64) // buf.itemsize
-    return buf[skip:skip + n].reshape(shape)
-
-
-def aligned_empty(shape, dtype):
-    """np.empty, 64-byte aligned. The two threads write to the same rows of the shared
-    buffers, each its own columns: with the rows and the parts' column blocks on cache-line
-    boundaries they never write to the same line (NumPy's large arrays start 16 bytes past a
-    page boundary; the lines shared at the part boundary made the pointwise passes of LSTM
-    B16 H128 ~2x slower)."""
-    return _aligned(np.empty(math.prod(shape) + 64, dtype=dtype), shape)
-
-
-# Per-thread scratch buffers of the split (one part's private workspace, the shared state
-# buffers), 64-byte aligned so that no cache line holds data of both parts; reused by the next
-# call when the shape and dtype match (see rnnc._stack._workspace for why).
-_scratch_local = threading.local()
-
-
-def _scratch(key, shape, dtype):
-    buffers = getattr(_scratch_local, "buffers", None)
-    if buffers is None:
-        buffers = _scratch_local.buffers = {}
-    buf = buffers.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = buffers[key] = aligned_empty(shape, dtype)
-    return buf
 
 
 def _barrier():

@@ -71,12 +71,30 @@ def _empty(dtype, ndim):
     return np.empty((0,) * ndim, dtype=dtype)
 
 
-# Inference scratch buffers (input projections, packed weights, ...) are kept per calling thread
-# and reused by the next call: fresh arrays of a few MB cost a page fault per 4 KB on first
-# touch, and two threads faulting at once (a split layer) serialise in the kernel -- measured
-# 30% of LSTM B16 H128 at 2 threads. Each thread keeps at most one buffer per key, as large as
-# its largest use so far (bounded by CHUNK_ELEMENTS-sized projections and the packed weights).
-# Keys name a buffer's role and its direction/part, which never overlap within one call.
+def _aligned(buf, shape):
+    """A C-contiguous array of `shape` starting on a 64-byte boundary inside the flat `buf`
+    (which has 64 bytes to spare)."""
+    n = math.prod(shape)
+    skip = (-buf.ctypes.data % 64) // buf.itemsize
+    return buf[skip:skip + n].reshape(shape)
+
+
+def aligned_empty(shape, dtype):
+    """np.empty, 64-byte aligned. The two threads of a split layer write to the same rows of
+    the shared buffers, each its own columns: with the rows and the parts' column blocks on
+    cache-line boundaries they never write to the same line (NumPy's large arrays start 16
+    bytes past a page boundary; the lines shared at the part boundary made the pointwise passes
+    of a split LSTM B16 H128 ~2x slower)."""
+    return _aligned(np.empty(math.prod(shape) + 64, dtype=dtype), shape)
+
+
+# Scratch buffers (input projections, packed weights, the split layers' private and shared
+# buffers) are kept per calling thread and reused by the next call: fresh arrays of a few MB
+# cost a page fault per 4 KB on first touch, and two threads faulting at once (a split layer)
+# serialise in the kernel -- measured 30% of LSTM B16 H128 at 2 threads. Each thread keeps at
+# most one buffer per key, as large as its largest use so far (bounded by CHUNK_ELEMENTS-sized
+# projections and the packed weights), 64-byte aligned (see aligned_empty). Keys name a buffer's
+# role and its direction/part, which never overlap within one call.
 _scratch = threading.local()
 
 
@@ -86,9 +104,9 @@ def _workspace(key, shape, dtype):
         buffers = _scratch.buffers = {}
     n = math.prod(shape)
     buf = buffers.get(key)
-    if buf is None or buf.dtype != dtype or buf.size < n:
-        buf = buffers[key] = np.empty(n, dtype=dtype)
-    return buf[:n].reshape(shape)
+    if buf is None or buf.dtype != dtype or buf.size < n + 64:
+        buf = buffers[key] = np.empty(n + 64, dtype=dtype)
+    return _aligned(buf, shape)
 
 
 # Batches for which the packed small-batch kernels (rnnc/_small_gemm.h, float32 and float64)
@@ -149,12 +167,14 @@ def _run_directions(run, parallel):
 # rnnc may use 2+ threads and the directions do not already run concurrently, if the layer is
 # big enough to repay starting the helper thread (~0.1 ms) and, per step, either its weights
 # are too big for one core's cache (1 MB of float32: LSTM H256) or its product is large. On this
-# 2-core machine (two busy cores run ~30% slower each) it gained 0.67-0.90x on LSTM B16 H128,
-# LSTM/GRU/RNN B1-B64 H256-H1024, and lost 1.1-4x below (GRU B16 H128, RNN B16 H128, GRU B1
-# H256, LSTM B4 H64, B1 H32/H64), measured with the scratch buffers of _workspace.
+# 2-core machine (two busy cores run ~30% slower each, and the host adds +-20% noise) it gained
+# 0.72-0.90x on LSTM/GRU B16 H128 and LSTM/GRU/RNN B1-B64 H256-H1024; products of 2^19
+# multiply-adds a step (LSTM B8 H128, RNN B8 H256) measured 0.78-1.19 from run to run, smaller
+# ones lost 1.2-4x (LSTM B4 H64, B16 H32, B1 H32/H64). Shared buffers are 64-byte aligned
+# (aligned_empty): without it GRU B16 H128 lost (1.13) instead of gaining (0.77).
 SPLIT_MIN_TOTAL_WORK = 1 << 23      # multiply-adds of all recurrent products of the layer
 SPLIT_MIN_WEIGHTS = 1 << 18         # elements of W_hh (gates x hidden x hidden)
-SPLIT_MIN_STEP_WORK = 1 << 20       # multiply-adds of one step's recurrent product
+SPLIT_MIN_STEP_WORK = 3 << 18       # multiply-adds of one step's recurrent product
 _SPLIT_MODES = {"RNN": 0, "GRU": 2, "LSTM": 3}
 
 
@@ -397,8 +417,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if train:
             cache.layer_in.append(layer_in)
             cache.kept.append([None] * D)
-        if train and train_split:   # the split parts write their columns of each row
-            out = _split_train.aligned_empty((n_rows, D * P), dtype)
+        if split or (train and train_split):   # split parts write their columns of each row
+            out = aligned_empty((n_rows, D * P), dtype)
         else:
             out = np.empty((n_rows, D * P), dtype=dtype)
 

@@ -111,7 +111,8 @@ def test_split_rule_follows_size(monkeypatch):
     rule = _stack._split_layers
     assert not rule("LSTM", 1, 64, 100, **args)       # the thread's start-up would dominate
     assert rule("LSTM", 16, 128, 100, **args)         # 2^20 multiply-adds per step
-    assert not rule("GRU", 16, 128, 100, **args)
+    assert rule("GRU", 16, 128, 100, **args)          # 3 * 2^18
+    assert not rule("GRU", 12, 128, 100, **args)
     assert rule("LSTM", 1, 256, 100, **args)          # 1 MB of W_hh
     assert rule("GRU", 8, 1024, 20, **args)
     assert rule("RNN", 64, 512, 50, **args)
