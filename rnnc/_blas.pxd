@@ -26,6 +26,19 @@ cdef extern from "_small_gemm.h" nogil:
                            Py_ssize_t sk, double* out)
 
 
+cdef inline bint small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                             const floating* a, Py_ssize_t lda, const floating* w_packed,
+                             floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C (M, N) = beta * C + a @ (the packed operand) with the kernel of _small_gemm.h for this
+    dtype; False (nothing done) without packed weights or AVX-512: the caller uses BLAS."""
+    if w_packed == NULL:
+        return False
+    if floating is float:
+        return rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc) != 0
+    else:
+        return rnnc_dgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc) != 0
+
+
 cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                 const floating* h, Py_ssize_t ldh,  # (M, K) state rows
                                 const floating* w, Py_ssize_t ldw,  # (N, K) weights, row-major
@@ -34,14 +47,8 @@ cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed weights
     (panels of 64 float32 or 32 float64 columns, rnnc._stack.pack_panels), the small-batch
     kernel of _small_gemm.h (no per-call weight packing); else, or without AVX-512, BLAS."""
-    if w_packed != NULL:
-        if floating is float:
-            if rnnc_sgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
-                return
-        else:
-            if rnnc_dgemm_small(M, N, K, h, ldh, w_packed, beta != 0, C, ldc):
-                return
-    gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)
+    if not small_gemm(M, N, K, h, ldh, w_packed, beta, C, ldc):
+        gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)
 
 
 cdef inline void recurrent_gemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -50,11 +57,5 @@ cdef inline void recurrent_gemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                    const floating* w_packed,           # w in panels, or NULL
                                    floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
     """C (M, N) = beta * C + a @ w: the recurrent product of one backward step (see above)."""
-    if w_packed != NULL:
-        if floating is float:
-            if rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc):
-                return
-        else:
-            if rnnc_dgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc):
-                return
-    gemm(False, False, M, N, K, 1, a, lda, w, ldw, beta, C, ldc)
+    if not small_gemm(M, N, K, a, lda, w_packed, beta, C, ldc):
+        gemm(False, False, M, N, K, 1, a, lda, w, ldw, beta, C, ldc)

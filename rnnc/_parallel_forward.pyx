@@ -21,7 +21,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
-from rnnc._sequence cimport chunk_bounds, fill_rows
+from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows
 
 
 cdef extern from "_barrier.h" nogil:
@@ -71,14 +71,13 @@ cdef void forward_part(
         int* bar, int n_threads) noexcept nogil:
     cdef Py_ssize_t GN = G * nu
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
-    cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, r, row0, b_prev = 0
+    cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0, b_prev = 0
     cdef int cur = 0, sense = 0
     cdef floating* h_cur
     cdef floating* h_next
     cdef floating* gates
     if mode == LSTM:
-        for r in range(B):
-            memcpy(cpart + r * nu, c + r * H + u0, nu * sizeof(floating))
+        copy_rows(cpart, nu, c + u0, H, B, nu)
     for ci in range(n_chunks):
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
@@ -93,8 +92,8 @@ cdef void forward_part(
             h_next = hbuf + (1 - cur) * B * H
             # Rows that ended at the previous step hold their final state in h_cur only:
             # copy this part's columns across so that both buffers keep it from now on.
-            for r in range(b, b_prev):
-                memcpy(h_next + r * H + u0, h_cur + r * H + u0, nu * sizeof(floating))
+            if b < b_prev:
+                copy_rows(h_next + b * H + u0, H, h_cur + b * H + u0, H, b_prev - b, nu)
             gates = xg + (offsets[t] - row0) * GN
             if mode == GRU:
                 recurrent_gemm(b, GN, H, h_cur, H, w_hh, H, w_hh_packed, 0, hg, GN)
@@ -114,10 +113,9 @@ cdef void forward_part(
             cur = 1 - cur
             b_prev = b
     h_cur = hbuf + cur * B * H
-    for r in range(B):
-        memcpy(h + r * H + u0, h_cur + r * H + u0, nu * sizeof(floating))
-        if mode == LSTM:
-            memcpy(c + r * H + u0, cpart + r * nu, nu * sizeof(floating))
+    copy_rows(h + u0, H, h_cur + u0, H, B, nu)
+    if mode == LSTM:
+        copy_rows(c + u0, H, cpart, nu, B, nu)
 
 
 def forward_part_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

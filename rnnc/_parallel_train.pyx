@@ -35,6 +35,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
+from rnnc._sequence cimport copy_rows
 
 
 cdef extern from "_barrier.h" nogil:
@@ -71,8 +72,7 @@ cdef void lstm_train_forward_part(
     cdef floating* h_prev = xh + I
     for r in range(xrow0, xrow1):
         memcpy(xh + r * ldxh, x + r * ldx, I * sizeof(floating))
-    for r in range(B):
-        memcpy(cpart + r * nu, c + r * H + u0, nu * sizeof(floating))
+    copy_rows(cpart, nu, c + u0, H, B, nu)
     # This part's gate columns of x @ W_ih^T + bias, onto bias-filled rows: with the
     # small-batch kernel, step by step (it runs closer to the CPU's peak than BLAS on the whole
     # sequence: LSTM B64 H256 T50 ~3% less time in all, B16 H128 unchanged); with BLAS, for
@@ -91,11 +91,10 @@ cdef void lstm_train_forward_part(
         h_cur = hbuf + cur * B * H
         h_next = hbuf + (1 - cur) * B * H
         # Rows that ended at the previous step hold their final state in h_cur only.
-        for r in range(b, b_prev):
-            memcpy(h_next + r * H + u0, h_cur + r * H + u0, nu * sizeof(floating))
-        for r in range(b):
-            memcpy(h_prev + (off + r) * ldxh + u0, h_cur + r * H + u0, nu * sizeof(floating))
-            memcpy(c_prev + (off + r) * H + u0, cpart + r * nu, nu * sizeof(floating))
+        if b < b_prev:
+            copy_rows(h_next + b * H + u0, H, h_cur + b * H + u0, H, b_prev - b, nu)
+        copy_rows(h_prev + off * ldxh + u0, ldxh, h_cur + u0, H, b, nu)
+        copy_rows(c_prev + off * H + u0, H, cpart, nu, b, nu)
         gates = act + off * G + col
         if w_ih_packed != NULL:
             if bias != NULL:
@@ -112,9 +111,8 @@ cdef void lstm_train_forward_part(
         cur = 1 - cur
         b_prev = b
     h_cur = hbuf + cur * B * H
-    for r in range(B):
-        memcpy(h + r * H + u0, h_cur + r * H + u0, nu * sizeof(floating))
-        memcpy(c + r * H + u0, cpart + r * nu, nu * sizeof(floating))
+    copy_rows(h + u0, H, h_cur + u0, H, B, nu)
+    copy_rows(c + u0, H, cpart, nu, B, nu)
 
 
 cdef inline Py_ssize_t param_row(Py_ssize_t r, Py_ssize_t H, Py_ssize_t u0,
@@ -153,9 +151,8 @@ cdef void lstm_backward_part(
     cdef Py_ssize_t s, t, b, r, j, off
     cdef int sense = 0
     cdef bint bias = db_ih != NULL or db_hh != NULL
-    for r in range(B):
-        memcpy(dhp + r * nu, dh + r * H + u0, nu * sizeof(floating))
-        memcpy(dcp + r * nu, dc + r * H + u0, nu * sizeof(floating))
+    copy_rows(dhp, nu, dh + u0, H, B, nu)
+    copy_rows(dcp, nu, dc + u0, H, B, nu)
     for j in range(GN):
         acc[j] = 0
     for s in range(T):
@@ -173,9 +170,8 @@ cdef void lstm_backward_part(
             rnnc_barrier_wait(bar, n_threads, &sense)
         # This part's columns of dA (all gates and units of the step) @ W_hh.
         recurrent_gemm_nn(b, nu, G, act + off * G, G, w_hh_cols, nu, w_hh_packed, 0, dhp, nu)
-    for r in range(B):
-        memcpy(dh + r * H + u0, dhp + r * nu, nu * sizeof(floating))
-        memcpy(dc + r * H + u0, dcp + r * nu, nu * sizeof(floating))
+    copy_rows(dh + u0, H, dhp, nu, B, nu)
+    copy_rows(dc + u0, H, dcp, nu, B, nu)
     # All of dA is complete (each thread wrote its columns before the last barrier).
     if row1 > row0:
         gemm(False, False, row1 - row0, I, G, 1, act + row0 * G, G, w_ih_perm, I,

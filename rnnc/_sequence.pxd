@@ -49,6 +49,15 @@ cdef inline void project_inputs(
     gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 1, xg, GH)
 
 
+cdef inline void copy_rows(floating* dst, Py_ssize_t ldd, const floating* src, Py_ssize_t lds,
+                           Py_ssize_t nrows, Py_ssize_t ncols) noexcept nogil:
+    """dst[r, :ncols] = src[r, :ncols] for r < nrows (row strides ldd, lds): the column block of
+    one part of a split layer, moved between its private buffer and the shared state."""
+    cdef Py_ssize_t r
+    for r in range(nrows):
+        memcpy(dst + r * ldd, src + r * lds, ncols * sizeof(floating))
+
+
 cdef inline void fill_rows(floating* a, Py_ssize_t ncols, Py_ssize_t nrows) noexcept nogil:
     """Rows 1..nrows-1 of a (nrows, ncols), contiguous, = its row 0."""
     cdef Py_ssize_t r

@@ -9,8 +9,8 @@ import functools
 
 import numpy as np
 
-from rnnc._stack import (_aligned, _empty, _use_small_gemm, _workspace as _scratch,
-                         aligned_empty, pack_panels)
+from rnnc._stack import (_empty, _use_small_gemm, _workspace as _scratch,
+                         aligned_empty, new_barrier, pack_panels)
 from rnnc._threads import cached_num_threads, run_pair
 
 # Training splits an LSTM layer's hidden units between two threads when rnnc may use 2+ threads
@@ -34,11 +34,6 @@ def use_split(mode, B, H, steps, proj_size, parallel):
     return (mode == "LSTM" and not parallel and not proj_size and H >= 32
             and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK and steps * B >= TRAIN_SPLIT_MIN_ROWS
             and cached_num_threads() >= 2)
-
-
-def _barrier():
-    """The barrier's words (rnnc/_barrier.h), zeroed, on a cache line of their own."""
-    return _aligned(np.zeros(64, dtype=np.int32), (16,))
 
 
 def _parts(H):
@@ -95,7 +90,7 @@ def lstm_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, c
     hbuf = _scratch("split train h", (2, B, H), dtype)
     hbuf[0] = h
     hbuf[1] = h
-    bar = _barrier()
+    bar = new_barrier()
     parts = []
     for p, ((u0, nu), (x0, x1)) in enumerate(zip(_parts(H), _halves(N))):
         rows = slice(4 * u0, 4 * (u0 + nu))
@@ -125,7 +120,7 @@ def lstm_backward(layout, reverse, act, xh, c_prev, kept, dout, col0, dh, dc, dx
     dtype = act.dtype
     B, H = dh.shape
     N, I = xh.shape[0], xh.shape[1] - H
-    bar = _barrier()
+    bar = new_barrier()
     parts = []
     for p, ((u0, nu), (row0, row1)) in enumerate(zip(_parts(H), _halves(N))):
         cols = kept.w_hh_perm[:, u0:u0 + nu]

@@ -88,6 +88,12 @@ def aligned_empty(shape, dtype):
     return _aligned(np.empty(math.prod(shape) + 64, dtype=dtype), shape)
 
 
+def new_barrier():
+    """The words of a spinning barrier (rnnc/_barrier.h), zeroed, on a cache line of their
+    own: one per split layer call, shared by its two parts."""
+    return _aligned(np.zeros(64, dtype=np.int32), (16,))
+
+
 # Scratch buffers (input projections, packed weights, the split layers' private and shared
 # buffers) are kept per calling thread and reused by the next call: fresh arrays of a few MB
 # cost a page fault per 4 KB on first touch, and two threads faulting at once (a split layer)
@@ -225,7 +231,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     hbuf = _workspace("split h", (2, B, H), dtype)
     hbuf[0] = h
     hbuf[1] = h
-    bar = np.zeros(32, dtype=np.int32)   # 128 bytes: the barrier's words on a line of their own
+    bar = new_barrier()
     empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
     parts = []
     for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
