@@ -26,6 +26,15 @@ cdef extern from "_small_gemm.h" nogil:
                            Py_ssize_t sk, double* out)
 
 
+cdef inline void pack_panels(Py_ssize_t N, Py_ssize_t K, const floating* w, Py_ssize_t sn,
+                             Py_ssize_t sk, floating* out) noexcept nogil:
+    """out = w^T (w (N, K) with element strides sn, sk) in the small-batch kernel's panels."""
+    if floating is float:
+        rnnc_pack_panels(N, K, w, sn, sk, out)
+    else:
+        rnnc_dpack_panels(N, K, w, sn, sk, out)
+
+
 cdef inline bint small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              const floating* a, Py_ssize_t lda, const floating* w_packed,
                              floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:

@@ -1,12 +1,19 @@
 import numpy as np
 from numpy.typing import NDArray
 
-def forward_part_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
-                    offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],
-                    bias: NDArray[np.floating], b_hn: NDArray[np.floating],
-                    w_hh: NDArray[np.floating], w_hh_packed: NDArray[np.floating],
-                    u0: int, nu: int, hbuf: NDArray[np.floating], h: NDArray[np.floating],
-                    c: NDArray[np.floating], cpart: NDArray[np.floating],
-                    out: NDArray[np.floating], col0: int, xg: NDArray[np.floating],
-                    hg: NDArray[np.floating], chunk_steps: int, bar: NDArray[np.int32],
-                    n_threads: int) -> None: ...
+def split_helper_ready() -> bool: ...
+
+def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
+                     offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],
+                     w_hh: NDArray[np.floating], half: int,
+                     bias0: NDArray[np.floating], bias1: NDArray[np.floating],
+                     b_hn0: NDArray[np.floating], b_hn1: NDArray[np.floating],
+                     w_ih0: NDArray[np.floating], w_ih1: NDArray[np.floating],
+                     w_hh0: NDArray[np.floating], w_hh1: NDArray[np.floating],
+                     packed0: NDArray[np.floating], packed1: NDArray[np.floating],
+                     hbuf: NDArray[np.floating], h: NDArray[np.floating],
+                     c: NDArray[np.floating], cpart0: NDArray[np.floating],
+                     cpart1: NDArray[np.floating], out: NDArray[np.floating], col0: int,
+                     xg0: NDArray[np.floating], xg1: NDArray[np.floating],
+                     hg0: NDArray[np.floating], hg1: NDArray[np.floating], chunk_steps: int,
+                     bar: NDArray[np.int32]) -> None: ...

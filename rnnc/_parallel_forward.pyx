@@ -19,13 +19,23 @@ The GIL is released for the whole sequence; nothing is allocated here.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm
+from rnnc._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows
 
 
 cdef extern from "_barrier.h" nogil:
     void rnnc_barrier_wait(int* bar, int n_threads, int* sense)
+
+
+cdef extern from "_worker.h" nogil:
+    ctypedef struct rnnc_worker:
+        pass
+    rnnc_worker* rnnc_worker_start(void (*job)(void*) noexcept nogil, void* arg)
+    int rnnc_worker_alive(const rnnc_worker* w)
+    void rnnc_worker_post(rnnc_worker* w)
+    void rnnc_worker_wait(rnnc_worker* w)
+    void rnnc_worker_stop(rnnc_worker* w)
 
 
 cdef enum:
@@ -118,39 +128,181 @@ cdef void forward_part(
         copy_rows(c + u0, H, cpart, nu, B, nu)
 
 
-def forward_part_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                    const Py_ssize_t[::1] offsets, bint reverse,
-                    const floating[:, ::1] w_ih, const floating[::1] bias,
-                    const floating[::1] b_hn, const floating[:, ::1] w_hh,
-                    const floating[:, :, ::1] w_hh_packed,
-                    Py_ssize_t u0, Py_ssize_t nu,
-                    floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
-                    floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
-                    floating[:, ::1] xg, floating[:, ::1] hg, Py_ssize_t chunk_steps,
-                    int[::1] bar, int n_threads):
-    """One thread's part of a layer split by hidden units (see the module docstring and
-    rnnc/_stack.py, which validates, allocates and starts the parts together).
+# ---------------------------------------------------------------------------------------------
+# Both parts in one call: part 0 on the calling thread, part 1 on a helper thread of this module
+# (rnnc/_worker.h) that spins between jobs, then sleeps. Handing a part to a Python thread pool
+# cost 50-85 us per layer call; posting to this helper costs about a microsecond (a few when it
+# has to be woken). Each part also prepares its own weights (gathers its rows of W_ih, packs its
+# rows of W_hh) before its time loop, so that this per-call work is shared by both threads
+# instead of done by the caller before either starts (LSTM H1024: 32 MB of copies a call).
+# ---------------------------------------------------------------------------------------------
+cdef struct Part:
+    int mode
+    bint is_double
+    const void* x
+    Py_ssize_t ldx, I
+    const Py_ssize_t* batch_sizes
+    const Py_ssize_t* offsets
+    Py_ssize_t T
+    bint reverse
+    const void* w_ih_src       # (G*H, I) the layer's W_ih
+    void* w_ih                 # (G*nu, I) out: this part's rows of it
+    const void* bias
+    const void* b_hn
+    const void* w_hh_src       # (G*H, H) the layer's W_hh
+    void* w_hh                 # (G*nu, H) this part's rows of it, or NULL (packed from w_hh_src)
+    void* w_hh_packed          # this part's rows in panels, or NULL (BLAS path: w_hh)
+    Py_ssize_t G, H, u0, nu, B
+    void* hbuf
+    void* h
+    void* c
+    void* cpart
+    void* out
+    Py_ssize_t ldo
+    void* xg
+    void* hg
+    Py_ssize_t chunk_steps
+    int* bar
 
-    mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM. Zero-size bias/b_hn mean none;
-    w_hh (this part's rows) is read only when w_hh_packed is zero-size (BLAS path). Every part must be given the same bar (zeroed int32,
-    >= 2 entries) and n_threads, and all must run concurrently, or the first waits forever.
-    """
-    cdef Py_ssize_t T = batch_sizes.shape[0]
-    cdef Py_ssize_t G = w_ih.shape[0] // nu if nu > 0 else 1
-    cdef Py_ssize_t H = h.shape[1], B = h.shape[0]
-    if T == 0 or x.shape[0] == 0 or B == 0:
+
+cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
+    """Gather this part's weight rows (and pack them), then run its forward_part."""
+    cdef Py_ssize_t G = p.G, H = p.H, I = p.I, u0 = p.u0, nu = p.nu, g
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
+    cdef const floating* w_ih_src = <const floating*>p.w_ih_src
+    cdef const floating* w_hh_src = <const floating*>p.w_hh_src
+    cdef floating* w_ih = <floating*>p.w_ih
+    cdef floating* w_hh = <floating*>p.w_hh
+    cdef floating* packed = <floating*>p.w_hh_packed
+    # Every gate block's rows of this part's units are contiguous: one copy per gate.
+    for g in range(G):
+        memcpy(w_ih + g * nu * I, w_ih_src + (g * H + u0) * I, nu * I * sizeof(floating))
+        if w_hh != NULL:
+            memcpy(w_hh + g * nu * H, w_hh_src + (g * H + u0) * H, nu * H * sizeof(floating))
+    if packed != NULL:
+        if w_hh != NULL:    # panels would straddle gate blocks: pack the gathered rows
+            pack_panels(G * nu, H, w_hh, H, 1, packed)
+        else:               # whole panels per gate block, packed straight from W_hh
+            for g in range(G):
+                pack_panels(nu, H, w_hh_src + (g * H + u0) * H, H, 1,
+                            packed + g * (nu // W) * H * W)
+    forward_part(p.mode, <const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
+                 p.reverse, w_ih, <const floating*>p.bias, <const floating*>p.b_hn,
+                 w_hh, packed, G, H, u0, nu, p.B, <floating*>p.hbuf, <floating*>p.h,
+                 <floating*>p.c, <floating*>p.cpart, <floating*>p.out, p.ldo,
+                 <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, 2)
+
+
+cdef void run_part(Part* p) noexcept nogil:
+    if p.is_double:
+        prepare_and_run(p, <double>0)
+    else:
+        prepare_and_run(p, <float>0)
+
+
+cdef void helper_job(void* arg) noexcept nogil:
+    run_part(<Part*>arg)
+
+
+# One helper and one pair of part descriptions per process; rnnc._stack lets one call at a time
+# use them (a lock it tries, and runs the layer unsplit when it is taken).
+cdef rnnc_worker* _helper = NULL
+cdef Part _parts[2]
+
+
+def split_helper_ready():
+    """Start this process's helper thread if it is not running (first use, or a forked child);
+    False if it cannot be started (the caller then runs the layer on one thread)."""
+    global _helper
+    if _helper != NULL and rnnc_worker_alive(_helper):
+        return True
+    if _helper != NULL:     # a forked copy: rnnc_worker_stop only frees it
+        rnnc_worker_stop(_helper)
+    _helper = rnnc_worker_start(helper_job, &_parts[1])
+    return _helper != NULL
+
+
+cdef inline void* data_or_null(const char* data, Py_ssize_t size) noexcept:
+    return <void*>data if size > 0 else NULL
+
+
+cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
+                        const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
+                        bint reverse, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                        Py_ssize_t u0, Py_ssize_t nu, const floating[::1] bias,
+                        const floating[::1] b_hn, floating[:, ::1] w_ih_part,
+                        floating[:, ::1] w_hh_part, floating[:, :, ::1] packed,
+                        floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
+                        floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
+                        floating[:, ::1] xg, floating[:, ::1] hg, Py_ssize_t chunk_steps,
+                        int[::1] bar) noexcept:
+    q.mode = mode
+    q.is_double = floating is double
+    q.x = &x[0, 0]
+    q.ldx = x.shape[1]
+    q.I = x.shape[1]
+    q.batch_sizes = &batch_sizes[0]
+    q.offsets = &offsets[0]
+    q.T = batch_sizes.shape[0]
+    q.reverse = reverse
+    q.w_ih_src = &w_ih[0, 0]
+    q.w_ih = &w_ih_part[0, 0]
+    q.bias = data_or_null(<const char*>bias._data, bias.shape[0])
+    q.b_hn = data_or_null(<const char*>b_hn._data, b_hn.shape[0])
+    q.w_hh_src = &w_hh[0, 0]
+    q.w_hh = data_or_null(<const char*>w_hh_part._data, w_hh_part.shape[0])
+    q.w_hh_packed = data_or_null(<const char*>packed._data, packed.shape[0])
+    q.G = w_ih.shape[0] // h.shape[1]
+    q.H = h.shape[1]
+    q.u0 = u0
+    q.nu = nu
+    q.B = h.shape[0]
+    q.hbuf = &hbuf[0, 0, 0]
+    q.h = &h[0, 0]
+    q.c = data_or_null(<const char*>c._data, c.shape[0])
+    q.cpart = data_or_null(<const char*>cpart._data, cpart.shape[0])
+    q.out = &out[0, col0]
+    q.ldo = out.shape[1]
+    q.xg = &xg[0, 0]
+    q.hg = data_or_null(<const char*>hg._data, hg.shape[0])
+    q.chunk_steps = chunk_steps
+    q.bar = &bar[0]
+
+
+def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
+                     const Py_ssize_t[::1] offsets, bint reverse,
+                     const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                     Py_ssize_t half,
+                     const floating[::1] bias0, const floating[::1] bias1,
+                     const floating[::1] b_hn0, const floating[::1] b_hn1,
+                     floating[:, ::1] w_ih0, floating[:, ::1] w_ih1,
+                     floating[:, ::1] w_hh0, floating[:, ::1] w_hh1,
+                     floating[:, :, ::1] packed0, floating[:, :, ::1] packed1,
+                     floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
+                     floating[:, ::1] cpart0, floating[:, ::1] cpart1,
+                     floating[:, ::1] out, Py_ssize_t col0,
+                     floating[:, ::1] xg0, floating[:, ::1] xg1,
+                     floating[:, ::1] hg0, floating[:, ::1] hg1,
+                     Py_ssize_t chunk_steps, int[::1] bar):
+    """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
+    helper (split_helper_ready() must have returned True). rnnc._stack validates and allocates
+    everything (shapes as in forward_part; per part p: bias{p} its folded biases, b_hn{p} its
+    GRU b_hn, w_ih{p} its (G*nu, I) rows to fill, w_hh{p} its (G*nu, H) rows to fill or
+    zero-size when packed{p} is packed straight from w_hh, packed{p} zero-size for the BLAS
+    path); zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM."""
+    cdef Py_ssize_t H = h.shape[1]
+    if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
         return
-    cdef const floating* bi = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef const floating* bn = &b_hn[0] if b_hn.shape[0] > 0 else NULL
-    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
-    cdef floating* cp = &c[0, 0] if c.shape[0] > 0 else NULL
-    cdef floating* cpp = &cpart[0, 0] if cpart.shape[0] > 0 else NULL
-    cdef floating* hgp = &hg[0, 0] if hg.shape[0] > 0 else NULL
-    cdef const floating* wh = &w_hh[0, 0] if w_hh.shape[0] > 0 else NULL
-    if nu == 0:
-        return
+    if _helper == NULL or not rnnc_worker_alive(_helper):
+        raise RuntimeError("split_forward_py: the helper thread is not running "
+                           "(call split_helper_ready() first)")
+    describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
+                  bias0, b_hn0, w_ih0, w_hh0, packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
+                  chunk_steps, bar)
+    describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
+                  H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, hbuf, h, c, cpart1, out, col0,
+                  xg1, hg1, chunk_steps, bar)
     with nogil:
-        forward_part(mode, &x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
-                     reverse, &w_ih[0, 0], bi, bn, wh, wp, G, H, u0, nu, B,
-                     &hbuf[0, 0, 0], &h[0, 0], cp, cpp, &out[0, col0], out.shape[1],
-                     &xg[0, 0], hgp, chunk_steps, &bar[0], n_threads)
+        rnnc_worker_post(_helper)
+        run_part(&_parts[0])
+        rnnc_worker_wait(_helper)

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from rnnc._dropout import dropout_mask
-from rnnc._threads import cached_num_threads, run_pair
+from rnnc._threads import blas_one_thread, cached_num_threads, run_pair
 from rnnc._validation import check_blas_size
 
 # The kernels are imported on first use, not with rnnc: they cimport scipy.linalg.cython_blas,
@@ -170,60 +170,58 @@ def _run_directions(run, parallel):
 
 
 # Inference splits a layer's hidden units between two threads (rnnc/_parallel_forward.pyx) when
-# rnnc may use 2+ threads and the directions do not already run concurrently, if the layer is
-# big enough to repay starting the helper thread (~0.1 ms) and, per step, either its weights
-# are too big for one core's cache (1 MB of float32: LSTM H256) or its product is large. On this
-# 2-core machine (two busy cores run ~30% slower each, and the host adds +-20% noise) it gained
-# 0.72-0.90x on LSTM/GRU B16 H128 and LSTM/GRU/RNN B1-B64 H256-H1024; products of 2^19
-# multiply-adds a step (LSTM B8 H128, RNN B8 H256) measured 0.78-1.19 from run to run, smaller
-# ones lost 1.2-4x (LSTM B4 H64, B16 H32, B1 H32/H64). Shared buffers are 64-byte aligned
-# (aligned_empty): without it GRU B16 H128 lost (1.13) instead of gaining (0.77).
-SPLIT_MIN_TOTAL_WORK = 1 << 23      # multiply-adds of all recurrent products of the layer
-SPLIT_MIN_WEIGHTS = 1 << 18         # elements of W_hh (gates x hidden x hidden)
-SPLIT_MIN_STEP_WORK = 3 << 18       # multiply-adds of one step's recurrent product
+# rnnc may use 2+ threads and the directions do not already run concurrently, if each step's
+# recurrent product is big enough to repay a barrier per step (~1 us with the imbalance between
+# the parts) and the whole layer to repay posting the helper and each part packing its own
+# weights. Measured at 2 threads on this 2-core machine (two busy cores run ~30% slower each),
+# T100, layer time split / unsplit: GRU B1 H256 0.65, LSTM B4 H128 0.77, GRU B8 H128 0.75, RNN
+# B16 H128 0.82, RNN B8 H256 0.76, LSTM B8 H1024 T20 0.84 (all >= 3 * 2^16 multiply-adds a
+# step); around and below that size it ties or loses (LSTM B2 H128 1.00, GRU B2 H128 1.04, RNN B4
+# H128 1.7, LSTM B1 H64 1.2, LSTM B1 H32 T1000 2.3), and with H < 128 (parts of less than one
+# 64-column panel) it is erratic (LSTM B16 H64 0.74 but GRU B16 H64 1.44). Shared buffers are
+# 64-byte aligned (aligned_empty): without it GRU B16 H128 lost (1.13) instead of gaining (0.77).
+SPLIT_MIN_HIDDEN = 128
+SPLIT_MIN_STEP_WORK = 3 << 16       # multiply-adds of one step's recurrent product
+SPLIT_MIN_TOTAL_WORK = 1 << 21      # multiply-adds of all recurrent products of the layer
 _SPLIT_MODES = {"RNN": 0, "GRU": 2, "LSTM": 3}
 
 
 def _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel):
-    weights = GATES[mode] * H * H
-    return (not train and not parallel and not proj_size and H >= 32
+    step_work = B * GATES[mode] * H * H
+    return (not train and not parallel and not proj_size and H >= SPLIT_MIN_HIDDEN
             and (mode != "GRU" or reset_after)
-            and steps * B * weights >= SPLIT_MIN_TOTAL_WORK
-            and (weights >= SPLIT_MIN_WEIGHTS or B * weights >= SPLIT_MIN_STEP_WORK)
+            and step_work >= SPLIT_MIN_STEP_WORK and steps * step_work >= SPLIT_MIN_TOTAL_WORK
             and cached_num_threads() >= 2)
 
 
-def _pack_gate_rows(w, G, H, u0, nu, key):
-    """pack_panels of the rows of units [u0, u0 + nu) of every gate block of w (G*H, K),
-    packing straight from the gate blocks when nu fills whole panels (no gathered copy)."""
-    from rnnc._blas import pack_panels_into, panel_width
-    width = panel_width(w.dtype)
-    if nu % width:
-        return pack_panels(w.reshape(G, H, -1)[:, u0:u0 + nu].reshape(G * nu, -1), key)
-    per = nu // width
-    shape = (G * per, w.shape[1], width)
-    n = math.prod(shape)
-    if n * w.dtype.itemsize < SMALL_GEMM_ALIGN_BYTES:
-        packed = _workspace(key, shape, w.dtype)
-    else:   # 64-byte aligned, as in pack_panels
-        flat = _workspace(key, (n + 64 // w.dtype.itemsize,), w.dtype)
-        skip = (-flat.ctypes.data % 64) // w.dtype.itemsize
-        packed = flat[skip:skip + n].reshape(shape)
-    for g in range(G):
-        pack_panels_into(w[g * H + u0:g * H + u0 + nu], packed[g * per:(g + 1) * per])
-    return packed
+_SPLIT_LOCK = threading.Lock()    # the split's helper thread serves one layer call at a time
+
+
+def _split_begin():
+    """True (holding _SPLIT_LOCK) if this call may split a layer now: the helper thread of
+    rnnc/_parallel_forward.pyx is running and no other thread's call is using it."""
+    if not _SPLIT_LOCK.acquire(blocking=False):
+        return False
+    from rnnc._parallel_forward import split_helper_ready
+    if split_helper_ready():
+        return True
+    _SPLIT_LOCK.release()
+    return False
 
 
 def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out,
                col0, chunk_steps, small):
-    """One layer and direction, inference, hidden units split between this thread and rnnc's
-    helper thread (rnnc/_parallel_forward.pyx). Everything is allocated and prepared before
-    either part starts: the parts wait for each other every step, so neither may fail alone."""
-    from rnnc._parallel_forward import forward_part_py
+    """One layer and direction, inference, hidden units split between this thread and the
+    helper thread of rnnc/_parallel_forward.pyx (the caller holds _split_begin()). Everything
+    is allocated here, before either part starts: the parts wait for each other every step, so
+    neither may fail alone. Each part copies and packs its own weight rows."""
+    from rnnc._blas import panel_width
+    from rnnc._parallel_forward import split_forward_py
     dtype = layer_in.dtype
     G, H = GATES[mode], h.shape[1]
     B = h.shape[0]
     half = max(16, H // 2 // 16 * 16)
+    width = panel_width(dtype)
     bias = None
     if b_ih.size:
         bias = (b_ih + b_hh) if mode != "GRU" else b_ih + np.concatenate(
@@ -231,30 +229,46 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     hbuf = _workspace("split h", (2, B, H), dtype)
     hbuf[0] = h
     hbuf[1] = h
-    bar = new_barrier()
-    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
-    parts = []
+    empty1, empty2, empty3 = _empty(dtype, 1), _empty(dtype, 2), _empty(dtype, 3)
+    args = {}
     for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
         rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
-        w_ih_part = _workspace(f"split w_ih {p}", (G * nu, w_ih.shape[1]), dtype)
-        np.take(w_ih, rows, axis=0, out=w_ih_part)
-        w_hh_part = empty2
-        if not small:
-            w_hh_part = _workspace(f"split w_hh {p}", (G * nu, H), dtype)
-            np.take(w_hh, rows, axis=0, out=w_hh_part)
-        parts.append((
-            code, layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih_part,
-            bias[rows] if bias is not None else empty1,
-            b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
-            w_hh_part,
-            _pack_gate_rows(w_hh, G, H, u0, nu, f"split packed {p}") if small
-            else _empty(dtype, 3),
-            u0, nu, hbuf, h, c if c is not None else empty2,
-            _workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
-            out, col0, _workspace(f"split xg {p}", (chunk_steps * B, G * nu), dtype),
-            _workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
-            chunk_steps, bar, 2))
-    run_pair(lambda: forward_part_py(*parts[0]), lambda: forward_part_py(*parts[1]))
+        # Packed straight from W_hh's gate blocks when nu fills whole panels, else from the
+        # part's gathered rows (which the BLAS path multiplies directly).
+        gather_hh = not small or nu % width
+        args[p] = dict(
+            bias=bias[rows] if bias is not None else empty1,
+            b_hn=b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
+            w_ih=_workspace(f"split w_ih {p}", (G * nu, w_ih.shape[1]), dtype),
+            w_hh=_workspace(f"split w_hh {p}", (G * nu, H), dtype) if gather_hh else empty2,
+            packed=panel_workspace(f"split packed {p}", G * nu, H, dtype) if small else empty3,
+            cpart=_workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
+            xg=_workspace(f"split xg {p}", (chunk_steps * B, G * nu), dtype),
+            hg=_workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2)
+    a, b = args[0], args[1]
+    with blas_one_thread():
+        split_forward_py(code, layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
+                         half, a["bias"], b["bias"], a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"],
+                         a["w_hh"], b["w_hh"], a["packed"], b["packed"], hbuf, h,
+                         c if c is not None else empty2, a["cpart"], b["cpart"], out, col0,
+                         a["xg"], b["xg"], a["hg"], b["hg"], chunk_steps, new_barrier())
+
+
+def panel_workspace(key, rows, K, dtype):
+    """A buffer for `rows` rows of (K) weights in the small-batch kernel's panels,
+    (ceil(rows / W), K, W): this thread's scratch buffer `key` (a fresh array when key is None),
+    64-byte aligned when large (see SMALL_GEMM_ALIGN_BYTES)."""
+    from rnnc._blas import panel_width
+    width = panel_width(dtype)
+    shape = (-(-rows // width), K, width)
+    n = math.prod(shape)
+    itemsize = np.dtype(dtype).itemsize
+    if n * itemsize < SMALL_GEMM_ALIGN_BYTES:
+        return _workspace(key, shape, dtype) if key else np.empty(shape, dtype=dtype)
+    pad = 64 // itemsize
+    flat = _workspace(key, (n + pad,), dtype) if key else np.empty(n + pad, dtype=dtype)
+    skip = (-flat.ctypes.data % 64) // itemsize
+    return flat[skip:skip + n].reshape(shape)
 
 
 def pack_panels(w, key=None):
@@ -262,18 +276,8 @@ def pack_panels(w, key=None):
     the small-batch kernel's weights, W = 64 for float32 and 32 for float64 (the dtype of w).
     Packed afresh on every call, so in-place parameter updates are always seen; into this
     thread's scratch buffer `key` when given."""
-    from rnnc._blas import pack_panels_into, panel_width
-    N, K = w.shape
-    width = panel_width(w.dtype)
-    shape = (-(-N // width), K, width)
-    n = math.prod(shape)
-    if n * w.dtype.itemsize < SMALL_GEMM_ALIGN_BYTES:
-        packed = _workspace(key, shape, w.dtype) if key else np.empty(shape, dtype=w.dtype)
-    else:
-        pad = 64 // w.dtype.itemsize
-        flat = _workspace(key, (n + pad,), w.dtype) if key else np.empty(n + pad, dtype=w.dtype)
-        skip = (-flat.ctypes.data % 64) // w.dtype.itemsize
-        packed = flat[skip:skip + n].reshape(shape)
+    from rnnc._blas import pack_panels_into
+    packed = panel_workspace(key, w.shape[0], w.shape[1], w.dtype)
     pack_panels_into(w, packed)
     return packed
 
@@ -437,11 +441,14 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_ih = params.get(f"bias_ih_l{k}{sfx}", empty1)
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
-            if split:
+            if split and _split_begin():
                 code = _SPLIT_MODES[mode] + (nonlinearity == "relu" and mode == "RNN")
-                _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
-                           h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
-                           chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True))
+                try:
+                    _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
+                               h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
+                               chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True))
+                finally:
+                    _SPLIT_LOCK.release()
                 return
             if train and train_split:     # kept: (act, [x | h_prev], c_prev, SplitKept)
                 cache.kept[k][d] = _split_train.lstm_forward(

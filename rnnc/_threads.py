@@ -49,17 +49,27 @@ def cached_num_threads():
 _HELPER = []
 
 
-def run_pair(first, second):
-    """first() on the calling thread and second() on rnnc's helper thread, concurrently, with
-    BLAS held at one thread each; returns when both are done. Both must release the GIL.
-    second is submitted before first starts, so a kernel pair that waits for each other at a
-    barrier never finds its partner missing."""
+def _helper():
     if not _HELPER or _HELPER[2] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
         from threadpoolctl import ThreadpoolController
         _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
                       ThreadpoolController(), os.getpid()]
-    helper, controller, _ = _HELPER
+    return _HELPER
+
+
+def blas_one_thread():
+    """A context in which BLAS runs on one thread (for kernels that run on two threads of
+    rnnc's own, each calling BLAS)."""
+    return _helper()[1].limit(limits=1, user_api="blas")
+
+
+def run_pair(first, second):
+    """first() on the calling thread and second() on rnnc's helper thread, concurrently, with
+    BLAS held at one thread each; returns when both are done. Both must release the GIL.
+    second is submitted before first starts, so a kernel pair that waits for each other at a
+    barrier never finds its partner missing."""
+    helper, controller, _ = _helper()
     with controller.limit(limits=1, user_api="blas"):
         other = helper.submit(second)
         try:

@@ -224,15 +224,14 @@ def packs(monkeypatch):
     monkeypatch.setattr(_stack, "SMALL_GEMM_MAX_BATCH", {1: 128})
     monkeypatch.setattr(_stack, "SMALL_GEMM_MAX_BATCH_THREADED", 128)
     seen = []
-    for name in ("pack_panels", "_pack_gate_rows"):
-        real = getattr(_stack, name)
+    real = _stack.panel_workspace
 
-        def spy(*args, _real=real, **kwargs):
-            packed = _real(*args, **kwargs)
-            seen.append(packed.dtype)
-            return packed
+    def spy(*args, **kwargs):
+        packed = real(*args, **kwargs)
+        seen.append(packed.dtype)
+        return packed
 
-        monkeypatch.setattr(_stack, name, spy)
+    monkeypatch.setattr(_stack, "panel_workspace", spy)
     return seen
 
 
@@ -330,9 +329,11 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
 def test_float64_split_matches_blas_and_reference(monkeypatch, packs, mode, H, B, layers,
                                                   bidir):
     # The 2-thread split (rnnc/_parallel_forward.pyx), forced as in test_split_forward.py: each
-    # thread runs the kernel on its units' rows of W_hh (rnnc._stack._pack_gate_rows).
+    # thread runs the kernel on its units' rows of W_hh (each part packs them into a buffer
+    # from rnnc._stack.panel_workspace).
     monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
     splits = []
     run_split = _stack._run_split

@@ -12,7 +12,8 @@ from rnnc import _stack, reference
 @pytest.fixture
 def force_split(monkeypatch):
     monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
     calls = []
     run_split = _stack._run_split
@@ -109,17 +110,79 @@ def test_split_rule_follows_size(monkeypatch):
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
     args = dict(proj_size=0, reset_after=True, train=False, parallel=False)
     rule = _stack._split_layers
-    assert not rule("LSTM", 1, 64, 100, **args)       # the thread's start-up would dominate
+    assert not rule("LSTM", 1, 64, 100, **args)       # the barrier per step would dominate
+    assert not rule("LSTM", 64, 64, 100, **args)      # parts narrower than one panel
     assert rule("LSTM", 16, 128, 100, **args)         # 2^20 multiply-adds per step
-    assert rule("GRU", 16, 128, 100, **args)          # 3 * 2^18
-    assert not rule("GRU", 12, 128, 100, **args)
-    assert rule("LSTM", 1, 256, 100, **args)          # 1 MB of W_hh
+    assert rule("LSTM", 4, 128, 100, **args)          # 2^18
+    assert not rule("LSTM", 2, 128, 100, **args)
+    assert rule("GRU", 1, 256, 100, **args)           # 3 * 2^16
+    assert not rule("RNN", 1, 256, 100, **args)
     assert rule("GRU", 8, 1024, 20, **args)
     assert rule("RNN", 64, 512, 50, **args)
-    assert not rule("LSTM", 1, 256, 2, **args)        # too short to repay the thread
+    assert not rule("LSTM", 1, 256, 4, **args)        # too short to repay the parts' packing
     assert not rule("LSTM", 64, 512, 50, **{**args, "train": True})
     assert not rule("LSTM", 64, 512, 50, **{**args, "parallel": True})
     assert not rule("LSTM", 64, 512, 50, **{**args, "proj_size": 100})
     assert not rule("GRU", 64, 512, 50, **{**args, "reset_after": False})
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
     assert not rule("LSTM", 64, 512, 50, **args)
+
+
+def _split_case(seed):
+    m = rnnc.LSTM(6, 40, num_layers=2, seed=seed, dtype=np.float64)
+    ref = reference.LSTM(6, 40, num_layers=2, dtype=np.float64)
+    ref.load_state_dict(m.state_dict())
+    x = np.random.default_rng(seed).standard_normal((9, 3, 6))
+    return m, x, flat(ref(x))
+
+
+def test_concurrent_callers_share_the_helper_or_run_unsplit(force_split):
+    # One helper thread serves one layer call at a time: a second Python thread calling at the
+    # same moment runs its layer unsplit. Every result must still be exact.
+    import threading
+    cases = [_split_case(seed) for seed in range(4)]
+    errors = []
+
+    def work(m, x, expected):
+        try:
+            for _ in range(25):
+                for a, e in zip(flat(m(x)), expected):
+                    np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+        except Exception as exc:    # reported below, from the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=case) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(force_split) > 0
+    assert _stack._SPLIT_LOCK.acquire(blocking=False)   # released after every call
+    _stack._SPLIT_LOCK.release()
+
+
+_FORK_CALLS = []     # force_split's record of split calls, seen by a forked child
+
+
+def test_split_in_a_forked_child(force_split):
+    # A forked child inherits the helper's description but not its thread: it starts its own.
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    m, x, expected = _split_case(7)
+    m(x)                                    # the parent's helper is running
+    _FORK_CALLS[:] = [force_split]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got, splits = pool.apply(_call_in_child, (m, x))
+    assert splits == 2                      # both layers split in the child too
+    for a, e in zip(got, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def _call_in_child(m, x):
+    calls = _FORK_CALLS[0]
+    before = len(calls)
+    result = flat(m(x))
+    return result, len(calls) - before
