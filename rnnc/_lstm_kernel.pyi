@@ -24,3 +24,9 @@ def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating],
                   tc_row: NDArray[np.floating], db_acc: NDArray[np.floating],
                   w_hh_packed: NDArray[np.floating]) -> None: ...
+
+def lstm_fused_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
+                       offsets: NDArray[np.intp], reverse: bool,
+                       w_packed: NDArray[np.floating], h: NDArray[np.floating],
+                       c: NDArray[np.floating], out: NDArray[np.floating], col0: int,
+                       xh: NDArray[np.floating], gates: NDArray[np.floating]) -> None: ...
