@@ -15,5 +15,6 @@ def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np
                      c: NDArray[np.floating], cpart0: NDArray[np.floating],
                      cpart1: NDArray[np.floating], out: NDArray[np.floating], col0: int,
                      xg0: NDArray[np.floating], xg1: NDArray[np.floating],
-                     hg0: NDArray[np.floating], hg1: NDArray[np.floating], chunk_steps: int,
+                     hg0: NDArray[np.floating], hg1: NDArray[np.floating],
+                     xh0: NDArray[np.floating], xh1: NDArray[np.floating], chunk_steps: int,
                      bar: NDArray[np.int32]) -> None: ...

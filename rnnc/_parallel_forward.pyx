@@ -19,7 +19,8 @@ The GIL is released for the whole sequence; nothing is allocated here.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm
+from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
+                         small_gemm)
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows
 
@@ -128,6 +129,49 @@ cdef void forward_part(
         copy_rows(c + u0, H, cpart, nu, B, nu)
 
 
+cdef void forward_part_fused(
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_packed,  # this part's [W_ih | W_hh | b] rows (G*nu, I + H + 1), panels
+        Py_ssize_t H, Py_ssize_t u0, Py_ssize_t nu, Py_ssize_t B,
+        floating* hbuf, floating* h, floating* c, floating* cpart,
+        floating* out, Py_ssize_t ldo,
+        floating* xh,              # (B, I + H + 1) workspace: [x<t> | h<t-1> | 1]
+        floating* gates,           # (B, 4 nu) workspace
+        int* bar, int n_threads) noexcept nogil:
+    """forward_part for an LSTM part with one small-kernel product per step for its gate
+    columns of x<t> W_ih^T + h<t-1> W_hh^T + b (rnnc/_lstm_kernel.pyx, lstm_fused_sequence,
+    says when that pays); the whole previous state is copied into xh after each barrier."""
+    cdef Py_ssize_t K = I + H + 1, GN = 4 * nu
+    cdef Py_ssize_t s, t, b, r, b_prev = 0
+    cdef int cur = 0, sense = 0
+    cdef floating* h_cur
+    cdef floating* h_next
+    copy_rows(cpart, nu, c + u0, H, B, nu)
+    for r in range(B):
+        xh[r * K + I + H] = 1
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        h_cur = hbuf + cur * B * H
+        h_next = hbuf + (1 - cur) * B * H
+        if b < b_prev:      # rows that ended keep their final state in both buffers
+            copy_rows(h_next + b * H + u0, H, h_cur + b * H + u0, H, b_prev - b, nu)
+        copy_rows(xh, K, x + offsets[t] * ldx, ldx, b, I)
+        copy_rows(xh + I, K, h_cur, H, b, H)
+        small_gemm(b, GN, K, xh, K, w_packed, 0, gates, GN)
+        lstm_pointwise(b, nu, gates, cpart, h_next + u0, H, out + offsets[t] * ldo + u0, ldo)
+        if n_threads > 1:
+            rnnc_barrier_wait(bar, n_threads, &sense)
+        cur = 1 - cur
+        b_prev = b
+    h_cur = hbuf + cur * B * H
+    copy_rows(h + u0, H, h_cur + u0, H, B, nu)
+    copy_rows(c + u0, H, cpart, nu, B, nu)
+
+
 # ---------------------------------------------------------------------------------------------
 # Both parts in one call: part 0 on the calling thread, part 1 on a helper thread of this module
 # (rnnc/_worker.h) that spins between jobs, then sleeps. Handing a part to a Python thread pool
@@ -161,6 +205,8 @@ cdef struct Part:
     Py_ssize_t ldo
     void* xg
     void* hg
+    void* xh                   # (B, I + H + 1) LSTM fused product: w_ih is then the part's
+                               # (G*nu, I + H + 1) [W_ih | W_hh | b] rows; else NULL
     Py_ssize_t chunk_steps
     int* bar
 
@@ -174,6 +220,21 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
     cdef floating* w_ih = <floating*>p.w_ih
     cdef floating* w_hh = <floating*>p.w_hh
     cdef floating* packed = <floating*>p.w_hh_packed
+    cdef const floating* bias = <const floating*>p.bias
+    cdef Py_ssize_t K = I + H + 1, j, r
+    if p.xh != NULL:
+        for g in range(G):
+            for j in range(nu):
+                r = g * nu + j
+                memcpy(w_ih + r * K, w_ih_src + (g * H + u0 + j) * I, I * sizeof(floating))
+                memcpy(w_ih + r * K + I, w_hh_src + (g * H + u0 + j) * H, H * sizeof(floating))
+                w_ih[r * K + I + H] = bias[r] if bias != NULL else 0
+        pack_panels(G * nu, K, w_ih, K, 1, packed)
+        forward_part_fused(<const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
+                           p.reverse, packed, H, u0, nu, p.B, <floating*>p.hbuf,
+                           <floating*>p.h, <floating*>p.c, <floating*>p.cpart,
+                           <floating*>p.out, p.ldo, <floating*>p.xh, <floating*>p.xg, p.bar, 2)
+        return
     # Every gate block's rows of this part's units are contiguous: one copy per gate.
     for g in range(G):
         memcpy(w_ih + g * nu * I, w_ih_src + (g * H + u0) * I, nu * I * sizeof(floating))
@@ -234,8 +295,8 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
                         floating[:, ::1] w_hh_part, floating[:, :, ::1] packed,
                         floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
-                        floating[:, ::1] xg, floating[:, ::1] hg, Py_ssize_t chunk_steps,
-                        int[::1] bar) noexcept:
+                        floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] xh,
+                        Py_ssize_t chunk_steps, int[::1] bar) noexcept:
     q.mode = mode
     q.is_double = floating is double
     q.x = &x[0, 0]
@@ -265,6 +326,7 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
     q.ldo = out.shape[1]
     q.xg = &xg[0, 0]
     q.hg = data_or_null(<const char*>hg._data, hg.shape[0])
+    q.xh = data_or_null(<const char*>xh._data, xh.shape[0])
     q.chunk_steps = chunk_steps
     q.bar = &bar[0]
 
@@ -283,13 +345,16 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                      floating[:, ::1] out, Py_ssize_t col0,
                      floating[:, ::1] xg0, floating[:, ::1] xg1,
                      floating[:, ::1] hg0, floating[:, ::1] hg1,
+                     floating[:, ::1] xh0, floating[:, ::1] xh1,
                      Py_ssize_t chunk_steps, int[::1] bar):
     """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
     helper (split_helper_ready() must have returned True). rnnc._stack validates and allocates
     everything (shapes as in forward_part; per part p: bias{p} its folded biases, b_hn{p} its
     GRU b_hn, w_ih{p} its (G*nu, I) rows to fill, w_hh{p} its (G*nu, H) rows to fill or
     zero-size when packed{p} is packed straight from w_hh, packed{p} zero-size for the BLAS
-    path); zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM."""
+    path); zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM.
+    Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then
+    (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column."""
     cdef Py_ssize_t H = h.shape[1]
     if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
         return
@@ -298,10 +363,10 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                            "(call split_helper_ready() first)")
     describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
                   bias0, b_hn0, w_ih0, w_hh0, packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
-                  chunk_steps, bar)
+                  xh0, chunk_steps, bar)
     describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
                   H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, hbuf, h, c, cpart1, out, col0,
-                  xg1, hg1, chunk_steps, bar)
+                  xg1, hg1, xh1, chunk_steps, bar)
     with nogil:
         rnnc_worker_post(_helper)
         run_part(&_parts[0])

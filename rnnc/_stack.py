@@ -116,7 +116,7 @@ def _workspace(key, shape, dtype):
 
 
 # Batches for which the packed small-batch kernels (rnnc/_small_gemm.h, float32 and float64)
-# replace BLAS in the recurrent product: up to 64 rows on one thread, up to 16 with more threads,
+# replace BLAS in the recurrent product: any batch on one thread, up to 16 rows with more threads,
 # since the kernel runs on one thread and multi-threaded BLAS wins on larger products (measured
 # with benchmarks/suite.py on 2 cores). A batch of 1 gains too (LSTM B1 H64 T100: 0.19 ms vs
 # BLAS's matrix-vector path 0.23 ms) since the row kernel keeps eight FMA chains in flight.
@@ -124,7 +124,10 @@ def _workspace(key, shape, dtype):
 # kernel took 0.15-0.6x BLAS's time at B2-B16 and H >= 256 (LSTM H1024 B8: 39 ms vs 72 ms),
 # 0.75-0.95x at B16-B64, ties at B1-B2 for H <= 128 and at B96-B128. At 2 threads, training
 # (no split layers) with B >= 32 and H >= 256 took 1.1-1.2x BLAS's time, B8-B16 0.8-1.0x.
-SMALL_GEMM_MAX_BATCH = {1: 64}
+# Since the fused LSTM product and the AVX-512 rows, whole layers at one thread gain at every
+# larger batch too (float32 inference B128-B1024, H128-H1024: 0.86-0.95x; float64 B256 H256
+# 0.93-0.98x; training B128-B256 H256 0.96-0.98x): one thread has no limit.
+SMALL_GEMM_MAX_BATCH = {1: 1 << 62}
 SMALL_GEMM_MAX_BATCH_THREADED = 16
 _SMALL_GEMM = []
 
@@ -267,28 +270,36 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     hbuf[0] = h
     hbuf[1] = h
     empty1, empty2, empty3 = _empty(dtype, 1), _empty(dtype, 2), _empty(dtype, 3)
+    I = w_ih.shape[1]
+    K = I + H + 1
+    # Each part may use the fused LSTM product (see _use_fused) on its half of the weights.
+    fused = (mode == "LSTM" and small and B >= FUSED_MIN_BATCH
+             and 2 * H * K <= min(FUSED_MAX_WEIGHTS, B * FUSED_WEIGHTS_PER_ROW))
     args = {}
     for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
         rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
         # Packed straight from W_hh's gate blocks when nu fills whole panels, else from the
         # part's gathered rows (which the BLAS path multiplies directly).
-        gather_hh = not small or nu % width
+        gather_hh = (not small or nu % width) and not fused
         args[p] = dict(
             bias=bias[rows] if bias is not None else empty1,
             b_hn=b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
-            w_ih=_workspace(f"split w_ih {p}", (G * nu, w_ih.shape[1]), dtype),
+            w_ih=_workspace(f"split w_ih {p}", (G * nu, K if fused else I), dtype),
             w_hh=_workspace(f"split w_hh {p}", (G * nu, H), dtype) if gather_hh else empty2,
-            packed=panel_workspace(f"split packed {p}", G * nu, H, dtype) if small else empty3,
+            packed=panel_workspace(f"split packed {p}", G * nu, K if fused else H, dtype)
+            if small else empty3,
             cpart=_workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
             xg=_workspace(f"split xg {p}", (chunk_steps * B, G * nu), dtype),
-            hg=_workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2)
+            hg=_workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
+            xh=_workspace(f"split xh {p}", (B, K), dtype) if fused else empty2)
     a, b = args[0], args[1]
     with blas_one_thread():
         split_forward_py(code, layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                          half, a["bias"], b["bias"], a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"],
                          a["w_hh"], b["w_hh"], a["packed"], b["packed"], hbuf, h,
                          c if c is not None else empty2, a["cpart"], b["cpart"], out, col0,
-                         a["xg"], b["xg"], a["hg"], b["hg"], chunk_steps, new_barrier())
+                         a["xg"], b["xg"], a["hg"], b["hg"], a["xh"], b["xh"], chunk_steps,
+                         new_barrier())
 
 
 def panel_workspace(key, rows, K, dtype):

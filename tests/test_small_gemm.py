@@ -100,11 +100,12 @@ def test_batch_rule(monkeypatch, dtype):
     assert not _stack._use_small_gemm(np.dtype(np.float16), 1, 100)
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
     assert _stack._use_small_gemm(dtype, 64, 100) is has_small_gemm()
-    assert not _stack._use_small_gemm(dtype, 65, 100)
+    assert _stack._use_small_gemm(dtype, 4096, 100) is has_small_gemm()  # any batch, 1 thread
+    assert not _stack._use_small_gemm(dtype, 64, 3)                     # too few steps
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
     assert _stack._use_small_gemm(dtype, 16, 100) is has_small_gemm()
     assert not _stack._use_small_gemm(dtype, 17, 100)
-    assert _stack._use_small_gemm(dtype, 64, 100, one_thread=True) is has_small_gemm()
+    assert _stack._use_small_gemm(dtype, 300, 100, one_thread=True) is has_small_gemm()
 
 
 def _panels_numpy(w):
