@@ -82,7 +82,9 @@ def _header(doc):
                      f"{libs['onnxruntime']['session']}.")
     tm = doc["settings"]["timing"]
     lines.append(f"- Timing: {tm['passes']} passes over the runners of each case in rotating "
-                 f"order, each block after an untimed warm-up; at least {tm['min_repeats']} "
+                 f"order, each block after {tm.get('settle_time', 0):g} s idle (other "
+                 f"backends' spinning threads settle) and an untimed warm-up; at least "
+                 f"{tm['min_repeats']} "
                  f"calls and {tm['min_time']:g} s per runner (NumPy reference: "
                  f"{tm['ref_min_repeats']} calls). Cells: median (IQR). Total run time "
                  f"{doc.get('total_seconds', 0):.0f} s.")

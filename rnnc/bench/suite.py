@@ -48,6 +48,11 @@ class Timing:
     min_repeats: int = 15       # timed calls per runner, over all passes
     min_time: float = 1.5       # seconds per runner, over all passes
     warmup_time: float = 0.05   # untimed calls at the start of every block (at least one)
+    # Idle time before every block: the previous runner's worker threads (ONNX Runtime's pool,
+    # OpenMP's, OpenBLAS's) keep spinning for a while after their last call and would take a
+    # core from the next runner (measured: rnnc LSTM B16 H128 at 2 threads took 7.3 ms a call
+    # for ~30 ms after an ONNX Runtime block, 3.3 ms after 50 ms idle). Same for every backend.
+    settle_time: float = 0.1
     max_block_time: float = 6.0  # a block stops here even below min_repeats (at least 1 call)
     ref_min_repeats: int = 3    # the NumPy reference: one block, in the first pass
     ref_min_time: float = 0.3
@@ -55,13 +60,15 @@ class Timing:
 
 
 QUICK_TIMING = Timing(passes=2, min_repeats=6, min_time=0.3, warmup_time=0.02,
-                      max_block_time=2.0, ref_min_repeats=2, ref_min_time=0.0, ref_max_time=2.0)
+                      settle_time=0.02, max_block_time=2.0, ref_min_repeats=2, ref_min_time=0.0,
+                      ref_max_time=2.0)
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------------
-def _block(fn, min_calls, min_time, max_time, warmup_time):
+def _block(fn, min_calls, min_time, max_time, warmup_time, settle_time=0.0):
+    time.sleep(settle_time)
     t0 = time.perf_counter()
     fn()
     while time.perf_counter() - t0 < warmup_time:
@@ -98,7 +105,7 @@ def measure(runners, timing):
                 continue
             samples[k] += _block(runners[k].fn, math.ceil(timing.min_repeats / P),
                                  timing.min_time / P, timing.max_block_time / P,
-                                 timing.warmup_time)
+                                 timing.warmup_time, timing.settle_time)
     return samples
 
 
