@@ -28,14 +28,31 @@ GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 CHUNK_ELEMENTS = 1 << 20
 
 
+_FULL_LAYOUTS = {}
+
+
+def _full_layout(steps, batch):
+    """(batch_sizes, offsets) of a batch without padding, read-only, kept for the next call
+    of the same shape (a few us of a short sequence's call)."""
+    key = (steps, batch)
+    arrays = _FULL_LAYOUTS.get(key)
+    if arrays is None:
+        arrays = (np.full(steps, batch, dtype=np.intp), np.arange(steps, dtype=np.intp) * batch)
+        for a in arrays:
+            a.flags.writeable = False
+        if len(_FULL_LAYOUTS) >= 64:
+            _FULL_LAYOUTS.clear()
+        _FULL_LAYOUTS[key] = arrays
+    return arrays
+
+
 class PackedLayout:
     """Where each time step's active rows live in the packed (N, features) arrays."""
 
     def __init__(self, steps, batch, lengths):
         if lengths is None or np.all(lengths == steps):
             self.perm = None
-            self.batch_sizes = np.full(steps, batch, dtype=np.intp)
-            self.offsets = np.arange(steps, dtype=np.intp) * batch
+            self.batch_sizes, self.offsets = _full_layout(steps, batch)
             self.n_rows = steps * batch
             return
         # Stable sort by decreasing length, as torch.nn.utils.rnn.pack_padded_sequence does.
@@ -109,10 +126,13 @@ def _workspace(key, shape, dtype):
     if buffers is None:
         buffers = _scratch.buffers = {}
     n = math.prod(shape)
-    buf = buffers.get(key)
-    if buf is None or buf.dtype != dtype or buf.size < n + 64:
-        buf = buffers[key] = np.empty(n + 64, dtype=dtype)
-    return _aligned(buf, shape)
+    entry = buffers.get(key)
+    if entry is None or entry[0].dtype != dtype or entry[0].size < n + 64:
+        buf = np.empty(n + 64, dtype=dtype)
+        # The offset to the first 64-byte boundary, found once (ndarray.ctypes costs ~1.5 us).
+        entry = buffers[key] = (buf, (-buf.ctypes.data % 64) // buf.itemsize)
+    buf, skip = entry
+    return buf[skip:skip + n].reshape(shape)
 
 
 # Batches for which the packed small-batch kernels (rnnc/_small_gemm.h, float32 and float64)
@@ -309,14 +329,11 @@ def panel_workspace(key, rows, K, dtype):
     from rnnc._blas import panel_width
     width = panel_width(dtype)
     shape = (-(-rows // width), K, width)
-    n = math.prod(shape)
-    itemsize = np.dtype(dtype).itemsize
-    if n * itemsize < SMALL_GEMM_ALIGN_BYTES:
-        return _workspace(key, shape, dtype) if key else np.empty(shape, dtype=dtype)
-    pad = 64 // itemsize
-    flat = _workspace(key, (n + pad,), dtype) if key else np.empty(n + pad, dtype=dtype)
-    skip = (-flat.ctypes.data % 64) // itemsize
-    return flat[skip:skip + n].reshape(shape)
+    if key:
+        return _workspace(key, shape, dtype)       # always 64-byte aligned
+    if math.prod(shape) * np.dtype(dtype).itemsize < SMALL_GEMM_ALIGN_BYTES:
+        return np.empty(shape, dtype=dtype)
+    return aligned_empty(shape, dtype)
 
 
 def pack_panels(w, key=None):
