@@ -30,3 +30,8 @@ def lstm_fused_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                        w_packed: NDArray[np.floating], h: NDArray[np.floating],
                        c: NDArray[np.floating], out: NDArray[np.floating], col0: int,
                        xh: NDArray[np.floating], gates: NDArray[np.floating]) -> None: ...
+
+def lstm_cell_forward(x: NDArray[np.floating], w_ih: NDArray[np.floating],
+                      w_hh: NDArray[np.floating], b_ih: NDArray[np.floating],
+                      b_hh: NDArray[np.floating], h: NDArray[np.floating],
+                      c: NDArray[np.floating], gates: NDArray[np.floating]) -> None: ...

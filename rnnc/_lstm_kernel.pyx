@@ -227,6 +227,29 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
                             &out[0, col0], out.shape[1], &xh[0, 0], &gates[0, 0])
 
 
+def lstm_cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,
+                      const floating[:, ::1] w_hh, const floating[::1] b_ih,
+                      const floating[::1] b_hh, floating[:, ::1] h, floating[:, ::1] c,
+                      floating[:, ::1] gates):
+    """One LSTM step (the cell, inference): h and c (B, H) are updated in place (the caller
+    passes copies); gates (B, 4H) is workspace; zero-size b_ih/b_hh mean no bias. Fewer
+    arguments than lstm_forward with T = 1, and no sequence to walk: a cell's call is short
+    (~20 us at H128), and converting each array argument costs about half a microsecond."""
+    cdef Py_ssize_t B = h.shape[0], H = c.shape[1], I = x.shape[1], G = 4 * H, r, j
+    cdef floating beta = 0
+    if B == 0:
+        return
+    with nogil:
+        if b_ih.shape[0] > 0:
+            for r in range(B):
+                for j in range(G):
+                    gates[r, j] = b_ih[j] + b_hh[j]
+            beta = 1
+        gemm(False, True, B, G, I, 1, &x[0, 0], I, &w_ih[0, 0], I, beta, &gates[0, 0], G)
+        gemm(False, True, B, G, H, 1, &h[0, 0], H, &w_hh[0, 0], H, 1, &gates[0, 0], G)
+        lstm_pointwise(B, H, &gates[0, 0], &c[0, 0], &h[0, 0], H, <floating*>NULL, 0)
+
+
 def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                   const Py_ssize_t[::1] offsets, bint reverse,
                   const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,

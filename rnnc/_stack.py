@@ -363,34 +363,35 @@ def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidir
 _ONE_STEP = {}
 
 
-def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=True):
+def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=True, suffix="_l0"):
     """One inference step of a one-layer network (the cells): x (B, I), h (B, H), c (B, H) or
     None, validated C-contiguous arrays of one dtype; returns (h', c' or None), new arrays.
+    params are named as layer 0's ("weight_ih_l0"), or with another suffix (a cell's: "").
     The layer kernel is called directly: with one step every row is active, so there is no
     packed layout to build, nothing to chunk or split, and (one step) no weights to pack."""
     from rnnc._gru_kernel import gru_forward
-    from rnnc._lstm_kernel import lstm_forward
+    from rnnc._lstm_kernel import lstm_cell_forward
     from rnnc._rnn_kernel import rnn_forward
     B, H = h.shape
     dtype = x.dtype
     if B == 0:
         return h.copy(), None if c is None else c.copy()
-    steps = _ONE_STEP.get(B)
-    if steps is None:
-        steps = _ONE_STEP[B] = (np.array([B], dtype=np.intp), np.zeros(1, dtype=np.intp))
-    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
-    empty3 = _empty(dtype, 3)
-    w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
-    b_ih, b_hh = params.get("bias_ih_l0", empty1), params.get("bias_hh_l0", empty1)
+    empty1 = _empty(dtype, 1)
+    w_ih, w_hh = params["weight_ih" + suffix], params["weight_hh" + suffix]
+    b_ih = params.get("bias_ih" + suffix, empty1)
+    b_hh = params.get("bias_hh" + suffix, empty1)
     G = GATES[mode]
     h_new = h.copy()
-    out = _workspace("cell out", (B, H), dtype)
     xg = _workspace("cell xg", (B, G * H), dtype)
     if mode == "LSTM":
         c_new = c.copy()
-        lstm_forward(x, *steps, False, w_ih, w_hh, b_ih, b_hh, empty2, h_new, c_new, out, 0,
-                     xg, empty2, 1, empty2, empty2, empty3)
+        lstm_cell_forward(x, w_ih, w_hh, b_ih, b_hh, h_new, c_new, xg)
         return h_new, c_new
+    steps = _ONE_STEP.get(B)
+    if steps is None:
+        steps = _ONE_STEP[B] = (np.array([B], dtype=np.intp), np.zeros(1, dtype=np.intp))
+    empty2, empty3 = _empty(dtype, 2), _empty(dtype, 3)
+    out = _workspace("cell out", (B, H), dtype)
     if mode == "GRU":
         gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
                     _workspace("cell hg", (B, G * H), dtype),

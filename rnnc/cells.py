@@ -86,15 +86,17 @@ class _CellBase(Module):
 
     def _step(self, x, h, c):
         """One step on validated (B, I), (B, H) arrays; returns (h', c' or None)."""
+        opts = dict(nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+        if not self.training and self._run_stack is _stack.run_stack:
+            # compiled: the one-step fast path, on the cell's own parameter names
+            return _stack.run_step(self.mode, self._params, np.ascontiguousarray(x),
+                                   np.ascontiguousarray(h),
+                                   None if c is None else np.ascontiguousarray(c), suffix="",
+                                   **opts)
         args = (self.mode, self._layer_params(), x[None], h[None],
                 None if c is None else c[None])
-        opts = dict(nonlinearity=self.nonlinearity, reset_after=self.reset_after)
         if self.training:
             _, h_n, c_n, self._cache = self._run_stack_train(*args, **opts)
-        elif self._run_stack is _stack.run_stack:     # compiled: the one-step fast path
-            return _stack.run_step(self.mode, self._layer_params(), np.ascontiguousarray(x),
-                                   np.ascontiguousarray(h),
-                                   None if c is None else np.ascontiguousarray(c), **opts)
         else:
             _, h_n, c_n = self._run_stack(*args, **opts)
         return h_n[0], None if c_n is None else c_n[0]
