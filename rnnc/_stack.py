@@ -84,8 +84,17 @@ class PackedLayout:
         return full.reshape(steps, batch, -1)
 
 
+_EMPTIES = {}
+
+
 def _empty(dtype, ndim):
-    return np.empty((0,) * ndim, dtype=dtype)
+    """A zero-size array: "none" for an optional kernel argument. Shared (nothing can be
+    written into it), so that a call does not build a dozen of them."""
+    key = (dtype, ndim)
+    a = _EMPTIES.get(key)
+    if a is None:
+        a = _EMPTIES[key] = np.empty((0,) * ndim, dtype=dtype)
+    return a
 
 
 def _aligned(buf, shape):
