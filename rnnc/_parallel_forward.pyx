@@ -25,18 +25,8 @@ from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_p
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows
 
 
-cdef extern from "_barrier.h" nogil:
-    void rnnc_barrier_wait(int* bar, int n_threads, int* sense)
-
-
-cdef extern from "_worker.h" nogil:
-    ctypedef struct rnnc_worker:
-        pass
-    rnnc_worker* rnnc_worker_start(void (*job)(void*) noexcept nogil, void* arg)
-    int rnnc_worker_alive(const rnnc_worker* w)
-    void rnnc_worker_post(rnnc_worker* w)
-    void rnnc_worker_wait(rnnc_worker* w)
-    void rnnc_worker_stop(rnnc_worker* w)
+from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_post,
+                           rnnc_worker_start, rnnc_worker_stop, rnnc_worker_wait)
 
 
 cdef enum:

@@ -163,16 +163,8 @@ static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, con
  * ------------------------------------------------------------------------------------------- */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
+#include "_cpu.h"
 #define RNNC_AVX512_ROWS 1
-
-static int rnnc_simd_has_avx512(void) {
-    static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return has;
-}
 
 #define RNNC_AVX512_INLINE __attribute__((target("avx512f"), always_inline)) static inline
 
@@ -297,7 +289,7 @@ static void rnnc_gru_row_f32_avx512(ptrdiff_t H, float* x, const float* hg, cons
  * auto-vectorised loops (AVX2 or baseline by target_clones). */
 static inline void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_simd_has_avx512()) {
+    if (rnnc_cpu_has_avx512()) {
         rnnc_sigmoid_f32_avx512(x, n);
         return;
     }
@@ -307,7 +299,7 @@ static inline void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
 
 static inline void rnnc_tanh_f32(float* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_simd_has_avx512()) {
+    if (rnnc_cpu_has_avx512()) {
         rnnc_tanh_f32_avx512(x, n);
         return;
     }
@@ -317,7 +309,7 @@ static inline void rnnc_tanh_f32(float* x, ptrdiff_t n) {
 
 static inline void rnnc_lstm_row_f32(ptrdiff_t H, float* g, float* c, float* h, float* out) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_simd_has_avx512()) {
+    if (rnnc_cpu_has_avx512()) {
         rnnc_lstm_row_f32_avx512(H, g, c, h, out);
         return;
     }
@@ -329,7 +321,7 @@ static inline void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, cons
                                     const float* h_old, float* h_new, float* out,
                                     float* hn_keep) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_simd_has_avx512()) {
+    if (rnnc_cpu_has_avx512()) {
         rnnc_gru_row_f32_avx512(H, x, hg, b_hn, h_old, h_new, out, hn_keep);
         return;
     }

@@ -81,16 +81,7 @@ static void rnnc_dpack_panels_scalar(ptrdiff_t N, ptrdiff_t K, const double* w, 
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
-
-/* Whether the CPU runs AVX-512F, asked once (a benign race: every thread stores the same). */
-static int rnnc_cpu_has_avx512(void) {
-    static int has_avx512 = -1;
-    if (has_avx512 < 0) {
-        __builtin_cpu_init();
-        has_avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return has_avx512;
-}
+#include "_cpu.h"
 
 /* dst[c * ldd + r] = src[r * lds + c] for a 16 x 16 block: the classic three-stage
  * unpack / shuffle / lane-shuffle transpose (48 shuffles instead of 256 scalar moves). */

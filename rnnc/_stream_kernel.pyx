@@ -43,15 +43,8 @@ from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_aft
                               rnn_pointwise, rnn_pointwise_ld)
 
 
-cdef extern from "_worker.h" nogil:
-    ctypedef struct rnnc_worker:
-        pass
-    rnnc_worker* rnnc_worker_start(void (*job)(void*) noexcept nogil, void* arg)
-    int rnnc_worker_alive(const rnnc_worker* w)
-    void rnnc_worker_post(rnnc_worker* w)
-    void rnnc_worker_wait(rnnc_worker* w)
-    void rnnc_worker_stop(rnnc_worker* w)
-    void rnnc_barrier_wait(int* bar, int n_threads, int* sense)
+from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_post,
+                           rnnc_worker_start, rnnc_worker_stop, rnnc_worker_wait)
 
 import numpy as np
 
