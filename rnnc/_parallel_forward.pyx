@@ -38,24 +38,34 @@ cdef enum:
 
 cdef inline void project_part(
         const floating* x, Py_ssize_t ldx, Py_ssize_t I, Py_ssize_t nrows,
-        const floating* w_ih,     # (GN, I): this part's rows of every gate block
+        const floating* w_ih,     # (GN, I): this part's rows of every gate block, or with
+        Py_ssize_t gate_stride,   # > 0 the part's rows of gate 0 inside W_ih, gates this apart
         const floating* bias,     # (GN,) this part's folded biases, or NULL
-        Py_ssize_t GN, floating* xg) noexcept nogil:  # (nrows, GN) out
-    """This part's gate columns of x @ W_ih^T + bias, one GEMM (one call per gate block
-    instead packed the input rows four times and cost LSTM B16 H128 30% more)."""
-    if bias == NULL:
-        gemm(False, True, nrows, GN, I, 1, x, ldx, w_ih, I, 0, xg, GN)
+        Py_ssize_t GN, Py_ssize_t nu, floating* xg) noexcept nogil:  # (nrows, GN) out
+    """This part's gate columns of x @ W_ih^T + bias: one GEMM on the gathered rows, or one
+    per gate block read in place (large weights: the gathered copy cost a pass over them
+    through memory; for small ones the extra packing of the inputs costs more, LSTM B16 H128
+    30%)."""
+    cdef Py_ssize_t g
+    cdef floating beta = 0
+    if bias != NULL:
+        memcpy(xg, bias, GN * sizeof(floating))
+        fill_rows(xg, GN, nrows)
+        beta = 1
+    if gate_stride == 0:
+        gemm(False, True, nrows, GN, I, 1, x, ldx, w_ih, I, beta, xg, GN)
         return
-    memcpy(xg, bias, GN * sizeof(floating))
-    fill_rows(xg, GN, nrows)
-    gemm(False, True, nrows, GN, I, 1, x, ldx, w_ih, I, 1, xg, GN)
+    for g in range(GN // nu):
+        gemm(False, True, nrows, nu, I, 1, x, ldx, w_ih + g * gate_stride, I, beta,
+             xg + g * nu, GN)
 
 
 cdef void forward_part(
         int mode,
         const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) packed input, row stride ldx
         const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
-        const floating* w_ih,      # (G*nu, I) this part's rows of W_ih
+        const floating* w_ih,      # (G*nu, I) this part's rows of W_ih, or with
+        Py_ssize_t w_ih_gate_stride,  # > 0 its rows of gate 0 in W_ih, the gates this apart
         const floating* bias,      # (G*nu,) folded input-side biases of this part, or NULL
         const floating* b_hn,      # (nu,) GRU: this part's b_hn, or NULL
         const floating* w_hh,      # (G*nu, H) this part's rows of W_hh (BLAS path)
@@ -83,7 +93,7 @@ cdef void forward_part(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_part(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                     w_ih, bias, GN, xg)
+                     w_ih, w_ih_gate_stride, bias, GN, nu, xg)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -180,7 +190,7 @@ cdef struct Part:
     Py_ssize_t T
     bint reverse
     const void* w_ih_src       # (G*H, I) the layer's W_ih
-    void* w_ih                 # (G*nu, I) out: this part's rows of it
+    void* w_ih                 # (G*nu, I) out: this part's rows of it, or NULL (read in place)
     const void* bias
     const void* b_hn
     const void* w_hh_src       # (G*H, H) the layer's W_hh
@@ -225,9 +235,11 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
                            <floating*>p.h, <floating*>p.c, <floating*>p.cpart,
                            <floating*>p.out, p.ldo, <floating*>p.xh, <floating*>p.xg, p.bar, 2)
         return
-    # Every gate block's rows of this part's units are contiguous: one copy per gate.
+    # Every gate block's rows of this part's units are contiguous: one copy per gate (W_ih's
+    # only when the projection does not read them in place, w_ih == NULL).
     for g in range(G):
-        memcpy(w_ih + g * nu * I, w_ih_src + (g * H + u0) * I, nu * I * sizeof(floating))
+        if w_ih != NULL:
+            memcpy(w_ih + g * nu * I, w_ih_src + (g * H + u0) * I, nu * I * sizeof(floating))
         if w_hh != NULL:
             memcpy(w_hh + g * nu * H, w_hh_src + (g * H + u0) * H, nu * H * sizeof(floating))
     if packed != NULL:
@@ -238,7 +250,8 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
                 pack_panels(nu, H, w_hh_src + (g * H + u0) * H, H, 1,
                             packed + g * (nu // W) * H * W)
     forward_part(p.mode, <const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
-                 p.reverse, w_ih, <const floating*>p.bias, <const floating*>p.b_hn,
+                 p.reverse, w_ih if w_ih != NULL else w_ih_src + u0 * I,
+                 0 if w_ih != NULL else H * I, <const floating*>p.bias, <const floating*>p.b_hn,
                  w_hh, packed, G, H, u0, nu, p.B, <floating*>p.hbuf, <floating*>p.h,
                  <floating*>p.c, <floating*>p.cpart, <floating*>p.out, p.ldo,
                  <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, 2)
@@ -297,7 +310,7 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
     q.T = batch_sizes.shape[0]
     q.reverse = reverse
     q.w_ih_src = &w_ih[0, 0]
-    q.w_ih = &w_ih_part[0, 0]
+    q.w_ih = data_or_null(<const char*>w_ih_part._data, w_ih_part.shape[0])
     q.bias = data_or_null(<const char*>bias._data, bias.shape[0])
     q.b_hn = data_or_null(<const char*>b_hn._data, b_hn.shape[0])
     q.w_hh_src = &w_hh[0, 0]
@@ -340,7 +353,8 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
     helper (split_helper_ready() must have returned True). rnnc._stack validates and allocates
     everything (shapes as in forward_part; per part p: bias{p} its folded biases, b_hn{p} its
-    GRU b_hn, w_ih{p} its (G*nu, I) rows to fill, w_hh{p} its (G*nu, H) rows to fill or
+    GRU b_hn, w_ih{p} its (G*nu, I) rows to fill (zero-size: the projection reads W_ih's
+    gate blocks in place), w_hh{p} its (G*nu, H) rows to fill or
     zero-size when packed{p} is packed straight from w_hh, packed{p} zero-size for the BLAS
     path); zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM.
     Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then

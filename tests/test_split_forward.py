@@ -186,3 +186,21 @@ def _call_in_child(m, x):
     before = len(calls)
     result = flat(m(x))
     return result, len(calls) - before
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_reading_w_ih_in_place(force_split, monkeypatch, mode, dtype):
+    # Large W_ih: each part's projection reads its rows of every gate block in place.
+    monkeypatch.setattr(_stack, "SPLIT_IN_PLACE_MIN_BYTES", 0)
+    monkeypatch.setattr(_stack, "FUSED_MIN_BATCH", 1 << 30)   # the unfused LSTM parts
+    rng = np.random.default_rng(3)
+    m = getattr(rnnc, mode)(13, 40, num_layers=2, dtype=dtype, seed=2)
+    ref = getattr(reference, mode)(13, 40, num_layers=2, dtype=dtype)
+    ref.load_state_dict(m.state_dict())
+    x = rng.standard_normal((6, 5, 13)).astype(dtype)
+    lengths = np.array([6, 2, 5, 0, 6])
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, e in zip(flat(m(x, lengths=lengths)), flat(ref(x, lengths=lengths))):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    assert len(force_split) == 2
