@@ -102,6 +102,72 @@ cdef void lstm_fused_sequence(
     copy_rows(h, H, xh + I, K, B, H)
 
 
+cdef void lstm_fused_train_sequence(
+        floating* xh,               # (N, I + H + 1) [x | h<t-1> | 1] per packed row: x and the
+                                    # ones in; the states before each step written here
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_packed,   # [W_ih | W_hh | b_ih + b_hh]^T in panels, K = I + H + 1
+        Py_ssize_t I, Py_ssize_t H,
+        floating* h, floating* c,   # (B, H) state in/out
+        floating* out, Py_ssize_t ldo,
+        floating* act,              # (N, 4H) out: the gate activations of every step
+        floating* c_prev) noexcept nogil:  # (N, H) out: the cell state before each step
+    """The training forward of lstm_fused_sequence (inference's fused product): the states
+    before each step are kept inside xh, next to the step's input, so that the backward gets
+    [dW_ih | dW_hh | db] from one GEMM over xh (lstm_fused_sequence_backward)."""
+    cdef Py_ssize_t K = I + H + 1, G = 4 * H
+    cdef Py_ssize_t s, t, b, off
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        off = offsets[t]
+        copy_rows(xh + off * K + I, K, h, H, b, H)
+        memcpy(c_prev + off * H, c, b * H * sizeof(floating))
+        small_gemm(b, G, K, xh + off * K, K, w_packed, 0, act + off * G, G)
+        lstm_pointwise(b, H, act + off * G, c, h, H, out + off * ldo, ldo)
+
+
+cdef void lstm_fused_sequence_backward(
+        const floating* xh,         # (N, I + H + 1) as the fused training forward left it
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_ih, const floating* w_hh,  # (4H, I), (4H, H)
+        Py_ssize_t I, Py_ssize_t H,
+        floating* act,              # (N, 4H) in: gate activations; out: dA
+        const floating* c_prev,     # (N, H)
+        const floating* dout, Py_ssize_t ldd,
+        floating* dh, floating* dc,  # (B, H) in: grads of h_n, c_n; out: of h_0, c_0
+        floating* dx, Py_ssize_t lddx, bint add_dx,
+        floating* dw_cat,           # (4H, I + H + 1) workspace: [dW_ih | dW_hh | db]
+        floating* dw_ih, floating* dw_hh,     # (4H, I), (4H, H) out
+        floating* db_ih, floating* db_hh,     # (4H,) out (+=), or NULL without bias
+        floating* tc_row,
+        const floating* w_hh_packed) noexcept nogil:
+    cdef Py_ssize_t K = I + H + 1, G = 4 * H
+    cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]   # packed rows (offsets ascend)
+    cdef Py_ssize_t s, t, b, off, g
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        off = offsets[t]
+        lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dh, H,
+                                dout + off * ldd, ldd, <floating*>NULL, tc_row, <floating*>NULL)
+        recurrent_gemm_nn(b, H, G, act + off * G, G, w_hh, H, w_hh_packed, 0, dh, H)
+    gemm(False, False, N, I, G, 1, act, G, w_ih, I, 1 if add_dx else 0, dx, lddx)
+    # One GEMM for all weight gradients: xh holds [x | h<t-1> | 1] of every row.
+    gemm(True, False, G, K, N, 1, act, G, xh, K, 0, dw_cat, K)
+    copy_rows(dw_ih, I, dw_cat, K, G, I)
+    copy_rows(dw_hh, H, dw_cat + I, K, G, H)
+    for g in range(G):
+        if db_ih != NULL:
+            db_ih[g] += dw_cat[g * K + I + H]
+        if db_hh != NULL:
+            db_hh[g] += dw_cat[g * K + I + H]
+
+
 cdef void lstm_sequence_backward(
         const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) the layer's packed input
         const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
@@ -248,6 +314,53 @@ def lstm_cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,
         gemm(False, True, B, G, I, 1, &x[0, 0], I, &w_ih[0, 0], I, beta, &gates[0, 0], G)
         gemm(False, True, B, G, H, 1, &h[0, 0], H, &w_hh[0, 0], H, 1, &gates[0, 0], G)
         lstm_pointwise(B, H, &gates[0, 0], &c[0, 0], &h[0, 0], H, <floating*>NULL, 0)
+
+
+def lstm_fused_train_forward(floating[:, ::1] xh, const Py_ssize_t[::1] batch_sizes,
+                             const Py_ssize_t[::1] offsets, bint reverse,
+                             const floating[:, :, ::1] w_packed,
+                             floating[:, ::1] h, floating[:, ::1] c,
+                             floating[:, ::1] out, Py_ssize_t col0,
+                             floating[:, ::1] act, floating[:, ::1] c_prev):
+    """Training forward of one LSTM layer and direction without projection, one product per
+    step (lstm_fused_train_sequence). xh (N, I + H + 1) holds the packed input in its first I
+    columns and ones in its last on entry; act (N, 4H) and c_prev (N, H) are written (kept for
+    lstm_fused_backward), and h, c and out as in lstm_forward."""
+    cdef Py_ssize_t T = batch_sizes.shape[0]
+    cdef Py_ssize_t H = c.shape[1], I = xh.shape[1] - H - 1
+    if T == 0 or xh.shape[0] == 0 or h.shape[0] == 0:
+        return
+    with nogil:
+        lstm_fused_train_sequence(&xh[0, 0], &batch_sizes[0], &offsets[0], T, reverse,
+                                  &w_packed[0, 0, 0], I, H, &h[0, 0], &c[0, 0],
+                                  &out[0, col0], out.shape[1], &act[0, 0], &c_prev[0, 0])
+
+
+def lstm_fused_backward(const floating[:, ::1] xh, const Py_ssize_t[::1] batch_sizes,
+                        const Py_ssize_t[::1] offsets, bint reverse,
+                        const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                        floating[:, ::1] act, const floating[:, ::1] c_prev,
+                        const floating[:, ::1] dout, Py_ssize_t col0,
+                        floating[:, ::1] dh, floating[:, ::1] dc,
+                        floating[:, ::1] dx, bint add_dx,
+                        floating[:, ::1] dw_cat, floating[:, ::1] dw_ih,
+                        floating[:, ::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
+                        floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed):
+    """BPTT after lstm_fused_train_forward (same arguments as lstm_backward, with xh in place
+    of x and h_prev); dw_cat (4H, I + H + 1) is workspace."""
+    cdef Py_ssize_t T = batch_sizes.shape[0]
+    cdef Py_ssize_t H = dc.shape[1], I = xh.shape[1] - H - 1
+    if T == 0 or xh.shape[0] == 0:
+        return
+    cdef floating* dbi = ptr1_or_null(db_ih)
+    cdef floating* dbh = ptr1_or_null(db_hh)
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    with nogil:
+        lstm_fused_sequence_backward(&xh[0, 0], &batch_sizes[0], &offsets[0], T, reverse,
+                                     &w_ih[0, 0], &w_hh[0, 0], I, H, &act[0, 0],
+                                     &c_prev[0, 0], &dout[0, col0], dout.shape[1], &dh[0, 0],
+                                     &dc[0, 0], &dx[0, 0], dx.shape[1], add_dx, &dw_cat[0, 0],
+                                     &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &tc_row[0], wp)
 
 
 def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

@@ -23,6 +23,7 @@
 #define RNNC_DISPATCH
 #endif
 
+__attribute__((always_inline))
 static inline float rnnc_expf_body(float x) {
     /* exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]. */
     const float hi = 88.72283935546875f, lo = -103.97208404541016f;
@@ -50,10 +51,12 @@ static inline float rnnc_expf_body(float x) {
     return x > hi ? __builtin_inff() : y;   /* exp(x > hi) = inf; NaN stays NaN */
 }
 
+__attribute__((always_inline))
 static inline float rnnc_sigmoidf_body(float x) {
     return 1.0f / (1.0f + rnnc_expf_body(-x));
 }
 
+__attribute__((always_inline))
 static inline float rnnc_tanhf_body(float v) {
     float a = v < 0 ? -v : v;
     /* |x| >= 0.625 */

@@ -250,15 +250,8 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
     dtype = layer_in.dtype
     G, H = w_hh.shape
     I = w_ih.shape[1]
-    wcat = _workspace(f"fused w {d}", (G, I + H + 1), dtype)
-    wcat[:, :I] = w_ih
-    wcat[:, I:I + H] = w_hh
-    if b_ih.size:
-        np.add(b_ih, b_hh, out=wcat[:, I + H])
-    else:
-        wcat[:, I + H] = 0
     lstm_fused_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
-                       pack_panels(wcat, f"packed {d}"), h, c, out, col0,
+                       _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0,
                        _workspace(f"fused xh {d}", (h.shape[0], I + H + 1), dtype),
                        _workspace(f"fused gates {d}", (h.shape[0], G), dtype))
 
@@ -269,6 +262,40 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # 13.3 -> 12.1, float64 LSTM 39.7 -> 37.6); for small ones the extra packing of the inputs
 # costs more (GRU B16 H128 +3%, B64 H256 +2%; 1 MB and less within noise).
 SPLIT_IN_PLACE_MIN_BYTES = 2 << 20
+
+FUSED = "fused"     # the marker of a fused training forward's kept buffers
+
+
+def _fused_weights(w_ih, w_hh, b_ih, b_hh, d):
+    """[W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the small-batch kernel's panels."""
+    G, H = w_hh.shape
+    I = w_ih.shape[1]
+    wcat = _workspace(f"fused w {d}", (G, I + H + 1), w_ih.dtype)
+    wcat[:, :I] = w_ih
+    wcat[:, I:I + H] = w_hh
+    if b_ih.size:
+        np.add(b_ih, b_hh, out=wcat[:, I + H])
+    else:
+        wcat[:, I + H] = 0
+    return pack_panels(wcat, f"packed {d}")
+
+
+def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
+    from rnnc._lstm_kernel import lstm_fused_train_forward
+    dtype = layer_in.dtype
+    G, H = w_hh.shape
+    I = w_ih.shape[1]
+    n_rows = layout.n_rows
+    xh = np.empty((n_rows, I + H + 1), dtype=dtype)
+    xh[:, :I] = layer_in
+    xh[:, I + H] = 1
+    act = np.empty((n_rows, G), dtype=dtype)
+    c_prev = np.empty((n_rows, H), dtype=dtype)
+    lstm_fused_train_forward(xh, layout.batch_sizes, layout.offsets, reverse,
+                             _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0, act,
+                             c_prev)
+    return act, xh, c_prev, FUSED
+
 
 _SPLIT_LOCK = threading.Lock()    # the split's helper thread serves one layer call at a time
 
@@ -540,6 +567,12 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                     layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s], c_state[s],
                     out, d * P)
                 return
+            if train and _use_fused(mode, B, w_ih.shape[1], H, proj_size, False, small,
+                                    one_thread):   # kept: (act, [x | h_prev | 1], c_prev, FUSED)
+                cache.kept[k][d] = _run_fused_train(layer_in, layout, reverse, w_ih, w_hh,
+                                                    b_ih, b_hh, h_state[s], c_state[s], out,
+                                                    d * P, d)
+                return
             if _use_fused(mode, B, w_ih.shape[1], H, proj_size, train, small, one_thread):
                 _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s],
                            c_state[s], out, d * P, d)
@@ -590,7 +623,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     dict of parameter gradients keyed like the parameters.
     """
     from rnnc._gru_kernel import gru_backward
-    from rnnc._lstm_kernel import lstm_backward
+    from rnnc._lstm_kernel import lstm_backward, lstm_fused_backward
     from rnnc._rnn_kernel import rnn_backward
     mode, params, D, H, P = cache.mode, cache.params, cache.D, cache.H, cache.P
     T, B, L = cache.T, cache.B, cache.num_layers
@@ -649,12 +682,19 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
             dw_ih, dw_hh = grads[names[0]], grads[names[1]]
             db_ih, db_hh = grads.get(names[2], empty1), grads.get(names[3], empty1)
             s = k * D + d
-            if cache.kept[k][d][3] is not None:   # the forward ran split: so does the backward
+            act, h_prev, extra, how = cache.kept[k][d]
+            if how is FUSED:    # the forward kept [x | h_prev | 1] rows in h_prev's place
+                lstm_fused_backward(h_prev, layout.batch_sizes, layout.offsets, reverse, w_ih,
+                                    w_hh, act, extra, dlayer, d * P, dh_s[s], dc_s[s], dx,
+                                    add_dx, np.empty((4 * H, h_prev.shape[1]), dtype=dtype),
+                                    dw_ih, dw_hh, db_ih, db_hh, w["tc_row"],
+                                    pack_panels(w_hh.T, f"packed {d}") if small else empty3)
+                return
+            if how is not None:   # the forward ran split: so does the backward
                 from rnnc._split_train import lstm_backward as split_lstm_backward
                 split_lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P, dh_s[s],
                                     dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh)
                 return
-            act, h_prev, extra, _ = cache.kept[k][d]
             w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
             if mode == "LSTM":
                 lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,

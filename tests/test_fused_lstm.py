@@ -29,6 +29,21 @@ def force_fused(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def force_fused_train(force_fused, monkeypatch):
+    from rnnc import _split_train
+    monkeypatch.setattr(_split_train, "cached_num_threads", lambda: 1)   # one thread: no split
+    calls = []
+    run = _stack._run_fused_train
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(_stack, "_run_fused_train", spy)
+    return calls
+
+
 def flat(result):
     out, (h, c) = result
     return [out, h, c]
@@ -79,14 +94,68 @@ def test_fused_sees_weight_updates(force_fused):
     assert len(force_fused) == 2
 
 
-def test_forms_without_the_fused_path(force_fused):
+def test_forms_without_the_fused_path(force_fused_train, force_fused):
     x = np.ones((4, 8, 5), np.float32)
     rnnc.LSTM(5, 16, proj_size=8)(x)                    # projection
-    m = rnnc.LSTM(5, 16)
+    m = rnnc.LSTM(5, 16, proj_size=8)
     m.train()
-    m(x)                                                # training keeps the unfused caches
+    m(x)
     rnnc.GRU(5, 16)(x)
-    assert force_fused == []
+    assert force_fused == [] and force_fused_train == []
+
+
+def train_step(m, x, hx, lengths, g, gh, gc):
+    m.train()
+    out, (h, c) = m(x, hx, lengths=lengths)
+    dx, (dh0, dc0), grads = m.backward(g, (gh, gc))
+    return [out, h, c, dx, dh0, dc0] + [grads[k] for k in sorted(grads)]
+
+
+@pytest.mark.parametrize("H,I,B,T,layers,bidir,kw", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variable", [False, True])
+def test_fused_training_matches_reference(force_fused_train, H, I, B, T, layers, bidir, kw,
+                                          dtype, variable):
+    # The training forward keeps [x | h_prev | 1] per row; the backward takes every weight
+    # gradient (and the bias gradient, from the ones) from one GEMM over it.
+    rng = np.random.default_rng(H * 10 + B)
+    D = 2 if bidir else 1
+    m = rnnc.LSTM(I, H, num_layers=layers, bidirectional=bidir, dtype=dtype, seed=H, **kw)
+    ref = reference.LSTM(I, H, num_layers=layers, bidirectional=bidir, dtype=dtype, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = None
+    if variable:
+        lengths = rng.integers(0, T + 1, B)
+        lengths[B // 2] = T
+    hx = tuple(rng.standard_normal((D * layers, B, H)).astype(dtype) for _ in range(2))
+    g = rng.standard_normal((T, B, D * H)).astype(dtype)
+    gh, gc = (rng.standard_normal((D * layers, B, H)).astype(dtype) for _ in range(2))
+    got = train_step(m, x, hx, lengths, g, gh, gc)
+    assert force_fused_train == [np.dtype(dtype)] * (D * layers)
+    expected = train_step(ref, x, hx, lengths, g, gh, gc)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert len(got) == len(expected)
+    for a, e in zip(got, expected):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+
+
+def test_fused_training_grads_accumulate(force_fused_train):
+    # Two backward passes add their gradients, bias included (the ones column's sums).
+    m = rnnc.LSTM(3, 16, seed=1, dtype=np.float64)
+    x = np.random.default_rng(1).standard_normal((5, 4, 3))
+    g = np.ones((5, 4, 16))
+    m.train()
+    m.zero_grad()
+    m(x)
+    m.backward(g)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    m(x)
+    m.backward(g)
+    for k in once:
+        np.testing.assert_allclose(m.grads[k], 2 * once[k], rtol=1e-12, atol=1e-12)
+    assert len(force_fused_train) == 2
 
 
 def test_fused_rule_follows_size():
