@@ -13,7 +13,12 @@ weight rows puts half of them in each core's cache (LSTM H1024: 16 MB of W_hh sp
 where multi-threaded BLAS splits one small product per step and pays a fork/join each time.
 
 Covers RNN, GRU (reset_after=True) and LSTM without projection; the layer's other forms, and
-training (which keeps per-step caches in the unsplit layout), use the one-thread kernels.
+training (which keeps per-step caches in the unsplit layout), use the one-thread kernels. An
+LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product per step
+(forward_part_fused; rnnc/_stack.py decides as for the one-thread fused kernel).
+
+The second part runs on a helper thread of this module (rnnc/_worker.h), started once per
+process; each part gathers and packs its own weight rows before its time loop (prepare_and_run).
 The GIL is released for the whole sequence; nothing is allocated here.
 """
 from cython cimport floating

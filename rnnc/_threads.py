@@ -1,8 +1,9 @@
 """Thread control. rnnc's threads are the BLAS library's (the one scipy.linalg.cython_blas calls
-for the kernels, and NumPy's for the few NumPy products in the Python layer), plus one helper
-thread of its own (run_pair) that runs the second half of a layer -- the reverse direction of a
-bidirectional layer, or half of the hidden units of a unidirectional one -- while BLAS is held
-at one thread (rnnc._stack); with set_num_threads(1) the helper is never used."""
+for the kernels, and NumPy's for the few NumPy products in the Python layer), plus helper
+threads of its own that run the second half of a layer while BLAS is held at one thread
+(rnnc._stack): a Python one (run_pair) for the reverse direction of a bidirectional layer and
+for split training, a compiled one (rnnc/_parallel_forward.pyx) for split inference, and one per
+split stream (rnnc/_stream_kernel.pyx). With set_num_threads(1) no helper is used."""
 import os
 from threadpoolctl import threadpool_info, threadpool_limits
 
