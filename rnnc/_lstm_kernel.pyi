@@ -8,8 +8,8 @@ def lstm_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  w_hr: NDArray[np.floating], h: NDArray[np.floating], c: NDArray[np.floating],
                  out: NDArray[np.floating], col0: int, xg: NDArray[np.floating],
                  hbuf: NDArray[np.floating], chunk_steps: int, h_prev: NDArray[np.floating],
-                 c_prev: NDArray[np.floating],
-                 w_hh_packed: NDArray[np.floating]) -> None: ...
+                 c_prev: NDArray[np.floating], w_hh_packed: NDArray[np.floating],
+                 w_hr_packed: NDArray[np.floating]) -> None: ...
 
 def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   offsets: NDArray[np.intp], reverse: bool,
@@ -23,7 +23,8 @@ def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   dw_hr: NDArray[np.floating], dhh: NDArray[np.floating],
                   hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating],
                   tc_row: NDArray[np.floating], db_acc: NDArray[np.floating],
-                  w_hh_packed: NDArray[np.floating]) -> None: ...
+                  w_hh_packed: NDArray[np.floating],
+                  w_hr_packed: NDArray[np.floating]) -> None: ...
 
 def lstm_fused_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                        offsets: NDArray[np.intp], reverse: bool,

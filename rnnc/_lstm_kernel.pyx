@@ -40,7 +40,8 @@ cdef void lstm_sequence(
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, P) out: state before each step (training), or NULL
         floating* c_prev,       # (N, H) out: cell state before each step, or NULL
-        const floating* w_hh_packed) noexcept nogil:  # W_hh^T in panels (_small_gemm.h), or NULL
+        const floating* w_hh_packed,    # W_hh^T in panels (_small_gemm.h), or NULL
+        const floating* w_hr_packed) noexcept nogil:  # W_hr^T in panels, or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, r, row0
@@ -65,7 +66,7 @@ cdef void lstm_sequence(
                 lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo)
             else:
                 lstm_pointwise(b, H, gates, c, hbuf, H, <floating*>NULL, 0)
-                gemm(False, True, b, P, H, 1, hbuf, H, w_hr, H, 0, h, P)
+                recurrent_gemm(b, P, H, hbuf, H, w_hr, H, w_hr_packed, 0, h, P)
                 for r in range(b):
                     memcpy(out + (offsets[t] + r) * ldo, h + r * P, P * sizeof(floating))
 
@@ -190,7 +191,8 @@ cdef void lstm_sequence_backward(
         floating* dhp_all,      # (N, P) workspace (projection): grad of h
         floating* tc_row,       # (H,) workspace
         floating* db_acc,       # (4H,) workspace: the bias gradient, summed during the steps
-        const floating* w_hh_packed) noexcept nogil:  # W_hh in panels (_small_gemm.h), or NULL
+        const floating* w_hh_packed,    # W_hh in panels (_small_gemm.h), or NULL
+        const floating* w_hr_packed) noexcept nogil:  # W_hr in panels, or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, r, j, off
@@ -214,7 +216,7 @@ cdef void lstm_sequence_backward(
             for r in range(b):
                 for j in range(P):
                     dhp[r * P + j] = dh[r * P + j] + dout[(off + r) * ldd + j]
-            gemm(False, False, b, H, P, 1, dhp, P, w_hr, H, 0, dhh, H)
+            recurrent_gemm_nn(b, H, P, dhp, P, w_hr, H, w_hr_packed, 0, dhh, H)
             lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dhh, H,
                                     <floating*>NULL, 0, hbuf_all + off * H, tc_row, acc)
         recurrent_gemm_nn(b, P, G, act + off * G, G, w_hh, P, w_hh_packed, 0, dh, P)
@@ -247,13 +249,14 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] out, Py_ssize_t col0,
                  floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps,
                  floating[:, ::1] h_prev, floating[:, ::1] c_prev,
-                 const floating[:, :, ::1] w_hh_packed):
+                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed):
     """Run one LSTM layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
     columns [col0, col0 + P) of out are written. Non-empty h_prev/c_prev (training) receive the
     states before each step, and xg (then (N, 4H), chunk_steps = T) the gate activations.
-    A non-empty w_hh_packed (float32) selects the small-batch recurrent kernel.
+    A non-empty w_hh_packed selects the small-batch recurrent kernel (and a non-empty
+    w_hr_packed, W_hr^T in panels, the same for the projection).
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], P = h.shape[1]
@@ -266,11 +269,12 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* hp = ptr_or_null(h_prev)
     cdef floating* cp = ptr_or_null(c_prev)
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    cdef const floating* wrp = &w_hr_packed[0, 0, 0] if w_hr_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                       reverse, &w_ih[0, 0], &w_hh[0, 0], bi, bh, wr, H, P,
                       &h[0, 0], &c[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], hb,
-                      chunk_steps, hp, cp, wp)
+                      chunk_steps, hp, cp, wp, wrp)
 
 
 def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
@@ -376,7 +380,7 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                   floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dw_hr,
                   floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all,
                   floating[::1] tc_row, floating[::1] db_acc,
-                  const floating[:, :, ::1] w_hh_packed):
+                  const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed):
     """BPTT through one LSTM layer and direction after a training forward (see rnnc/_stack.py).
 
     act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
@@ -396,10 +400,11 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* hb = ptr_or_null(hbuf_all)
     cdef floating* dhp = ptr_or_null(dhp_all)
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    cdef const floating* wrp = &w_hr_packed[0, 0, 0] if w_hr_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
                                T, reverse, &w_ih[0, 0], &w_hh[0, 0], wr, H, P,
                                &act[0, 0], &h_prev[0, 0], &c_prev[0, 0],
                                &dout[0, col0], dout.shape[1], &dh[0, 0], &dc[0, 0],
                                &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
-                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], &db_acc[0], wp)
+                               dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], &db_acc[0], wp, wrp)

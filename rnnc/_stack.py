@@ -585,7 +585,9 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 c_prev = np.empty((n_rows, H), dtype=dtype) if train else empty2
                 lstm_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                              w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
-                             out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed)
+                             out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed,
+                             pack_panels(w_hr, f"packed hr {d}") if small and w_hr.size
+                             else empty3)
                 extra = c_prev
             elif mode == "GRU":
                 hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
@@ -701,7 +703,9 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                               params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
                               dh_s[s], dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
                               grads.get(names[4], empty2), w["dhh"], w["hbuf_all"],
-                              w["dhp_all"], w["tc_row"], w["db_acc"], w_packed)
+                              w["dhp_all"], w["tc_row"], w["db_acc"], w_packed,
+                              pack_panels(params[names[4]].T, f"packed hr {d}")
+                              if small and names[4] in params else empty3)
             elif mode == "GRU":
                 hn = extra if cache.reset_after else np.empty((n_rows, H), dtype=dtype)
                 gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
