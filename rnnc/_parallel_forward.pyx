@@ -365,6 +365,9 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then
     (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column."""
     cdef Py_ssize_t H = h.shape[1]
+    if not 0 < half < H:    # each part needs units: one without would divide by zero
+        raise ValueError(f"split_forward_py: half must be in (0, {H}) (hidden_size), got "
+                         f"{half}")
     if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
         return
     if _helper == NULL or not rnnc_worker_alive(_helper):

@@ -220,7 +220,8 @@ _SPLIT_MODES = {"RNN": 0, "GRU": 2, "LSTM": 3}
 
 def _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel):
     step_work = B * GATES[mode] * H * H
-    return (not train and not parallel and not proj_size and H >= SPLIT_MIN_HIDDEN
+    # Whatever SPLIT_MIN_HIDDEN says, each part needs at least 16 units (_run_split's halves).
+    return (not train and not parallel and not proj_size and H >= max(SPLIT_MIN_HIDDEN, 32)
             and (mode != "GRU" or reset_after)
             and step_work >= SPLIT_MIN_STEP_WORK and steps * step_work >= SPLIT_MIN_TOTAL_WORK
             and cached_num_threads() >= 2)

@@ -204,3 +204,25 @@ def test_split_reading_w_ih_in_place(force_split, monkeypatch, mode, dtype):
     for a, e in zip(flat(m(x, lengths=lengths)), flat(ref(x, lengths=lengths))):
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
     assert len(force_split) == 2
+
+
+def test_split_needs_two_nonempty_parts(force_split, monkeypatch):
+    # Below 32 units one half would be empty: never split, whatever the threshold says; the
+    # kernel itself refuses an empty part instead of dividing by zero.
+    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 1)
+    m = rnnc.RNN(7, 16, num_layers=2, seed=0, dtype=np.float64)
+    ref = reference.RNN(7, 16, num_layers=2, dtype=np.float64)
+    ref.load_state_dict(m.state_dict())
+    x = np.random.default_rng(0).standard_normal((3, 55, 7))
+    for a, e in zip(flat(m(x)), flat(ref(x))):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    assert force_split == []
+    from rnnc._parallel_forward import split_forward_py
+    e1, e2, e3 = np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0))
+    h = np.zeros((2, 16))
+    with pytest.raises(ValueError, match="half must be in"):
+        split_forward_py(0, np.zeros((2, 3)), np.array([2], np.intp), np.array([0], np.intp),
+                         False, np.zeros((16, 3)), np.zeros((16, 16)), 16, e1, e1, e1, e1,
+                         e2, e2, e2, e2, e3, e3, np.zeros((2, 2, 16)), h, e2, e2, e2,
+                         np.zeros((2, 16)), 0, e2, e2, e2, e2, e2, e2, 1,
+                         np.zeros(16, np.int32))
