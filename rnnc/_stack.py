@@ -239,11 +239,14 @@ FUSED_MAX_WEIGHTS = 2_200_000
 FUSED_WEIGHTS_PER_ROW = 150_000     # and at most this many per batch row
 
 
+def _fused_fits(B, weights):
+    """Whether B rows reuse `weights` elements of [W_ih | W_hh | b] enough (see above)."""
+    return B >= FUSED_MIN_BATCH and weights <= min(FUSED_MAX_WEIGHTS, B * FUSED_WEIGHTS_PER_ROW)
+
+
 def _use_fused(mode, B, I, H, proj_size, train, small, one_thread):
-    weights = 4 * H * (I + H + 1)
     return (mode == "LSTM" and not train and not proj_size and small and one_thread
-            and B >= FUSED_MIN_BATCH
-            and weights <= min(FUSED_MAX_WEIGHTS, B * FUSED_WEIGHTS_PER_ROW))
+            and _fused_fits(B, 4 * H * (I + H + 1)))
 
 
 def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
@@ -337,8 +340,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     I = w_ih.shape[1]
     K = I + H + 1
     # Each part may use the fused LSTM product (see _use_fused) on its half of the weights.
-    fused = (mode == "LSTM" and small and B >= FUSED_MIN_BATCH
-             and 2 * H * K <= min(FUSED_MAX_WEIGHTS, B * FUSED_WEIGHTS_PER_ROW))
+    fused = mode == "LSTM" and small and _fused_fits(B, 2 * H * K)
     in_place = not fused and w_ih.nbytes >= SPLIT_IN_PLACE_MIN_BYTES
     args = {}
     for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
