@@ -18,7 +18,8 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
-from rnnc._sequence cimport chunk_bounds, copy_rows, input_side_backward, project_inputs
+from rnnc._sequence cimport (add_bias_grads, chunk_bounds, copy_rows, input_side_backward,
+                             project_inputs)
 
 
 cdef void lstm_sequence(
@@ -147,7 +148,7 @@ cdef void lstm_fused_sequence_backward(
         const floating* w_hh_packed) noexcept nogil:
     cdef Py_ssize_t K = I + H + 1, G = 4 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]   # packed rows (offsets ascend)
-    cdef Py_ssize_t s, t, b, off, g
+    cdef Py_ssize_t s, t, b, off
     for s in range(T):
         t = s if reverse else T - 1 - s
         b = batch_sizes[t]
@@ -162,11 +163,7 @@ cdef void lstm_fused_sequence_backward(
     gemm(True, False, G, K, N, 1, act, G, xh, K, 0, dw_cat, K)
     copy_rows(dw_ih, I, dw_cat, K, G, I)
     copy_rows(dw_hh, H, dw_cat + I, K, G, H)
-    for g in range(G):
-        if db_ih != NULL:
-            db_ih[g] += dw_cat[g * K + I + H]
-        if db_hh != NULL:
-            db_hh[g] += dw_cat[g * K + I + H]
+    add_bias_grads(dw_cat + I + H, K, G, db_ih, db_hh)     # the ones column
 
 
 cdef void lstm_sequence_backward(
@@ -223,11 +220,7 @@ cdef void lstm_sequence_backward(
     input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, <floating*>NULL)
     gemm(True, False, G, P, N, 1, act, G, h_prev, P, 0, dw_hh, P)
     if acc != NULL:
-        for j in range(G):
-            if db_ih != NULL:
-                db_ih[j] += acc[j]
-            if db_hh != NULL:
-                db_hh[j] += acc[j]
+        add_bias_grads(acc, 1, G, db_ih, db_hh)
     if w_hr != NULL:
         gemm(True, False, P, H, N, 1, dhp_all, P, hbuf_all, H, 0, dw_hr, H)
 

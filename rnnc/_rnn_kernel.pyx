@@ -12,7 +12,8 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport rnn_pointwise, rnn_pointwise_backward
-from rnnc._sequence cimport chunk_bounds, input_side_backward, project_inputs
+from rnnc._sequence cimport (add_bias_grads, chunk_bounds, input_side_backward,
+                             project_inputs)
 
 
 cdef void rnn_sequence(
@@ -86,11 +87,7 @@ cdef void rnn_sequence_backward(
     input_side_backward(act, H, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih, <floating*>NULL)
     gemm(True, False, H, H, N, 1, act, H, h_prev, H, 0, dw_hh, H)
     if acc != NULL:
-        for j in range(H):
-            if db_ih != NULL:
-                db_ih[j] += acc[j]
-            if db_hh != NULL:
-                db_hh[j] += acc[j]
+        add_bias_grads(acc, 1, H, db_ih, db_hh)
 
 
 def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

@@ -65,6 +65,18 @@ cdef inline void fill_rows(floating* a, Py_ssize_t ncols, Py_ssize_t nrows) noex
         memcpy(a + r * ncols, a, ncols * sizeof(floating))
 
 
+cdef inline void add_bias_grads(const floating* sums, Py_ssize_t stride, Py_ssize_t n,
+                                floating* db_ih, floating* db_hh) noexcept nogil:
+    """db_ih[j] += sums[j * stride] and the same for db_hh (either may be NULL): where b_ih
+    and b_hh enter the gates as one sum, their gradients are the same vector."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        if db_ih != NULL:
+            db_ih[j] += sums[j * stride]
+        if db_hh != NULL:
+            db_hh[j] += sums[j * stride]
+
+
 cdef inline void add_column_sums(const floating* a, Py_ssize_t lda, Py_ssize_t nrows,
                                  Py_ssize_t ncols, floating* out) noexcept nogil:
     """out (ncols,) += sum over rows of a (nrows, ncols), row stride lda."""

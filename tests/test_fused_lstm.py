@@ -18,29 +18,26 @@ def force_fused(monkeypatch):
     monkeypatch.setattr(_stack, "FUSED_MIN_BATCH", 1)
     monkeypatch.setattr(_stack, "FUSED_MAX_WEIGHTS", 1 << 40)
     monkeypatch.setattr(_stack, "FUSED_WEIGHTS_PER_ROW", 1 << 40)
-    calls = []
-    run = _stack._run_fused
-
-    def spy(*args, **kwargs):
-        calls.append(args[0].dtype)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(_stack, "_run_fused", spy)
-    return calls
+    return _record_dtypes(monkeypatch, "_run_fused")
 
 
 @pytest.fixture
 def force_fused_train(force_fused, monkeypatch):
     from rnnc import _split_train
     monkeypatch.setattr(_split_train, "cached_num_threads", lambda: 1)   # one thread: no split
+    return _record_dtypes(monkeypatch, "_run_fused_train")
+
+
+def _record_dtypes(monkeypatch, name):
+    """Wrap rnnc._stack.<name>; the returned list gets the dtype of each call's input."""
     calls = []
-    run = _stack._run_fused_train
+    run = getattr(_stack, name)
 
     def spy(*args, **kwargs):
         calls.append(args[0].dtype)
         return run(*args, **kwargs)
 
-    monkeypatch.setattr(_stack, "_run_fused_train", spy)
+    monkeypatch.setattr(_stack, name, spy)
     return calls
 
 
