@@ -17,9 +17,10 @@ cdef extern from "_small_gemm.h" nogil:
         RNNC_SGEMM_PANEL    # columns of a float32 panel (64)
         RNNC_DGEMM_PANEL    # columns of a float64 panel (32)
     int rnnc_sgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                         const float* Bp, int beta, float* C, Py_ssize_t ldc)
+                         const float* Bp, int beta, float* C, Py_ssize_t ldc, int flip)
     int rnnc_dgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
-                         Py_ssize_t lda, const double* Bp, int beta, double* C, Py_ssize_t ldc)
+                         Py_ssize_t lda, const double* Bp, int beta, double* C, Py_ssize_t ldc,
+                         int flip)
     void rnnc_pack_panels(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t sn,
                           Py_ssize_t sk, float* out)
     void rnnc_dpack_panels(Py_ssize_t N, Py_ssize_t K, const double* w, Py_ssize_t sn,
@@ -37,26 +38,31 @@ cdef inline void pack_panels(Py_ssize_t N, Py_ssize_t K, const floating* w, Py_s
 
 cdef inline bint small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              const floating* a, Py_ssize_t lda, const floating* w_packed,
-                             floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+                             floating beta, floating* C, Py_ssize_t ldc,
+                             bint flip=False) noexcept nogil:
     """C (M, N) = beta * C + a @ (the packed operand) with the kernel of _small_gemm.h for this
-    dtype; False (nothing done) without packed weights or AVX-512: the caller uses BLAS."""
+    dtype; False (nothing done) without packed weights or AVX-512: the caller uses BLAS.
+    flip: the parity of the time step, for a step loop (the kernel alternates the order in which
+    it reads the panels, for cache reuse between steps)."""
     if w_packed == NULL:
         return False
     if floating is float:
-        return rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc) != 0
+        return rnnc_sgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc, flip) != 0
     else:
-        return rnnc_dgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc) != 0
+        return rnnc_dgemm_small(M, N, K, a, lda, w_packed, beta != 0, C, ldc, flip) != 0
 
 
 cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                 const floating* h, Py_ssize_t ldh,  # (M, K) state rows
                                 const floating* w, Py_ssize_t ldw,  # (N, K) weights, row-major
                                 const floating* w_packed,           # w^T in panels, or NULL
-                                floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+                                floating beta, floating* C, Py_ssize_t ldc,
+                                bint flip=False) noexcept nogil:
     """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed weights
     (panels of 64 float32 or 32 float64 columns, rnnc._stack.pack_panels), the small-batch
-    kernel of _small_gemm.h (no per-call weight packing); else, or without AVX-512, BLAS."""
-    if not small_gemm(M, N, K, h, ldh, w_packed, beta, C, ldc):
+    kernel of _small_gemm.h (no per-call weight packing); else, or without AVX-512, BLAS.
+    flip: the parity of the step (see small_gemm)."""
+    if not small_gemm(M, N, K, h, ldh, w_packed, beta, C, ldc, flip):
         gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)
 
 
@@ -64,7 +70,8 @@ cdef inline void recurrent_gemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                    const floating* a, Py_ssize_t lda,  # (M, K) gate gradients
                                    const floating* w, Py_ssize_t ldw,  # (K, N) weights
                                    const floating* w_packed,           # w in panels, or NULL
-                                   floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+                                   floating beta, floating* C, Py_ssize_t ldc,
+                                   bint flip=False) noexcept nogil:
     """C (M, N) = beta * C + a @ w: the recurrent product of one backward step (see above)."""
-    if not small_gemm(M, N, K, a, lda, w_packed, beta, C, ldc):
+    if not small_gemm(M, N, K, a, lda, w_packed, beta, C, ldc, flip):
         gemm(False, False, M, N, K, 1, a, lda, w, ldw, beta, C, ldc)

@@ -107,8 +107,8 @@ def has_small_gemm():
         b[i] = 0
     for i in range(RNNC_DGEMM_PANEL):
         bd[i] = 0
-    return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1)
-                and rnnc_dgemm_small(1, 1, 1, &ad, 1, bd, 0, &cd, 1))
+    return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1, 0)
+                and rnnc_dgemm_small(1, 1, 1, &ad, 1, bd, 0, &cd, 1, 0))
 
 
 def panel_width(dtype):

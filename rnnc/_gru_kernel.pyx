@@ -38,7 +38,8 @@ cdef void gru_sequence(
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, H) out: state before each step (training), or NULL
         floating* hn_keep,      # (N, H) out: W_hn h + b_hn (training, reset_after)
-        const floating* w_hh_packed) noexcept nogil:  # W_hh^T in panels, or NULL (reset_after)
+        const floating* w_hh_packed,    # W_hh^T in panels, or NULL (reset_after)
+        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
@@ -51,7 +52,7 @@ cdef void gru_sequence(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_inputs(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                       w_ih, b_ih, b_hh, G, n_fold, xg)
+                       w_ih, w_ih_packed, b_ih, b_hh, G, n_fold, xg)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -61,7 +62,7 @@ cdef void gru_sequence(
                 memcpy(h_prev + offsets[t] * H, h, b * H * sizeof(floating))
             xs = xg + (offsets[t] - row0) * G
             if reset_after:
-                recurrent_gemm(b, G, H, h, H, w_hh, H, w_hh_packed, 0, hg, G)
+                recurrent_gemm(b, G, H, h, H, w_hh, H, w_hh_packed, 0, hg, G, s & 1)
                 gru_pointwise_reset_after(b, H, xs, hg, b_hn, h, out + offsets[t] * ldo, ldo,
                                           hn_keep + offsets[t] * H if keep else NULL)
             else:
@@ -142,12 +143,14 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
                 floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] rh,
                 Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep,
-                const floating[:, :, ::1] w_hh_packed):
+                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed):
     """Run one GRU layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
     A non-empty h_prev (training) receives the state before each step, hn_keep W_hn h + b_hn
     (reset_after), and xg (then (N, 3H), chunk_steps = T) the activations r, z, n.
+    Non-empty w_hh_packed / w_ih_packed (W^T in the small-batch kernel's panels) select that
+    kernel for the recurrent / input product.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1]
@@ -158,11 +161,12 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
     cdef floating* hk = &hn_keep[0, 0] if hn_keep.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         gru_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], &hg[0, 0], &rh[0, 0],
-                     chunk_steps, hp, hk, wp)
+                     chunk_steps, hp, hk, wp, wip)
 
 
 def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

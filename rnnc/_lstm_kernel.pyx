@@ -42,7 +42,8 @@ cdef void lstm_sequence(
         floating* h_prev,       # (N, P) out: state before each step (training), or NULL
         floating* c_prev,       # (N, H) out: cell state before each step, or NULL
         const floating* w_hh_packed,    # W_hh^T in panels (_small_gemm.h), or NULL
-        const floating* w_hr_packed) noexcept nogil:  # W_hr^T in panels, or NULL
+        const floating* w_hr_packed,    # W_hr^T in panels, or NULL
+        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, r, row0
@@ -52,7 +53,7 @@ cdef void lstm_sequence(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_inputs(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                       w_ih, b_ih, b_hh, G, G, xg)
+                       w_ih, w_ih_packed, b_ih, b_hh, G, G, xg)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -62,12 +63,12 @@ cdef void lstm_sequence(
                 memcpy(h_prev + offsets[t] * P, h, b * P * sizeof(floating))
                 memcpy(c_prev + offsets[t] * H, c, b * H * sizeof(floating))
             gates = xg + (offsets[t] - row0) * G
-            recurrent_gemm(b, G, P, h, P, w_hh, P, w_hh_packed, 1, gates, G)
+            recurrent_gemm(b, G, P, h, P, w_hh, P, w_hh_packed, 1, gates, G, s & 1)
             if w_hr == NULL:
                 lstm_pointwise(b, H, gates, c, h, H, out + offsets[t] * ldo, ldo)
             else:
                 lstm_pointwise(b, H, gates, c, hbuf, H, <floating*>NULL, 0)
-                recurrent_gemm(b, P, H, hbuf, H, w_hr, H, w_hr_packed, 0, h, P)
+                recurrent_gemm(b, P, H, hbuf, H, w_hr, H, w_hr_packed, 0, h, P, s & 1)
                 for r in range(b):
                     memcpy(out + (offsets[t] + r) * ldo, h + r * P, P * sizeof(floating))
 
@@ -242,14 +243,16 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] out, Py_ssize_t col0,
                  floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps,
                  floating[:, ::1] h_prev, floating[:, ::1] c_prev,
-                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed):
+                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed,
+                 const floating[:, :, ::1] w_ih_packed):
     """Run one LSTM layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
     columns [col0, col0 + P) of out are written. Non-empty h_prev/c_prev (training) receive the
     states before each step, and xg (then (N, 4H), chunk_steps = T) the gate activations.
     A non-empty w_hh_packed selects the small-batch recurrent kernel (and a non-empty
-    w_hr_packed, W_hr^T in panels, the same for the projection).
+    w_hr_packed, W_hr^T in panels, the same for the projection; a non-empty w_ih_packed,
+    W_ih^T in panels, for the input projection).
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], P = h.shape[1]
@@ -263,11 +266,12 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* cp = ptr_or_null(c_prev)
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     cdef const floating* wrp = &w_hr_packed[0, 0, 0] if w_hr_packed.shape[0] > 0 else NULL
+    cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                       reverse, &w_ih[0, 0], &w_hh[0, 0], bi, bh, wr, H, P,
                       &h[0, 0], &c[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], hb,
-                      chunk_steps, hp, cp, wp, wrp)
+                      chunk_steps, hp, cp, wp, wrp, wip)
 
 
 def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

@@ -112,12 +112,12 @@ cdef void forward_part(
                 copy_rows(h_next + b * H + u0, H, h_cur + b * H + u0, H, b_prev - b, nu)
             gates = xg + (offsets[t] - row0) * GN
             if mode == GRU:
-                recurrent_gemm(b, GN, H, h_cur, H, w_hh, H, w_hh_packed, 0, hg, GN)
+                recurrent_gemm(b, GN, H, h_cur, H, w_hh, H, w_hh_packed, 0, hg, GN, s & 1)
                 gru_pointwise_reset_after_ld(b, nu, gates, hg, b_hn, h_cur + u0, H,
                                              h_next + u0, H, out + offsets[t] * ldo + u0, ldo,
                                              <floating*>NULL)
             else:
-                recurrent_gemm(b, GN, H, h_cur, H, w_hh, H, w_hh_packed, 1, gates, GN)
+                recurrent_gemm(b, GN, H, h_cur, H, w_hh, H, w_hh_packed, 1, gates, GN, s & 1)
                 if mode == LSTM:
                     lstm_pointwise(b, nu, gates, cpart, h_next + u0, H,
                                    out + offsets[t] * ldo + u0, ldo)

@@ -31,7 +31,8 @@ cdef void rnn_sequence(
         floating* xg,           # (chunk_steps * B, H) workspace; (N, H) activations in training
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, H) out: state before each step, or NULL
-        const floating* w_hh_packed) noexcept nogil:  # W_hh^T in panels (_small_gemm.h), or NULL
+        const floating* w_hh_packed,    # W_hh^T in panels (_small_gemm.h), or NULL
+        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
     cdef bint keep = h_prev != NULL
@@ -40,7 +41,7 @@ cdef void rnn_sequence(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_inputs(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                       w_ih, b_ih, b_hh, H, H, xg)
+                       w_ih, w_ih_packed, b_ih, b_hh, H, H, xg)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -49,7 +50,7 @@ cdef void rnn_sequence(
             if keep:
                 memcpy(h_prev + offsets[t] * H, h, b * H * sizeof(floating))
             pre = xg + (offsets[t] - row0) * H
-            recurrent_gemm(b, H, H, h, H, w_hh, H, w_hh_packed, 1, pre, H)
+            recurrent_gemm(b, H, H, h, H, w_hh, H, w_hh_packed, 1, pre, H, s & 1)
             rnn_pointwise(b, H, use_relu, pre, h, out + offsets[t] * ldo, ldo)
 
 
@@ -96,12 +97,13 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
                 floating[:, ::1] xg, Py_ssize_t chunk_steps, floating[:, ::1] h_prev,
-                const floating[:, :, ::1] w_hh_packed):
+                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed):
     """Run one Elman RNN layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
     A non-empty h_prev (training) receives the state before each step, and xg (then (N, H),
-    chunk_steps = T) the activations.
+    chunk_steps = T) the activations. Non-empty w_hh_packed / w_ih_packed (W^T in the
+    small-batch kernel's panels) select that kernel for the recurrent / input product.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1]
@@ -111,10 +113,11 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         rnn_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, use_relu, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
-                     &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp, wp)
+                     &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp, wp, wip)
 
 
 def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

@@ -13,7 +13,7 @@
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm
+from rnnc._blas cimport gemm, small_gemm
 
 
 cdef inline void chunk_bounds(Py_ssize_t c, Py_ssize_t T, Py_ssize_t chunk_steps, bint reverse,
@@ -31,22 +31,26 @@ cdef inline void project_inputs(
         const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (nrows, I) packed input rows, stride ldx
         Py_ssize_t nrows,
         const floating* w_ih,   # (GH, I)
+        const floating* w_ih_packed,  # W_ih^T in the small-batch kernel's panels, or NULL
         const floating* b_ih,   # (GH,) or NULL
         const floating* b_hh,   # (GH,) or NULL; only its first n_fold entries are added
         Py_ssize_t GH, Py_ssize_t n_fold,
         floating* xg) noexcept nogil:  # (nrows, GH) out
-    """xg = x @ w_ih^T + b_ih + b_hh[:n_fold] (b_hh terms that commute with the gate math)."""
+    """xg = x @ w_ih^T + b_ih + b_hh[:n_fold] (b_hh terms that commute with the gate math).
+    With packed weights the product runs on the small-batch kernel (one thread), else BLAS."""
     cdef Py_ssize_t j
     cdef floating* row0 = xg
-    if b_ih == NULL and b_hh == NULL:
-        gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 0, xg, GH)
-        return
-    # The summed bias is laid into every row and the GEMM adds onto it (beta = 1): one pass of
-    # plain copies instead of two read-modify-write passes after the GEMM.
-    for j in range(GH):
-        row0[j] = (b_ih[j] if b_ih != NULL else 0) + (b_hh[j] if b_hh != NULL and j < n_fold else 0)
-    fill_rows(xg, GH, nrows)
-    gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, 1, xg, GH)
+    cdef floating beta = 0
+    if b_ih != NULL or b_hh != NULL:
+        # The summed bias is laid into every row and the product adds onto it (beta = 1): one
+        # pass of plain copies instead of two read-modify-write passes after it.
+        for j in range(GH):
+            row0[j] = ((b_ih[j] if b_ih != NULL else 0)
+                       + (b_hh[j] if b_hh != NULL and j < n_fold else 0))
+        fill_rows(xg, GH, nrows)
+        beta = 1
+    if not small_gemm(nrows, GH, I, x, ldx, w_ih_packed, beta, xg, GH):
+        gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, beta, xg, GH)
 
 
 cdef inline void copy_rows(floating* dst, Py_ssize_t ldd, const floating* src, Py_ssize_t lds,

@@ -180,6 +180,23 @@ def _use_small_gemm(dtype, batch, steps, one_thread=False):
     return _SMALL_GEMM[0] and 1 <= batch <= limit
 
 
+# With the small-batch kernel, the input projection x W_ih^T runs on it too, on W_ih packed
+# once per call: OpenBLAS packs W_ih itself on every GEMM, with a slower copy. Measured at 1
+# thread, pack + kernel against BLAS, weights out of cache as in a layer call: float32 (160 x
+# 1024) @ (1024 x 4096)^T (LSTM B8 H1024 T20) 14.1 vs 16.2 ms, (100 x 256) @ (256 x 1024)^T
+# 0.50 vs 0.58 ms, (3200 x 128) @ (128 x 512)^T 3.75 vs 4.10; float64 26.1 vs 28.7, 1.03 vs
+# 1.12, (1600 x 128) @ (128 x 512)^T 3.9 vs 4.4 (ties from 3200 rows; a chunk of the projection
+# has at most CHUNK_ELEMENTS outputs, 1024 rows at 4H = 1024). With more threads, where the layer
+# is not split, multi-threaded BLAS wins on larger projections (LSTM B1 H32 T1000 at 2 threads:
+# 0.284 vs 0.273 ms), the kernel on smaller ones (LSTM B1 H64 T100 0.133 vs 0.146, GRU 0.105 vs
+# 0.123): up to this many multiply-adds per chunk.
+PACKED_PROJECTION_MAX_THREADED_WORK = 1 << 21
+
+
+def _use_packed_projection(small, one_thread, rows, w_ih):
+    return small and (one_thread or rows * w_ih.size <= PACKED_PROJECTION_MAX_THREADED_WORK)
+
+
 # Bidirectional layers run their two directions concurrently (one on the calling thread, one on
 # rnnc's helper thread, BLAS at one thread each) when rnnc may use 2+ threads and the recurrent
 # product of one step has at least this many multiply-adds (batch x gates x hidden x state):
@@ -444,10 +461,10 @@ def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=Tru
         gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
                     _workspace("cell hg", (B, G * H), dtype),
                     _workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype), 1,
-                    empty2, empty2, empty3)
+                    empty2, empty2, empty3, empty3)
     else:
         rnn_forward(x, *steps, False, nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_new,
-                    out, 0, xg, 1, empty2, empty3)
+                    out, 0, xg, 1, empty2, empty3, empty3)
     return h_new, None
 
 
@@ -581,6 +598,9 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                            c_state[s], out, d * P, d)
                 return
             w_packed = pack_panels(w_hh, f"packed {d}") if small else empty3
+            w_ih_packed = (pack_panels(w_ih, f"packed ih {d}")
+                           if _use_packed_projection(small, one_thread, chunk_steps * B, w_ih)
+                           else empty3)
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
             xg = np.empty((n_rows, G * H), dtype=dtype) if train else w["xg"]
             if mode == "LSTM":
@@ -590,18 +610,18 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                              w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
                              out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed,
                              pack_panels(w_hr, f"packed hr {d}") if small and w_hr.size
-                             else empty3)
+                             else empty3, w_ih_packed)
                 extra = c_prev
             elif mode == "GRU":
                 hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
                 gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
                             w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, w["hg"],
-                            w["rh"], chunk_steps, h_prev, hn, w_packed)
+                            w["rh"], chunk_steps, h_prev, hn, w_packed, w_ih_packed)
                 extra = hn
             else:
                 rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                             nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_state[s],
-                            out, d * H, xg, chunk_steps, h_prev, w_packed)
+                            out, d * H, xg, chunk_steps, h_prev, w_packed, w_ih_packed)
                 extra = None
             if train:
                 cache.kept[k][d] = (xg, h_prev, extra, None)

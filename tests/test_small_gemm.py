@@ -301,8 +301,14 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
         return [dx, *(dhx if mode == "LSTM" else (dhx,))], gr
 
     fast, g_fast = grads()
-    # 4 forward, 4 backward; with proj_size W_hr's products use the kernel too (twice as many)
-    assert len(packs) == (16 if kw.get("proj_size") else 8)
+    # Per layer and direction: W_ih and W_hh forward (or one [W_ih | W_hh | b] for the fused
+    # LSTM product), W_hh backward; with proj_size W_hr forward and backward too
+    expected = 0
+    for I in (5, 2 * P):
+        fused = (mode == "LSTM" and not kw.get("proj_size")
+                 and _stack._fused_fits(B, 4 * H * (I + H + 1)))
+        expected += 2 * ((2 if fused else 3) + (2 if kw.get("proj_size") else 0))
+    assert len(packs) == expected
     assert set(packs) == {np.dtype(np.float64)}
     monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
     blas, g_blas = grads()
