@@ -45,18 +45,21 @@ cdef inline void project_part(
         const floating* x, Py_ssize_t ldx, Py_ssize_t I, Py_ssize_t nrows,
         const floating* w_ih,     # (GN, I): this part's rows of every gate block, or with
         Py_ssize_t gate_stride,   # > 0 the part's rows of gate 0 inside W_ih, gates this apart
+        const floating* w_ih_packed,  # the part's rows in panels, or NULL
         const floating* bias,     # (GN,) this part's folded biases, or NULL
         Py_ssize_t GN, Py_ssize_t nu, floating* xg) noexcept nogil:  # (nrows, GN) out
-    """This part's gate columns of x @ W_ih^T + bias: one GEMM on the gathered rows, or one
-    per gate block read in place (large weights: the gathered copy cost a pass over them
-    through memory; for small ones the extra packing of the inputs costs more, LSTM B16 H128
-    30%)."""
+    """This part's gate columns of x @ W_ih^T + bias: with the small-batch kernel on the
+    part's packed rows; else one GEMM on the gathered rows, or one per gate block read in
+    place (large weights: the gathered copy cost a pass over them through memory; for small
+    ones the extra packing of the inputs costs more, LSTM B16 H128 30%)."""
     cdef Py_ssize_t g
     cdef floating beta = 0
     if bias != NULL:
         memcpy(xg, bias, GN * sizeof(floating))
         fill_rows(xg, GN, nrows)
         beta = 1
+    if small_gemm(nrows, GN, I, x, ldx, w_ih_packed, beta, xg, GN):
+        return
     if gate_stride == 0:
         gemm(False, True, nrows, GN, I, 1, x, ldx, w_ih, I, beta, xg, GN)
         return
@@ -71,6 +74,7 @@ cdef void forward_part(
         const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
         const floating* w_ih,      # (G*nu, I) this part's rows of W_ih, or with
         Py_ssize_t w_ih_gate_stride,  # > 0 its rows of gate 0 in W_ih, the gates this apart
+        const floating* w_ih_packed,  # this part's rows of W_ih in panels, or NULL
         const floating* bias,      # (G*nu,) folded input-side biases of this part, or NULL
         const floating* b_hn,      # (nu,) GRU: this part's b_hn, or NULL
         const floating* w_hh,      # (G*nu, H) this part's rows of W_hh (BLAS path)
@@ -98,7 +102,7 @@ cdef void forward_part(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_part(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                     w_ih, w_ih_gate_stride, bias, GN, nu, xg)
+                     w_ih, w_ih_gate_stride, w_ih_packed, bias, GN, nu, xg)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -201,6 +205,7 @@ cdef struct Part:
     const void* w_hh_src       # (G*H, H) the layer's W_hh
     void* w_hh                 # (G*nu, H) this part's rows of it, or NULL (packed from w_hh_src)
     void* w_hh_packed          # this part's rows in panels, or NULL (BLAS path: w_hh)
+    void* w_ih_packed          # this part's rows of W_ih in panels, or NULL (BLAS projection)
     Py_ssize_t G, H, u0, nu, B
     void* hbuf
     void* h
@@ -225,6 +230,7 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
     cdef floating* w_ih = <floating*>p.w_ih
     cdef floating* w_hh = <floating*>p.w_hh
     cdef floating* packed = <floating*>p.w_hh_packed
+    cdef floating* ih_packed = <floating*>p.w_ih_packed
     cdef const floating* bias = <const floating*>p.bias
     cdef Py_ssize_t K = I + H + 1, j, r
     if p.xh != NULL:
@@ -254,9 +260,17 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
             for g in range(G):
                 pack_panels(nu, H, w_hh_src + (g * H + u0) * H, H, 1,
                             packed + g * (nu // W) * H * W)
+    if ih_packed != NULL:
+        if w_ih != NULL:
+            pack_panels(G * nu, I, w_ih, I, 1, ih_packed)
+        else:
+            for g in range(G):
+                pack_panels(nu, I, w_ih_src + (g * H + u0) * I, I, 1,
+                            ih_packed + g * (nu // W) * I * W)
     forward_part(p.mode, <const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
                  p.reverse, w_ih if w_ih != NULL else w_ih_src + u0 * I,
-                 0 if w_ih != NULL else H * I, <const floating*>p.bias, <const floating*>p.b_hn,
+                 0 if w_ih != NULL else H * I, ih_packed, <const floating*>p.bias,
+                 <const floating*>p.b_hn,
                  w_hh, packed, G, H, u0, nu, p.B, <floating*>p.hbuf, <floating*>p.h,
                  <floating*>p.c, <floating*>p.cpart, <floating*>p.out, p.ldo,
                  <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, 2)
@@ -301,7 +315,7 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
                         Py_ssize_t u0, Py_ssize_t nu, const floating[::1] bias,
                         const floating[::1] b_hn, floating[:, ::1] w_ih_part,
                         floating[:, ::1] w_hh_part, floating[:, :, ::1] packed,
-                        floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
+                        floating[:, :, ::1] ih_packed, floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
                         floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] xh,
                         Py_ssize_t chunk_steps, int[::1] bar) noexcept:
@@ -321,6 +335,7 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
     q.w_hh_src = &w_hh[0, 0]
     q.w_hh = data_or_null(<const char*>w_hh_part._data, w_hh_part.shape[0])
     q.w_hh_packed = data_or_null(<const char*>packed._data, packed.shape[0])
+    q.w_ih_packed = data_or_null(<const char*>ih_packed._data, ih_packed.shape[0])
     q.G = w_ih.shape[0] // h.shape[1]
     q.H = h.shape[1]
     q.u0 = u0
@@ -348,6 +363,7 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                      floating[:, ::1] w_ih0, floating[:, ::1] w_ih1,
                      floating[:, ::1] w_hh0, floating[:, ::1] w_hh1,
                      floating[:, :, ::1] packed0, floating[:, :, ::1] packed1,
+                     floating[:, :, ::1] ih_packed0, floating[:, :, ::1] ih_packed1,
                      floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
                      floating[:, ::1] cpart0, floating[:, ::1] cpart1,
                      floating[:, ::1] out, Py_ssize_t col0,
@@ -361,7 +377,9 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     GRU b_hn, w_ih{p} its (G*nu, I) rows to fill (zero-size: the projection reads W_ih's
     gate blocks in place), w_hh{p} its (G*nu, H) rows to fill or
     zero-size when packed{p} is packed straight from w_hh, packed{p} zero-size for the BLAS
-    path); zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM.
+    path), ih_packed{p} its rows of W_ih in panels to fill (packed from w_ih{p} when that is
+    not zero-size, else from W_ih's gate blocks, whole panels each) or zero-size for a BLAS
+    projection; zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM.
     Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then
     (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column."""
     cdef Py_ssize_t H = h.shape[1]
@@ -374,10 +392,10 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
         raise RuntimeError("split_forward_py: the helper thread is not running "
                            "(call split_helper_ready() first)")
     describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
-                  bias0, b_hn0, w_ih0, w_hh0, packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
+                  bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
                   xh0, chunk_steps, bar)
     describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
-                  H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, hbuf, h, c, cpart1, out, col0,
+                  H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, ih_packed1, hbuf, h, c, cpart1, out, col0,
                   xg1, hg1, xh1, chunk_steps, bar)
     with nogil:
         rnnc_worker_post(_helper)

@@ -223,6 +223,6 @@ def test_split_needs_two_nonempty_parts(force_split, monkeypatch):
     with pytest.raises(ValueError, match="half must be in"):
         split_forward_py(0, np.zeros((2, 3)), np.array([2], np.intp), np.array([0], np.intp),
                          False, np.zeros((16, 3)), np.zeros((16, 16)), 16, e1, e1, e1, e1,
-                         e2, e2, e2, e2, e3, e3, np.zeros((2, 2, 16)), h, e2, e2, e2,
+                         e2, e2, e2, e2, e3, e3, e3, e3, np.zeros((2, 2, 16)), h, e2, e2, e2,
                          np.zeros((2, 16)), 0, e2, e2, e2, e2, e2, e2, 1,
                          np.zeros(16, np.int32))
