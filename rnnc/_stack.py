@@ -23,6 +23,24 @@ from rnnc._validation import check_blas_size
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
+
+class _Kernels:
+    """The compiled kernels' entry points, imported on first use (see above) and then kept as
+    attributes: an import statement in a function costs ~0.7 us a call even when the module is
+    loaded, and a short layer call made six of them."""
+
+    def __getattr__(self, name):
+        from rnnc import _blas, _gru_kernel, _lstm_kernel, _parallel_forward, _rnn_kernel
+        for module in (_lstm_kernel, _gru_kernel, _rnn_kernel, _blas, _parallel_forward):
+            if hasattr(module, name):
+                value = getattr(module, name)
+                setattr(self, name, value)
+                return value
+        raise AttributeError(name)
+
+
+_K = _Kernels()
+
 # Elements of the input-projection workspace per layer call. Bounds inference memory for long
 # sequences while keeping each projection GEMM large (>= ~64 rows for hidden sizes <= 1024).
 CHUNK_ELEMENTS = 1 << 20
@@ -173,8 +191,7 @@ def _use_small_gemm(dtype, batch, steps, one_thread=False):
     if dtype != np.float32 and dtype != np.float64:
         return False
     if not _SMALL_GEMM:
-        from rnnc._blas import has_small_gemm
-        _SMALL_GEMM.append(has_small_gemm())
+        _SMALL_GEMM.append(_K.has_small_gemm())
     threads = 1 if one_thread else cached_num_threads()
     limit = SMALL_GEMM_MAX_BATCH.get(threads, SMALL_GEMM_MAX_BATCH_THREADED)
     return _SMALL_GEMM[0] and 1 <= batch <= limit
@@ -267,14 +284,13 @@ def _use_fused(mode, B, I, H, proj_size, train, small, one_thread):
 
 
 def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
-    from rnnc._lstm_kernel import lstm_fused_forward
     dtype = layer_in.dtype
     G, H = w_hh.shape
     I = w_ih.shape[1]
-    lstm_fused_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
-                       _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0,
-                       _workspace(f"fused xh {d}", (h.shape[0], I + H + 1), dtype),
-                       _workspace(f"fused gates {d}", (h.shape[0], G), dtype))
+    _K.lstm_fused_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
+                          _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0,
+                          _workspace(f"fused xh {d}", (h.shape[0], I + H + 1), dtype),
+                          _workspace(f"fused gates {d}", (h.shape[0], G), dtype))
 
 
 # A split part copies its rows of W_ih together (one projection GEMM) unless W_ih has at least
@@ -307,7 +323,6 @@ def _fused_weights(w_ih, w_hh, b_ih, b_hh, d):
 
 
 def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
-    from rnnc._lstm_kernel import lstm_fused_train_forward
     dtype = layer_in.dtype
     G, H = w_hh.shape
     I = w_ih.shape[1]
@@ -317,9 +332,9 @@ def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, ou
     xh[:, I + H] = 1
     act = np.empty((n_rows, G), dtype=dtype)
     c_prev = np.empty((n_rows, H), dtype=dtype)
-    lstm_fused_train_forward(xh, layout.batch_sizes, layout.offsets, reverse,
-                             _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0, act,
-                             c_prev)
+    _K.lstm_fused_train_forward(xh, layout.batch_sizes, layout.offsets, reverse,
+                                _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0, act,
+                                c_prev)
     return act, xh, c_prev, FUSED
 
 
@@ -331,8 +346,7 @@ def _split_begin():
     rnnc/_parallel_forward.pyx is running and no other thread's call is using it."""
     if not _SPLIT_LOCK.acquire(blocking=False):
         return False
-    from rnnc._parallel_forward import split_helper_ready
-    if split_helper_ready():
+    if _K.split_helper_ready():
         return True
     _SPLIT_LOCK.release()
     return False
@@ -344,13 +358,11 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     helper thread of rnnc/_parallel_forward.pyx (the caller holds _split_begin()). Everything
     is allocated here, before either part starts: the parts wait for each other every step, so
     neither may fail alone. Each part copies and packs its own weight rows."""
-    from rnnc._blas import panel_width
-    from rnnc._parallel_forward import split_forward_py
     dtype = layer_in.dtype
     G, H = GATES[mode], h.shape[1]
     B = h.shape[0]
     half = max(16, H // 2 // 16 * 16)
-    width = panel_width(dtype)
+    width = _K.panel_width(dtype)
     bias = None
     if b_ih.size:
         bias = (b_ih + b_hh) if mode != "GRU" else b_ih + np.concatenate(
@@ -391,21 +403,20 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
             xh=_workspace(f"split xh {p}", (B, K), dtype) if fused else empty2)
     a, b = args[0], args[1]
     with blas_one_thread():
-        split_forward_py(code, layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
-                         half, a["bias"], b["bias"], a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"],
-                         a["w_hh"], b["w_hh"], a["packed"], b["packed"], a["ih_packed"],
-                         b["ih_packed"], hbuf, h,
-                         c if c is not None else empty2, a["cpart"], b["cpart"], out, col0,
-                         a["xg"], b["xg"], a["hg"], b["hg"], a["xh"], b["xh"], chunk_steps,
-                         new_barrier())
+        _K.split_forward_py(code, layer_in, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
+                            half, a["bias"], b["bias"], a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"],
+                            a["w_hh"], b["w_hh"], a["packed"], b["packed"], a["ih_packed"],
+                            b["ih_packed"], hbuf, h,
+                            c if c is not None else empty2, a["cpart"], b["cpart"], out, col0,
+                            a["xg"], b["xg"], a["hg"], b["hg"], a["xh"], b["xh"], chunk_steps,
+                            new_barrier())
 
 
 def panel_workspace(key, rows, K, dtype):
     """A buffer for `rows` rows of (K) weights in the small-batch kernel's panels,
     (ceil(rows / W), K, W): this thread's scratch buffer `key` (a fresh array when key is None),
     64-byte aligned when large (see SMALL_GEMM_ALIGN_BYTES)."""
-    from rnnc._blas import panel_width
-    width = panel_width(dtype)
+    width = _K.panel_width(dtype)
     shape = (-(-rows // width), K, width)
     if key:
         return _workspace(key, shape, dtype)       # always 64-byte aligned
@@ -419,9 +430,8 @@ def pack_panels(w, key=None):
     the small-batch kernel's weights, W = 64 for float32 and 32 for float64 (the dtype of w).
     Packed afresh on every call, so in-place parameter updates are always seen; into this
     thread's scratch buffer `key` when given."""
-    from rnnc._blas import pack_panels_into
     packed = panel_workspace(key, w.shape[0], w.shape[1], w.dtype)
-    pack_panels_into(w, packed)
+    _K.pack_panels_into(w, packed)
     return packed
 
 
@@ -447,9 +457,6 @@ def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=Tru
     params are named as layer 0's ("weight_ih_l0"), or with another suffix (a cell's: "").
     The layer kernel is called directly: with one step every row is active, so there is no
     packed layout to build, nothing to chunk or split, and (one step) no weights to pack."""
-    from rnnc._gru_kernel import gru_forward
-    from rnnc._lstm_kernel import lstm_cell_forward
-    from rnnc._rnn_kernel import rnn_forward
     B, H = h.shape
     dtype = x.dtype
     if B == 0:
@@ -463,7 +470,7 @@ def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=Tru
     xg = _workspace("cell xg", (B, G * H), dtype)
     if mode == "LSTM":
         c_new = c.copy()
-        lstm_cell_forward(x, w_ih, w_hh, b_ih, b_hh, h_new, c_new, xg)
+        _K.lstm_cell_forward(x, w_ih, w_hh, b_ih, b_hh, h_new, c_new, xg)
         return h_new, c_new
     steps = _ONE_STEP.get(B)
     if steps is None:
@@ -471,13 +478,13 @@ def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=Tru
     empty2, empty3 = _empty(dtype, 2), _empty(dtype, 3)
     out = _workspace("cell out", (B, H), dtype)
     if mode == "GRU":
-        gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
-                    _workspace("cell hg", (B, G * H), dtype),
-                    _workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype), 1,
-                    empty2, empty2, empty3, empty3)
+        _K.gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
+                       _workspace("cell hg", (B, G * H), dtype),
+                       _workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype), 1,
+                       empty2, empty2, empty3, empty3)
     else:
-        rnn_forward(x, *steps, False, nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_new,
-                    out, 0, xg, 1, empty2, empty3, empty3)
+        _K.rnn_forward(x, *steps, False, nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_new,
+                       out, 0, xg, 1, empty2, empty3, empty3)
     return h_new, None
 
 
@@ -500,9 +507,6 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
          reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None):
     if reverse_all and bidirectional:
         raise ValueError("reverse_all=True requires bidirectional=False")
-    from rnnc._gru_kernel import gru_forward
-    from rnnc._lstm_kernel import lstm_forward
-    from rnnc._rnn_kernel import rnn_forward
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     G = GATES[mode]
@@ -619,22 +623,22 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             if mode == "LSTM":
                 w_hr = params.get(f"weight_hr_l{k}{sfx}", empty2)
                 c_prev = np.empty((n_rows, H), dtype=dtype) if train else empty2
-                lstm_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
-                             w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
-                             out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed,
-                             pack_panels(w_hr, f"packed hr {d}") if small and w_hr.size
-                             else empty3, w_ih_packed)
+                _K.lstm_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
+                                w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
+                                out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed,
+                                pack_panels(w_hr, f"packed hr {d}") if small and w_hr.size
+                                else empty3, w_ih_packed)
                 extra = c_prev
             elif mode == "GRU":
                 hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
-                gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
-                            w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, w["hg"],
-                            w["rh"], chunk_steps, h_prev, hn, w_packed, w_ih_packed)
+                _K.gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
+                               w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, w["hg"],
+                               w["rh"], chunk_steps, h_prev, hn, w_packed, w_ih_packed)
                 extra = hn
             else:
-                rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
-                            nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_state[s],
-                            out, d * H, xg, chunk_steps, h_prev, w_packed, w_ih_packed)
+                _K.rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
+                               nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_state[s],
+                               out, d * H, xg, chunk_steps, h_prev, w_packed, w_ih_packed)
                 extra = None
             if train:
                 cache.kept[k][d] = (xg, h_prev, extra, None)
@@ -660,9 +664,6 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     so a cache serves one backward. Returns dx (T, B, I), dh0, dc0 (None unless LSTM) and a
     dict of parameter gradients keyed like the parameters.
     """
-    from rnnc._gru_kernel import gru_backward
-    from rnnc._lstm_kernel import lstm_backward, lstm_fused_backward
-    from rnnc._rnn_kernel import rnn_backward
     mode, params, D, H, P = cache.mode, cache.params, cache.D, cache.H, cache.P
     T, B, L = cache.T, cache.B, cache.num_layers
     dtype = grad_out.dtype
@@ -722,11 +723,11 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
             s = k * D + d
             act, h_prev, extra, how = cache.kept[k][d]
             if how is FUSED:    # the forward kept [x | h_prev | 1] rows in h_prev's place
-                lstm_fused_backward(h_prev, layout.batch_sizes, layout.offsets, reverse, w_ih,
-                                    w_hh, act, extra, dlayer, d * P, dh_s[s], dc_s[s], dx,
-                                    add_dx, np.empty((4 * H, h_prev.shape[1]), dtype=dtype),
-                                    dw_ih, dw_hh, db_ih, db_hh, w["tc_row"],
-                                    pack_panels(w_hh.T, f"packed {d}") if small else empty3)
+                _K.lstm_fused_backward(h_prev, layout.batch_sizes, layout.offsets, reverse, w_ih,
+                                       w_hh, act, extra, dlayer, d * P, dh_s[s], dc_s[s], dx,
+                                       add_dx, np.empty((4 * H, h_prev.shape[1]), dtype=dtype),
+                                       dw_ih, dw_hh, db_ih, db_hh, w["tc_row"],
+                                       pack_panels(w_hh.T, f"packed {d}") if small else empty3)
                 return
             if how is not None:   # the forward ran split: so does the backward
                 from rnnc._split_train import lstm_backward as split_lstm_backward
@@ -735,24 +736,24 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                 return
             w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
             if mode == "LSTM":
-                lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
-                              params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
-                              dh_s[s], dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
-                              grads.get(names[4], empty2), w["dhh"], w["hbuf_all"],
-                              w["dhp_all"], w["tc_row"], w["db_acc"], w_packed,
-                              pack_panels(params[names[4]].T, f"packed hr {d}")
-                              if small and names[4] in params else empty3)
+                _K.lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
+                                 params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
+                                 dh_s[s], dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
+                                 grads.get(names[4], empty2), w["dhh"], w["hbuf_all"],
+                                 w["dhp_all"], w["tc_row"], w["db_acc"], w_packed,
+                                 pack_panels(params[names[4]].T, f"packed hr {d}")
+                                 if small and names[4] in params else empty3)
             elif mode == "GRU":
                 hn = extra if cache.reset_after else np.empty((n_rows, H), dtype=dtype)
-                gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
-                             cache.reset_after, w_ih, w_hh, act, h_prev, hn, dlayer, d * H,
-                             dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, w["work"],
-                             w["db_acc"], w_packed)
+                _K.gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
+                                cache.reset_after, w_ih, w_hh, act, h_prev, hn, dlayer, d * H,
+                                dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, w["work"],
+                                w["db_acc"], w_packed)
             else:
-                rnn_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
-                             cache.nonlinearity == "relu", w_ih, w_hh, act, h_prev, dlayer,
-                             d * H, dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
-                             w["db_acc"], w_packed)
+                _K.rnn_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
+                                cache.nonlinearity == "relu", w_ih, w_hh, act, h_prev, dlayer,
+                                d * H, dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh,
+                                w["db_acc"], w_packed)
 
         if D == 2:
             _run_directions(direction, parallel)
