@@ -12,7 +12,9 @@
 #
 # The array forms (sigmoid_inplace, tanh_inplace) are what the kernels use on whole gate blocks:
 # in float32 they call the vectorised functions of _simd_math.h (runtime CPU dispatch, a few
-# ulps); in float64 they loop over the exact scalar functions below.
+# ulps); in float64 the vectorised float64 functions there (AVX-512: the same formulas as the
+# scalar functions below, with exp / expm1 evaluated to about an ulp; within 2 ulp of libm),
+# else a loop over the scalar functions below.
 from cython cimport floating
 from libc.math cimport exp, expf, expm1, fabs, copysign
 
@@ -20,6 +22,8 @@ from libc.math cimport exp, expf, expm1, fabs, copysign
 cdef extern from "_simd_math.h" nogil:
     void rnnc_sigmoid_f32(float* x, Py_ssize_t n)
     void rnnc_tanh_f32(float* x, Py_ssize_t n)
+    bint rnnc_sigmoid_f64(double* x, Py_ssize_t n)
+    bint rnnc_tanh_f64(double* x, Py_ssize_t n)
     void rnnc_lstm_row_f32(Py_ssize_t H, float* g, float* c, float* h, float* out)
     void rnnc_gru_row_f32(Py_ssize_t H, float* x, const float* hg, const float* b_hn,
                           const float* h_old, float* h_new, float* out, float* hn_keep)
@@ -57,7 +61,7 @@ cdef inline void sigmoid_inplace(floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     if floating is float:
         rnnc_sigmoid_f32(x, n)
-    else:
+    elif not rnnc_sigmoid_f64(x, n):
         for i in range(n):
             x[i] = sigmoid(x[i])
 
@@ -66,6 +70,6 @@ cdef inline void tanh_inplace(floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     if floating is float:
         rnnc_tanh_f32(x, n)
-    else:
+    elif not rnnc_tanh_f64(x, n):
         for i in range(n):
             x[i] = tanh_(x[i])
