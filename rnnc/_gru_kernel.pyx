@@ -38,7 +38,9 @@ cdef void gru_sequence(
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, H) out: state before each step (training), or NULL
         floating* hn_keep,      # (N, H) out: W_hn h + b_hn (training, reset_after)
-        const floating* w_hh_packed,    # W_hh^T in panels, or NULL (reset_after)
+        const floating* w_hh_packed,    # W_hh^T in panels, or NULL; [W_hr; W_hz]^T when
+                                        # not reset_after
+        const floating* w_hn_packed,    # not reset_after: W_hn^T in panels, or NULL
         const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
@@ -66,9 +68,10 @@ cdef void gru_sequence(
                 gru_pointwise_reset_after(b, H, xs, hg, b_hn, h, out + offsets[t] * ldo, ldo,
                                           hn_keep + offsets[t] * H if keep else NULL)
             else:
-                gemm(False, True, b, 2 * H, H, 1, h, H, w_hh, H, 0, hg, G)
+                recurrent_gemm(b, 2 * H, H, h, H, w_hh, H, w_hh_packed, 0, hg, G, s & 1)
                 gru_reset_gate_before(b, H, xs, hg, h, rh)
-                gemm(False, True, b, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, hg + 2 * H, G)
+                recurrent_gemm(b, H, H, rh, H, w_hh + 2 * H * H, H, w_hn_packed, 0, hg + 2 * H,
+                               G, s & 1)
                 gru_update_before(b, H, xs, hg, h, out + offsets[t] * ldo, ldo)
 
 
@@ -90,7 +93,9 @@ cdef void gru_sequence_backward(
         floating* db_ih, floating* db_hh,     # (3H,) out (+=), or NULL
         floating* work,                       # (B, 3H) workspace
         floating* db_acc,                     # (4H,) workspace (reset_after): bias sums
-        const floating* w_hh_packed) noexcept nogil:  # W_hh in panels, or NULL (reset_after)
+        const floating* w_hh_packed,    # W_hh in panels, or NULL; [W_hr; W_hz] when not
+                                        # reset_after
+        const floating* w_hn_packed) noexcept nogil:  # not reset_after: W_hn in panels, or NULL
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]
     cdef Py_ssize_t s, t, b, off, j
@@ -113,10 +118,10 @@ cdef void gru_sequence_backward(
             gru_pointwise_backward_before_n(b, H, act + off * G, h_prev + off * H, dh,
                                             dout + off * ldd, ldd, hn + off * H)
             # d(r * h_prev) = dA_n @ W_hn
-            gemm(False, False, b, H, H, 1, act + off * G + 2 * H, G, w_hh + 2 * H * H, H,
-                 0, work, H)
+            recurrent_gemm_nn(b, H, H, act + off * G + 2 * H, G, w_hh + 2 * H * H, H,
+                              w_hn_packed, 0, work, H)
             gru_pointwise_backward_before_r(b, H, act + off * G, h_prev + off * H, work, dh)
-            gemm(False, False, b, H, 2 * H, 1, act + off * G, G, w_hh, H, 1, dh, H)
+            recurrent_gemm_nn(b, H, 2 * H, act + off * G, G, w_hh, H, w_hh_packed, 1, dh, H)
     input_side_backward(act, G, N, x, ldx, I, w_ih, dx, lddx, add_dx, dw_ih,
                         <floating*>NULL if reset_after else db_ih)
     # dW_hr, dW_hz: their pre-activation gradients equal the input side's.
@@ -143,14 +148,16 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
                 floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] rh,
                 Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep,
-                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed):
+                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hn_packed,
+                const floating[:, :, ::1] w_ih_packed):
     """Run one GRU layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
     A non-empty h_prev (training) receives the state before each step, hn_keep W_hn h + b_hn
     (reset_after), and xg (then (N, 3H), chunk_steps = T) the activations r, z, n.
     Non-empty w_hh_packed / w_ih_packed (W^T in the small-batch kernel's panels) select that
-    kernel for the recurrent / input product.
+    kernel for the recurrent / input product; with reset_after=False w_hh_packed holds
+    [W_hr; W_hz]^T and w_hn_packed W_hn^T (the two products of a step).
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1]
@@ -162,11 +169,12 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* hk = &hn_keep[0, 0] if hn_keep.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
+    cdef const floating* wnp = &w_hn_packed[0, 0, 0] if w_hn_packed.shape[0] > 0 else NULL
     with nogil:
         gru_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], &hg[0, 0], &rh[0, 0],
-                     chunk_steps, hp, hk, wp, wip)
+                     chunk_steps, hp, hk, wp, wnp, wip)
 
 
 def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
@@ -177,12 +185,15 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] dx, bint add_dx,
                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
                  floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] work,
-                 floating[::1] db_acc, const floating[:, :, ::1] w_hh_packed):
+                 floating[::1] db_acc, const floating[:, :, ::1] w_hh_packed,
+                 const floating[:, :, ::1] w_hn_packed):
     """BPTT through one GRU layer and direction after a training forward.
 
     act (N, 3H) holds the kept activations and is overwritten; hn (N, H) holds W_hn h + b_hn
     (reset_after) or is workspace. dh holds the gradient of h_n and receives that of h_0.
-    work (B, 3H) and db_acc (4H,) are workspace.
+    work (B, 3H) and db_acc (4H,) are workspace. Non-empty w_hh_packed (W_hh in the
+    small-batch kernel's panels; [W_hr; W_hz] when not reset_after) and w_hn_packed (W_hn, not
+    reset_after) select that kernel for the recurrent products.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dh.shape[1]
@@ -191,10 +202,11 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
     cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    cdef const floating* wnp = &w_hn_packed[0, 0, 0] if w_hn_packed.shape[0] > 0 else NULL
     with nogil:
         gru_sequence_backward(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0],
                               T, reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], H,
                               &act[0, 0], &h_prev[0, 0], &hn[0, 0], &dout[0, col0],
                               dout.shape[1], &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
                               &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0],
-                              &db_acc[0], wp)
+                              &db_acc[0], wp, wnp)

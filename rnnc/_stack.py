@@ -481,7 +481,7 @@ def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=Tru
         _K.gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
                        _workspace("cell hg", (B, G * H), dtype),
                        _workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype), 1,
-                       empty2, empty2, empty3, empty3)
+                       empty2, empty2, empty3, empty3, empty3)
     else:
         _K.rnn_forward(x, *steps, False, nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_new,
                        out, 0, xg, 1, empty2, empty3, empty3)
@@ -557,8 +557,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             w["hbuf"] = np.empty((B, H), dtype=dtype) if proj_size else _empty(dtype, 2)
         ws.append(w)
     empty1, empty2, empty3 = _empty(dtype, 1), _empty(dtype, 2), _empty(dtype, 3)
-    small = (_use_small_gemm(dtype, B, steps, one_thread=parallel)
-             and (mode != "GRU" or reset_after))
+    small = _use_small_gemm(dtype, B, steps, one_thread=parallel)
     one_thread = parallel or cached_num_threads() == 1     # each direction on one thread
     if train:
         cache.layout = layout
@@ -614,7 +613,13 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s],
                            c_state[s], out, d * P, d)
                 return
-            w_packed = pack_panels(w_hh, f"packed {d}") if small else empty3
+            # GRU with reset_after=False multiplies by [W_hr; W_hz] and W_hn separately.
+            w_hn_packed = empty3
+            if small and mode == "GRU" and not reset_after:
+                w_packed = pack_panels(w_hh[:2 * H], f"packed {d}")
+                w_hn_packed = pack_panels(w_hh[2 * H:], f"packed hn {d}")
+            else:
+                w_packed = pack_panels(w_hh, f"packed {d}") if small else empty3
             w_ih_packed = (pack_panels(w_ih, f"packed ih {d}")
                            if _use_packed_projection(small, one_thread, chunk_steps * B, w_ih)
                            else empty3)
@@ -633,7 +638,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
                 _K.gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
                                w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, w["hg"],
-                               w["rh"], chunk_steps, h_prev, hn, w_packed, w_ih_packed)
+                               w["rh"], chunk_steps, h_prev, hn, w_packed, w_hn_packed,
+                               w_ih_packed)
                 extra = hn
             else:
                 _K.rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
@@ -703,8 +709,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                 w["dhh"] = w["hbuf_all"] = w["dhp_all"] = empty2
         ws.append(w)
 
-    small = (_use_small_gemm(dtype, B, len(layout.batch_sizes), one_thread=parallel)
-             and (mode != "GRU" or cache.reset_after))
+    small = _use_small_gemm(dtype, B, len(layout.batch_sizes), one_thread=parallel)
     for k in reversed(range(L)):
         x_k = cache.layer_in[k]
         # Each direction writes its own input gradient when they run concurrently.
@@ -734,7 +739,12 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                 split_lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P, dh_s[s],
                                     dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh)
                 return
-            w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
+            w_hn_packed = empty3
+            if small and mode == "GRU" and not cache.reset_after:
+                w_packed = pack_panels(w_hh[:2 * H].T, f"packed {d}")
+                w_hn_packed = pack_panels(w_hh[2 * H:].T, f"packed hn {d}")
+            else:
+                w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
             if mode == "LSTM":
                 _K.lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                                  params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,
@@ -748,7 +758,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                 _K.gru_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
                                 cache.reset_after, w_ih, w_hh, act, h_prev, hn, dlayer, d * H,
                                 dh_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, w["work"],
-                                w["db_acc"], w_packed)
+                                w["db_acc"], w_packed, w_hn_packed)
             else:
                 _K.rnn_backward(x_k, layout.batch_sizes, layout.offsets, reverse,
                                 cache.nonlinearity == "relu", w_ih, w_hh, act, h_prev, dlayer,

@@ -252,7 +252,7 @@ def _f64_case(mode, B, H, T, kw, seed):
 
 F64_LAYERS = [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}), ("RNN", {}),
               ("RNN", {"nonlinearity": "relu"}), ("LSTM", {"bidirectional": True}),
-              ("GRU", {"num_layers": 2, "bidirectional": True})]
+              ("GRU", {"num_layers": 2, "bidirectional": True}), ("GRU", {"reset_after": False})]
 F64_SHAPES = [(1, 1), (1, 33), (2, 31), (3, 7), (4, 32), (5, 63), (8, 100), (17, 65), (33, 40),
               (64, 97), (70, 33)]
 
@@ -279,7 +279,7 @@ def test_float64_forward_matches_blas_and_reference(monkeypatch, packs, mode, kw
 
 @needs_kernel
 @pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
-                                     ("RNN", {})])
+                                     ("GRU", {"reset_after": False}), ("RNN", {})])
 @pytest.mark.parametrize("B,H", [(1, 9), (3, 7), (5, 65), (16, 40), (37, 33), (70, 31)])
 def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, kw, B, H):
     # Two bidirectional layers: the backward multiplies dA @ W_hh with W_hh^T packed (the
@@ -302,12 +302,14 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
 
     fast, g_fast = grads()
     # Per layer and direction: W_ih and W_hh forward (or one [W_ih | W_hh | b] for the fused
-    # LSTM product), W_hh backward; with proj_size W_hr forward and backward too
+    # LSTM product), W_hh backward; with proj_size W_hr forward and backward too; GRU with
+    # reset_after=False packs [W_hr; W_hz] and W_hn apart, forward and backward
     expected = 0
     for I in (5, 2 * P):
         fused = (mode == "LSTM" and not kw.get("proj_size")
                  and _stack._fused_fits(B, 4 * H * (I + H + 1)))
-        expected += 2 * ((2 if fused else 3) + (2 if kw.get("proj_size") else 0))
+        expected += 2 * ((2 if fused else 3) + (2 if kw.get("proj_size") else 0)
+                         + (2 if kw.get("reset_after") is False else 0))
     assert len(packs) == expected
     assert set(packs) == {np.dtype(np.float64)}
     monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
