@@ -9,7 +9,8 @@ def gru_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                 xg: NDArray[np.floating], hg: NDArray[np.floating], rh: NDArray[np.floating],
                 chunk_steps: int, h_prev: NDArray[np.floating],
                 hn_keep: NDArray[np.floating],
-                w_hh_packed: NDArray[np.floating]) -> None: ...
+                w_hh_packed: NDArray[np.floating], w_hn_packed: NDArray[np.floating],
+                w_ih_packed: NDArray[np.floating]) -> None: ...
 
 def gru_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  offsets: NDArray[np.intp], reverse: bool, reset_after: bool,
@@ -20,4 +21,5 @@ def gru_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
                  db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
                  work: NDArray[np.floating], db_acc: NDArray[np.floating],
-                 w_hh_packed: NDArray[np.floating]) -> None: ...
+                 w_hh_packed: NDArray[np.floating],
+                 w_hn_packed: NDArray[np.floating]) -> None: ...

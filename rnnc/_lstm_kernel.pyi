@@ -9,7 +9,8 @@ def lstm_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  out: NDArray[np.floating], col0: int, xg: NDArray[np.floating],
                  hbuf: NDArray[np.floating], chunk_steps: int, h_prev: NDArray[np.floating],
                  c_prev: NDArray[np.floating], w_hh_packed: NDArray[np.floating],
-                 w_hr_packed: NDArray[np.floating]) -> None: ...
+                 w_hr_packed: NDArray[np.floating],
+                 w_ih_packed: NDArray[np.floating]) -> None: ...
 
 def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   offsets: NDArray[np.intp], reverse: bool,

@@ -11,6 +11,7 @@ def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np
                      w_ih0: NDArray[np.floating], w_ih1: NDArray[np.floating],
                      w_hh0: NDArray[np.floating], w_hh1: NDArray[np.floating],
                      packed0: NDArray[np.floating], packed1: NDArray[np.floating],
+                     ih_packed0: NDArray[np.floating], ih_packed1: NDArray[np.floating],
                      hbuf: NDArray[np.floating], h: NDArray[np.floating],
                      c: NDArray[np.floating], cpart0: NDArray[np.floating],
                      cpart1: NDArray[np.floating], out: NDArray[np.floating], col0: int,

@@ -105,6 +105,7 @@ cdef struct SplitStep:
     bint use_relu
     int bar[32]               # the per-layer barrier (rnnc/_barrier.h), its own cache lines
     int sense[2]              # each thread's barrier sense, kept across steps
+    bint flip                 # alternates every step (see split_part_step)
 
 
 cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p) noexcept nogil:
@@ -135,19 +136,31 @@ cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p)
             for r in range(B):
                 memcpy(gates + r * GN, part.bias, GN * sizeof(floating))
             beta = 1
-        recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
-                       <const floating*>part.w_ih_packed, beta, gates, GN)
+        # Every other step runs the two products in the opposite order, each reading its
+        # panels backwards (flip): the step then starts on the weights the previous step read
+        # last, still in L1 (a part's W_ih and W_hh, 256 KB at H128, stream through it from L2).
+        if not job.flip:
+            recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
+                           <const floating*>part.w_ih_packed, beta, gates, GN)
+            beta = 1
+        if job.mode == MODE_GRU:
+            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
+                           <const floating*>part.w_hh_packed, 0, <floating*>part.hg, GN,
+                           job.flip)
+        else:
+            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
+                           <const floating*>part.w_hh_packed, beta, gates, GN, job.flip)
+            beta = 1
+        if job.flip:
+            recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
+                           <const floating*>part.w_ih_packed, beta, gates, GN, True)
         # The last layer writes y directly; the others write h_next twice (harmless).
         outp = (y if k == job.L - 1 else hn) + u0
         if job.mode == MODE_GRU:
-            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
-                           <const floating*>part.w_hh_packed, 0, <floating*>part.hg, GN)
             gru_pointwise_reset_after_ld(B, nu, gates, <floating*>part.hg,
                                          <const floating*>part.b_hn, h + u0, H, hn + u0, H,
                                          outp, H, <floating*>NULL)
         else:
-            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
-                           <const floating*>part.w_hh_packed, 1, gates, GN)
             if job.mode == MODE_LSTM:
                 for r in range(B):  # row by row: c's rows are H apart, this part's gates nu
                     lstm_pointwise(1, nu, gates + r * GN, <floating*>lay.c + r * H + u0,
@@ -183,7 +196,10 @@ cdef void stream_step(const floating* x,     # (B, I0) this step's input
                       floating* y,           # (B, P) out: the last layer's h
                       const StreamLayer* layers, Py_ssize_t L, Py_ssize_t B,
                       Py_ssize_t H, Py_ssize_t P, int mode, bint use_relu,
-                      bint reset_after) noexcept nogil:
+                      bint reset_after, bint flip) noexcept nogil:
+    # flip: every other step, the products of RNN, LSTM without projection and GRU
+    # (reset_after) run in the opposite order with their panels read backwards, as in
+    # split_part_step (the step starts on the weights the previous one read last).
     cdef Py_ssize_t k, r, I
     cdef Py_ssize_t G = 4 * H if mode == MODE_LSTM else (3 * H if mode == MODE_GRU else H)
     cdef const StreamLayer* lay
@@ -211,11 +227,26 @@ cdef void stream_step(const floating* x,     # (B, I0) this step's input
             for r in range(B):
                 memcpy(gates + r * G, bias, G * sizeof(floating))
             beta = 1
-        recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
-                       <const floating*>lay.w_ih_packed, beta, gates, G)
+        if flip and lay.w_hr == NULL and (mode != MODE_GRU or reset_after):
+            if mode == MODE_GRU:
+                recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0,
+                               hg, G, True)
+            else:
+                recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, beta,
+                               gates, G, True)
+                beta = 1
+            recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
+                           <const floating*>lay.w_ih_packed, beta, gates, G, True)
+        else:
+            recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
+                           <const floating*>lay.w_ih_packed, beta, gates, G)
+            if mode == MODE_LSTM or mode == MODE_RNN:
+                recurrent_gemm(B, G, P, h, P, w_hh, P, <const floating*>lay.w_hh_packed, 1,
+                               gates, G)
+            elif reset_after:
+                recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0,
+                               hg, G)
         if mode == MODE_LSTM:
-            recurrent_gemm(B, G, P, h, P, w_hh, P, <const floating*>lay.w_hh_packed, 1,
-                           gates, G)
             if lay.w_hr == NULL:
                 lstm_pointwise(B, H, gates, <floating*>lay.c, h, H, <floating*>NULL, 0)
             else:
@@ -223,13 +254,10 @@ cdef void stream_step(const floating* x,     # (B, I0) this step's input
                 recurrent_gemm(B, P, H, tmp, H, <const floating*>lay.w_hr, H,
                                <const floating*>lay.w_hr_packed, 0, h, P)
         elif mode == MODE_RNN:
-            recurrent_gemm(B, H, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 1,
-                           gates, H)
             # Every layer also writes y (the pointwise math needs an output): the last layer's
             # values are the ones left.
             rnn_pointwise(B, H, use_relu, gates, h, y, H)
         elif reset_after:
-            recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0, hg, G)
             gru_pointwise_reset_after(B, H, gates, hg, <const floating*>lay.b_hn, h, y, H,
                                       <floating*>NULL)
         else:
@@ -277,7 +305,7 @@ cdef class StreamKernel:
     cdef StreamLayer* layers
     cdef Py_ssize_t L, B, H, P, n_in   # (<complex.h> defines I as a macro)
     cdef int mode, typenum
-    cdef bint use_relu, reset_after, unbatched, busy
+    cdef bint use_relu, reset_after, unbatched, busy, flip
     cdef object _dtype
     cdef list _owned       # the bound buffers, kept alive while their pointers are in use
     cdef StreamPart* parts     # (L, 2) when steps are split between two threads, else NULL
@@ -465,6 +493,13 @@ cdef class StreamKernel:
     def _release(self):
         self.busy = False
 
+    def _restart(self):
+        """A new sequence starts: the order of the products (flip) starts over too, so that a
+        stream's outputs depend only on its state and inputs since reset (bit for bit)."""
+        self.flip = False
+        if self.job != NULL:
+            self.job.flip = False
+
     def step(self, x, out=None):
         """Run one time step: returns this step's output of the last layer (its new h).
 
@@ -523,6 +558,7 @@ cdef class StreamKernel:
         if self.worker != NULL and rnnc_worker_alive(self.worker):
             job.x = px
             job.y = py
+            job.flip = not job.flip
             with nogil:
                 rnnc_worker_post(self.worker)
                 if self.typenum == cnp.NPY_FLOAT32:
@@ -532,13 +568,17 @@ cdef class StreamKernel:
                 rnnc_worker_wait(self.worker)
                 finish_split_step(job, 4 if self.typenum == cnp.NPY_FLOAT32 else 8)
         elif self.typenum == cnp.NPY_FLOAT32:
+            self.flip = not self.flip
             with nogil:
                 stream_step(<const float*>px, <float*>py, self.layers, self.L, self.B,
-                            self.H, self.P, self.mode, self.use_relu, self.reset_after)
+                            self.H, self.P, self.mode, self.use_relu, self.reset_after,
+                            self.flip)
         else:
+            self.flip = not self.flip
             with nogil:
                 stream_step(<const double*>px, <double*>py, self.layers, self.L, self.B,
-                            self.H, self.P, self.mode, self.use_relu, self.reset_after)
+                            self.H, self.P, self.mode, self.use_relu, self.reset_after,
+                            self.flip)
         self.busy = False
         return ya
 

@@ -221,6 +221,7 @@ class Stream(StreamKernel):
             check_shape(c0, "c0", lead + (H,))
         self._acquire()
         try:
+            self._restart()
             _assign(self._h, h0, unbatched)
             if self._c is not None:
                 _assign(self._c, c0, unbatched)
