@@ -1,7 +1,8 @@
 # Scalar activations, inlined into every kernel that cimports them.
 #
 # Accuracy first: the kernels must agree with the NumPy reference to ~1e-12 in float64 and to
-# float32 rounding in float32, and NaN/Inf must propagate as in the math. No approximations.
+# float32 rounding in float32, and NaN/Inf must propagate as in the math. The scalar functions
+# here use libm; the vectorised array forms have stated, tested bounds (tests/test_activations).
 #
 # Speed: glibc's tanhf/tanh go through expm1 and cost ~18 ns each, more than everything else in
 # a small LSTM step. tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) is as accurate wherever
