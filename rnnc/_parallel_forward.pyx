@@ -27,7 +27,7 @@ from libc.string cimport memcpy
 from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
                          small_gemm)
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
-from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows
+from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows, project_inputs
 
 
 from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_post,
@@ -54,14 +54,15 @@ cdef inline void project_part(
     ones the extra packing of the inputs costs more, LSTM B16 H128 30%)."""
     cdef Py_ssize_t g
     cdef floating beta = 0
+    if gate_stride == 0:    # contiguous rows: the layer kernels' projection
+        project_inputs(x, ldx, I, nrows, w_ih, w_ih_packed, bias, <const floating*>NULL, GN,
+                       0, xg)
+        return
     if bias != NULL:
         memcpy(xg, bias, GN * sizeof(floating))
         fill_rows(xg, GN, nrows)
         beta = 1
     if small_gemm(nrows, GN, I, x, ldx, w_ih_packed, beta, xg, GN):
-        return
-    if gate_stride == 0:
-        gemm(False, True, nrows, GN, I, 1, x, ldx, w_ih, I, beta, xg, GN)
         return
     for g in range(GN // nu):
         gemm(False, True, nrows, nu, I, 1, x, ldx, w_ih + g * gate_stride, I, beta,
@@ -221,10 +222,24 @@ cdef struct Part:
     int* bar
 
 
+cdef inline void pack_part_rows(Py_ssize_t G, Py_ssize_t nu, Py_ssize_t K,
+                                const floating* gathered,  # (G*nu, K) the part's rows, or NULL
+                                const floating* src,       # (G*H, K) the layer's weights
+                                Py_ssize_t H, Py_ssize_t u0, floating* out) noexcept nogil:
+    """A part's rows of every gate block in panels: from its gathered rows (panels would
+    straddle gate blocks), or straight from each gate block of the layer's weights when the
+    part's units fill whole panels (gathered == NULL)."""
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL, g
+    if gathered != NULL:
+        pack_panels(G * nu, K, gathered, K, 1, out)
+        return
+    for g in range(G):
+        pack_panels(nu, K, src + (g * H + u0) * K, K, 1, out + g * (nu // W) * K * W)
+
+
 cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
     """Gather this part's weight rows (and pack them), then run its forward_part."""
     cdef Py_ssize_t G = p.G, H = p.H, I = p.I, u0 = p.u0, nu = p.nu, g
-    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef const floating* w_ih_src = <const floating*>p.w_ih_src
     cdef const floating* w_hh_src = <const floating*>p.w_hh_src
     cdef floating* w_ih = <floating*>p.w_ih
@@ -254,19 +269,9 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
         if w_hh != NULL:
             memcpy(w_hh + g * nu * H, w_hh_src + (g * H + u0) * H, nu * H * sizeof(floating))
     if packed != NULL:
-        if w_hh != NULL:    # panels would straddle gate blocks: pack the gathered rows
-            pack_panels(G * nu, H, w_hh, H, 1, packed)
-        else:               # whole panels per gate block, packed straight from W_hh
-            for g in range(G):
-                pack_panels(nu, H, w_hh_src + (g * H + u0) * H, H, 1,
-                            packed + g * (nu // W) * H * W)
+        pack_part_rows(G, nu, H, w_hh, w_hh_src, H, u0, packed)
     if ih_packed != NULL:
-        if w_ih != NULL:
-            pack_panels(G * nu, I, w_ih, I, 1, ih_packed)
-        else:
-            for g in range(G):
-                pack_panels(nu, I, w_ih_src + (g * H + u0) * I, I, 1,
-                            ih_packed + g * (nu // W) * I * W)
+        pack_part_rows(G, nu, I, w_ih, w_ih_src, H, u0, ih_packed)
     forward_part(p.mode, <const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
                  p.reverse, w_ih if w_ih != NULL else w_ih_src + u0 * I,
                  0 if w_ih != NULL else H * I, ih_packed, <const floating*>p.bias,

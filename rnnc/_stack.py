@@ -300,10 +300,9 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # costs more (GRU B16 H128 +3%, B64 H256 +2%; 1 MB and less within noise).
 SPLIT_IN_PLACE_MIN_BYTES = 2 << 20
 # Where the parts run the small-batch kernel, each packs its rows of W_ih and projects on the
-# kernel instead (as _use_packed_projection; the parts run one thread each). Measured at 2
-# threads, interleaved in one process, median of 8 (noisy host): LSTM B1 H256 T100 0.95 -> 0.92
-# ms, GRU 0.80 -> 0.76, LSTM B8 H1024 T20 17.4 -> 17.2, GRU 12.9 -> 12.9.
-SPLIT_PACKED_PROJECTION = True
+# kernel instead (_use_packed_projection at one thread: the parts run one thread each).
+# Measured at 2 threads, interleaved in one process, median of 8 (noisy host): LSTM B1 H256
+# T100 0.95 -> 0.92 ms, GRU 0.80 -> 0.76, LSTM B8 H1024 T20 17.4 -> 17.2, GRU 12.9 -> 12.9.
 
 FUSED = "fused"     # the marker of a fused training forward's kept buffers
 
@@ -384,7 +383,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
         # The projection: on the kernel with the part's rows of W_ih packed (as
         # _use_packed_projection, one thread), else BLAS on the gathered rows, or on W_ih's
         # gate blocks in place when large.
-        packed_ih = small and not fused and SPLIT_PACKED_PROJECTION
+        packed_ih = not fused and _use_packed_projection(small, True, chunk_steps * B, w_ih)
         in_place = ((not fused and not packed_ih and w_ih.nbytes >= SPLIT_IN_PLACE_MIN_BYTES)
                     or (packed_ih and nu % width == 0))
         args[p] = dict(
@@ -433,6 +432,23 @@ def pack_panels(w, key=None):
     packed = panel_workspace(key, w.shape[0], w.shape[1], w.dtype)
     _K.pack_panels_into(w, packed)
     return packed
+
+
+def _recurrent_panels(mode, reset_after, w_hh, small, d, backward):
+    """(W_hh packed for the small-batch kernel, W_hn's panels or a zero-size placeholder) of
+    direction d, both zero-size without the kernel. GRU with reset_after=False multiplies by
+    [W_hr; W_hz] and by W_hn in two products a step, so they are packed apart. The backward
+    multiplies by W_hh itself: its panels are those of W_hh^T."""
+    empty3 = _empty(w_hh.dtype, 3)
+    if not small:
+        return empty3, empty3
+    blocks = [w_hh]
+    if mode == "GRU" and not reset_after:
+        H = w_hh.shape[1]
+        blocks = [w_hh[:2 * H], w_hh[2 * H:]]
+    packed = [pack_panels(w.T if backward else w, f"packed {k}{d}")
+              for k, w in zip(("", "hn "), blocks)]
+    return packed[0], packed[1] if len(packed) > 1 else empty3
 
 
 def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidirectional=False,
@@ -613,13 +629,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s],
                            c_state[s], out, d * P, d)
                 return
-            # GRU with reset_after=False multiplies by [W_hr; W_hz] and W_hn separately.
-            w_hn_packed = empty3
-            if small and mode == "GRU" and not reset_after:
-                w_packed = pack_panels(w_hh[:2 * H], f"packed {d}")
-                w_hn_packed = pack_panels(w_hh[2 * H:], f"packed hn {d}")
-            else:
-                w_packed = pack_panels(w_hh, f"packed {d}") if small else empty3
+            w_packed, w_hn_packed = _recurrent_panels(mode, reset_after, w_hh, small, d, False)
             w_ih_packed = (pack_panels(w_ih, f"packed ih {d}")
                            if _use_packed_projection(small, one_thread, chunk_steps * B, w_ih)
                            else empty3)
@@ -739,12 +749,8 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                 split_lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P, dh_s[s],
                                     dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh)
                 return
-            w_hn_packed = empty3
-            if small and mode == "GRU" and not cache.reset_after:
-                w_packed = pack_panels(w_hh[:2 * H].T, f"packed {d}")
-                w_hn_packed = pack_panels(w_hh[2 * H:].T, f"packed hn {d}")
-            else:
-                w_packed = pack_panels(w_hh.T, f"packed {d}") if small else empty3
+            w_packed, w_hn_packed = _recurrent_panels(mode, cache.reset_after, w_hh, small, d,
+                                                      True)
             if mode == "LSTM":
                 _K.lstm_backward(x_k, layout.batch_sizes, layout.offsets, reverse, w_ih, w_hh,
                                  params.get(names[4], empty2), act, h_prev, extra, dlayer, d * P,

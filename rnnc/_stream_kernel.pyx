@@ -211,6 +211,7 @@ cdef void stream_step(const floating* x,     # (B, I0) this step's input
     cdef floating* hg
     cdef floating* tmp
     cdef floating beta
+    cdef bint swap
     if B == 0:      # the state buffers are empty (NULL pointers): nothing to do
         return
     for k in range(L):
@@ -227,25 +228,22 @@ cdef void stream_step(const floating* x,     # (B, I0) this step's input
             for r in range(B):
                 memcpy(gates + r * G, bias, G * sizeof(floating))
             beta = 1
-        if flip and lay.w_hr == NULL and (mode != MODE_GRU or reset_after):
-            if mode == MODE_GRU:
-                recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0,
-                               hg, G, True)
-            else:
-                recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, beta,
-                               gates, G, True)
-                beta = 1
-            recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
-                           <const floating*>lay.w_ih_packed, beta, gates, G, True)
-        else:
+        # GRU reset_after=False multiplies by W_hh in two products around its gate math below.
+        swap = flip and lay.w_hr == NULL and (mode != MODE_GRU or reset_after)
+        if not swap:
             recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
                            <const floating*>lay.w_ih_packed, beta, gates, G)
-            if mode == MODE_LSTM or mode == MODE_RNN:
-                recurrent_gemm(B, G, P, h, P, w_hh, P, <const floating*>lay.w_hh_packed, 1,
-                               gates, G)
-            elif reset_after:
-                recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0,
-                               hg, G)
+            beta = 1
+        if mode == MODE_LSTM or mode == MODE_RNN:
+            recurrent_gemm(B, G, P, h, P, w_hh, P, <const floating*>lay.w_hh_packed, beta,
+                           gates, G, swap)
+            beta = 1
+        elif reset_after:
+            recurrent_gemm(B, G, H, h, H, w_hh, H, <const floating*>lay.w_hh_packed, 0, hg, G,
+                           swap)
+        if swap:
+            recurrent_gemm(B, G, I, inp, I, <const floating*>lay.w_ih, I,
+                           <const floating*>lay.w_ih_packed, beta, gates, G, True)
         if mode == MODE_LSTM:
             if lay.w_hr == NULL:
                 lstm_pointwise(B, H, gates, <floating*>lay.c, h, H, <floating*>NULL, 0)
