@@ -220,6 +220,8 @@ cdef struct Part:
                                # (G*nu, I + H + 1) [W_ih | W_hh | b] rows; else NULL
     Py_ssize_t chunk_steps
     int* bar
+    bint prepared              # w_ih / w_hh / the panels already hold this part's weights
+                               # (a frozen module's cache, rnnc/_stack.py): nothing to gather
 
 
 cdef inline void pack_part_rows(Py_ssize_t G, Py_ssize_t nu, Py_ssize_t K,
@@ -249,13 +251,14 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
     cdef const floating* bias = <const floating*>p.bias
     cdef Py_ssize_t K = I + H + 1, j, r
     if p.xh != NULL:
-        for g in range(G):
+        for g in range(G if not p.prepared else 0):
             for j in range(nu):
                 r = g * nu + j
                 memcpy(w_ih + r * K, w_ih_src + (g * H + u0 + j) * I, I * sizeof(floating))
                 memcpy(w_ih + r * K + I, w_hh_src + (g * H + u0 + j) * H, H * sizeof(floating))
                 w_ih[r * K + I + H] = bias[r] if bias != NULL else 0
-        pack_panels(G * nu, K, w_ih, K, 1, packed)
+        if not p.prepared:
+            pack_panels(G * nu, K, w_ih, K, 1, packed)
         forward_part_fused(<const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
                            p.reverse, packed, H, u0, nu, p.B, <floating*>p.hbuf,
                            <floating*>p.h, <floating*>p.c, <floating*>p.cpart,
@@ -263,14 +266,14 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
         return
     # Every gate block's rows of this part's units are contiguous: one copy per gate (W_ih's
     # only when the projection does not read them in place, w_ih == NULL).
-    for g in range(G):
+    for g in range(G if not p.prepared else 0):
         if w_ih != NULL:
             memcpy(w_ih + g * nu * I, w_ih_src + (g * H + u0) * I, nu * I * sizeof(floating))
         if w_hh != NULL:
             memcpy(w_hh + g * nu * H, w_hh_src + (g * H + u0) * H, nu * H * sizeof(floating))
-    if packed != NULL:
+    if packed != NULL and not p.prepared:
         pack_part_rows(G, nu, H, w_hh, w_hh_src, H, u0, packed)
-    if ih_packed != NULL:
+    if ih_packed != NULL and not p.prepared:
         pack_part_rows(G, nu, I, w_ih, w_ih_src, H, u0, ih_packed)
     forward_part(p.mode, <const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
                  p.reverse, w_ih if w_ih != NULL else w_ih_src + u0 * I,
@@ -323,8 +326,9 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
                         floating[:, :, ::1] ih_packed, floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
                         floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] xh,
-                        Py_ssize_t chunk_steps, int[::1] bar) noexcept:
+                        Py_ssize_t chunk_steps, int[::1] bar, bint prepared) noexcept:
     q.mode = mode
+    q.prepared = prepared
     q.is_double = floating is double
     q.x = &x[0, 0]
     q.ldx = x.shape[1]
@@ -375,7 +379,7 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                      floating[:, ::1] xg0, floating[:, ::1] xg1,
                      floating[:, ::1] hg0, floating[:, ::1] hg1,
                      floating[:, ::1] xh0, floating[:, ::1] xh1,
-                     Py_ssize_t chunk_steps, int[::1] bar):
+                     Py_ssize_t chunk_steps, int[::1] bar, bint prepared=False):
     """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
     helper (split_helper_ready() must have returned True). rnnc._stack validates and allocates
     everything (shapes as in forward_part; per part p: bias{p} its folded biases, b_hn{p} its
@@ -386,7 +390,9 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     not zero-size, else from W_ih's gate blocks, whole panels each) or zero-size for a BLAS
     projection; zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM.
     Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then
-    (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column."""
+    (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column.
+    prepared: w_ih{p}, w_hh{p}, packed{p} and ih_packed{p} already hold what this call would
+    fill (kept from an earlier call on the same weights); the parts skip filling them."""
     cdef Py_ssize_t H = h.shape[1]
     if not 0 < half < H:    # each part needs units: one without would divide by zero
         raise ValueError(f"split_forward_py: half must be in (0, {H}) (hidden_size), got "
@@ -398,10 +404,10 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                            "(call split_helper_ready() first)")
     describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
                   bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
-                  xh0, chunk_steps, bar)
+                  xh0, chunk_steps, bar, prepared)
     describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
                   H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, ih_packed1, hbuf, h, c, cpart1, out, col0,
-                  xg1, hg1, xh1, chunk_steps, bar)
+                  xg1, hg1, xh1, chunk_steps, bar, prepared)
     with nogil:
         rnnc_worker_post(_helper)
         run_part(&_parts[0])

@@ -149,6 +149,10 @@ _scratch = threading.local()
 
 
 def _workspace(key, shape, dtype):
+    """This thread's scratch buffer `key`, of this shape and dtype, 64-byte aligned; a new
+    array (aligned too) when key is None."""
+    if key is None:
+        return aligned_empty(shape, dtype)
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
@@ -186,7 +190,9 @@ SMALL_GEMM_ALIGN_BYTES = 1 << 20
 
 
 def _use_small_gemm(dtype, batch, steps, one_thread=False):
-    if steps < 4:   # packing costs one pass over the weights per call
+    # Packing costs one pass over the weights per call. A frozen module keeps its panels, but
+    # chooses as an unfrozen one does, so that both compute the same bits.
+    if steps < 4:
         return False
     if dtype != np.float32 and dtype != np.float64:
         return False
@@ -283,12 +289,18 @@ def _use_fused(mode, B, I, H, proj_size, train, small, one_thread):
             and _fused_fits(B, 4 * H * (I + H + 1)))
 
 
-def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
+def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d,
+               packs=None, name=()):
     dtype = layer_in.dtype
     G, H = w_hh.shape
     I = w_ih.shape[1]
+    packed = packs.get((*name, "fused")) if packs is not None else None
+    if packed is None:
+        packed = _fused_weights(w_ih, w_hh, b_ih, b_hh, d, packs is not None)
+        if packs is not None:
+            packs[(*name, "fused")] = packed
     _K.lstm_fused_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
-                          _fused_weights(w_ih, w_hh, b_ih, b_hh, d), h, c, out, col0,
+                          packed, h, c, out, col0,
                           _workspace(f"fused xh {d}", (h.shape[0], I + H + 1), dtype),
                           _workspace(f"fused gates {d}", (h.shape[0], G), dtype))
 
@@ -307,8 +319,9 @@ SPLIT_IN_PLACE_MIN_BYTES = 2 << 20
 FUSED = "fused"     # the marker of a fused training forward's kept buffers
 
 
-def _fused_weights(w_ih, w_hh, b_ih, b_hh, d):
-    """[W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the small-batch kernel's panels."""
+def _fused_weights(w_ih, w_hh, b_ih, b_hh, d, keep=False):
+    """[W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the small-batch kernel's panels (this
+    thread's scratch buffer; a new array when keep)."""
     G, H = w_hh.shape
     I = w_ih.shape[1]
     wcat = _workspace(f"fused w {d}", (G, I + H + 1), w_ih.dtype)
@@ -318,7 +331,7 @@ def _fused_weights(w_ih, w_hh, b_ih, b_hh, d):
         np.add(b_ih, b_hh, out=wcat[:, I + H])
     else:
         wcat[:, I + H] = 0
-    return pack_panels(wcat, f"packed {d}")
+    return pack_panels(wcat, None if keep else f"packed {d}")
 
 
 def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
@@ -352,11 +365,12 @@ def _split_begin():
 
 
 def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out,
-               col0, chunk_steps, small):
+               col0, chunk_steps, small, packs=None, name=()):
     """One layer and direction, inference, hidden units split between this thread and the
     helper thread of rnnc/_parallel_forward.pyx (the caller holds _split_begin()). Everything
     is allocated here, before either part starts: the parts wait for each other every step, so
-    neither may fail alone. Each part copies and packs its own weight rows."""
+    neither may fail alone. Each part copies and packs its own weight rows, or, with `packs` (a
+    frozen module's cache, see pack_panels), finds them kept from an earlier call."""
     dtype = layer_in.dtype
     G, H = GATES[mode], h.shape[1]
     B = h.shape[0]
@@ -374,7 +388,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     K = I + H + 1
     # Each part may use the fused LSTM product (see _use_fused) on its half of the weights.
     fused = mode == "LSTM" and small and _fused_fits(B, 2 * H * K)
-    args = {}
+    args, kept, new = {}, {}, {}
     for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
         rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
         # Packed straight from W_hh's / W_ih's gate blocks when nu fills whole panels, else
@@ -386,16 +400,24 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
         packed_ih = not fused and _use_packed_projection(small, True, chunk_steps * B, w_ih)
         in_place = ((not fused and not packed_ih and w_ih.nbytes >= SPLIT_IN_PLACE_MIN_BYTES)
                     or (packed_ih and nu % width == 0))
+        key = (*name, "split", p, small, fused, packed_ih, in_place, gather_hh)
+        kept[p] = packs.get(key) if packs is not None else None
+        if kept[p] is None:
+            keep = packs is not None    # new arrays, not this thread's scratch
+            kept[p] = new[key] = dict(
+                w_ih=empty2 if in_place else
+                _workspace(None if keep else f"split w_ih {p}", (G * nu, K if fused else I),
+                           dtype),
+                w_hh=_workspace(None if keep else f"split w_hh {p}", (G * nu, H), dtype)
+                if gather_hh else empty2,
+                packed=panel_workspace(None if keep else f"split packed {p}", G * nu,
+                                       K if fused else H, dtype) if small else empty3,
+                ih_packed=panel_workspace(None if keep else f"split packed ih {p}", G * nu, I,
+                                          dtype) if packed_ih else empty3)
         args[p] = dict(
+            kept[p],
             bias=bias[rows] if bias is not None else empty1,
             b_hn=b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
-            w_ih=empty2 if in_place else
-            _workspace(f"split w_ih {p}", (G * nu, K if fused else I), dtype),
-            w_hh=_workspace(f"split w_hh {p}", (G * nu, H), dtype) if gather_hh else empty2,
-            packed=panel_workspace(f"split packed {p}", G * nu, K if fused else H, dtype)
-            if small else empty3,
-            ih_packed=panel_workspace(f"split packed ih {p}", G * nu, I, dtype)
-            if packed_ih else empty3,
             cpart=_workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
             xg=_workspace(f"split xg {p}", (chunk_steps * B, G * nu), dtype),
             hg=_workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
@@ -408,7 +430,9 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
                             b["ih_packed"], hbuf, h,
                             c if c is not None else empty2, a["cpart"], b["cpart"], out, col0,
                             a["xg"], b["xg"], a["hg"], b["hg"], a["xh"], b["xh"], chunk_steps,
-                            new_barrier())
+                            new_barrier(), not new)
+    if packs is not None:
+        packs.update(new)       # only once filled: another thread may read them next
 
 
 def panel_workspace(key, rows, K, dtype):
@@ -424,21 +448,29 @@ def panel_workspace(key, rows, K, dtype):
     return aligned_empty(shape, dtype)
 
 
-def pack_panels(w, key=None):
+def pack_panels(w, key=None, packs=None, name=None):
     """w (N, K) -> w^T in panels of W columns, (ceil(N / W), K, W), zero-padded: the layout of
     the small-batch kernel's weights, W = 64 for float32 and 32 for float64 (the dtype of w).
     Packed afresh on every call, so in-place parameter updates are always seen; into this
-    thread's scratch buffer `key` when given."""
+    thread's scratch buffer `key` when given. With `packs` (a frozen module's cache, see
+    Module.freeze), the panels kept under `name` by an earlier call, else new ones, kept."""
+    if packs is not None:
+        packed = packs.get(name)
+        if packed is None:
+            packed = pack_panels(w)
+            packs[name] = packed     # only once filled: another thread may read it next
+        return packed
     packed = panel_workspace(key, w.shape[0], w.shape[1], w.dtype)
     _K.pack_panels_into(w, packed)
     return packed
 
 
-def _recurrent_panels(mode, reset_after, w_hh, small, d, backward):
+def _recurrent_panels(mode, reset_after, w_hh, small, d, backward, packs=None, name=()):
     """(W_hh packed for the small-batch kernel, W_hn's panels or a zero-size placeholder) of
     direction d, both zero-size without the kernel. GRU with reset_after=False multiplies by
     [W_hr; W_hz] and by W_hn in two products a step, so they are packed apart. The backward
-    multiplies by W_hh itself: its panels are those of W_hh^T."""
+    multiplies by W_hh itself: its panels are those of W_hh^T. packs, name: see pack_panels
+    (name identifies the layer and direction)."""
     empty3 = _empty(w_hh.dtype, 3)
     if not small:
         return empty3, empty3
@@ -446,21 +478,25 @@ def _recurrent_panels(mode, reset_after, w_hh, small, d, backward):
     if mode == "GRU" and not reset_after:
         H = w_hh.shape[1]
         blocks = [w_hh[:2 * H], w_hh[2 * H:]]
-    packed = [pack_panels(w.T if backward else w, f"packed {k}{d}")
+    packed = [pack_panels(w.T if backward else w, f"packed {k}{d}", packs, (*name, k))
               for k, w in zip(("", "hn "), blocks)]
     return packed[0], packed[1] if len(packed) > 1 else empty3
 
 
 def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidirectional=False,
-              nonlinearity="tanh", reset_after=True, proj_size=0, reverse_all=False):
+              nonlinearity="tanh", reset_after=True, proj_size=0, reverse_all=False,
+              packs=None):
     """Run the network; see rnnc.reference.run_stack for the exact semantics.
 
     x (T, B, I), h0 (D*L, B, P), c0 (D*L, B, H) are C-contiguous arrays of one float dtype,
     lengths None or intp (B,) in [0, T] (checked by the caller).
+    packs: None (weights packed afresh on every call), or a dict that keeps them across calls,
+    which the caller empties whenever a parameter changes (a frozen module, Module.freeze).
     Returns out (T, B, D*P), h_n (D*L, B, P), c_n (D*L, B, H) or None.
     """
     out, h_n, c_n, _ = _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional,
-                            nonlinearity, reset_after, proj_size, reverse_all, train=False)
+                            nonlinearity, reset_after, proj_size, reverse_all, train=False,
+                            packs=packs)
     return out, h_n, c_n
 
 
@@ -520,7 +556,7 @@ class _Cache:
 
 
 def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
-         reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None):
+         reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None, packs=None):
     if reverse_all and bidirectional:
         raise ValueError("reverse_all=True requires bidirectional=False")
     T, B, _ = x.shape
@@ -605,12 +641,14 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_ih = params.get(f"bias_ih_l{k}{sfx}", empty1)
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
+            name = (k, d)       # of this layer and direction's weights in packs
             if split and _split_begin():
                 code = _SPLIT_MODES[mode] + (nonlinearity == "relu" and mode == "RNN")
                 try:
                     _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
                                h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
-                               chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True))
+                               chunk_steps, _use_small_gemm(dtype, B, steps, one_thread=True),
+                               packs, name)
                 finally:
                     _SPLIT_LOCK.release()
                 return
@@ -627,10 +665,11 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 return
             if _use_fused(mode, B, w_ih.shape[1], H, proj_size, train, small, one_thread):
                 _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s],
-                           c_state[s], out, d * P, d)
+                           c_state[s], out, d * P, d, packs, name)
                 return
-            w_packed, w_hn_packed = _recurrent_panels(mode, reset_after, w_hh, small, d, False)
-            w_ih_packed = (pack_panels(w_ih, f"packed ih {d}")
+            w_packed, w_hn_packed = _recurrent_panels(mode, reset_after, w_hh, small, d, False,
+                                                      packs, name)
+            w_ih_packed = (pack_panels(w_ih, f"packed ih {d}", packs, (*name, "ih"))
                            if _use_packed_projection(small, one_thread, chunk_steps * B, w_ih)
                            else empty3)
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
@@ -641,7 +680,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 _K.lstm_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                                 w_ih, w_hh, b_ih, b_hh, w_hr, h_state[s], c_state[s],
                                 out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed,
-                                pack_panels(w_hr, f"packed hr {d}") if small and w_hr.size
+                                pack_panels(w_hr, f"packed hr {d}", packs, (*name, "hr"))
+                                if small and w_hr.size
                                 else empty3, w_ih_packed)
                 extra = c_prev
             elif mode == "GRU":

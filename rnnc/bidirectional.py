@@ -105,6 +105,21 @@ class Bidirectional:
     def eval(self):
         return self.train(False)
 
+    def freeze(self):
+        """Freeze both layers (see rnnc.LSTM.freeze). Returns self."""
+        self.forward_layer.freeze()
+        self.backward_layer.freeze()
+        return self
+
+    def unfreeze(self):
+        self.forward_layer.unfreeze()
+        self.backward_layer.unfreeze()
+        return self
+
+    @property
+    def frozen(self):
+        return self.forward_layer.frozen and self.backward_layer.frozen
+
     def _layers(self):
         return (("forward_layer", self.forward_layer), ("backward_layer", self.backward_layer))
 

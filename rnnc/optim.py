@@ -57,7 +57,7 @@ def _check_module(module):
 def _grad_items(module):
     """(name, live parameter array, gradient in the parameter's dtype) for parameters with a
     gradient."""
-    grads = module.grads
+    grads, items = module.grads, []
     for name, p in module.named_parameters():
         g = grads.get(name)
         if g is None:
@@ -66,7 +66,11 @@ def _grad_items(module):
         if g.shape != p.shape:
             raise ValueError(f"gradient of {name!r} has shape {g.shape}, the parameter has "
                              f"{p.shape}")
-        yield name, p, g.astype(p.dtype, copy=False)
+        if not p.flags.writeable:
+            raise ValueError(f"parameter {name!r} is read-only (the module is frozen: call "
+                             f"unfreeze() before an optimizer step)")
+        items.append((name, p, g.astype(p.dtype, copy=False)))
+    return items     # checked in full before the step changes anything
 
 
 class _Optimizer:

@@ -121,6 +121,8 @@ class _RNNBase(Module):
                 self.mode, dict(self._params), x, h0, c0, lengths, dropout=self.dropout,
                 rng=self._rng, **opts)
         else:
+            if self._packs is not None and type(self)._run_stack is _stack.run_stack:
+                opts["packs"] = self._packs     # frozen: weights packed once, kept
             out, h_n, c_n = self._run_stack(self.mode, self._params, x, h0, c0, lengths, **opts)
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]

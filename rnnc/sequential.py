@@ -177,6 +177,23 @@ class Sequential:
         """Inference mode for every layer."""
         return self.train(False)
 
+    def freeze(self):
+        """Freeze every layer (see rnnc.LSTM.freeze). Returns self."""
+        for i, layer in enumerate(self._layers):
+            _method(layer, i, "freeze", "for Sequential.freeze")()
+        return self
+
+    def unfreeze(self):
+        """Undo freeze() on every layer. Returns self."""
+        for i, layer in enumerate(self._layers):
+            _method(layer, i, "unfreeze", "for Sequential.unfreeze")()
+        return self
+
+    @property
+    def frozen(self):
+        """Whether every layer is frozen."""
+        return all(getattr(layer, "frozen", False) for layer in self._layers)
+
     def zero_grad(self):
         """Reset the accumulated gradients of every layer to zero."""
         for i, layer in enumerate(self._layers):

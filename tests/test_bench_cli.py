@@ -17,6 +17,7 @@ TINY = [cases.Case("forward", "LSTM", 2, 8, 5, dtypes=("float32",)),
 BLINK = suite.Timing(passes=1, min_repeats=1, min_time=0.0, warmup_time=0.0,
                      max_block_time=0.01, ref_min_repeats=1, ref_min_time=0.0, ref_max_time=0.01)
 LOCAL = ["rnnc", "reference"]
+INSTALLED_LOCAL = ["rnnc", "rnnc-frozen", "reference"]    # without torch and ONNX Runtime
 
 
 @pytest.fixture
@@ -65,6 +66,25 @@ def test_markdown_table_has_a_ratio_column_and_json_keeps_every_number(tmp_path)
         doc["rows"][0]["results"]["rnnc"]["samples"]
 
 
+def test_frozen_rnnc_gets_its_own_columns_and_is_not_a_peer():
+    train = cases.Case("train", "RNN", 2, 8, 4, dtypes=("float32",))
+    doc = _run(TINY[:1] + [train], backends=INSTALLED_LOCAL)
+    forward, training = doc["rows"]
+    assert set(forward["results"]) == set(INSTALLED_LOCAL)
+    assert forward["check"]["rnnc-frozen"]["max_error"] == 0     # the same bits
+    assert forward["fastest_peer"] == "reference"
+    assert forward["frozen_over_fastest"] == pytest.approx(
+        forward["results"]["rnnc-frozen"]["median"]
+        / forward["results"]["reference"]["median"])
+    assert "inference cases only" in training["unavailable"]["rnnc-frozen"]["reason"]
+    assert "frozen_over_fastest" not in training
+    table = [ln for ln in report.markdown(doc).splitlines() if ln.startswith("| ")]
+    assert table[0] == ("| case | dtype | threads | unit | rnnc | rnnc-frozen | reference | "
+                        "rnnc / fastest peer | frozen / fastest peer |")
+    assert table[1].endswith(f"| {forward['frozen_over_fastest']:.2f} |")
+    assert table[2].endswith("| - |")
+
+
 def test_a_peer_that_disagrees_stops_the_suite(monkeypatch, capsys, no_optional_peers):
     build = peers.build
 
@@ -84,7 +104,7 @@ def test_a_peer_that_disagrees_stops_the_suite(monkeypatch, capsys, no_optional_
 
 
 def test_absent_peers_are_skipped_with_a_reason(no_optional_peers):
-    assert peers.installed() == LOCAL
+    assert peers.installed() == INSTALLED_LOCAL
     assert set(peers.missing()) == {"torch", "onnxruntime"}
     lines = []
     assert suite.quick(cases=TINY[:1], timing=BLINK, log=lines.append) == 0
@@ -100,7 +120,7 @@ def test_onnxruntime_without_torch_is_skipped_for_want_of_an_exporter(monkeypatc
     monkeypatch.setattr(peers, "torch", None)
     monkeypatch.setattr(peers, "ort", object())
     assert "export" in peers.missing()["onnxruntime"]
-    assert peers.installed() == LOCAL
+    assert peers.installed() == INSTALLED_LOCAL
 
 
 def test_bench_subcommand_writes_the_report(monkeypatch, tmp_path, capsys, no_optional_peers):

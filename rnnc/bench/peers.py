@@ -1,6 +1,8 @@
 """Runners: the timed call of one backend on one case, plus its outputs for the agreement check.
 
-Backends: ``rnnc`` (the compiled library), ``reference`` (rnnc.reference, the plain NumPy loop),
+Backends: ``rnnc`` (the compiled library), ``rnnc-frozen`` (the same after ``freeze()``: weights
+packed once and kept, as ONNX Runtime does when it builds a session; inference cases only),
+``reference`` (rnnc.reference, the plain NumPy loop),
 ``torch`` (torch.nn.RNN/GRU/LSTM as users get it: default build, oneDNN left as it is) and
 ``onnxruntime`` (the same PyTorch module exported with torch.onnx.export, legacy TorchScript
 exporter, run in an InferenceSession with intra_op_num_threads = threads, inter_op 1,
@@ -32,7 +34,8 @@ try:
 except ImportError:         # optional peer
     onnx = ort = None
 
-BACKENDS = ("rnnc", "reference", "torch", "onnxruntime")
+BACKENDS = ("rnnc", "rnnc-frozen", "reference", "torch", "onnxruntime")
+RNNC_SIDE = ("rnnc", "rnnc-frozen")     # the rest are peers
 
 # torch says so once per process for the proj_size case; recorded as a note on that row instead.
 warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
@@ -78,6 +81,8 @@ def describe(backend):
     """What ``backend`` is, with its version, for a report's first line."""
     if backend == "rnnc":
         return f"rnnc {rnnc.__version__} (compiled)"
+    if backend == "rnnc-frozen":
+        return "rnnc-frozen (the same layer after freeze(): weights packed once, kept)"
     if backend == "reference":
         return "reference (rnnc.reference, the plain NumPy loop)"
     if backend == "torch":
@@ -126,11 +131,16 @@ def _states(mode, result):
 # ---------------------------------------------------------------------------------------------
 # rnnc and the NumPy reference: the same API
 # ---------------------------------------------------------------------------------------------
-def _build_numpy_api(ns, case, variant, data):
+def _build_numpy_api(ns, case, variant, data, frozen=False):
     mode, x, L = case.mode, data.x, data.lengths
+    if frozen and case.kind not in ("forward", "varlen"):
+        raise Unavailable("rnnc-frozen: inference cases only (a stream keeps its weights "
+                          "anyway; training changes them)")
     if case.kind in ("forward", "varlen"):
         m = _rnnc_layer(ns, case, data.dtype)
         m.load_state_dict(data.state_dict)
+        if frozen:
+            m.freeze()
         lengths = L if variant == "lengths" else None
         return Runner(lambda: m(x, lengths=lengths),
                       lambda: _states(mode, m(x, lengths=lengths)))
@@ -491,6 +501,8 @@ def build(backend, case, variant, data, threads):
     "" otherwise), or Unavailable."""
     if backend == "rnnc":
         return _build_numpy_api(rnnc, case, variant, data)
+    if backend == "rnnc-frozen":
+        return _build_numpy_api(rnnc, case, variant, data, frozen=True)
     if backend == "reference":
         return _build_numpy_api(reference, case, variant, data)
     if backend == "torch":

@@ -3,7 +3,9 @@
 The result document (built by suite.run) holds "machine", "libraries", "settings", "rows" and
 timing metadata; every row has "results" {backend: {median, iqr, q1, q3, min, n, samples}} in
 the row's "unit" (ms, or us/step for stream cases), "unavailable" {backend: {reason, detail}},
-"check" {backend: {max_error, worst_output, tolerance}} and "ratio" {peer: rnnc / peer}.
+"check" {backend: {max_error, worst_output, tolerance}} and "ratio" {peer: rnnc / peer}, and
+"rnnc_over_fastest" (and "frozen_over_fastest": rnnc-frozen, the layer after freeze()) against
+"fastest_peer".
 """
 import importlib.util
 import json
@@ -11,6 +13,7 @@ from pathlib import Path
 
 PEER_ORDER = ("reference", "torch", "onnxruntime")
 RATIO = "rnnc time / fastest peer time from the same run (< 1: rnnc is faster)"
+FROZEN_RATIO = "rnnc-frozen time / the same peer's time"
 
 
 def fmt(v):
@@ -27,9 +30,18 @@ def fmt(v):
     return f"{v:.3f}"
 
 
+def _present(doc):
+    return {b for r in doc["rows"] for b in list(r["results"]) + list(r["unavailable"])}
+
+
 def _peers(doc):
-    present = {b for r in doc["rows"] for b in list(r["results"]) + list(r["unavailable"])}
+    present = _present(doc)
     return [b for b in PEER_ORDER if b in present]
+
+
+def _rnnc_columns(doc):
+    """rnnc, and rnnc-frozen when it was run."""
+    return ["rnnc"] + (["rnnc-frozen"] if "rnnc-frozen" in _present(doc) else [])
 
 
 def _footnotes(doc):
@@ -93,6 +105,10 @@ def _header(doc):
                  f"max(1, |value|) <= {tol['float32']:g} in float32, {tol['float64']:g} in "
                  f"float64); largest error seen: {_largest_errors(doc)}.")
     lines.append(f"- Last column: {RATIO}.")
+    if "rnnc-frozen" in _rnnc_columns(doc):
+        lines.append(f"- rnnc-frozen: the same rnnc layer after freeze() (weights packed once "
+                     f"and kept across calls, as ONNX Runtime packs them once per session); "
+                     f"its column \"frozen / fastest peer\" is {FROZEN_RATIO}.")
     if doc.get("error"):
         lines += ["", f"**RUN STOPPED: {doc['error']}**"]
     return lines
@@ -111,16 +127,22 @@ def markdown(doc):
     peers = _peers(doc)
     notes = _footnotes(doc)
     lines = _header(doc) + [""]
-    head = ["case", "dtype", "threads", "unit", "rnnc"] + peers + ["rnnc / fastest peer"]
+    ours = _rnnc_columns(doc)
+    frozen = "rnnc-frozen" in ours
+    head = (["case", "dtype", "threads", "unit"] + ours + peers + ["rnnc / fastest peer"]
+            + (["frozen / fastest peer"] if frozen else []))
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|")
     for r in doc["rows"]:
         ratio = f"{r['rnnc_over_fastest']:.2f} ({r['fastest_peer']})" \
             if "rnnc_over_fastest" in r else "-"
-        cells = [r["case"], r["dtype"], str(r["threads"]), r["unit"].replace("us", "µs"),
-                 _cell(r, "rnnc", notes)] + [_cell(r, b, notes) for b in peers] + [ratio]
+        extra = [f"{r['frozen_over_fastest']:.2f}" if "frozen_over_fastest" in r else "-"] \
+            if frozen else []
+        cells = [r["case"], r["dtype"], str(r["threads"]), r["unit"].replace("us", "µs")] \
+            + [_cell(r, b, notes) for b in ours] + [_cell(r, b, notes) for b in peers] \
+            + [ratio] + extra
         lines.append("| " + " | ".join(cells) + " |")
-    lines += _varlen_table(doc, peers)
+    lines += _varlen_table(doc, ours + peers)
     if notes:
         lines += ["", "Not available:"]
         lines += [f"- [{n}] {reason}" for reason, n in notes.items()]
@@ -130,7 +152,7 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
-def _varlen_table(doc, peers):
+def _varlen_table(doc, backends):
     rows = doc["rows"]
     pairs = []
     for r in rows:
@@ -141,7 +163,6 @@ def _varlen_table(doc, peers):
                 pairs.append((r, full))
     if not pairs:
         return []
-    backends = ["rnnc"] + peers
     out = ["", "Variable lengths: time with lengths ~ U[1, T] / time of the same batch at full "
            "length (ideal = Σ lengths / (B·T), the fraction of steps that really run).", "",
            "| case | dtype | threads | ideal | " + " | ".join(backends) + " |",

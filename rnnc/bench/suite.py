@@ -218,10 +218,13 @@ def _ratios(row):
         return
     t = res["rnnc"]["median"]
     row["ratio"] = {b: t / r["median"] for b, r in res.items() if b != "rnnc"}
-    if row["ratio"]:
-        fastest = min((b for b in res if b != "rnnc"), key=lambda b: res[b]["median"])
+    others = [b for b in res if b not in peers.RNNC_SIDE]
+    if others:
+        fastest = min(others, key=lambda b: res[b]["median"])
         row["fastest_peer"] = fastest
         row["rnnc_over_fastest"] = row["ratio"][fastest]
+        if "rnnc-frozen" in res:
+            row["frozen_over_fastest"] = res["rnnc-frozen"]["median"] / res[fastest]["median"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +306,8 @@ def _fmt_progress(row):
     tail = ""
     if "rnnc_over_fastest" in row:
         tail = f" -> rnnc/{row['fastest_peer']} {row['rnnc_over_fastest']:.2f}"
+        if "frozen_over_fastest" in row:
+            tail += f", frozen {row['frozen_over_fastest']:.2f}"
     return f"{row['case']} [{row['dtype']}, {row['threads']}t, {row['unit']}]: " \
         + ", ".join(parts) + tail
 
