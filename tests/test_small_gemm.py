@@ -138,20 +138,23 @@ def test_pack_panels_matches_numpy(dtype, N, K):
         np.testing.assert_array_equal(packed, _panels_numpy(view))
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_pack_panels_large_float64(transposed):
-    # Past RNNC_DPACK_STREAM_BYTES (8 MB) the float64 packer writes with streaming stores when
-    # its output is 64-byte aligned, as pack_panels makes it; a misaligned output (here one
-    # element into a buffer) takes plain stores. Both must give the same panels.
+@pytest.mark.parametrize("dtype,transposed", [(np.float64, False), (np.float64, True),
+                                              (np.float32, False)])
+def test_pack_panels_large(dtype, transposed):
+    # Past RNNC_DPACK_STREAM_BYTES / RNNC_PACK_STREAM_BYTES (8 MB) the packers write with
+    # streaming stores when their output is 64-byte aligned, as pack_panels makes it; a
+    # misaligned output (here one element into a buffer) takes plain stores. Both must give the
+    # same panels, edges (N, K not multiples of 16) included.
     rng = np.random.default_rng(5)
-    w = rng.standard_normal((1000, 1100) if not transposed else (1100, 1000))
+    shape = (1000, 1100) if dtype == np.float64 else (2001, 1103)
+    w = rng.standard_normal(shape[::-1] if transposed else shape).astype(dtype)
     view = w.T if transposed else w
     expected = _panels_numpy(view)
     assert expected.nbytes >= 8 << 20
     packed = _stack.pack_panels(view, "test large")
     assert packed.ctypes.data % 64 == 0
     np.testing.assert_array_equal(packed, expected)
-    buf = np.full(expected.size + 8, np.nan)
+    buf = np.full(expected.size + 16, np.nan, dtype=dtype)
     start = 1 if buf.ctypes.data % 64 == 0 else 0
     out = buf[start:start + expected.size].reshape(expected.shape)
     assert out.ctypes.data % 64 != 0
