@@ -22,18 +22,21 @@ cdef extern from "_small_gemm.h" nogil:
                          Py_ssize_t lda, const double* Bp, int beta, double* C, Py_ssize_t ldc,
                          int flip)
     void rnnc_pack_panels(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t sn,
-                          Py_ssize_t sk, float* out)
+                          Py_ssize_t sk, float* out, Py_ssize_t of_bytes)
     void rnnc_dpack_panels(Py_ssize_t N, Py_ssize_t K, const double* w, Py_ssize_t sn,
-                           Py_ssize_t sk, double* out)
+                           Py_ssize_t sk, double* out, Py_ssize_t of_bytes)
 
 
 cdef inline void pack_panels(Py_ssize_t N, Py_ssize_t K, const floating* w, Py_ssize_t sn,
-                             Py_ssize_t sk, floating* out) noexcept nogil:
-    """out = w^T (w (N, K) with element strides sn, sk) in the small-batch kernel's panels."""
+                             Py_ssize_t sk, floating* out,
+                             Py_ssize_t of_bytes=0) noexcept nogil:
+    """out = w^T (w (N, K) with element strides sn, sk) in the small-batch kernel's panels.
+    of_bytes: the size of the whole pack when this call packs one piece of it (large packs are
+    written with streaming stores, _small_gemm.h), else 0."""
     if floating is float:
-        rnnc_pack_panels(N, K, w, sn, sk, out)
+        rnnc_pack_panels(N, K, w, sn, sk, out, of_bytes)
     else:
-        rnnc_dpack_panels(N, K, w, sn, sk, out)
+        rnnc_dpack_panels(N, K, w, sn, sk, out, of_bytes)
 
 
 cdef inline bint small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,

@@ -139,6 +139,6 @@ def pack_panels_into(const floating[:, :] w, floating[:, :, ::1] out):
         return
     with nogil:
         if floating is float:
-            rnnc_pack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0])
+            rnnc_pack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0], 0)
         else:
-            rnnc_dpack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0])
+            rnnc_dpack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0], 0)

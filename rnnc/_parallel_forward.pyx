@@ -236,7 +236,8 @@ cdef inline void pack_part_rows(Py_ssize_t G, Py_ssize_t nu, Py_ssize_t K,
         pack_panels(G * nu, K, gathered, K, 1, out)
         return
     for g in range(G):
-        pack_panels(nu, K, src + (g * H + u0) * K, K, 1, out + g * (nu // W) * K * W)
+        pack_panels(nu, K, src + (g * H + u0) * K, K, 1, out + g * (nu // W) * K * W,
+                    G * nu * K * sizeof(floating))
 
 
 cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:

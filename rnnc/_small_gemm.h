@@ -126,9 +126,10 @@ static void rnnc_transpose16(const float* src, ptrdiff_t lds, float* dst, ptrdif
  * pass's W_hh) goes through 16 x 16 register transposes for the whole blocks. */
 __attribute__((target("avx512f")))
 static void rnnc_pack_panels_avx512(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
-                                    float* out) {
+                                    float* out, ptrdiff_t of_bytes) {
     ptrdiff_t N16 = N / 16 * 16, K16 = K / 16 * 16;
-    int nt = ((N + 63) / 64 * 64 * K * (ptrdiff_t)sizeof(float)) >= RNNC_PACK_STREAM_BYTES
+    ptrdiff_t bytes = (N + 63) / 64 * 64 * K * (ptrdiff_t)sizeof(float);
+    int nt = (bytes > of_bytes ? bytes : of_bytes) >= RNNC_PACK_STREAM_BYTES
              && ((size_t)out & 63) == 0;
     for (ptrdiff_t n0 = 0; n0 < N16; n0 += 16) {
         float* o = out + (n0 / 64) * K * 64 + n0 % 64;
@@ -312,8 +313,9 @@ static void rnnc_transpose8d(const double* src, ptrdiff_t lds, int rows, int col
 }
 
 /* Whether a packed output of `bytes` at `out` takes streaming stores (see above). */
-static inline int rnnc_dpack_streams(const double* out, ptrdiff_t bytes) {
-    return bytes >= RNNC_DPACK_STREAM_BYTES && ((size_t)out & 63) == 0;
+static inline int rnnc_dpack_streams(const double* out, ptrdiff_t bytes, ptrdiff_t of_bytes) {
+    return (bytes > of_bytes ? bytes : of_bytes) >= RNNC_DPACK_STREAM_BYTES
+           && ((size_t)out & 63) == 0;
 }
 
 /* rnnc_dpack_panels_scalar's layout when k is contiguous in w (the forward pass's W_hh): per
@@ -322,9 +324,10 @@ static inline int rnnc_dpack_streams(const double* out, ptrdiff_t bytes) {
  * walking k across a panel's 32 rows (4096 x 1024, plain stores: 4.2-5.0 ms against 6.3-6.9). */
 __attribute__((target("avx512f")))
 static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
-                                               ptrdiff_t sn, double* out) {
+                                               ptrdiff_t sn, double* out,
+                                               ptrdiff_t of_bytes) {
     ptrdiff_t Np = (N + 31) / 32 * 32;
-    int nt = rnnc_dpack_streams(out, Np * K * (ptrdiff_t)sizeof(double));
+    int nt = rnnc_dpack_streams(out, Np * K * (ptrdiff_t)sizeof(double), of_bytes);
     for (ptrdiff_t n0 = 0; n0 < Np; n0 += 8) {
         int rows = N - n0 >= 8 ? 8 : N - n0 <= 0 ? 0 : (int)(N - n0);
         const double* src = rows ? w + n0 * sn : w;
@@ -343,9 +346,9 @@ static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const d
  * took 4.8 ms for W_hh^T of LSTM H1024 (8 KB apart: a TLB miss per row), this 2.0 ms. */
 __attribute__((target("avx512f")))
 static void rnnc_dpack_panels_copy_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
-                                          ptrdiff_t sk, double* out) {
+                                          ptrdiff_t sk, double* out, ptrdiff_t of_bytes) {
     ptrdiff_t n_panels = (N + 31) / 32;
-    int nt = rnnc_dpack_streams(out, n_panels * 32 * K * (ptrdiff_t)sizeof(double));
+    int nt = rnnc_dpack_streams(out, n_panels * 32 * K * (ptrdiff_t)sizeof(double), of_bytes);
     __mmask8 last[4];   /* the last panel's masks; every other panel is full */
     for (int q = 0; q < 4; q++) {
         ptrdiff_t left = N - (n_panels - 1) * 32 - 8 * q;
@@ -484,33 +487,38 @@ static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double*
 }
 #endif
 
-/* The packed operand of rnnc_sgemm_small (see rnnc_pack_panels_scalar). */
+/* The packed operand of rnnc_sgemm_small (see rnnc_pack_panels_scalar). `of_bytes`: the size
+ * of the whole pack this call is a piece of (a split part packs its rows gate block by gate
+ * block), for the choice of streaming stores; 0 when the call is the whole pack. */
 static void rnnc_pack_panels(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
-                             ptrdiff_t sk, float* out) {
+                             ptrdiff_t sk, float* out, ptrdiff_t of_bytes) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
     if (sk == 1 && rnnc_cpu_has_avx512()) {
-        rnnc_pack_panels_avx512(N, K, w, sn, out);
+        rnnc_pack_panels_avx512(N, K, w, sn, out, of_bytes);
         return;
     }
 #endif
+    (void)of_bytes;
     rnnc_pack_panels_scalar(N, K, w, sn, sk, out);
 }
 
-/* The packed operand of rnnc_dgemm_small (see rnnc_dpack_panels_scalar). */
+/* The packed operand of rnnc_dgemm_small (see rnnc_dpack_panels_scalar); of_bytes as in
+ * rnnc_pack_panels. */
 static void rnnc_dpack_panels(ptrdiff_t N, ptrdiff_t K, const double* w, ptrdiff_t sn,
-                              ptrdiff_t sk, double* out) {
+                              ptrdiff_t sk, double* out, ptrdiff_t of_bytes) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
     if (rnnc_cpu_has_avx512()) {
         if (sk == 1) {
-            rnnc_dpack_panels_transpose_avx512(N, K, w, sn, out);
+            rnnc_dpack_panels_transpose_avx512(N, K, w, sn, out, of_bytes);
             return;
         }
         if (sn == 1) {
-            rnnc_dpack_panels_copy_avx512(N, K, w, sk, out);
+            rnnc_dpack_panels_copy_avx512(N, K, w, sk, out, of_bytes);
             return;
         }
     }
 #endif
+    (void)of_bytes;
     rnnc_dpack_panels_scalar(N, K, w, sn, sk, out);
 }
 #endif
