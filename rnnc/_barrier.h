@@ -30,4 +30,31 @@ static inline void rnnc_barrier_wait(int* bar, int n_threads, int* sense) {
             sched_yield();
     }
 }
+/* Progress counts one thread publishes and another waits on, and a queue two threads take items
+ * from (the projection-ahead pipeline of rnnc/_parallel_forward.pyx): release / acquire, so what
+ * the publisher wrote before it is visible to the waiter after. Waiting spins like the barrier,
+ * then yields. */
+static inline void rnnc_count_publish(long* count, long value) {
+    __atomic_store_n(count, value, __ATOMIC_RELEASE);
+}
+
+static inline long rnnc_count_load(long* count) {
+    return __atomic_load_n(count, __ATOMIC_ACQUIRE);
+}
+
+/* Take item `expected` of a queue whose next free item is *count: 1 if this thread got it. */
+static inline int rnnc_count_claim(long* count, long expected) {
+    return __atomic_compare_exchange_n(count, &expected, expected + 1, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+static inline void rnnc_count_wait(long* count, long at_least) {
+    unsigned spins = 0;
+    while (__atomic_load_n(count, __ATOMIC_ACQUIRE) < at_least) {
+        if (++spins < 2000)
+            RNNC_PAUSE();
+        else
+            sched_yield();
+    }
+}
 #endif

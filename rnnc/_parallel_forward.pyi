@@ -3,6 +3,8 @@ from numpy.typing import NDArray
 
 def split_helper_ready() -> bool: ...
 
+def split_helper_awake() -> bool: ...
+
 def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                      offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],
                      w_hh: NDArray[np.floating], half: int,
@@ -19,3 +21,13 @@ def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np
                      hg0: NDArray[np.floating], hg1: NDArray[np.floating],
                      xh0: NDArray[np.floating], xh1: NDArray[np.floating], chunk_steps: int,
                      bar: NDArray[np.int32], prepared: bool = ...) -> None: ...
+
+def pipelined_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
+                         offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],
+                         w_ih_packed: NDArray[np.floating], bias: NDArray[np.floating],
+                         b_hn: NDArray[np.floating], w_hh: NDArray[np.floating],
+                         w_hh_packed: NDArray[np.floating], hbuf: NDArray[np.floating],
+                         h: NDArray[np.floating], c: NDArray[np.floating],
+                         cpart: NDArray[np.floating], out: NDArray[np.floating], col0: int,
+                         ring: NDArray[np.floating], hg: NDArray[np.floating],
+                         chunk_steps: int, use_helper: bool) -> None: ...

@@ -30,8 +30,10 @@ from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_p
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows, project_inputs
 
 
-from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_post,
-                           rnnc_worker_start, rnnc_worker_stop, rnnc_worker_wait)
+from rnnc._worker cimport (rnnc_barrier_wait, rnnc_count_claim, rnnc_count_load,
+                           rnnc_count_publish, rnnc_count_wait, rnnc_worker, rnnc_worker_alive,
+                           rnnc_worker_awake, rnnc_worker_post, rnnc_worker_start,
+                           rnnc_worker_stop, rnnc_worker_wait, rnnc_worker_wake)
 
 
 cdef enum:
@@ -69,6 +71,59 @@ cdef inline void project_part(
              xg + g * nu, GN)
 
 
+# ---------------------------------------------------------------------------------------------
+# Projection ahead. A layer too small to split (one step's product is a few microseconds) runs its
+# time loop on the calling thread, and the helper projects the inputs of the next chunk of steps
+# meanwhile: the projection, a fifth or more of such a layer's time, leaves the critical path
+# (pipelined_forward_py). Chunks go through a ring of two buffers: chunk c may be written once
+# the caller is done with chunk c - 2. Both threads take chunks from one queue (`next`): the
+# helper takes the next one ahead, the caller takes the chunk it needs if the helper has not, and
+# otherwise waits until the helper has written it (progress counts, rnnc/_barrier.h). So a helper
+# that starts late (or never) costs nothing but the caller's own projections, and the results
+# do not depend on which thread projected what. The caller starts with chunk 0.
+# ---------------------------------------------------------------------------------------------
+cdef struct Ahead:
+    bint is_double
+    const void* x
+    Py_ssize_t ldx, I
+    const Py_ssize_t* batch_sizes
+    const Py_ssize_t* offsets
+    Py_ssize_t T, chunk_steps, n_chunks
+    bint reverse
+    const void* w_ih           # (GN, I)
+    const void* w_ih_packed    # its panels
+    const void* bias           # (GN,) folded input-side biases, or NULL
+    Py_ssize_t GN
+    void* ring[2]              # (chunk_steps * B, GN) each
+    long next                  # the first chunk no thread has taken
+    long written[2]            # 1 + the last chunk the helper wrote into each buffer
+    long consumed              # chunks [0, consumed) done with (the caller)
+
+
+cdef void project_chunk(Ahead* a, Py_ssize_t ci, floating kind) noexcept nogil:
+    cdef Py_ssize_t t0 = 0, t1 = 0, row0
+    chunk_bounds(ci, a.T, a.chunk_steps, a.reverse, &t0, &t1)
+    row0 = a.offsets[t0]
+    project_inputs(<const floating*>a.x + row0 * a.ldx, a.ldx, a.I,
+                   a.offsets[t1 - 1] + a.batch_sizes[t1 - 1] - row0, <const floating*>a.w_ih,
+                   <const floating*>a.w_ih_packed, <const floating*>a.bias,
+                   <const floating*>NULL, a.GN, 0, <floating*>a.ring[ci & 1])
+
+
+cdef void project_ahead(Ahead* a, floating kind) noexcept nogil:
+    """The helper's job: the chunks the caller has not taken, in order, into the ring."""
+    cdef long ci
+    while True:
+        ci = rnnc_count_load(&a.next)
+        if ci >= a.n_chunks:
+            return
+        rnnc_count_wait(&a.consumed, ci - 1)      # chunk ci - 2 has left its buffer
+        if rnnc_count_claim(&a.next, ci):
+            project_chunk(a, ci, kind)
+            rnnc_count_publish(&a.written[ci & 1], ci + 1)
+
+
+
 cdef void forward_part(
         int mode,
         const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) packed input, row stride ldx
@@ -89,7 +144,9 @@ cdef void forward_part(
         floating* xg,              # (chunk_steps * B, G*nu) workspace
         floating* hg,              # (B, G*nu) GRU workspace: recurrent part
         Py_ssize_t chunk_steps,
-        int* bar, int n_threads) noexcept nogil:
+        int* bar, int n_threads,
+        Ahead* ahead=NULL) noexcept nogil:    # whole layer (u0 = 0, nu = H, one thread): the
+                                              # inputs projected as in pipelined_forward_py
     cdef Py_ssize_t GN = G * nu
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0, b_prev = 0
@@ -102,8 +159,15 @@ cdef void forward_part(
     for ci in range(n_chunks):
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
-        project_part(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                     w_ih, w_ih_gate_stride, w_ih_packed, bias, GN, nu, xg)
+        if ahead == NULL:
+            project_part(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
+                         w_ih, w_ih_gate_stride, w_ih_packed, bias, GN, nu, xg)
+        else:
+            if ci == 0 or rnnc_count_claim(&ahead.next, ci):
+                project_chunk(ahead, ci, <floating>0)
+            else:                   # the helper took it
+                rnnc_count_wait(&ahead.written[ci & 1], ci + 1)
+            xg = <floating*>ahead.ring[ci & 1]
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -133,6 +197,8 @@ cdef void forward_part(
                 rnnc_barrier_wait(bar, n_threads, &sense)
             cur = 1 - cur
             b_prev = b
+        if ahead != NULL:
+            rnnc_count_publish(&ahead.consumed, ci + 1)
     h_cur = hbuf + cur * B * H
     copy_rows(h + u0, H, h_cur + u0, H, B, nu)
     if mode == LSTM:
@@ -293,13 +359,21 @@ cdef void run_part(Part* p) noexcept nogil:
 
 
 cdef void helper_job(void* arg) noexcept nogil:
-    run_part(<Part*>arg)
+    if _job_ahead != NULL:
+        if _job_ahead.is_double:
+            project_ahead(_job_ahead, <double>0)
+        else:
+            project_ahead(_job_ahead, <float>0)
+    else:
+        run_part(<Part*>arg)
 
 
 # One helper and one pair of part descriptions per process; rnnc._stack lets one call at a time
-# use them (a lock it tries, and runs the layer unsplit when it is taken).
+# use them (a lock it tries, and runs the layer on one thread when it is taken). _job_ahead: the
+# projection-ahead job the helper runs when posted, or NULL for a split part (set before posting).
 cdef rnnc_worker* _helper = NULL
 cdef Part _parts[2]
+cdef Ahead* _job_ahead = NULL
 
 
 def split_helper_ready():
@@ -312,6 +386,16 @@ def split_helper_ready():
         rnnc_worker_stop(_helper)
     _helper = rnnc_worker_start(helper_job, &_parts[1])
     return _helper != NULL
+
+
+def split_helper_awake():
+    """Whether the helper is awake (spinning or working: a job posted now starts at once). A
+    sleeping helper is woken, and False returned: the caller runs this call on one thread, since
+    waking takes from 0.6 to several ms on this machine (rnnc/_worker.h)."""
+    if rnnc_worker_awake(_helper):
+        return True
+    rnnc_worker_wake(_helper)
+    return False
 
 
 cdef inline void* data_or_null(const char* data, Py_ssize_t size) noexcept:
@@ -413,3 +497,78 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
         rnnc_worker_post(_helper)
         run_part(&_parts[0])
         rnnc_worker_wait(_helper)
+
+
+def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
+                         const Py_ssize_t[::1] offsets, bint reverse,
+                         const floating[:, ::1] w_ih, const floating[:, :, ::1] w_ih_packed,
+                         const floating[::1] bias, const floating[::1] b_hn,
+                         const floating[:, ::1] w_hh, const floating[:, :, ::1] w_hh_packed,
+                         floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
+                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
+                         floating[:, :, ::1] ring, floating[:, ::1] hg, Py_ssize_t chunk_steps,
+                         bint use_helper):
+    """One layer and direction, inference, on this thread, with the helper projecting the next
+    chunk of steps' inputs ahead (see Ahead) when use_helper (the caller holds the helper:
+    split_helper_ready() returned True) and it is awake; else this thread projects every chunk,
+    which gives the same results.
+    Shapes as in split_forward_py with one part of all H units: w_ih (G*H, I) and w_hh
+    (G*H, H) with their panels (the small-batch kernel: both required), bias (G*H,) folded
+    (zero-size: none), b_hn (H,) GRU or zero-size, hbuf (2, B, H) both = h on entry, cpart
+    (B, H) LSTM workspace, ring (2, chunk_steps * B, G*H), hg (B, G*H) GRU workspace.
+    mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM (no projection)."""
+    cdef Py_ssize_t H = h.shape[1], G = w_hh.shape[0] // h.shape[1]
+    if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
+        return
+    if w_ih_packed.shape[0] == 0 or w_hh_packed.shape[0] == 0:
+        raise ValueError("pipelined_forward_py: w_ih_packed and w_hh_packed are required")
+    if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
+        raise RuntimeError("pipelined_forward_py: the helper thread is not running "
+                           "(call split_helper_ready() first)")
+    global _job_ahead
+    cdef Ahead ahead
+    cdef Ahead* a = &ahead
+    a.is_double = floating is double
+    a.x = &x[0, 0]
+    a.ldx = x.shape[1]
+    a.I = x.shape[1]
+    a.batch_sizes = &batch_sizes[0]
+    a.offsets = &offsets[0]
+    a.T = batch_sizes.shape[0]
+    a.chunk_steps = chunk_steps
+    a.n_chunks = (a.T + chunk_steps - 1) // chunk_steps
+    a.reverse = reverse
+    a.w_ih = &w_ih[0, 0]
+    a.w_ih_packed = &w_ih_packed[0, 0, 0]
+    a.bias = data_or_null(<const char*>bias._data, bias.shape[0])
+    a.GN = G * H
+    a.ring[0] = &ring[0, 0, 0]
+    a.ring[1] = &ring[1, 0, 0]
+    a.next = 1
+    a.written[0] = 0
+    a.written[1] = 0
+    a.consumed = 0
+    cdef const floating* pb_hn = <const floating*>data_or_null(<const char*>b_hn._data,
+                                                               b_hn.shape[0])
+    cdef floating* pc = <floating*>data_or_null(<const char*>c._data, c.shape[0])
+    cdef floating* pcpart = <floating*>data_or_null(<const char*>cpart._data, cpart.shape[0])
+    cdef floating* phg = <floating*>data_or_null(<const char*>hg._data, hg.shape[0])
+    # Only an awake helper gets the job (rnnc/_worker.h: waking one takes milliseconds here);
+    # a sleeping one is woken for the calls that follow, and this call projects every chunk.
+    cdef bint post = use_helper and rnnc_worker_awake(_helper)
+    if use_helper and not post:
+        rnnc_worker_wake(_helper)
+    if post:                # only the caller that holds the helper touches its job
+        _job_ahead = a
+    with nogil:
+        if post:
+            rnnc_worker_post(_helper)
+        forward_part(mode, &x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], a.T,
+                     reverse, &w_ih[0, 0], 0, &w_ih_packed[0, 0, 0], <const floating*>a.bias,
+                     pb_hn, &w_hh[0, 0], &w_hh_packed[0, 0, 0], G, H, 0, H, h.shape[0],
+                     &hbuf[0, 0, 0], &h[0, 0], pc, pcpart, &out[0, col0], out.shape[1],
+                     <floating*>NULL, phg, chunk_steps, <int*>NULL, 1, a)
+        if post:
+            rnnc_worker_wait(_helper)
+    if post:
+        _job_ahead = NULL

@@ -43,8 +43,9 @@ from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_aft
                               rnn_pointwise, rnn_pointwise_ld)
 
 
-from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_post,
-                           rnnc_worker_start, rnnc_worker_stop, rnnc_worker_wait)
+from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_awake,
+                           rnnc_worker_post, rnnc_worker_start, rnnc_worker_stop,
+                           rnnc_worker_wait, rnnc_worker_wake)
 
 import numpy as np
 
@@ -113,66 +114,83 @@ cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p)
     update of those units into h_next (the other part reads h: finish_split_step copies
     h_next into h after both parts are done).
     GRU here is PyTorch's form (reset_after) and LSTM has no projection (rnnc/stream.py)."""
-    cdef Py_ssize_t k, r, I = job.n_in, B = job.B, H = job.H, u0, nu, GN
+    cdef Py_ssize_t k
+    cdef const floating* inp = x
+    for k in range(job.L):
+        split_layer_part(inp, y, job, k, p)
+        # The next layer reads all of hn. After the last layer nobody waits here: the owner
+        # waits for the helper's whole part (finish_split_step), which saves a barrier a step.
+        if k < job.L - 1:
+            rnnc_barrier_wait(job.bar, 2, &job.sense[p])
+        inp = <const floating*>job.layers[k].h_next
+
+
+cdef void split_step_alone(const floating* x, floating* y, SplitStep* job) noexcept nogil:
+    """Both parts of one step on this thread, layer by layer: the same arithmetic as the two
+    threads' split_part_step (same bits), for when the helper is asleep (rnnc/_worker.h)."""
+    cdef Py_ssize_t k
+    cdef const floating* inp = x
+    for k in range(job.L):
+        split_layer_part(inp, y, job, k, 0)
+        split_layer_part(inp, y, job, k, 1)
+        inp = <const floating*>job.layers[k].h_next
+
+
+cdef void split_layer_part(const floating* inp, floating* y, SplitStep* job, Py_ssize_t k,
+                           int p) noexcept nogil:
+    """Part p of layer k of one step (split_part_step); inp is the layer's input."""
+    cdef Py_ssize_t r, I = job.n_in if k == 0 else job.H, B = job.B, H = job.H, u0, nu, GN
     cdef Py_ssize_t G1 = 4 if job.mode == MODE_LSTM else (3 if job.mode == MODE_GRU else 1)
     cdef const StreamLayer* lay
     cdef const StreamPart* part
-    cdef const floating* inp = x
     cdef floating* h
     cdef floating* hn
     cdef floating* gates
     cdef floating* outp
     cdef floating beta
-    for k in range(job.L):
-        lay = &job.layers[k]
-        part = &job.parts[2 * k + p]
-        u0, nu = part.u0, part.nu
-        GN = G1 * nu
-        gates = <floating*>part.gates
-        h = <floating*>lay.h
-        hn = <floating*>lay.h_next
-        beta = 0
-        if part.bias != NULL:
-            for r in range(B):
-                memcpy(gates + r * GN, part.bias, GN * sizeof(floating))
-            beta = 1
-        # Every other step runs the two products in the opposite order, each reading its
-        # panels backwards (flip): the step then starts on the weights the previous step read
-        # last, still in L1 (a part's W_ih and W_hh, 256 KB at H128, stream through it from L2).
-        if not job.flip:
-            recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
-                           <const floating*>part.w_ih_packed, beta, gates, GN)
-            beta = 1
-        if job.mode == MODE_GRU:
-            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
-                           <const floating*>part.w_hh_packed, 0, <floating*>part.hg, GN,
-                           job.flip)
+    lay = &job.layers[k]
+    part = &job.parts[2 * k + p]
+    u0, nu = part.u0, part.nu
+    GN = G1 * nu
+    gates = <floating*>part.gates
+    h = <floating*>lay.h
+    hn = <floating*>lay.h_next
+    beta = 0
+    if part.bias != NULL:
+        for r in range(B):
+            memcpy(gates + r * GN, part.bias, GN * sizeof(floating))
+        beta = 1
+    # Every other step runs the two products in the opposite order, each reading its
+    # panels backwards (flip): the step then starts on the weights the previous step read
+    # last, still in L1 (a part's W_ih and W_hh, 256 KB at H128, stream through it from L2).
+    if not job.flip:
+        recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
+                       <const floating*>part.w_ih_packed, beta, gates, GN)
+        beta = 1
+    if job.mode == MODE_GRU:
+        recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
+                       <const floating*>part.w_hh_packed, 0, <floating*>part.hg, GN,
+                       job.flip)
+    else:
+        recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
+                       <const floating*>part.w_hh_packed, beta, gates, GN, job.flip)
+        beta = 1
+    if job.flip:
+        recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
+                       <const floating*>part.w_ih_packed, beta, gates, GN, True)
+    # The last layer writes y directly; the others write h_next twice (harmless).
+    outp = (y if k == job.L - 1 else hn) + u0
+    if job.mode == MODE_GRU:
+        gru_pointwise_reset_after_ld(B, nu, gates, <floating*>part.hg,
+                                     <const floating*>part.b_hn, h + u0, H, hn + u0, H,
+                                     outp, H, <floating*>NULL)
+    else:
+        if job.mode == MODE_LSTM:
+            for r in range(B):  # row by row: c's rows are H apart, this part's gates nu
+                lstm_pointwise(1, nu, gates + r * GN, <floating*>lay.c + r * H + u0,
+                               hn + r * H + u0, H, outp + r * H, H)
         else:
-            recurrent_gemm(B, GN, H, h, H, <const floating*>part.w_hh, H,
-                           <const floating*>part.w_hh_packed, beta, gates, GN, job.flip)
-            beta = 1
-        if job.flip:
-            recurrent_gemm(B, GN, I, inp, I, <const floating*>part.w_ih, I,
-                           <const floating*>part.w_ih_packed, beta, gates, GN, True)
-        # The last layer writes y directly; the others write h_next twice (harmless).
-        outp = (y if k == job.L - 1 else hn) + u0
-        if job.mode == MODE_GRU:
-            gru_pointwise_reset_after_ld(B, nu, gates, <floating*>part.hg,
-                                         <const floating*>part.b_hn, h + u0, H, hn + u0, H,
-                                         outp, H, <floating*>NULL)
-        else:
-            if job.mode == MODE_LSTM:
-                for r in range(B):  # row by row: c's rows are H apart, this part's gates nu
-                    lstm_pointwise(1, nu, gates + r * GN, <floating*>lay.c + r * H + u0,
-                                   hn + r * H + u0, H, outp + r * H, H)
-            else:
-                rnn_pointwise_ld(B, nu, job.use_relu, gates, hn + u0, H, outp, H)
-        # The next layer reads all of hn. After the last layer nobody waits here: the owner
-        # waits for the helper's whole part (finish_split_step), which saves a barrier a step.
-        if k < job.L - 1:
-            rnnc_barrier_wait(job.bar, 2, &job.sense[p])
-        inp = hn
-        I = H
+            rnn_pointwise_ld(B, nu, job.use_relu, gates, hn + u0, H, outp, H)
 
 
 cdef void finish_split_step(SplitStep* job, Py_ssize_t itemsize) noexcept nogil:
@@ -549,11 +567,16 @@ cdef class StreamKernel:
         if self.busy:
             raise RuntimeError("this stream is in use by another thread; use one stream per "
                                "thread")
-        self.busy = True
-        cdef void* px = cnp.PyArray_DATA(xa)
-        cdef void* py = cnp.PyArray_DATA(ya)
+        cdef char* px = <char*>cnp.PyArray_DATA(xa)
+        cdef char* py = <char*>cnp.PyArray_DATA(ya)
         cdef SplitStep* job = self.job
-        if self.worker != NULL and rnnc_worker_alive(self.worker):
+        if (self.parts != NULL and px < py + cnp.PyArray_NBYTES(ya)
+                and py < px + cnp.PyArray_NBYTES(xa)):
+            # out overlaps x: one part would write its outputs while the other still reads x.
+            xa = np.array(xa, copy=True)
+            px = <char*>cnp.PyArray_DATA(xa)
+        self.busy = True
+        if self.worker != NULL and rnnc_worker_awake(self.worker):
             job.x = px
             job.y = py
             job.flip = not job.flip
@@ -564,6 +587,18 @@ cdef class StreamKernel:
                 else:
                     split_part_step(<const double*>px, <double*>py, job, 0)
                 rnnc_worker_wait(self.worker)
+                finish_split_step(job, 4 if self.typenum == cnp.NPY_FLOAT32 else 8)
+        elif self.worker != NULL and rnnc_worker_alive(self.worker):
+            # The helper is asleep: waking it takes from 0.6 to several ms here (_worker.h).
+            # This step runs both parts on this thread, with the same bits; the helper is
+            # woken for the steps that follow.
+            job.flip = not job.flip
+            with nogil:
+                rnnc_worker_wake(self.worker)
+                if self.typenum == cnp.NPY_FLOAT32:
+                    split_step_alone(<const float*>px, <float*>py, job)
+                else:
+                    split_step_alone(<const double*>px, <double*>py, job)
                 finish_split_step(job, 4 if self.typenum == cnp.NPY_FLOAT32 else 8)
         elif self.typenum == cnp.NPY_FLOAT32:
             self.flip = not self.flip

@@ -3,8 +3,8 @@
  *
  * Why not a thread pool or a Python thread: a time step of a streamed layer takes ~3 us, and
  * handing work to a Python thread costs ~50 us. Here the owner publishes a sequence number and
- * the helper, spinning on it, starts within ~0.1 us; after ~20 us without work it sleeps on a
- * condition variable, so an idle stream costs no CPU. The owner waits for `done` by spinning
+ * the helper, spinning on it, starts within ~0.1 us; after RNNC_WORKER_SPIN_SECONDS without
+ * work it sleeps on a condition variable, so an idle stream costs no CPU. The owner waits for `done` by spinning
  * (the helper's share of a step is as short as its own).
  *
  * fork(): a child inherits the struct but not the thread. A fork handler bumps a generation
@@ -14,12 +14,19 @@
  * Lost wake-ups: the helper sets `sleeping` and then re-reads `seq` under the mutex before it
  * waits; the owner stores `seq` and then reads `sleeping` (both sequentially consistent), so
  * either the helper sees the new `seq` or the owner sees `sleeping` and signals under the mutex.
+ *
+ * Waking a sleeping helper is slow on this machine's virtual CPUs: a posted job started 0.6 ms
+ * to several ms late after 10 ms idle (a stream step took 0.63 ms instead of 5 us, a split LSTM
+ * B1 H256 T100 layer 7.7 ms instead of 0.86). So owners post only to an awake helper
+ * (rnnc_worker_awake: spinning or working), and otherwise do the work on their own thread and
+ * rnnc_worker_wake() it, which makes it spin again for the calls that follow, without a job.
  */
 #ifndef RNNC_WORKER_H
 #define RNNC_WORKER_H
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <time.h>
 #include "_barrier.h"
 
 static long rnnc_fork_generation = 0;
@@ -37,25 +44,41 @@ typedef struct rnnc_worker {
     void* arg;
     long seq;        /* posted jobs (owner writes) */
     long done;       /* finished jobs (helper writes) */
+    long wakes;      /* rnnc_worker_wake calls (owner writes) */
     int sleeping;
     int quit;
     long generation;  /* rnnc_fork_generation when started */
 } rnnc_worker;
+
+/* How long an idle helper spins before it sleeps: longer than the usual gap between two layer
+ * calls in a loop, including a call that ran on one thread because the helper was asleep (a
+ * split-size layer at one thread: LSTM B1 H256 T100 1.6 ms, B16 H128 4.2 ms), so that a loop of
+ * calls finds it awake from its second call on. */
+#define RNNC_WORKER_SPIN_SECONDS 5e-3
+
+static double rnnc_worker_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static void* rnnc_worker_main(void* p) {
     rnnc_worker* w = (rnnc_worker*)p;
     long seen = 0;
     for (;;) {
         unsigned spins = 0;
+        double idle_since = rnnc_worker_now();
         while (__atomic_load_n(&w->seq, __ATOMIC_SEQ_CST) == seen
                && !__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST)) {
-            if (++spins < 20000) {
+            if (++spins % 1024 || rnnc_worker_now() - idle_since < RNNC_WORKER_SPIN_SECONDS) {
                 RNNC_PAUSE();
                 continue;
             }
             pthread_mutex_lock(&w->mutex);
             __atomic_store_n(&w->sleeping, 1, __ATOMIC_SEQ_CST);
+            long wakes = __atomic_load_n(&w->wakes, __ATOMIC_SEQ_CST);
             while (__atomic_load_n(&w->seq, __ATOMIC_SEQ_CST) == seen
+                   && __atomic_load_n(&w->wakes, __ATOMIC_SEQ_CST) == wakes
                    && !__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST))
                 pthread_cond_wait(&w->cond, &w->mutex);
             __atomic_store_n(&w->sleeping, 0, __ATOMIC_SEQ_CST);
@@ -97,6 +120,23 @@ static rnnc_worker* rnnc_worker_start(void (*job)(void*), void* arg) {
 /* The helper thread exists in this process (not a forked copy of the struct). */
 static int rnnc_worker_alive(const rnnc_worker* w) {
     return w != NULL && w->generation == rnnc_fork_generation;
+}
+
+/* The helper is spinning or running a job (not asleep): a job posted now starts at once. */
+static int rnnc_worker_awake(rnnc_worker* w) {
+    return rnnc_worker_alive(w) && !__atomic_load_n(&w->sleeping, __ATOMIC_SEQ_CST);
+}
+
+/* Wake a sleeping helper without a job: it spins again before it sleeps. */
+static void rnnc_worker_wake(rnnc_worker* w) {
+    if (!rnnc_worker_alive(w))
+        return;
+    __atomic_add_fetch(&w->wakes, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&w->mutex);
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->mutex);
+    }
 }
 
 static void rnnc_worker_post(rnnc_worker* w) {

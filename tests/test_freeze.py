@@ -68,6 +68,7 @@ def test_frozen_matches_unfrozen_and_reference(mode, I, H, B, T, kw, dtype, thre
 @pytest.fixture
 def force_split(monkeypatch):
     monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
     monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
     monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)

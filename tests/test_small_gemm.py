@@ -346,6 +346,7 @@ def test_float64_split_matches_blas_and_reference(monkeypatch, packs, mode, H, B
     # thread runs the kernel on its units' rows of W_hh (each part packs them into a buffer
     # from rnnc._stack.panel_workspace).
     monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
     monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
     monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)

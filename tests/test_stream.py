@@ -481,3 +481,36 @@ def test_split_stream_in_a_forked_child(split, rng):
 
 def _step_rest_in_child(s, x, q):
     q.put((s.threads, stream_through(s, x)))
+
+
+def test_split_stream_step_with_the_helper_asleep_gives_the_same_bits(split, rng):
+    # A step that finds the helper asleep (it sleeps after 5 ms without work) runs both halves
+    # on the calling thread (split_step_alone); the arithmetic is the same as with two threads.
+    import time
+    m = rnnc.LSTM(7, 48, num_layers=2, seed=3)
+    x = rng.standard_normal((4, 2, 7)).astype(np.float32)
+    awake = m.stream(batch_size=2)
+    assert awake.threads == 2
+    expected = stream_through(awake, x)
+    sleepy = m.stream(batch_size=2)
+    ys = []
+    for t in range(4):
+        time.sleep(0.02)
+        ys.append(sleepy.step(x[t]))
+    np.testing.assert_array_equal(np.stack(ys), expected)
+    for a, b in zip(sleepy.state, awake.state):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_stream_out_may_be_x(split, rng):
+    # With out=x, one half of a split step would write its outputs while the other still reads
+    # x: the step then reads a copy of x.
+    m = rnnc.GRU(32, 32, seed=2)
+    x = rng.standard_normal((5, 3, 32)).astype(np.float32)
+    expected = stream_through(m.stream(3), x)
+    s = m.stream(3)
+    assert s.threads == 2
+    for t in range(5):
+        xt = x[t].copy()
+        assert s.step(xt, out=xt) is xt
+        np.testing.assert_array_equal(xt, expected[t])
