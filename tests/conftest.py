@@ -128,3 +128,25 @@ def nan_padded(x, lengths, batch_first=False, fill=np.nan):
         else:
             x[int(n):, b] = fill
     return x
+
+
+@pytest.fixture
+def force_split(monkeypatch):
+    """Inference splits every layer it can between two threads (rnnc/_parallel_forward.pyx),
+    whatever the machine, the layer size and the helper's state; returns the list of the split
+    calls' modes, filled as they run."""
+    from rnnc import _stack
+    monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
+    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
+    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
+    calls = []
+    run_split = _stack._run_split
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return run_split(*args, **kwargs)
+
+    monkeypatch.setattr(_stack, "_run_split", spy)
+    return calls

@@ -65,24 +65,6 @@ def test_frozen_matches_unfrozen_and_reference(mode, I, H, B, T, kw, dtype, thre
         assert f._packs, "a frozen call on the small-batch kernel keeps its panels"
 
 
-@pytest.fixture
-def force_split(monkeypatch):
-    monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
-    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    calls = []
-    run_split = _stack._run_split
-
-    def spy(*args, **kwargs):
-        calls.append(args[0])
-        return run_split(*args, **kwargs)
-
-    monkeypatch.setattr(_stack, "_run_split", spy)
-    return calls
-
-
 @pytest.mark.parametrize("mode,H,B,kw", [
     ("LSTM", 40, 3, {}),          # unequal halves: gathered rows
     ("LSTM", 128, 1, {}),         # whole panels: packed from the gate blocks in place

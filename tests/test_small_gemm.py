@@ -340,20 +340,12 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
     ("GRU", 33, 70, 2, False),
     ("RNN", 128, 9, 1, False),
     ("RNN", 100, 64, 1, True)])
-def test_float64_split_matches_blas_and_reference(monkeypatch, packs, mode, H, B, layers,
-                                                  bidir):
-    # The 2-thread split (rnnc/_parallel_forward.pyx), forced as in test_split_forward.py: each
+def test_float64_split_matches_blas_and_reference(force_split, monkeypatch, packs, mode, H, B,
+                                                  layers, bidir):
+    # The 2-thread split (rnnc/_parallel_forward.pyx), forced (conftest.force_split): each
     # thread runs the kernel on its units' rows of W_hh (each part packs them into a buffer
     # from rnnc._stack.panel_workspace).
-    monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
-    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    splits = []
-    run_split = _stack._run_split
-    monkeypatch.setattr(_stack, "_run_split",
-                        lambda *a, **k: splits.append(a[0]) or run_split(*a, **k))
+    splits = force_split
     kw = {"num_layers": layers, "bidirectional": bidir}
     m, x, lengths, hx = _f64_case(mode, B, H, 7, kw, B * 100 + H + 2)
     fast = m(x, hx, lengths=lengths)

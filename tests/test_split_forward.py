@@ -9,24 +9,6 @@ import rnnc
 from rnnc import _stack, reference
 
 
-@pytest.fixture
-def force_split(monkeypatch):
-    monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
-    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    calls = []
-    run_split = _stack._run_split
-
-    def spy(*args, **kwargs):
-        calls.append(args[0])
-        return run_split(*args, **kwargs)
-
-    monkeypatch.setattr(_stack, "_run_split", spy)
-    return calls
-
-
 def flat(result):
     out, state = result
     return [out, *(state if isinstance(state, tuple) else (state,))]
