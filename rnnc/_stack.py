@@ -347,12 +347,15 @@ def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, ou
 _SPLIT_LOCK = threading.Lock()    # the split's helper thread serves one layer call at a time
 
 
-# A layer call that finds the helper thread asleep runs on one thread (and wakes it for the calls
-# that follow), unless it is long enough to wait for it: waking a thread took from 0.6 to several
-# ms on this virtual machine (rnnc/_worker.h). Measured at 2 threads, calls 10 ms apart, split
-# LSTM B1 H256: T100 7.1 ms against 0.86 back to back (1.6 ms on one thread), T1000 8.5 against
-# 8.2. Multiply-adds of the layer's recurrent products:
-SPLIT_WAKE_WORK = 1 << 28
+# A layer call that finds the helper thread asleep could run on one thread (and wake it for the
+# calls that follow) rather than wait for it: waking a thread took from 0.6 to several ms on this
+# virtual machine (rnnc/_worker.h; calls 10 ms apart, split LSTM B1 H256 T100: 7.1 ms against
+# 0.86 back to back and 1.6 on one thread). But the helper then sleeps again before the next
+# call of a loop (it spins ~0.5 ms; the one-thread call takes longer), so that a loop of calls
+# never split (LSTM B1 H256 T100 back to back after an idle moment: 1.6 ms a call). Until a
+# split can start on one thread and hand half over to a helper that wakes late, split layers
+# wait for it: every layer call from this many multiply-adds does (0: all).
+SPLIT_WAKE_WORK = 0
 
 
 def _split_begin(work):

@@ -3,8 +3,8 @@
  *
  * Why not a thread pool or a Python thread: a time step of a streamed layer takes ~3 us, and
  * handing work to a Python thread costs ~50 us. Here the owner publishes a sequence number and
- * the helper, spinning on it, starts within ~0.1 us; after RNNC_WORKER_SPIN_SECONDS without
- * work it sleeps on a condition variable, so an idle stream costs no CPU. The owner waits for `done` by spinning
+ * the helper, spinning on it, starts within ~0.1 us; after ~0.5 ms without work
+ * (RNNC_WORKER_SPINS) it sleeps on a condition variable, so an idle stream costs no CPU. The owner waits for `done` by spinning
  * (the helper's share of a step is as short as its own).
  *
  * fork(): a child inherits the struct but not the thread. A fork handler bumps a generation
@@ -17,16 +17,16 @@
  *
  * Waking a sleeping helper is slow on this machine's virtual CPUs: a posted job started 0.6 ms
  * to several ms late after 10 ms idle (a stream step took 0.63 ms instead of 5 us, a split LSTM
- * B1 H256 T100 layer 7.7 ms instead of 0.86). So owners post only to an awake helper
- * (rnnc_worker_awake: spinning or working), and otherwise do the work on their own thread and
- * rnnc_worker_wake() it, which makes it spin again for the calls that follow, without a job.
+ * B1 H256 T100 layer 7.7 ms instead of 0.86). So streams and the projection ahead post only to
+ * an awake helper (rnnc_worker_awake: spinning or working), and otherwise do the work on their
+ * own thread and rnnc_worker_wake() it, which makes it spin again for the calls that follow,
+ * without a job. (A split layer cannot: see rnnc/_stack.py, SPLIT_WAKE_WORK.)
  */
 #ifndef RNNC_WORKER_H
 #define RNNC_WORKER_H
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
-#include <time.h>
 #include "_barrier.h"
 
 static long rnnc_fork_generation = 0;
@@ -50,27 +50,20 @@ typedef struct rnnc_worker {
     long generation;  /* rnnc_fork_generation when started */
 } rnnc_worker;
 
-/* How long an idle helper spins before it sleeps: longer than the usual gap between two layer
- * calls in a loop, including a call that ran on one thread because the helper was asleep (a
- * split-size layer at one thread: LSTM B1 H256 T100 1.6 ms, B16 H128 4.2 ms), so that a loop of
- * calls finds it awake from its second call on. */
-#define RNNC_WORKER_SPIN_SECONDS 5e-3
-
-static double rnnc_worker_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
+/* How long an idle helper spins before it sleeps: 20000 pauses, ~0.5 ms here (a pause takes
+ * ~25 ns). Spinning 5 ms instead (so that a loop of calls that ran on one thread would find it
+ * awake) made split layers erratic on this virtual machine: LSTM B1 H256 T100 calls back to back
+ * took 1 to 12 ms instead of 0.86, as if the host took the spinning virtual CPU away. */
+#define RNNC_WORKER_SPINS 20000
 
 static void* rnnc_worker_main(void* p) {
     rnnc_worker* w = (rnnc_worker*)p;
     long seen = 0;
     for (;;) {
         unsigned spins = 0;
-        double idle_since = rnnc_worker_now();
         while (__atomic_load_n(&w->seq, __ATOMIC_SEQ_CST) == seen
                && !__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST)) {
-            if (++spins % 1024 || rnnc_worker_now() - idle_since < RNNC_WORKER_SPIN_SECONDS) {
+            if (++spins < RNNC_WORKER_SPINS) {
                 RNNC_PAUSE();
                 continue;
             }
@@ -83,7 +76,7 @@ static void* rnnc_worker_main(void* p) {
                 pthread_cond_wait(&w->cond, &w->mutex);
             __atomic_store_n(&w->sleeping, 0, __ATOMIC_SEQ_CST);
             pthread_mutex_unlock(&w->mutex);
-            spins = 0;
+            spins = 0;          /* woken without a job: spin again */
         }
         if (__atomic_load_n(&w->quit, __ATOMIC_SEQ_CST))
             return NULL;
