@@ -112,12 +112,14 @@ class Bidirectional:
         return self
 
     def unfreeze(self):
+        """Undo freeze() on both layers. Returns self."""
         self.forward_layer.unfreeze()
         self.backward_layer.unfreeze()
         return self
 
     @property
     def frozen(self):
+        """Whether both layers are frozen."""
         return self.forward_layer.frozen and self.backward_layer.frozen
 
     def _layers(self):
