@@ -588,10 +588,11 @@ cdef class StreamKernel:
                     split_part_step(<const double*>px, <double*>py, job, 0)
                 rnnc_worker_wait(self.worker)
                 finish_split_step(job, 4 if self.typenum == cnp.NPY_FLOAT32 else 8)
-        elif self.worker != NULL and rnnc_worker_alive(self.worker):
-            # The helper is asleep: waking it takes from 0.6 to several ms here (_worker.h).
-            # This step runs both parts on this thread, with the same bits; the helper is
-            # woken for the steps that follow.
+        elif self.parts != NULL:
+            # The helper is asleep (waking it takes from 0.6 to several ms here, _worker.h),
+            # or there is none (a forked child, or none could be started): this step runs
+            # both parts on this thread, with the same bits; a sleeping helper is woken for
+            # the steps that follow.
             job.flip = not job.flip
             with nogil:
                 rnnc_worker_wake(self.worker)

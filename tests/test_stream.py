@@ -476,6 +476,8 @@ def test_split_stream_in_a_forked_child(split, rng):
     p.join(timeout=60)
     assert p.exitcode == 0 and threads == 1
     assert_close(ys, expected[2:], np.float32)
+    # The child ran both halves of each step itself: the same bits as the split steps.
+    np.testing.assert_array_equal(ys, stream_through(m.stream(), x)[2:])
     assert_close(stream_through(s, x[2:]), expected[2:], np.float32)   # parent still split
 
 
@@ -484,7 +486,7 @@ def _step_rest_in_child(s, x, q):
 
 
 def test_split_stream_step_with_the_helper_asleep_gives_the_same_bits(split, rng):
-    # A step that finds the helper asleep (it sleeps after 5 ms without work) runs both halves
+    # A step that finds the helper asleep (it sleeps after ~0.5 ms without work) runs both halves
     # on the calling thread (split_step_alone); the arithmetic is the same as with two threads.
     import time
     m = rnnc.LSTM(7, 48, num_layers=2, seed=3)
