@@ -3,8 +3,6 @@ from numpy.typing import NDArray
 
 def split_helper_ready() -> bool: ...
 
-def split_helper_awake() -> bool: ...
-
 def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                      offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],
                      w_hh: NDArray[np.floating], half: int,

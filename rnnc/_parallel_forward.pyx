@@ -388,16 +388,6 @@ def split_helper_ready():
     return _helper != NULL
 
 
-def split_helper_awake():
-    """Whether the helper is awake (spinning or working: a job posted now starts at once). A
-    sleeping helper is woken, and False returned: the caller runs this call on one thread, since
-    waking takes from 0.6 to several ms on this machine (rnnc/_worker.h)."""
-    if rnnc_worker_awake(_helper):
-        return True
-    rnnc_worker_wake(_helper)
-    return False
-
-
 cdef inline void* data_or_null(const char* data, Py_ssize_t size) noexcept:
     return <void*>data if size > 0 else NULL
 

@@ -288,11 +288,8 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
     dtype = layer_in.dtype
     G, H = w_hh.shape
     I = w_ih.shape[1]
-    packed = packs.get((*name, "fused")) if packs is not None else None
-    if packed is None:
-        packed = _fused_weights(w_ih, w_hh, b_ih, b_hh, d, packs is not None)
-        if packs is not None:
-            packs[(*name, "fused")] = packed
+    packed = _kept(packs, (*name, "fused"), lambda scratch: _fused_weights(
+        w_ih, w_hh, b_ih, b_hh, d, keep=not scratch))
     _K.lstm_fused_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                           packed, h, c, out, col0,
                           _workspace(f"fused xh {d}", (h.shape[0], I + H + 1), dtype),
@@ -347,28 +344,35 @@ def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, ou
 _SPLIT_LOCK = threading.Lock()    # the split's helper thread serves one layer call at a time
 
 
-# A layer call that finds the helper thread asleep could run on one thread (and wake it for the
-# calls that follow) rather than wait for it: waking a thread took from 0.6 to several ms on this
-# virtual machine (rnnc/_worker.h; calls 10 ms apart, split LSTM B1 H256 T100: 7.1 ms against
-# 0.86 back to back and 1.6 on one thread). But the helper then sleeps again before the next
-# call of a loop (it spins ~0.5 ms; the one-thread call takes longer), so that a loop of calls
-# never split (LSTM B1 H256 T100 back to back after an idle moment: 1.6 ms a call). Until a
-# split can start on one thread and hand half over to a helper that wakes late, split layers
-# wait for it: every layer call from this many multiply-adds does (0: all).
-SPLIT_WAKE_WORK = 0
-
-
-def _split_begin(work):
+# A split layer call waits for the helper thread even when it is asleep, although waking a
+# thread took from 0.6 to several ms on this virtual machine (rnnc/_worker.h; calls 10 ms apart,
+# split LSTM B1 H256 T100: 7.1 ms against 0.86 back to back and 1.6 on one thread). Running such
+# calls on one thread instead (and waking the helper for the next ones) was measured and
+# dropped: the helper sleeps again before the next call of a loop (it spins ~0.5 ms; the
+# one-thread call takes longer), so that a loop of calls never split (1.6 ms a call). What is
+# missing is a split that starts on one thread and hands half over to a helper that wakes late.
+def _split_begin():
     """True (holding _SPLIT_LOCK) if this call may use the helper thread of
-    rnnc/_parallel_forward.pyx now: it is running, no other thread's call is using it, and it is
-    awake or the call does `work` >= SPLIT_WAKE_WORK multiply-adds (a sleeping one is woken
-    either way)."""
+    rnnc/_parallel_forward.pyx now: it is running and no other thread's call is using it."""
     if not _SPLIT_LOCK.acquire(blocking=False):
         return False
-    if _K.split_helper_ready() and (_K.split_helper_awake() or work >= SPLIT_WAKE_WORK):
+    if _K.split_helper_ready():
         return True
     _SPLIT_LOCK.release()
     return False
+
+
+def _folded_biases(mode, b_ih, b_hh, H):
+    """(the biases added with the input projection, GRU's b_hn or zero-size) of the split and
+    pipelined kernels (rnnc/_parallel_forward.pyx): b_ih + b_hh, but for GRU b_ih + b_hh of the
+    r and z gates only, since b_hn goes inside r * (.); zero-size without biases."""
+    if not b_ih.size:
+        return b_ih, b_ih
+    if mode != "GRU":
+        return b_ih + b_hh, b_ih[:0]
+    bias = b_ih.copy()
+    bias[:2 * H] += b_hh[:2 * H]
+    return bias, b_hh[2 * H:]
 
 
 def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out,
@@ -383,10 +387,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
     B = h.shape[0]
     half = max(16, H // 2 // 16 * 16)
     width = _K.panel_width(dtype)
-    bias = None
-    if b_ih.size:
-        bias = (b_ih + b_hh) if mode != "GRU" else b_ih + np.concatenate(
-            [b_hh[:2 * H], np.zeros(H, dtype=dtype)])
+    bias, b_hn = _folded_biases(mode, b_ih, b_hh, H)
     hbuf = _workspace("split h", (2, B, H), dtype)
     hbuf[0] = h
     hbuf[1] = h
@@ -410,21 +411,20 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
         key = (*name, "split", p, small, fused, packed_ih, in_place, gather_hh)
         kept[p] = packs.get(key) if packs is not None else None
         if kept[p] is None:
-            keep = packs is not None    # new arrays, not this thread's scratch
+            # Kept arrays are new ones (key None), not this thread's scratch.
+            scratch = (lambda role: f"split {role} {p}") if packs is None else (lambda role: None)
             kept[p] = new[key] = dict(
                 w_ih=empty2 if in_place else
-                _workspace(None if keep else f"split w_ih {p}", (G * nu, K if fused else I),
-                           dtype),
-                w_hh=_workspace(None if keep else f"split w_hh {p}", (G * nu, H), dtype)
-                if gather_hh else empty2,
-                packed=panel_workspace(None if keep else f"split packed {p}", G * nu,
-                                       K if fused else H, dtype) if small else empty3,
-                ih_packed=panel_workspace(None if keep else f"split packed ih {p}", G * nu, I,
-                                          dtype) if packed_ih else empty3)
+                _workspace(scratch("w_ih"), (G * nu, K if fused else I), dtype),
+                w_hh=_workspace(scratch("w_hh"), (G * nu, H), dtype) if gather_hh else empty2,
+                packed=panel_workspace(scratch("packed"), G * nu, K if fused else H, dtype)
+                if small else empty3,
+                ih_packed=panel_workspace(scratch("packed ih"), G * nu, I, dtype)
+                if packed_ih else empty3)
         args[p] = dict(
             kept[p],
-            bias=bias[rows] if bias is not None else empty1,
-            b_hn=b_hh[2 * H + u0:2 * H + u0 + nu] if mode == "GRU" and b_hh.size else empty1,
+            bias=bias[rows] if bias.size else empty1,
+            b_hn=b_hn[u0:u0 + nu] if b_hn.size else empty1,
             cpart=_workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
             xg=_workspace(f"split xg {p}", (chunk_steps * B, G * nu), dtype),
             hg=_workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
@@ -457,11 +457,12 @@ PIPELINE_CHUNKS = 8
 PIPELINE_MIN_STEPS = 16
 
 
-def _pipeline_steps(mode, B, steps, chunk_steps, proj_size, reset_after, small, one_thread,
-                    split, train):
-    """Steps per chunk of a projection-ahead layer call, or 0 where it does not apply."""
+def _pipeline_steps(mode, steps, chunk_steps, proj_size, reset_after, small, one_thread, split,
+                    train):
+    """Steps per chunk of a projection-ahead layer call, or 0 where it does not apply (one
+    thread: set_num_threads(1), or each direction on its own thread)."""
     if (train or split or one_thread or not small or proj_size
-            or (mode == "GRU" and not reset_after) or cached_num_threads() < 2):
+            or (mode == "GRU" and not reset_after)):
         return 0
     if steps < PIPELINE_MIN_STEPS:
         return 0
@@ -475,13 +476,8 @@ def _run_pipelined(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh
     dtype = layer_in.dtype
     G, H = GATES[mode], h.shape[1]
     B = h.shape[0]
-    empty1, empty2 = _empty(dtype, 1), _empty(dtype, 2)
-    bias, b_hn = empty1, empty1
-    if b_ih.size:
-        bias = (b_ih + b_hh) if mode != "GRU" else b_ih + np.concatenate(
-            [b_hh[:2 * H], np.zeros(H, dtype=dtype)])
-        if mode == "GRU":
-            b_hn = b_hh[2 * H:]
+    empty2 = _empty(dtype, 2)
+    bias, b_hn = _folded_biases(mode, b_ih, b_hh, H)
     w_packed, _ = _recurrent_panels(mode, True, w_hh, True, d, False, packs, name)
     w_ih_packed = pack_panels(w_ih, f"packed ih {d}", packs, (*name, "ih"))
     hbuf = _workspace("pipe h", (2, B, H), dtype)
@@ -506,21 +502,28 @@ def panel_workspace(key, rows, K, dtype):
     return _workspace(key, (-(-rows // width), K, width), dtype)
 
 
+def _kept(packs, name, make):
+    """make(scratch=True) without `packs`; with `packs` (a frozen module's cache, see
+    Module.freeze), what an earlier call kept under `name`, else make(scratch=False) (new
+    arrays), kept once made: another thread may read it next."""
+    if packs is None:
+        return make(True)
+    value = packs.get(name)
+    if value is None:
+        value = packs[name] = make(False)
+    return value
+
+
 def pack_panels(w, key=None, packs=None, name=None):
     """w (N, K) -> w^T in panels of W columns, (ceil(N / W), K, W), zero-padded: the layout of
     the small-batch kernel's weights, W = 64 for float32 and 32 for float64 (the dtype of w).
     Packed afresh on every call, so in-place parameter updates are always seen; into this
-    thread's scratch buffer `key` when given. With `packs` (a frozen module's cache, see
-    Module.freeze), the panels kept under `name` by an earlier call, else new ones, kept."""
-    if packs is not None:
-        packed = packs.get(name)
-        if packed is None:
-            packed = pack_panels(w)
-            packs[name] = packed     # only once filled: another thread may read it next
+    thread's scratch buffer `key` when given. packs, name: see _kept."""
+    def make(scratch):
+        packed = panel_workspace(key if scratch else None, w.shape[0], w.shape[1], w.dtype)
+        _K.pack_panels_into(w, packed)
         return packed
-    packed = panel_workspace(key, w.shape[0], w.shape[1], w.dtype)
-    _K.pack_panels_into(w, packed)
-    return packed
+    return _kept(packs, name, make)
 
 
 def _recurrent_panels(mode, reset_after, w_hh, small, d, backward, packs=None, name=()):
@@ -669,8 +672,9 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
     empty1, empty2, empty3 = _empty(dtype, 1), _empty(dtype, 2), _empty(dtype, 3)
     small = _use_small_gemm(dtype, B, steps, one_thread=parallel)
     one_thread = parallel or cached_num_threads() == 1     # each direction on one thread
-    per_chunk = _pipeline_steps(mode, B, steps, chunk_steps, proj_size, reset_after, small,
+    per_chunk = _pipeline_steps(mode, steps, chunk_steps, proj_size, reset_after, small,
                                 one_thread, split, train)
+    code = _SPLIT_MODES[mode] + (nonlinearity == "relu" and mode == "RNN")  # split, pipeline
     if train:
         cache.layout = layout
         if dropout > 0 and num_layers > 1:
@@ -702,8 +706,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
             name = (k, d)       # of this layer and direction's weights in packs
-            if split and _split_begin(steps * B * G * H * H):
-                code = _SPLIT_MODES[mode] + (nonlinearity == "relu" and mode == "RNN")
+            if split and _split_begin():
                 try:
                     _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
                                h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,
@@ -715,8 +718,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             if per_chunk:
                 # The same results with or without the helper (busy with another call, or
                 # asleep): only the time differs.
-                code = _SPLIT_MODES[mode] + (nonlinearity == "relu" and mode == "RNN")
-                helper = _split_begin(math.inf)
+                helper = _split_begin()
                 try:
                     _run_pipelined(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih,
                                    b_hh, h_state[s], c_state[s] if mode == "LSTM" else None,

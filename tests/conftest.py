@@ -137,7 +137,6 @@ def force_split(monkeypatch):
     calls' modes, filled as they run."""
     from rnnc import _stack
     monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_WAKE_WORK", 0)     # split even if the helper sleeps
     monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
     monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
