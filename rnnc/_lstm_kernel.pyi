@@ -54,3 +54,7 @@ def lstm_fused_backward(xh: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                         db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
                         tc_row: NDArray[np.floating],
                         w_hh_packed: NDArray[np.floating]) -> None: ...
+
+def pack_fused_into(w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
+                    b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
+                    out: NDArray[np.floating]) -> None: ...

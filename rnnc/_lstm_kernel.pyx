@@ -18,6 +18,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
+from rnnc._lstm_fused cimport lstm_fused_sequence, pack_fused
 from rnnc._sequence cimport (add_bias_grads, chunk_bounds, copy_rows, input_side_backward,
                              project_inputs)
 
@@ -71,38 +72,6 @@ cdef void lstm_sequence(
                 recurrent_gemm(b, P, H, hbuf, H, w_hr, H, w_hr_packed, 0, h, P, s & 1)
                 for r in range(b):
                     memcpy(out + (offsets[t] + r) * ldo, h + r * P, P * sizeof(floating))
-
-
-cdef void lstm_fused_sequence(
-        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) packed input, row stride ldx
-        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
-        const floating* w_packed,   # [W_ih | W_hh | b_ih + b_hh]^T in panels, K = I + H + 1
-        Py_ssize_t H, Py_ssize_t B,
-        floating* h, floating* c,   # (B, H) state in/out
-        floating* out, Py_ssize_t ldo,
-        floating* xh,               # (B, I + H + 1) workspace: [x<t> | h<t-1> | 1] per row
-        floating* gates) noexcept nogil:  # (B, 4H) workspace
-    """Inference without projection, small batches: one product per step computes all of
-    x<t> W_ih^T + h<t-1> W_hh^T + b with the small-batch kernel, instead of a GEMM over a chunk
-    of steps for the inputs plus one for the state. It saves writing and re-reading the chunk's
-    projected inputs and BLAS's packing of them (LSTM B16 H128 and B64 H256: ~8% of the layer);
-    it reads W_ih every step, so it pays only when the batch reuses each weight enough
-    (rnnc/_stack.py decides). The pointwise pass writes h<t> straight into xh for the next
-    step; rows that have ended keep their final state there."""
-    cdef Py_ssize_t K = I + H + 1, G = 4 * H
-    cdef Py_ssize_t s, t, b, r
-    for r in range(B):
-        memcpy(xh + r * K + I, h + r * H, H * sizeof(floating))
-        xh[r * K + I + H] = 1
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        b = batch_sizes[t]
-        if b == 0:
-            continue
-        copy_rows(xh, K, x + offsets[t] * ldx, ldx, b, I)
-        small_gemm(b, G, K, xh, K, w_packed, 0, gates, G)
-        lstm_pointwise(b, H, gates, c, xh + I, K, out + offsets[t] * ldo, ldo)
-    copy_rows(h, H, xh + I, K, B, H)
 
 
 cdef void lstm_fused_train_sequence(
@@ -292,6 +261,21 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
         lstm_fused_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                             reverse, &w_packed[0, 0, 0], H, B, &h[0, 0], &c[0, 0],
                             &out[0, col0], out.shape[1], &xh[0, 0], &gates[0, 0])
+
+
+def pack_fused_into(const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                    const floating[::1] b_ih, const floating[::1] b_hh,
+                    floating[:, :, ::1] out):
+    """out = [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the small-batch kernel's panels
+    (pack_fused): the weights of lstm_fused_forward and lstm_fused_train_forward. Zero-size
+    b_ih / b_hh: no bias (a zero column). The caller checked the shapes."""
+    cdef Py_ssize_t G = w_ih.shape[0], I = w_ih.shape[1], H = w_hh.shape[1]
+    cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
+    cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
+    if G == 0:
+        return
+    with nogil:
+        pack_fused(G, I, H, &w_ih[0, 0], &w_hh[0, 0], bi, bh, &out[0, 0, 0])
 
 
 def lstm_cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,

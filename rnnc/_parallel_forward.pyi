@@ -29,3 +29,15 @@ def pipelined_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArra
                          cpart: NDArray[np.floating], out: NDArray[np.floating], col0: int,
                          ring: NDArray[np.floating], hg: NDArray[np.floating],
                          chunk_steps: int, use_helper: bool) -> None: ...
+
+def rows_forward_py(x: NDArray[np.floating], batch_sizes0: NDArray[np.intp],
+                    batch_sizes1: NDArray[np.intp], offsets: NDArray[np.intp], reverse: bool,
+                    w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
+                    b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
+                    packed0: NDArray[np.floating], packed1: NDArray[np.floating],
+                    prepared: bool, h: NDArray[np.floating],
+                    c: NDArray[np.floating], out: NDArray[np.floating], col0: int, rows0: int,
+                    xh0: NDArray[np.floating], xh1: NDArray[np.floating],
+                    gates0: NDArray[np.floating], gates1: NDArray[np.floating],
+                    cwork0: NDArray[np.floating], cwork1: NDArray[np.floating],
+                    use_helper: bool) -> None: ...

@@ -27,6 +27,7 @@ from libc.string cimport memcpy
 from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
                          small_gemm)
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
+from rnnc._lstm_fused cimport lstm_fused_sequence, pack_fused
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows, project_inputs
 
 
@@ -358,8 +359,92 @@ cdef void run_part(Part* p) noexcept nogil:
         prepare_and_run(p, <float>0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Split by batch rows. An LSTM layer on the fused product (lstm_fused_sequence) with a batch of 8
+# or more runs its first rows and its last rows as two sequences of their own: rows never meet,
+# so the threads share nothing while the steps run -- no barrier, no state crossing between the
+# cores each step -- and each reads all the weights from its own cache (the fused product's
+# weights fit it; rnnc/_stack.py decides). Measured at 2 threads on this VM, LSTM B16 H128 T100:
+# the split by units took 2.24-2.27 ms, or 3.05 when the host placed the two vCPUs far apart
+# (a cache line's round trip 75 ns, or 365), while one thread takes 2.13 ms for B8 whatever the
+# other core does. Each part runs lstm_fused_sequence on its rows: the caller's offsets with
+# the part's first row and its own batch sizes. With the split at a multiple of 4 rows (the
+# kernel's row tiles) both parts give the bits of the one-thread kernel.
+#
+# A call does not wait for the helper to start. Each part is claimed by whichever thread gets
+# to it first (`taken`): the caller starts with part 0, the helper with part 1 (so each part and
+# its buffers stay with one core from call to call: parts that changed threads between calls
+# cost LSTM B16 H128 ~15%), and the caller goes on to part 1 if the helper has not claimed it.
+# It waits only for a part the helper claimed. So a sleeping helper (waking one takes 0.6 to
+# several ms here, rnnc/_worker.h) is posted all the same: it takes part 1 if it wakes in time,
+# and otherwise finds nothing left, by which time the call may have returned. That is why the
+# helper's job lives here and not on the caller's stack, and why claims name a generation (one a
+# call): a helper that wakes during a later call can only claim that call's parts, whose
+# descriptions are complete before the generation opens (`open`).
+# ---------------------------------------------------------------------------------------------
+cdef struct Rows:
+    bint is_double
+    const void* x                   # the part's first row of the packed input
+    Py_ssize_t ldx, I
+    const Py_ssize_t* batch_sizes   # the part's active rows at each step
+    const Py_ssize_t* offsets       # the layer's
+    Py_ssize_t T
+    bint reverse
+    const void* w_ih                # (4H, I) the layer's weights and biases (or NULL)
+    const void* w_hh
+    const void* b_ih
+    const void* b_hh
+    void* w_packed                  # [W_ih | W_hh | b_ih + b_hh] in panels: the part's copy
+    bint prepared                   # w_packed holds them already (kept by a frozen module)
+    Py_ssize_t H, B                 # B: the part's rows
+    void* h                         # (B, H) the part's rows of the state
+    void* c
+    void* cwork                     # (B, H) the part's own copy of c while the steps run: the
+                                    # parts' rows of c may share a cache line, written each step
+    void* out                       # the part's first row of the output, at its column col0
+    Py_ssize_t ldo
+    void* xh                        # (B, I + H + 1) the part's workspace
+    void* gates                     # (B, 4H)
+
+
+cdef struct RowJob:
+    Rows parts[2]
+    long open                       # the generation whose parts may be claimed
+    long taken[2]                   # the last generation of which each part was claimed
+    long done[2]                    # the last generation of which each part is done
+
+
+cdef void run_rows(Rows* p, floating kind) noexcept nogil:
+    if not p.prepared:
+        pack_fused(4 * p.H, p.I, p.H, <const floating*>p.w_ih, <const floating*>p.w_hh,
+                   <const floating*>p.b_ih, <const floating*>p.b_hh, <floating*>p.w_packed)
+    memcpy(p.cwork, p.c, p.B * p.H * sizeof(floating))
+    lstm_fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T,
+                        p.reverse, <const floating*>p.w_packed, p.H, p.B, <floating*>p.h,
+                        <floating*>p.cwork, <floating*>p.out, p.ldo, <floating*>p.xh,
+                        <floating*>p.gates)
+    memcpy(p.c, p.cwork, p.B * p.H * sizeof(floating))
+
+
+cdef void take_rows(RowJob* job, int first) noexcept nogil:
+    """Run the parts of the open generation that no thread has claimed, part `first` first
+    (both threads call this)."""
+    cdef long g = rnnc_count_load(&job.open)
+    cdef int i, p
+    for i in range(2):
+        p = first ^ i
+        if rnnc_count_claim(&job.taken[p], g - 1):
+            if job.parts[p].is_double:
+                run_rows(&job.parts[p], <double>0)
+            else:
+                run_rows(&job.parts[p], <float>0)
+            rnnc_count_publish(&job.done[p], g)
+
+
 cdef void helper_job(void* arg) noexcept nogil:
-    if _job_ahead != NULL:
+    if _job_kind == JOB_ROWS:
+        take_rows(&_rows_job, 1)
+    elif _job_kind == JOB_AHEAD:
         if _job_ahead.is_double:
             project_ahead(_job_ahead, <double>0)
         else:
@@ -369,11 +454,21 @@ cdef void helper_job(void* arg) noexcept nogil:
 
 
 # One helper and one pair of part descriptions per process; rnnc._stack lets one call at a time
-# use them (a lock it tries, and runs the layer on one thread when it is taken). _job_ahead: the
-# projection-ahead job the helper runs when posted, or NULL for a split part (set before posting).
+# use them (a lock it tries, and runs the layer on one thread when it is taken). _job_kind says
+# which job the helper runs when posted (set before posting): a split part (_parts[1]), the
+# projection ahead (_job_ahead) or the parts of a row split (_rows_job). A row-split call may
+# return before the helper has run its job: a call that posts another kind first waits for the
+# helper to be done with every earlier post (rnnc_worker_wait), since those read their job's
+# description without a queue.
+cdef enum:
+    JOB_SPLIT = 0
+    JOB_AHEAD = 1
+    JOB_ROWS = 2
 cdef rnnc_worker* _helper = NULL
 cdef Part _parts[2]
 cdef Ahead* _job_ahead = NULL
+cdef RowJob _rows_job
+cdef int _job_kind = JOB_SPLIT
 
 
 def split_helper_ready():
@@ -477,6 +572,10 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     if _helper == NULL or not rnnc_worker_alive(_helper):
         raise RuntimeError("split_forward_py: the helper thread is not running "
                            "(call split_helper_ready() first)")
+    global _job_kind
+    with nogil:
+        rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
+    _job_kind = JOB_SPLIT
     describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
                   bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
                   xh0, chunk_steps, bar, prepared)
@@ -548,7 +647,11 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
     cdef bint post = use_helper and rnnc_worker_awake(_helper)
     if use_helper and not post:
         rnnc_worker_wake(_helper)
+    global _job_kind
     if post:                # only the caller that holds the helper touches its job
+        with nogil:
+            rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
+        _job_kind = JOB_AHEAD
         _job_ahead = a
     with nogil:
         if post:
@@ -562,3 +665,90 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
             rnnc_worker_wait(_helper)
     if post:
         _job_ahead = NULL
+
+
+cdef void describe_rows(Rows* q, const floating[:, ::1] x, Py_ssize_t row0,
+                        const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
+                        bint reverse, const floating[:, ::1] w_ih,
+                        const floating[:, ::1] w_hh, const floating[::1] b_ih,
+                        const floating[::1] b_hh, floating[:, :, ::1] w_packed,
+                        bint prepared, Py_ssize_t nrows,
+                        floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
+                        Py_ssize_t col0, floating[:, ::1] xh, floating[:, ::1] gates,
+                        floating[:, ::1] cwork) noexcept:
+    q.is_double = floating is double
+    q.ldx = x.shape[1]
+    q.I = x.shape[1]
+    q.x = &x[0, 0] + row0 * q.ldx
+    q.batch_sizes = &batch_sizes[0]
+    q.offsets = &offsets[0]
+    q.T = batch_sizes.shape[0]
+    q.reverse = reverse
+    q.w_ih = &w_ih[0, 0]
+    q.w_hh = &w_hh[0, 0]
+    q.b_ih = data_or_null(<const char*>b_ih._data, b_ih.shape[0])
+    q.b_hh = data_or_null(<const char*>b_hh._data, b_hh.shape[0])
+    q.w_packed = &w_packed[0, 0, 0]
+    q.prepared = prepared
+    q.H = h.shape[1]
+    q.B = nrows
+    q.h = &h[0, 0] + row0 * q.H
+    q.c = &c[0, 0] + row0 * q.H
+    q.ldo = out.shape[1]
+    q.out = &out[0, col0] + row0 * q.ldo
+    q.xh = &xh[0, 0]
+    q.gates = &gates[0, 0]
+    q.cwork = &cwork[0, 0]
+
+
+def rows_forward_py(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes0,
+                    const Py_ssize_t[::1] batch_sizes1, const Py_ssize_t[::1] offsets,
+                    bint reverse, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                    const floating[::1] b_ih, const floating[::1] b_hh,
+                    floating[:, :, ::1] packed0, floating[:, :, ::1] packed1, bint prepared,
+                    floating[:, ::1] h,
+                    floating[:, ::1] c, floating[:, ::1] out, Py_ssize_t col0, Py_ssize_t rows0,
+                    floating[:, ::1] xh0, floating[:, ::1] xh1, floating[:, ::1] gates0,
+                    floating[:, ::1] gates1, floating[:, ::1] cwork0,
+                    floating[:, ::1] cwork1, bint use_helper):
+    """One LSTM layer and direction, inference without projection on the fused product
+    (lstm_fused_forward's arguments, and the layer's weights: zero-size b_ih / b_hh for none),
+    its batch rows [0, rows0) and [rows0, B) run as two
+    sequences: one part on this thread, the other on the helper when use_helper (the caller
+    holds it: split_helper_ready() returned True) and it is awake; else both here, with the
+    same results. packed{p}: each part's copy of the fused weights in panels, which it packs
+    itself unless prepared (kept from an earlier call by a frozen module).
+    batch_sizes0/1: each part's active rows at every step (the layout's, clipped
+    to the part; rnnc._stack computes them); xh{p} (rows, I + H + 1), gates{p} (rows, 4H) and
+    cwork{p} (rows, H) each part's workspace."""
+    cdef Py_ssize_t B = h.shape[0], T = batch_sizes0.shape[0]
+    if T == 0 or x.shape[0] == 0 or B == 0:
+        return
+    if not 0 < rows0 < B:
+        raise ValueError(f"rows_forward_py: rows0 must be in (0, {B}) (the batch), got {rows0}")
+    if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
+        raise RuntimeError("rows_forward_py: the helper thread is not running "
+                           "(call split_helper_ready() first)")
+    global _job_kind
+    cdef RowJob alone           # without the helper: this call's own queue
+    cdef RowJob* job = &_rows_job if use_helper else &alone
+    cdef long g
+    if not use_helper:
+        alone.open = alone.taken[0] = alone.taken[1] = 0
+    # The previous generation is closed (both parts claimed and done): nobody reads the parts.
+    g = job.open + 1
+    describe_rows(&job.parts[0], x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh, b_ih, b_hh,
+                  packed0, prepared, rows0, h, c,
+                  out, col0, xh0, gates0, cwork0)
+    describe_rows(&job.parts[1], x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh, b_ih,
+                  b_hh, packed1, prepared, B - rows0,
+                  h, c, out, col0, xh1, gates1, cwork1)
+    rnnc_count_publish(&job.open, g)
+    if use_helper:
+        _job_kind = JOB_ROWS
+    with nogil:
+        if use_helper:
+            rnnc_worker_post(_helper)
+        take_rows(job, 0)
+        rnnc_count_wait(&job.done[0], g)
+        rnnc_count_wait(&job.done[1], g)

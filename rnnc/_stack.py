@@ -76,7 +76,7 @@ class PackedLayout:
             return
         # Stable sort by decreasing length, as torch.nn.utils.rnn.pack_padded_sequence does.
         self.perm = np.argsort(-lengths, kind="stable")
-        sorted_len = lengths[self.perm]
+        sorted_len = self.sorted_lengths = lengths[self.perm]
         steps_run = int(sorted_len[0]) if batch else 0
         t = np.arange(steps_run, dtype=np.intp)
         # Sequences still running at step t: those with length > t (a prefix of the sorted batch).
@@ -88,6 +88,19 @@ class PackedLayout:
         t_of_row = np.repeat(t, self.batch_sizes)
         j_of_row = np.arange(self.n_rows, dtype=np.intp) - self.offsets[t_of_row]
         self.rows = t_of_row * batch + self.perm[j_of_row]
+
+    def row_split(self):
+        """(rows0, batch sizes of rows [0, rows0), of rows [rows0, B)) at every step: the
+        parts of a layer split by batch rows (rnnc/_parallel_forward.pyx, rows_forward_py).
+        rows0 is a multiple of ROW_TILE (the parts then compute the one-thread kernel's bits)
+        that shares the steps to run most evenly (the first rows are the longest)."""
+        if self.perm is None:
+            steps, batch = len(self.batch_sizes), int(self.batch_sizes[0])
+            rows0 = _row_boundary(np.full(batch, steps, dtype=np.intp))
+            return (rows0, _full_layout(steps, rows0)[0], _full_layout(steps, batch - rows0)[0])
+        rows0 = _row_boundary(self.sorted_lengths)
+        return (rows0, np.minimum(self.batch_sizes, rows0),
+                np.maximum(self.batch_sizes - rows0, 0))
 
     def pack(self, x):
         """(T, B, F) -> (N, F) packed rows (a view when every sequence is full length)."""
@@ -101,6 +114,17 @@ class PackedLayout:
         full = np.zeros((steps * batch, packed.shape[1]), dtype=packed.dtype)
         full[self.rows] = packed
         return full.reshape(steps, batch, -1)
+
+
+ROW_TILE = 4     # rows of the small-batch kernel's tiles (rnnc/_small_gemm.h)
+
+
+def _row_boundary(sorted_lengths):
+    """The multiple of ROW_TILE in (0, B) that splits the steps of the rows (sorted by
+    decreasing length) most evenly between rows [0, rows0) and [rows0, B)."""
+    done = np.cumsum(sorted_lengths)
+    cuts = np.arange(ROW_TILE, len(sorted_lengths), ROW_TILE)
+    return int(cuts[np.argmin(np.maximum(done[cuts - 1], done[-1] - done[cuts - 1]))])
 
 
 _EMPTIES = {}
@@ -296,6 +320,50 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
                           _workspace(f"fused gates {d}", (h.shape[0], G), dtype))
 
 
+# A unidirectional LSTM layer on the fused product at 2+ threads runs its batch in two parts of
+# rows, one on each thread (rnnc/_parallel_forward.pyx, rows_forward_py), when each part still
+# reuses the weights enough for the fused product (_fused_fits of half the batch): the parts
+# share nothing while the steps run, where the split by hidden units meets every step. Measured
+# at 2 threads, T100, layer time: LSTM B16 H128 ... (see the commit) ...
+ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
+
+
+def _row_split(mode, B, I, H, proj_size, train, parallel, small):
+    return (mode == "LSTM" and not train and not parallel and not proj_size and small
+            and B >= ROW_SPLIT_MIN_BATCH and _fused_fits(B // 2, 4 * H * (I + H + 1))
+            and cached_num_threads() >= 2)
+
+
+def _run_rows(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d, packs,
+              name, helper):
+    """One LSTM layer and direction, inference, split by batch rows: rows [0, rows0) on this
+    thread, the others on the helper when `helper` (the caller holds _split_begin())."""
+    dtype = layer_in.dtype
+    B, H = h.shape
+    I = w_ih.shape[1]
+    K = I + H + 1
+    rows0, sizes0, sizes1 = layout.row_split()
+    # Each part packs its own copy of the weights, both at once, and reads only that one: two
+    # threads reading one copy ran ~10% slower here when the host placed the vCPUs far apart.
+    # A frozen module keeps both copies (packed by the parts on its first call).
+    keys = [(*name, "rows", p) for p in range(2)]
+    kept = [packs.get(key) for key in keys] if packs is not None else [None, None]
+    prepared = kept[0] is not None and kept[1] is not None
+    if not prepared:
+        kept = [panel_workspace(None if packs is not None else f"rows packed {d} {p}", 4 * H,
+                                K, dtype) for p in range(2)]
+    _K.rows_forward_py(layer_in, sizes0, sizes1, layout.offsets, reverse, w_ih, w_hh, b_ih,
+                       b_hh, kept[0], kept[1], prepared, h, c, out, col0, rows0,
+                       _workspace(f"rows xh {d}", (rows0, I + H + 1), dtype),
+                       _workspace(f"rows xh {d} 1", (B - rows0, I + H + 1), dtype),
+                       _workspace(f"rows gates {d}", (rows0, 4 * H), dtype),
+                       _workspace(f"rows gates {d} 1", (B - rows0, 4 * H), dtype),
+                       _workspace(f"rows c {d}", (rows0, H), dtype),
+                       _workspace(f"rows c {d} 1", (B - rows0, H), dtype), helper)
+    if packs is not None and not prepared:
+        packs.update(zip(keys, kept))       # only once filled: another thread may read them
+
+
 # A split part copies its rows of W_ih together (one projection GEMM) unless W_ih has at least
 # this many bytes: then one GEMM per gate block reads them in place. The copy is a pass through
 # memory over large weights (at 2 threads, LSTM B8 H1024 T20: 17.9 -> 16.1 ms in place, GRU
@@ -314,15 +382,10 @@ def _fused_weights(w_ih, w_hh, b_ih, b_hh, d, keep=False):
     """[W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the small-batch kernel's panels (this
     thread's scratch buffer; a new array when keep)."""
     G, H = w_hh.shape
-    I = w_ih.shape[1]
-    wcat = _workspace(f"fused w {d}", (G, I + H + 1), w_ih.dtype)
-    wcat[:, :I] = w_ih
-    wcat[:, I:I + H] = w_hh
-    if b_ih.size:
-        np.add(b_ih, b_hh, out=wcat[:, I + H])
-    else:
-        wcat[:, I + H] = 0
-    return pack_panels(wcat, None if keep else f"packed {d}")
+    packed = panel_workspace(None if keep else f"packed {d}", G, w_ih.shape[1] + H + 1,
+                             w_ih.dtype)
+    _K.pack_fused_into(w_ih, w_hh, b_ih, b_hh, packed)
+    return packed
 
 
 def _run_fused_train(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
@@ -671,6 +734,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         ws.append(w)
     empty1, empty2, empty3 = _empty(dtype, 1), _empty(dtype, 2), _empty(dtype, 3)
     small = _use_small_gemm(dtype, B, steps, one_thread=parallel)
+    small_rows = _use_small_gemm(dtype, B, steps, one_thread=True)   # each part on one thread
     one_thread = parallel or cached_num_threads() == 1     # each direction on one thread
     per_chunk = _pipeline_steps(mode, steps, chunk_steps, proj_size, reset_after, small,
                                 one_thread, split, train)
@@ -691,12 +755,13 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if train:
             cache.layer_in.append(layer_in)
             cache.kept.append([None] * D)
-        if split or (train and train_split):   # split parts write their columns of each row
+        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, train, parallel, small_rows)
+        if split or rows or (train and train_split):   # parts write their columns or rows
             out = aligned_empty((n_rows, D * P), dtype)
         else:
             out = np.empty((n_rows, D * P), dtype=dtype)
 
-        def direction(d, k=k, layer_in=layer_in, out=out):
+        def direction(d, k=k, layer_in=layer_in, out=out, rows=rows):
             sfx = "_reverse" if d else ""
             w = ws[d]
             reverse = bool(d) or reverse_all
@@ -706,6 +771,16 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
             name = (k, d)       # of this layer and direction's weights in packs
+            if rows:
+                # The same results with or without the helper: only the time differs.
+                helper = _split_begin()
+                try:
+                    _run_rows(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s],
+                              c_state[s], out, d * P, d, packs, name, helper)
+                finally:
+                    if helper:
+                        _SPLIT_LOCK.release()
+                return
             if split and _split_begin():
                 try:
                     _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,

@@ -139,6 +139,7 @@ def force_split(monkeypatch):
     monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
     monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
     monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
+    monkeypatch.setattr(_stack, "ROW_SPLIT_MIN_BATCH", 1 << 62)    # by units, not by rows
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
     calls = []
     run_split = _stack._run_split
