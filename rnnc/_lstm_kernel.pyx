@@ -116,8 +116,22 @@ cdef void lstm_fused_sequence_backward(
         floating* db_ih, floating* db_hh,     # (4H,) out (+=), or NULL without bias
         floating* tc_row,
         const floating* w_hh_packed) noexcept nogil:
-    cdef Py_ssize_t K = I + H + 1, G = 4 * H
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]   # packed rows (offsets ascend)
+    lstm_fused_backward_steps(batch_sizes, offsets, T, reverse, w_hh, H, act, c_prev, dout, ldd,
+                              dh, dc, tc_row, w_hh_packed)
+    lstm_fused_backward_weights(xh, N, w_ih, I, H, act, dx, lddx, add_dx, dw_cat, dw_ih, dw_hh,
+                                db_ih, db_hh, 0, N, 0, 4 * H)
+
+
+cdef void lstm_fused_backward_steps(
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_hh, Py_ssize_t H, floating* act, const floating* c_prev,
+        const floating* dout, Py_ssize_t ldd, floating* dh, floating* dc, floating* tc_row,
+        const floating* w_hh_packed) noexcept nogil:
+    """The time loop of lstm_fused_sequence_backward: dA of every step (in act) and the
+    gradients of the initial state. Rows are independent here, so a layer split by batch rows
+    runs it on each part's rows (rnnc/_split_train.py)."""
+    cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, off
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -128,12 +142,30 @@ cdef void lstm_fused_sequence_backward(
         lstm_pointwise_backward(b, H, act + off * G, c_prev + off * H, dc, dh, H,
                                 dout + off * ldd, ldd, <floating*>NULL, tc_row, <floating*>NULL)
         recurrent_gemm_nn(b, H, G, act + off * G, G, w_hh, H, w_hh_packed, 0, dh, H)
-    gemm(False, False, N, I, G, 1, act, G, w_ih, I, 1 if add_dx else 0, dx, lddx)
+
+
+cdef void lstm_fused_backward_weights(
+        const floating* xh, Py_ssize_t N, const floating* w_ih, Py_ssize_t I, Py_ssize_t H,
+        const floating* act, floating* dx, Py_ssize_t lddx, bint add_dx, floating* dw_cat,
+        floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
+        Py_ssize_t r0, Py_ssize_t r1,   # rows of the input gradient to compute
+        Py_ssize_t g0, Py_ssize_t g1    # gate rows of the weight gradients to compute
+        ) noexcept nogil:
+    """The GEMMs after lstm_fused_backward_steps (dA of all N rows in act): rows [r0, r1) of
+    the input gradient and gate rows [g0, g1) of [dW_ih | dW_hh | db]. Two threads may each
+    compute a share (rnnc/_split_train.py)."""
+    cdef Py_ssize_t K = I + H + 1, G = 4 * H
+    if r1 > r0:
+        gemm(False, False, r1 - r0, I, G, 1, act + r0 * G, G, w_ih, I, 1 if add_dx else 0,
+             dx + r0 * lddx, lddx)
+    if g1 <= g0:
+        return
     # One GEMM for all weight gradients: xh holds [x | h<t-1> | 1] of every row.
-    gemm(True, False, G, K, N, 1, act, G, xh, K, 0, dw_cat, K)
-    copy_rows(dw_ih, I, dw_cat, K, G, I)
-    copy_rows(dw_hh, H, dw_cat + I, K, G, H)
-    add_bias_grads(dw_cat + I + H, K, G, db_ih, db_hh)     # the ones column
+    gemm(True, False, g1 - g0, K, N, 1, act + g0, G, xh, K, 0, dw_cat + g0 * K, K)
+    copy_rows(dw_ih + g0 * I, I, dw_cat + g0 * K, K, g1 - g0, I)
+    copy_rows(dw_hh + g0 * H, H, dw_cat + g0 * K + I, K, g1 - g0, H)
+    add_bias_grads(dw_cat + g0 * K + I + H, K, g1 - g0, db_ih + g0 if db_ih != NULL else NULL,
+                   db_hh + g0 if db_hh != NULL else NULL)     # the ones column
 
 
 cdef void lstm_sequence_backward(
@@ -346,6 +378,46 @@ def lstm_fused_backward(const floating[:, ::1] xh, const Py_ssize_t[::1] batch_s
                                      &c_prev[0, 0], &dout[0, col0], dout.shape[1], &dh[0, 0],
                                      &dc[0, 0], &dx[0, 0], dx.shape[1], add_dx, &dw_cat[0, 0],
                                      &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &tc_row[0], wp)
+
+
+def lstm_fused_backward_steps_py(const Py_ssize_t[::1] batch_sizes,
+                                 const Py_ssize_t[::1] offsets, bint reverse,
+                                 const floating[:, ::1] w_hh, floating[:, ::1] act,
+                                 const floating[:, ::1] c_prev, const floating[:, ::1] dout,
+                                 Py_ssize_t col0, floating[:, ::1] dh, floating[:, ::1] dc,
+                                 floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed):
+    """The time loop of lstm_fused_backward alone (lstm_fused_backward_steps) -- on one part's
+    rows of a layer split by batch rows: act, c_prev and dout start at the part's first row
+    and batch_sizes are the part's, dh and dc its own (rows, H) copies."""
+    cdef Py_ssize_t T = batch_sizes.shape[0], H = dc.shape[1]
+    if T == 0 or dc.shape[0] == 0:
+        return
+    cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    with nogil:
+        lstm_fused_backward_steps(&batch_sizes[0], &offsets[0], T, reverse, &w_hh[0, 0], H,
+                                  &act[0, 0], &c_prev[0, 0], &dout[0, col0], dout.shape[1],
+                                  &dh[0, 0], &dc[0, 0], &tc_row[0], wp)
+
+
+def lstm_fused_backward_weights_py(const floating[:, ::1] xh, const floating[:, ::1] w_ih,
+                                   const floating[:, ::1] act, floating[:, ::1] dx,
+                                   bint add_dx, floating[:, ::1] dw_cat,
+                                   floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
+                                   floating[::1] db_ih, floating[::1] db_hh,
+                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0, Py_ssize_t g1):
+    """The GEMMs that end lstm_fused_backward (lstm_fused_backward_weights), after
+    lstm_fused_backward_steps_py has turned every part's rows of act into dA: rows [r0, r1)
+    of dx and gate rows [g0, g1) of the weight and bias gradients."""
+    cdef Py_ssize_t N = xh.shape[0], G = act.shape[1]
+    cdef Py_ssize_t H = G // 4, I = w_ih.shape[1]
+    if N == 0:
+        return
+    cdef floating* dbi = ptr1_or_null(db_ih)
+    cdef floating* dbh = ptr1_or_null(db_hh)
+    with nogil:
+        lstm_fused_backward_weights(&xh[0, 0], N, &w_ih[0, 0], I, H, &act[0, 0], &dx[0, 0],
+                                    dx.shape[1], add_dx, &dw_cat[0, 0], &dw_ih[0, 0],
+                                    &dw_hh[0, 0], dbi, dbh, r0, r1, g0, g1)
 
 
 def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

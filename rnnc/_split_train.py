@@ -56,6 +56,8 @@ class SplitKept:
     """What a split training forward keeps for the backward, besides the activations (in part
     order) and the previous states: the weights in part order and the kernel choice."""
 
+    rows = False
+
     def __init__(self, w_ih_perm, w_hh_perm, small):
         self.w_ih_perm = w_ih_perm
         self.w_hh_perm = w_hh_perm
@@ -138,3 +140,109 @@ def lstm_backward(layout, reverse, act, xh, c_prev, kept, dout, col0, dh, dc, dx
             _scratch(f"split train wtmp {p}", (4 * nu, I + H), dtype),
             _scratch(f"split train tc {p}", (nu,), dtype), bar, 2))
     run_pair(lambda: lstm_backward_part_py(*parts[0]), lambda: lstm_backward_part_py(*parts[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Split by batch rows. Where the training forward runs on the fused product (as at one thread,
+# rnnc._stack._use_fused) for half the batch, each thread runs the one-thread kernels on half of
+# the rows: the fused forward, then the time loop of the fused backward. Rows never meet there,
+# so the threads share nothing while the steps run (the split by units meets every step, and
+# the state crosses between the cores each time). The backward's GEMMs over all rows -- the
+# input gradient and [dW_ih | dW_hh | db] -- then run once, with BLAS on every thread. The
+# parts start at rnnc._stack.PackedLayout.row_split()'s row (a multiple of the kernel's 4-row
+# tiles), so the results are the one-thread kernels' bit for bit, but for the weight GEMMs
+# (BLAS with more threads may sum in another order).
+# ---------------------------------------------------------------------------------------------
+class RowsKept:
+    """What a row-split training forward keeps for the backward besides act, [x | h_prev | 1]
+    and c_prev (all in the usual packed layout): where the parts start and their batch sizes."""
+
+    rows = True
+
+    def __init__(self, split):
+        self.rows0, self.sizes0, self.sizes1 = split
+
+    def parts(self):
+        """(first row, rows, batch sizes) of each part."""
+        return (0, self.rows0, self.sizes0), (self.rows0, None, self.sizes1)
+
+
+def _state_copies(state, rows0, key, dtype):
+    """Each part's own copy of its rows of a (B, H) state (written every step: the parts'
+    rows in the caller's array may share a cache line)."""
+    B, H = state.shape
+    copies = []
+    for p, (r0, r1) in enumerate(((0, rows0), (rows0, B))):
+        a = _scratch(f"{key} {p}", (r1 - r0, H), dtype)
+        a[...] = state[r0:r1]
+        copies.append(a)
+    return copies
+
+
+def rows_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
+    """Training forward of one LSTM layer and direction split by batch rows; h, c (B, H)
+    updated in place and out's columns [col0, col0 + H) written as by the fused one-thread
+    forward. Returns (act, xh, c_prev, RowsKept) for rows_backward."""
+    from rnnc._lstm_kernel import lstm_fused_train_forward, pack_fused_into
+    from rnnc._stack import panel_workspace
+    dtype = layer_in.dtype
+    (N, I), (B, H) = layer_in.shape, h.shape
+    K = I + H + 1
+    kept = RowsKept(layout.row_split())
+    xh = aligned_empty((N, K), dtype)       # each part writes its rows' h<t-1> columns
+    xh[:, :I] = layer_in
+    xh[:, I + H] = 1
+    act = aligned_empty((N, 4 * H), dtype)
+    c_prev = aligned_empty((N, H), dtype)
+    hs = _state_copies(h, kept.rows0, "rows train h", dtype)
+    cs = _state_copies(c, kept.rows0, "rows train c", dtype)
+    packed = [panel_workspace(f"rows train w {p}", 4 * H, K, dtype) for p in range(2)]
+
+    def part(p):
+        r0, _, sizes = kept.parts()[p]
+        pack_fused_into(w_ih, w_hh, b_ih, b_hh, packed[p])  # each its own copy, both at once
+        lstm_fused_train_forward(xh[r0:], sizes, layout.offsets, reverse, packed[p], hs[p],
+                                 cs[p], out[r0:], col0, act[r0:], c_prev[r0:])
+
+    run_pair(lambda: part(0), lambda: part(1))
+    for state, copies in ((h, hs), (c, cs)):
+        state[:kept.rows0] = copies[0]
+        state[kept.rows0:] = copies[1]
+    return act, xh, c_prev, kept
+
+
+def rows_backward(layout, reverse, act, xh, c_prev, kept, w_ih, w_hh, dout, col0, dh, dc, dx,
+                  add_dx, dw_ih, dw_hh, db_ih, db_hh):
+    """BPTT through one LSTM layer and direction after rows_forward (act is overwritten); the
+    other arguments and the results are those of rnnc._lstm_kernel.lstm_fused_backward."""
+    from rnnc._lstm_kernel import lstm_fused_backward_steps_py, lstm_fused_backward_weights_py
+    dtype = act.dtype
+    B, H = dh.shape
+    steps = len(layout.batch_sizes)
+    small = _use_small_gemm(dtype, B, steps, one_thread=True)
+    dhs = _state_copies(dh, kept.rows0, "rows train dh", dtype)
+    dcs = _state_copies(dc, kept.rows0, "rows train dc", dtype)
+
+    def part(p):
+        r0, _, sizes = kept.parts()[p]
+        packed = (pack_panels(w_hh.T, f"rows train bwd {p}") if small
+                  else _empty(dtype, 3))
+        lstm_fused_backward_steps_py(sizes, layout.offsets, reverse, w_hh, act[r0:],
+                                     c_prev[r0:], dout[r0:], col0, dhs[p], dcs[p],
+                                     _scratch(f"rows train tc {p}", (H,), dtype), packed)
+
+    run_pair(lambda: part(0), lambda: part(1))
+    for state, copies in ((dh, dhs), (dc, dcs)):
+        state[:kept.rows0] = copies[0]
+        state[kept.rows0:] = copies[1]
+    # The GEMMs over all rows, in two shares: half of the input gradient's rows and half of the
+    # weight gradients' gate rows each, with BLAS at one thread (run_pair). With both BLAS
+    # threads on one call of all rows instead, BLAS's helper thread kept spinning after it, on
+    # the cores the next forward's parts run on: training LSTM B16 H128 T100 at 2 threads took
+    # 10.5-11.3 ms a step, against 7.55 this way (8.1 split by units).
+    N = xh.shape[0]
+    dw_cat = _scratch("rows train dw", (4 * H, xh.shape[1]), dtype)
+    shares = [(0, N // 2, 0, 2 * H), (N // 2, N, 2 * H, 4 * H)]
+    run_pair(*(lambda s=s: lstm_fused_backward_weights_py(xh, w_ih, act, dx, add_dx, dw_cat,
+                                                          dw_ih, dw_hh, db_ih, db_hh, *s)
+               for s in shares))

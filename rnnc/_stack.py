@@ -328,8 +328,9 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
 
 
-def _row_split(mode, B, I, H, proj_size, train, parallel, small):
-    return (mode == "LSTM" and not train and not parallel and not proj_size and small
+def _row_split(mode, B, I, H, proj_size, parallel, small):
+    """Whether a layer (inference, or training: rnnc/_split_train.py) splits by rows."""
+    return (mode == "LSTM" and not parallel and not proj_size and small
             and B >= ROW_SPLIT_MIN_BATCH and _fused_fits(B // 2, 4 * H * (I + H + 1))
             and cached_num_threads() >= 2)
 
@@ -755,7 +756,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if train:
             cache.layer_in.append(layer_in)
             cache.kept.append([None] * D)
-        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, train, parallel, small_rows)
+        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, parallel, small_rows)
         if split or rows or (train and train_split):   # parts write their columns or rows
             out = aligned_empty((n_rows, D * P), dtype)
         else:
@@ -771,6 +772,11 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             b_hh = params.get(f"bias_hh_l{k}{sfx}", empty1)
             s = k * D + d
             name = (k, d)       # of this layer and direction's weights in packs
+            if rows and train:      # kept: (act, [x | h_prev | 1], c_prev, RowsKept)
+                cache.kept[k][d] = _split_train.rows_forward(
+                    layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s], c_state[s],
+                    out, d * P, d)
+                return
             if rows:
                 # The same results with or without the helper: only the time differs.
                 helper = _split_begin()
@@ -934,7 +940,13 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                                        dw_ih, dw_hh, db_ih, db_hh, w["tc_row"],
                                        pack_panels(w_hh.T, f"packed {d}") if small else empty3)
                 return
-            if how is not None:   # the forward ran split: so does the backward
+            if how is not None and how is not FUSED and how.rows:     # split by rows
+                from rnnc import _split_train
+                _split_train.rows_backward(layout, reverse, act, h_prev, extra, how, w_ih, w_hh,
+                                           dlayer, d * P, dh_s[s], dc_s[s], dx, add_dx, dw_ih,
+                                           dw_hh, db_ih, db_hh)
+                return
+            if how is not None:   # the forward ran split by units: so does the backward
                 from rnnc._split_train import lstm_backward as split_lstm_backward
                 split_lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P, dh_s[s],
                                     dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh)

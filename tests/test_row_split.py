@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnnc
-from rnnc import _stack, reference
+from rnnc import _split_train, _stack, reference
 
 pytestmark = pytest.mark.skipif(not _stack._K.has_small_gemm(),
                                 reason="the row split runs on the small-batch kernel")
@@ -143,11 +143,9 @@ def test_frozen_row_split_keeps_each_part_its_panels(force_rows):
 
 def test_where_layers_split_by_rows(monkeypatch):
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    ok = dict(mode="LSTM", B=16, I=128, H=128, proj_size=0, train=False, parallel=False,
-              small=True)
+    ok = dict(mode="LSTM", B=16, I=128, H=128, proj_size=0, parallel=False, small=True)
     assert _stack._row_split(**ok)
-    for change in (dict(mode="GRU"), dict(B=7), dict(proj_size=4), dict(train=True),
-                   dict(parallel=True), dict(small=False), dict(H=1024, I=1024)):
+    for change in (dict(mode="GRU"), dict(B=7), dict(proj_size=4), dict(parallel=True), dict(small=False), dict(H=1024, I=1024)):
         assert not _stack._row_split(**{**ok, **change}), change
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
     assert not _stack._row_split(**ok)
@@ -196,3 +194,67 @@ def test_row_split_in_a_forked_child(force_rows):
     p.join(30)
     assert p.exitcode == 0
     assert_bits(got, expected)
+
+
+def train_step(m, x, hx, lengths, g, gh, gc):
+    """Forward and backward of a training step: ([out, h_n, c_n, dh0, dc0], [dx, grads...])."""
+    m.train()
+    out, (h, c) = m(x, hx, lengths=lengths)
+    dx, (dh0, dc0), grads = m.backward(g, (gh, gc))
+    return [out, h, c, dh0, dc0], [dx] + [grads[k] for k in sorted(grads)]
+
+
+TRAIN_CASES = [  # input, hidden, batch, steps, kwargs
+    (11, 32, 8, 9, {}),
+    (5, 40, 17, 7, dict(bias=False)),
+    (24, 24, 12, 6, dict(num_layers=2, dropout=0.0)),
+    (6, 20, 16, 5, dict(bidirectional=True)),
+]
+
+
+@pytest.mark.parametrize("I,H,B,T,kw", TRAIN_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variable", [False, True])
+def test_row_split_training(force_rows, monkeypatch, I, H, B, T, kw, dtype, variable):
+    """Forward and BPTT split by rows: the states and state gradients are the one-thread bits
+    (each part runs the one-thread loops on its rows); the input and weight gradients come
+    from GEMMs over all rows (BLAS, which may sum in another order with more threads)."""
+    monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 1 << 62)
+    calls = []
+    forward, backward = _split_train.rows_forward, _split_train.rows_backward
+    monkeypatch.setattr(_split_train, "rows_forward",
+                        lambda *a: calls.append("forward") or forward(*a))
+    monkeypatch.setattr(_split_train, "rows_backward",
+                        lambda *a: calls.append("backward") or backward(*a))
+    rng = np.random.default_rng(B * 7 + H)
+    D = 2 if kw.get("bidirectional") else 1
+    L = kw.get("num_layers", 1)
+    m = rnnc.LSTM(I, H, dtype=dtype, seed=H, **kw)
+    ref = reference.LSTM(I, H, dtype=dtype, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = None
+    if variable:
+        lengths = rng.integers(0, T + 1, B)      # zeros included
+        lengths[0] = T
+    hx = tuple(rng.standard_normal((D * L, B, H)).astype(dtype) for _ in range(2))
+    g = rng.standard_normal((T, B, D * H)).astype(dtype)
+    gh, gc = (rng.standard_normal((D * L, B, H)).astype(dtype) for _ in range(2))
+    states, grads = train_step(m, x, hx, lengths, g, gh, gc)
+    assert calls.count("forward") == calls.count("backward") == D * L
+    previous = rnnc.get_num_threads()
+    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
+    rnnc.set_num_threads(1)
+    try:
+        states1, grads1 = train_step(m, x, hx, lengths, g, gh, gc)
+    finally:
+        rnnc.set_num_threads(previous)
+    assert calls.count("forward") == D * L         # not split on one thread
+    assert_bits(states, states1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, e in zip(grads, grads1):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    ref_states, ref_grads = train_step(ref, x, hx, lengths, g, gh, gc)
+    for a, e in zip(states + grads, ref_states + ref_grads):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)

@@ -18,6 +18,7 @@ def force_split(monkeypatch):
     monkeypatch.setattr(_split_train, "TRAIN_SPLIT_MIN_STEP_WORK", 0)
     monkeypatch.setattr(_split_train, "TRAIN_SPLIT_MIN_ROWS", 0)
     monkeypatch.setattr(_split_train, "cached_num_threads", lambda: 2)
+    monkeypatch.setattr(_stack, "ROW_SPLIT_MIN_BATCH", 1 << 62)    # by units, not by rows
     calls = []
     forward, backward = _split_train.lstm_forward, _split_train.lstm_backward
 
