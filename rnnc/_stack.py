@@ -323,8 +323,13 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # A unidirectional LSTM layer on the fused product at 2+ threads runs its batch in two parts of
 # rows, one on each thread (rnnc/_parallel_forward.pyx, rows_forward_py), when each part still
 # reuses the weights enough for the fused product (_fused_fits of half the batch): the parts
-# share nothing while the steps run, where the split by hidden units meets every step. Measured
-# at 2 threads, T100, layer time: LSTM B16 H128 ... (see the commit) ...
+# share nothing while the steps run, where the split by hidden units meets every step and moves
+# the state between the cores. Measured at 2 threads, layer time in ms, before (split by units,
+# or projection ahead for B32 H64) -> split by rows; the ranges span the host's placements of
+# the two vCPUs (a cache line's round trip between them took 65-75 ns or 350-395 ns, changing
+# every few minutes): LSTM T100 B8 H128 1.17-1.60 -> 1.11-1.47, B16 H128 2.26-3.13 ->
+# 2.15-2.44, B32 H128 4.44-6.13 -> 4.24-4.53, B32 H64 1.98-3.45 -> 1.23-1.57; T50 B64 H256
+# 16.6-19.9 -> 16.0-16.5, B64 H512 62.8-68.2 -> 62.2-63.0; T20 B256 H256 26.3-31.0 -> 25.7-25.8.
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
 
 
