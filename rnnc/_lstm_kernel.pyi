@@ -53,7 +53,8 @@ def lstm_fused_backward(xh: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                         dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
                         db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
                         tc_row: NDArray[np.floating],
-                        w_hh_packed: NDArray[np.floating]) -> None: ...
+                        w_hh_packed: NDArray[np.floating],
+                        w_ih_packed: NDArray[np.floating]) -> None: ...
 
 def pack_fused_into(w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
                     b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
@@ -73,4 +74,4 @@ def lstm_fused_backward_weights_py(xh: NDArray[np.floating], w_ih: NDArray[np.fl
                                    dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
                                    db_ih: NDArray[np.floating],
                                    db_hh: NDArray[np.floating], r0: int, r1: int, g0: int,
-                                   g1: int) -> None: ...
+                                   g1: int, w_ih_packed: NDArray[np.floating]) -> None: ...

@@ -115,12 +115,13 @@ cdef void lstm_fused_sequence_backward(
         floating* dw_ih, floating* dw_hh,     # (4H, I), (4H, H) out
         floating* db_ih, floating* db_hh,     # (4H,) out (+=), or NULL without bias
         floating* tc_row,
-        const floating* w_hh_packed) noexcept nogil:
+        const floating* w_hh_packed,
+        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL (BLAS)
     cdef Py_ssize_t N = offsets[T - 1] + batch_sizes[T - 1]   # packed rows (offsets ascend)
     lstm_fused_backward_steps(batch_sizes, offsets, T, reverse, w_hh, H, act, c_prev, dout, ldd,
                               dh, dc, tc_row, w_hh_packed)
     lstm_fused_backward_weights(xh, N, w_ih, I, H, act, dx, lddx, add_dx, dw_cat, dw_ih, dw_hh,
-                                db_ih, db_hh, 0, N, 0, 4 * H)
+                                db_ih, db_hh, 0, N, 0, 4 * H, w_ih_packed)
 
 
 cdef void lstm_fused_backward_steps(
@@ -149,13 +150,17 @@ cdef void lstm_fused_backward_weights(
         const floating* act, floating* dx, Py_ssize_t lddx, bint add_dx, floating* dw_cat,
         floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
         Py_ssize_t r0, Py_ssize_t r1,   # rows of the input gradient to compute
-        Py_ssize_t g0, Py_ssize_t g1    # gate rows of the weight gradients to compute
+        Py_ssize_t g0, Py_ssize_t g1,   # gate rows of the weight gradients to compute
+        const floating* w_ih_packed     # W_ih^T in panels, or NULL (BLAS for dx)
         ) noexcept nogil:
     """The GEMMs after lstm_fused_backward_steps (dA of all N rows in act): rows [r0, r1) of
     the input gradient and gate rows [g0, g1) of [dW_ih | dW_hh | db]. Two threads may each
     compute a share (rnnc/_split_train.py)."""
     cdef Py_ssize_t K = I + H + 1, G = 4 * H
-    if r1 > r0:
+    # dx on the small-batch kernel where it runs: OpenBLAS reached 101 GFLOP/s on dA @ W_ih
+    # (3200 x 1024 @ 1024 x 256, LSTM B64 H256 T50), the kernel 115 (16.7 -> 14.6 ms).
+    if r1 > r0 and not small_gemm(r1 - r0, I, G, act + r0 * G, G, w_ih_packed,
+                                  1 if add_dx else 0, dx + r0 * lddx, lddx):
         gemm(False, False, r1 - r0, I, G, 1, act + r0 * G, G, w_ih, I, 1 if add_dx else 0,
              dx + r0 * lddx, lddx)
     if g1 <= g0:
@@ -362,9 +367,11 @@ def lstm_fused_backward(const floating[:, ::1] xh, const Py_ssize_t[::1] batch_s
                         floating[:, ::1] dx, bint add_dx,
                         floating[:, ::1] dw_cat, floating[:, ::1] dw_ih,
                         floating[:, ::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
-                        floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed):
+                        floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed,
+                        const floating[:, :, ::1] w_ih_packed):
     """BPTT after lstm_fused_train_forward (same arguments as lstm_backward, with xh in place
-    of x and h_prev); dw_cat (4H, I + H + 1) is workspace."""
+    of x and h_prev); dw_cat (4H, I + H + 1) is workspace; w_ih_packed: W_ih^T in panels for
+    the input gradient on the small-batch kernel, or zero-size (BLAS)."""
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dc.shape[1], I = xh.shape[1] - H - 1
     if T == 0 or xh.shape[0] == 0:
@@ -372,12 +379,14 @@ def lstm_fused_backward(const floating[:, ::1] xh, const Py_ssize_t[::1] batch_s
     cdef floating* dbi = ptr1_or_null(db_ih)
     cdef floating* dbh = ptr1_or_null(db_hh)
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_fused_sequence_backward(&xh[0, 0], &batch_sizes[0], &offsets[0], T, reverse,
                                      &w_ih[0, 0], &w_hh[0, 0], I, H, &act[0, 0],
                                      &c_prev[0, 0], &dout[0, col0], dout.shape[1], &dh[0, 0],
                                      &dc[0, 0], &dx[0, 0], dx.shape[1], add_dx, &dw_cat[0, 0],
-                                     &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &tc_row[0], wp)
+                                     &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &tc_row[0], wp,
+                                     wip)
 
 
 def lstm_fused_backward_steps_py(const Py_ssize_t[::1] batch_sizes,
@@ -404,20 +413,23 @@ def lstm_fused_backward_weights_py(const floating[:, ::1] xh, const floating[:, 
                                    bint add_dx, floating[:, ::1] dw_cat,
                                    floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
                                    floating[::1] db_ih, floating[::1] db_hh,
-                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0, Py_ssize_t g1):
+                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0, Py_ssize_t g1,
+                                   const floating[:, :, ::1] w_ih_packed):
     """The GEMMs that end lstm_fused_backward (lstm_fused_backward_weights), after
     lstm_fused_backward_steps_py has turned every part's rows of act into dA: rows [r0, r1)
-    of dx and gate rows [g0, g1) of the weight and bias gradients."""
+    of dx and gate rows [g0, g1) of the weight and bias gradients. w_ih_packed: as in
+    lstm_fused_backward."""
     cdef Py_ssize_t N = xh.shape[0], G = act.shape[1]
     cdef Py_ssize_t H = G // 4, I = w_ih.shape[1]
     if N == 0:
         return
     cdef floating* dbi = ptr1_or_null(db_ih)
     cdef floating* dbh = ptr1_or_null(db_hh)
+    cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_fused_backward_weights(&xh[0, 0], N, &w_ih[0, 0], I, H, &act[0, 0], &dx[0, 0],
                                     dx.shape[1], add_dx, &dw_cat[0, 0], &dw_ih[0, 0],
-                                    &dw_hh[0, 0], dbi, dbh, r0, r1, g0, g1)
+                                    &dw_hh[0, 0], dbi, dbh, r0, r1, g0, g1, wip)
 
 
 def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

@@ -243,6 +243,11 @@ def rows_backward(layout, reverse, act, xh, c_prev, kept, w_ih, w_hh, dout, col0
     N = xh.shape[0]
     dw_cat = _scratch("rows train dw", (4 * H, xh.shape[1]), dtype)
     shares = [(0, N // 2, 0, 2 * H), (N // 2, N, 2 * H, 4 * H)]
-    run_pair(*(lambda s=s: lstm_fused_backward_weights_py(xh, w_ih, act, dx, add_dx, dw_cat,
-                                                          dw_ih, dw_hh, db_ih, db_hh, *s)
-               for s in shares))
+
+    def share(p):
+        # Each packs its own W_ih^T for its rows of dx (see rows_forward).
+        packed = (pack_panels(w_ih.T, f"rows train ih {p}") if small else _empty(dtype, 3))
+        lstm_fused_backward_weights_py(xh, w_ih, act, dx, add_dx, dw_cat, dw_ih, dw_hh, db_ih,
+                                       db_hh, *shares[p], packed)
+
+    run_pair(lambda: share(0), lambda: share(1))

@@ -943,7 +943,8 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                                        w_hh, act, extra, dlayer, d * P, dh_s[s], dc_s[s], dx,
                                        add_dx, np.empty((4 * H, h_prev.shape[1]), dtype=dtype),
                                        dw_ih, dw_hh, db_ih, db_hh, w["tc_row"],
-                                       pack_panels(w_hh.T, f"packed {d}") if small else empty3)
+                                       pack_panels(w_hh.T, f"packed {d}") if small else empty3,
+                                       pack_panels(w_ih.T, f"packed ih {d}") if small else empty3)
                 return
             if how is not None and how is not FUSED and how.rows:     # split by rows
                 from rnnc import _split_train

@@ -305,13 +305,14 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
 
     fast, g_fast = grads()
     # Per layer and direction: W_ih and W_hh forward (or one [W_ih | W_hh | b] for the fused
-    # LSTM product), W_hh backward; with proj_size W_hr forward and backward too; GRU with
-    # reset_after=False packs [W_hr; W_hz] and W_hn apart, forward and backward
+    # LSTM product, whose backward also packs W_ih^T for the input gradient), W_hh backward;
+    # with proj_size W_hr forward and backward too; GRU with reset_after=False packs
+    # [W_hr; W_hz] and W_hn apart, forward and backward
     expected = 0
     for I in (5, 2 * P):
         fused = (mode == "LSTM" and not kw.get("proj_size")
                  and _stack._fused_fits(B, 4 * H * (I + H + 1)))
-        expected += 2 * ((2 if fused else 3) + (2 if kw.get("proj_size") else 0)
+        expected += 2 * (3 + (2 if kw.get("proj_size") else 0)
                          + (2 if kw.get("reset_after") is False else 0))
     assert len(packs) == expected
     assert set(packs) == {np.dtype(np.float64)}
