@@ -1,4 +1,5 @@
-"""Inference forward of one layer and direction, split by hidden units across threads.
+"""Inference forward of one layer and direction, split across two threads: by hidden units
+(below), or, for an LSTM on the fused product, by batch rows (rows_forward_py, further down).
 
 Each thread owns a contiguous block of hidden units [u0, u0 + nu) and with it the rows of every
 gate that feed them: it projects its own gate columns of the inputs, computes its own columns of

@@ -8,7 +8,11 @@
  * float64 NumPy): within a few float32 ulps (relative error <= 1e-6) wherever the result is a
  * normal float32; NaN propagates; +-inf give the limits.
  *   exp: Cephes' expf range reduction and degree-5 polynomial.
- *   tanh: Cephes' tanhf: an odd polynomial for |x| < 0.625, 1 - 2 / (exp(2|x|) + 1) beyond.
+ *   tanh: Eigen's float rational approximation, a 13/6 odd/even pair of polynomials (worst
+ *   relative error measured 2.9e-7 with FMA, 4.1e-7 without), and +-1 from |x| >= 7.9053,
+ *   where tanh rounds within 2.7e-7 of 1. It replaced Cephes' tanhf (an odd polynomial below
+ *   0.625, 1 - 2 / (exp(2|x|) + 1) above; 1.4e-7): no exp, one division instead of two paths
+ *   evaluated and blended. The LSTM gate pass of a B16 H128 step went from 4.5 to 3.1 us.
  */
 #ifndef RNNC_SIMD_MATH_H
 #define RNNC_SIMD_MATH_H
@@ -56,22 +60,40 @@ static inline float rnnc_sigmoidf_body(float x) {
     return 1.0f / (1.0f + rnnc_expf_body(-x));
 }
 
+/* The tanh approximation's coefficients (see the top of this file) and where it stops. */
+#define RNNC_TANH_A13 -2.76076847742355e-16f
+#define RNNC_TANH_A11 2.00018790482477e-13f
+#define RNNC_TANH_A9 -8.60467152213735e-11f
+#define RNNC_TANH_A7 5.12229709037114e-08f
+#define RNNC_TANH_A5 1.48572235717979e-05f
+#define RNNC_TANH_A3 6.37261928875436e-04f
+#define RNNC_TANH_A1 4.89352455891786e-03f
+#define RNNC_TANH_B6 1.19825839466702e-06f
+#define RNNC_TANH_B4 1.18534705686654e-04f
+#define RNNC_TANH_B2 2.26843463243900e-03f
+#define RNNC_TANH_B0 4.89352518554385e-03f
+#define RNNC_TANH_ONE 7.90531110763549805f   /* |x| from which the result is +-1 */
+#define RNNC_TANH_TINY 4e-4f                  /* |x| below which the result is x */
+
 __attribute__((always_inline))
 static inline float rnnc_tanhf_body(float v) {
     float a = v < 0 ? -v : v;
-    /* |x| >= 0.625 */
-    float big = 1.0f - 2.0f / (rnnc_expf_body(2.0f * a) + 1.0f);
-    big = v < 0 ? -big : big;
-    /* |x| < 0.625 */
     float z = v * v;
-    float p = -5.70498872745E-3f;
-    p = p * z + 2.06390887954E-2f;
-    p = p * z - 5.37397155531E-2f;
-    p = p * z + 1.33314422036E-1f;
-    p = p * z - 3.33332819422E-1f;
-    float small = p * z * v + v;
-    /* tiny |x|: tanh(x) rounds to x (and -0 stays -0) */
-    return a >= 0.625f ? big : (a < 1e-4f ? v : small);
+    float p = RNNC_TANH_A13;
+    p = p * z + RNNC_TANH_A11;
+    p = p * z + RNNC_TANH_A9;
+    p = p * z + RNNC_TANH_A7;
+    p = p * z + RNNC_TANH_A5;
+    p = p * z + RNNC_TANH_A3;
+    p = p * z + RNNC_TANH_A1;
+    float q = RNNC_TANH_B6;
+    q = q * z + RNNC_TANH_B4;
+    q = q * z + RNNC_TANH_B2;
+    q = q * z + RNNC_TANH_B0;
+    float r = v * p / q;
+    float one = v < 0 ? -1.0f : 1.0f;
+    /* tiny |x|: tanh(x) rounds to x (and -0 stays -0); NaN fails both compares: r (NaN) */
+    return a >= RNNC_TANH_ONE ? one : (a < RNNC_TANH_TINY ? v : r);
 }
 
 RNNC_DISPATCH
@@ -194,27 +216,27 @@ RNNC_AVX512_INLINE __m512 rnnc_sigmoid16(__m512 x) {
 }
 
 RNNC_AVX512_INLINE __m512 rnnc_tanh16(__m512 v) {
-    const __m512 one = _mm512_set1_ps(1.0f);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     __m512i vi = _mm512_castps_si512(v);
     __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, vi));
-    /* |x| >= 0.625: 1 - 2 / (exp(2|x|) + 1), with the sign of x */
-    __m512 e = rnnc_exp16(_mm512_add_ps(a, a));
-    __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
-    big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big),
-                                              _mm512_and_si512(sign, vi)));
-    /* |x| < 0.625: odd polynomial */
     __m512 z = _mm512_mul_ps(v, v);
-    __m512 p = _mm512_set1_ps(-5.70498872745E-3f);
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954E-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531E-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036E-1f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422E-1f));
-    __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), v, v);
-    /* tiny |x|: tanh(x) rounds to x (and -0 stays -0); NaN fails both compares: small (NaN) */
-    __mmask16 is_big = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_GE_OQ);
-    __mmask16 is_tiny = _mm512_cmp_ps_mask(a, _mm512_set1_ps(1e-4f), _CMP_LT_OQ);
-    return _mm512_mask_blend_ps(is_big, _mm512_mask_blend_ps(is_tiny, small, v), big);
+    __m512 p = _mm512_fmadd_ps(z, _mm512_set1_ps(RNNC_TANH_A13), _mm512_set1_ps(RNNC_TANH_A11));
+    p = _mm512_fmadd_ps(z, p, _mm512_set1_ps(RNNC_TANH_A9));
+    p = _mm512_fmadd_ps(z, p, _mm512_set1_ps(RNNC_TANH_A7));
+    p = _mm512_fmadd_ps(z, p, _mm512_set1_ps(RNNC_TANH_A5));
+    p = _mm512_fmadd_ps(z, p, _mm512_set1_ps(RNNC_TANH_A3));
+    p = _mm512_fmadd_ps(z, p, _mm512_set1_ps(RNNC_TANH_A1));
+    __m512 q = _mm512_fmadd_ps(z, _mm512_set1_ps(RNNC_TANH_B6), _mm512_set1_ps(RNNC_TANH_B4));
+    q = _mm512_fmadd_ps(z, q, _mm512_set1_ps(RNNC_TANH_B2));
+    q = _mm512_fmadd_ps(z, q, _mm512_set1_ps(RNNC_TANH_B0));
+    __m512 r = _mm512_div_ps(_mm512_mul_ps(v, p), q);
+    /* +-1 with the sign of x */
+    __m512 one = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_set1_ps(1.0f)),
+                                                     _mm512_and_si512(sign, vi)));
+    /* tiny |x|: tanh(x) rounds to x (and -0 stays -0); NaN fails both compares: r (NaN) */
+    __mmask16 is_one = _mm512_cmp_ps_mask(a, _mm512_set1_ps(RNNC_TANH_ONE), _CMP_GE_OQ);
+    __mmask16 is_tiny = _mm512_cmp_ps_mask(a, _mm512_set1_ps(RNNC_TANH_TINY), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(is_one, _mm512_mask_blend_ps(is_tiny, r, v), one);
 }
 
 RNNC_AVX512_INLINE __mmask16 rnnc_tail_mask(ptrdiff_t j, ptrdiff_t n) {

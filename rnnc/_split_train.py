@@ -1,9 +1,11 @@
-"""Training of one LSTM layer and direction with its hidden units split between two threads.
+"""Training of one LSTM layer and direction split between two threads: by hidden units, or by
+batch rows (the second half of this file).
 
-The Python side of rnnc/_parallel_train.pyx (read its docstring first): when to split, the
-weights in part order, the buffers, and starting the two parts together. rnnc/_stack.py calls
-``lstm_forward`` from its training forward and ``lstm_backward`` from run_stack_backward for the
-layers whose forward was split (the kept activations are then in part order).
+By hidden units, the Python side of rnnc/_parallel_train.pyx (read its docstring first): when
+to split, the weights in part order, the buffers, and starting the two parts together.
+rnnc/_stack.py calls ``lstm_forward`` from its training forward and ``lstm_backward`` from
+run_stack_backward for the layers whose forward was split (the kept activations are then in
+part order); ``rows_forward`` / ``rows_backward`` likewise for the row split.
 """
 import functools
 
@@ -163,8 +165,8 @@ class RowsKept:
         self.rows0, self.sizes0, self.sizes1 = split
 
     def parts(self):
-        """(first row, rows, batch sizes) of each part."""
-        return (0, self.rows0, self.sizes0), (self.rows0, None, self.sizes1)
+        """(first row, batch sizes at every step) of each part."""
+        return (0, self.sizes0), (self.rows0, self.sizes1)
 
 
 def _state_copies(state, rows0, key, dtype):
@@ -199,7 +201,7 @@ def rows_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, c
     packed = [panel_workspace(f"rows train w {p}", 4 * H, K, dtype) for p in range(2)]
 
     def part(p):
-        r0, _, sizes = kept.parts()[p]
+        r0, sizes = kept.parts()[p]
         pack_fused_into(w_ih, w_hh, b_ih, b_hh, packed[p])  # each its own copy, both at once
         lstm_fused_train_forward(xh[r0:], sizes, layout.offsets, reverse, packed[p], hs[p],
                                  cs[p], out[r0:], col0, act[r0:], c_prev[r0:])
@@ -224,7 +226,7 @@ def rows_backward(layout, reverse, act, xh, c_prev, kept, w_ih, w_hh, dout, col0
     dcs = _state_copies(dc, kept.rows0, "rows train dc", dtype)
 
     def part(p):
-        r0, _, sizes = kept.parts()[p]
+        r0, sizes = kept.parts()[p]
         packed = (pack_panels(w_hh.T, f"rows train bwd {p}") if small
                   else _empty(dtype, 3))
         lstm_fused_backward_steps_py(sizes, layout.offsets, reverse, w_hh, act[r0:],

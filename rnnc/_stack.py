@@ -6,7 +6,8 @@ classes in rnnc.recurrent call one or the other. This module is the thin layer b
 classes and the kernels: it lays the batch out in PyTorch's packed form (sorted by decreasing
 length, see rnnc/_sequence.pxd), allocates every buffer the kernels write, chooses the recurrent
 GEMM (BLAS or the small-batch kernel) and how to use a second thread (the two directions of a
-bidirectional layer concurrently, or a unidirectional layer's hidden units split in two), calls
+bidirectional layer concurrently, a unidirectional layer's batch rows or hidden units split in
+two, or the next inputs projected ahead), calls
 the kernels per layer and direction, and scatters the results back to the caller's batch order.
 """
 import contextlib
