@@ -18,7 +18,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
-from rnnc._lstm_fused cimport lstm_fused_sequence, pack_fused
+from rnnc._fused cimport lstm_fused_sequence, pack_fused
 from rnnc._sequence cimport (add_bias_grads, chunk_bounds, copy_rows, input_side_backward,
                              project_inputs)
 

@@ -30,7 +30,7 @@ def pipelined_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArra
                          ring: NDArray[np.floating], hg: NDArray[np.floating],
                          chunk_steps: int, use_helper: bool) -> None: ...
 
-def rows_forward_py(x: NDArray[np.floating], batch_sizes0: NDArray[np.intp],
+def rows_forward_py(mode: int, x: NDArray[np.floating], batch_sizes0: NDArray[np.intp],
                     batch_sizes1: NDArray[np.intp], offsets: NDArray[np.intp], reverse: bool,
                     w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
                     b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],

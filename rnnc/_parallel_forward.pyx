@@ -28,7 +28,7 @@ from libc.string cimport memcpy
 from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
                          small_gemm)
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
-from rnnc._lstm_fused cimport lstm_fused_sequence, pack_fused
+from rnnc._fused cimport lstm_fused_sequence, pack_fused, rnn_fused_sequence
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows, project_inputs
 
 
@@ -384,6 +384,7 @@ cdef void run_part(Part* p) noexcept nogil:
 # descriptions are complete before the generation opens (`open`).
 # ---------------------------------------------------------------------------------------------
 cdef struct Rows:
+    int mode                        # LSTM, RNN_TANH or RNN_RELU
     bint is_double
     const void* x                   # the part's first row of the packed input
     Py_ssize_t ldx, I
@@ -399,13 +400,13 @@ cdef struct Rows:
     bint prepared                   # w_packed holds them already (kept by a frozen module)
     Py_ssize_t H, B                 # B: the part's rows
     void* h                         # (B, H) the part's rows of the state
-    void* c
+    void* c                         # (LSTM; else NULL)
     void* cwork                     # (B, H) the part's own copy of c while the steps run: the
                                     # parts' rows of c may share a cache line, written each step
     void* out                       # the part's first row of the output, at its column col0
     Py_ssize_t ldo
     void* xh                        # (B, I + H + 1) the part's workspace
-    void* gates                     # (B, 4H)
+    void* gates                     # (B, G)
 
 
 cdef struct RowJob:
@@ -417,8 +418,15 @@ cdef struct RowJob:
 
 cdef void run_rows(Rows* p, floating kind) noexcept nogil:
     if not p.prepared:
-        pack_fused(4 * p.H, p.I, p.H, <const floating*>p.w_ih, <const floating*>p.w_hh,
-                   <const floating*>p.b_ih, <const floating*>p.b_hh, <floating*>p.w_packed)
+        pack_fused(4 * p.H if p.mode == LSTM else p.H, p.I, p.H, <const floating*>p.w_ih,
+                   <const floating*>p.w_hh, <const floating*>p.b_ih, <const floating*>p.b_hh,
+                   <floating*>p.w_packed)
+    if p.mode != LSTM:
+        rnn_fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T,
+                           p.reverse, <const floating*>p.w_packed, p.H, p.B,
+                           p.mode == RNN_RELU, <floating*>p.h, <floating*>p.out, p.ldo,
+                           <floating*>p.xh, <floating*>p.gates)
+        return
     memcpy(p.cwork, p.c, p.B * p.H * sizeof(floating))
     lstm_fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T,
                         p.reverse, <const floating*>p.w_packed, p.H, p.B, <floating*>p.h,
@@ -668,7 +676,7 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
         _job_ahead = NULL
 
 
-cdef void describe_rows(Rows* q, const floating[:, ::1] x, Py_ssize_t row0,
+cdef void describe_rows(Rows* q, int mode, const floating[:, ::1] x, Py_ssize_t row0,
                         const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
                         bint reverse, const floating[:, ::1] w_ih,
                         const floating[:, ::1] w_hh, const floating[::1] b_ih,
@@ -677,6 +685,7 @@ cdef void describe_rows(Rows* q, const floating[:, ::1] x, Py_ssize_t row0,
                         floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
                         Py_ssize_t col0, floating[:, ::1] xh, floating[:, ::1] gates,
                         floating[:, ::1] cwork) noexcept:
+    q.mode = mode
     q.is_double = floating is double
     q.ldx = x.shape[1]
     q.I = x.shape[1]
@@ -694,15 +703,15 @@ cdef void describe_rows(Rows* q, const floating[:, ::1] x, Py_ssize_t row0,
     q.H = h.shape[1]
     q.B = nrows
     q.h = &h[0, 0] + row0 * q.H
-    q.c = &c[0, 0] + row0 * q.H
+    q.c = &c[0, 0] + row0 * q.H if c.shape[0] > 0 else NULL
     q.ldo = out.shape[1]
     q.out = &out[0, col0] + row0 * q.ldo
     q.xh = &xh[0, 0]
     q.gates = &gates[0, 0]
-    q.cwork = &cwork[0, 0]
+    q.cwork = &cwork[0, 0] if cwork.shape[0] > 0 else NULL
 
 
-def rows_forward_py(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes0,
+def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes0,
                     const Py_ssize_t[::1] batch_sizes1, const Py_ssize_t[::1] offsets,
                     bint reverse, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
                     const floating[::1] b_ih, const floating[::1] b_hh,
@@ -712,9 +721,10 @@ def rows_forward_py(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes0
                     floating[:, ::1] xh0, floating[:, ::1] xh1, floating[:, ::1] gates0,
                     floating[:, ::1] gates1, floating[:, ::1] cwork0,
                     floating[:, ::1] cwork1, bint use_helper):
-    """One LSTM layer and direction, inference without projection on the fused product
-    (lstm_fused_forward's arguments, and the layer's weights: zero-size b_ih / b_hh for none),
-    its batch rows [0, rows0) and [rows0, B) run as two
+    """One LSTM (mode 3) or RNN (0 tanh, 1 relu) layer and direction, inference without
+    projection on the fused product (lstm_fused_forward's arguments, and the layer's weights:
+    zero-size b_ih / b_hh for none; RNN: c and cwork{p} zero-size, gates{p} (rows, H)), its
+    batch rows [0, rows0) and [rows0, B) run as two
     sequences: one part on this thread, the other on the helper when use_helper (the caller
     holds it: split_helper_ready() returned True) and it is awake; else both here, with the
     same results. packed{p}: each part's copy of the fused weights in panels, which it packs
@@ -738,10 +748,10 @@ def rows_forward_py(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes0
         alone.open = alone.taken[0] = alone.taken[1] = 0
     # The previous generation is closed (both parts claimed and done): nobody reads the parts.
     g = job.open + 1
-    describe_rows(&job.parts[0], x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh, b_ih, b_hh,
+    describe_rows(&job.parts[0], mode, x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh, b_ih, b_hh,
                   packed0, prepared, rows0, h, c,
                   out, col0, xh0, gates0, cwork0)
-    describe_rows(&job.parts[1], x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh, b_ih,
+    describe_rows(&job.parts[1], mode, x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh, b_ih,
                   b_hh, packed1, prepared, B - rows0,
                   h, c, out, col0, xh1, gates1, cwork1)
     rnnc_count_publish(&job.open, g)

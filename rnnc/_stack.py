@@ -331,24 +331,34 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # every few minutes): LSTM T100 B8 H128 1.17-1.60 -> 1.11-1.47, B16 H128 2.26-3.13 ->
 # 2.15-2.44, B32 H128 4.44-6.13 -> 4.24-4.53, B32 H64 1.98-3.45 -> 1.23-1.57; T50 B64 H256
 # 16.6-19.9 -> 16.0-16.5, B64 H512 62.8-68.2 -> 62.2-63.0; T20 B256 H256 26.3-31.0 -> 25.7-25.8.
+# A vanilla RNN layer splits by rows the same way in inference, each part on the RNN's form of
+# the fused product ([x | h | 1] @ [W_ih | W_hh | b]^T, rnn_fused_sequence). Measured at 2
+# threads (vCPUs placed near), split by units or projection ahead -> by rows: RNN T20 B256 H256
+# 7.5-7.7 -> 6.7 ms; T100 B16 H128 0.72-0.76 -> 0.59-0.63, B8 H128 0.35 -> 0.33-0.37, B32 H64
+# 0.64 -> 0.36-0.39; T50 B64 H256 4.6-4.7 -> 4.1, B64 H512 17.2-17.9 -> 15.8-15.9. GRU has no
+# such form here (its n gate needs the state's product apart).
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
 
 
-def _row_split(mode, B, I, H, proj_size, parallel, small):
-    """Whether a layer (inference, or training: rnnc/_split_train.py) splits by rows."""
-    return (mode == "LSTM" and not parallel and not proj_size and small
-            and B >= ROW_SPLIT_MIN_BATCH and _fused_fits(B // 2, 4 * H * (I + H + 1))
+def _row_split(mode, B, I, H, proj_size, parallel, small, train):
+    """Whether a layer (inference, or LSTM training: rnnc/_split_train.py) splits by rows."""
+    return ((mode == "LSTM" or (mode == "RNN" and not train)) and not parallel
+            and not proj_size and small and B >= ROW_SPLIT_MIN_BATCH
+            and _fused_fits(B // 2, GATES[mode] * H * (I + H + 1))
             and cached_num_threads() >= 2)
 
 
-def _run_rows(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d, packs,
-              name, helper):
-    """One LSTM layer and direction, inference, split by batch rows: rows [0, rows0) on this
-    thread, the others on the helper when `helper` (the caller holds _split_begin())."""
+def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d,
+              packs, name, helper):
+    """One LSTM or RNN layer and direction, inference, split by batch rows: rows [0, rows0) on
+    this thread, the others on the helper when `helper` (the caller holds _split_begin()).
+    code: the kernel's mode (_SPLIT_MODES, + 1 for relu); c None for RNN."""
     dtype = layer_in.dtype
     B, H = h.shape
     I = w_ih.shape[1]
     K = I + H + 1
+    G = w_ih.shape[0]
+    empty2 = _empty(dtype, 2)
     rows0, sizes0, sizes1 = layout.row_split()
     # Each part packs its own copy of the weights, both at once, and reads only that one: two
     # threads reading one copy ran ~10% slower here when the host placed the vCPUs far apart.
@@ -357,16 +367,19 @@ def _run_rows(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0
     kept = [packs.get(key) for key in keys] if packs is not None else [None, None]
     prepared = kept[0] is not None and kept[1] is not None
     if not prepared:
-        kept = [panel_workspace(None if packs is not None else f"rows packed {d} {p}", 4 * H,
-                                K, dtype) for p in range(2)]
-    _K.rows_forward_py(layer_in, sizes0, sizes1, layout.offsets, reverse, w_ih, w_hh, b_ih,
-                       b_hh, kept[0], kept[1], prepared, h, c, out, col0, rows0,
+        kept = [panel_workspace(None if packs is not None else f"rows packed {d} {p}", G, K,
+                                dtype) for p in range(2)]
+    lstm = c is not None
+    _K.rows_forward_py(code, layer_in, sizes0, sizes1, layout.offsets, reverse, w_ih, w_hh,
+                       b_ih, b_hh, kept[0], kept[1], prepared, h, c if lstm else empty2, out,
+                       col0, rows0,
                        _workspace(f"rows xh {d}", (rows0, I + H + 1), dtype),
                        _workspace(f"rows xh {d} 1", (B - rows0, I + H + 1), dtype),
-                       _workspace(f"rows gates {d}", (rows0, 4 * H), dtype),
-                       _workspace(f"rows gates {d} 1", (B - rows0, 4 * H), dtype),
-                       _workspace(f"rows c {d}", (rows0, H), dtype),
-                       _workspace(f"rows c {d} 1", (B - rows0, H), dtype), helper)
+                       _workspace(f"rows gates {d}", (rows0, G), dtype),
+                       _workspace(f"rows gates {d} 1", (B - rows0, G), dtype),
+                       _workspace(f"rows c {d}", (rows0, H), dtype) if lstm else empty2,
+                       _workspace(f"rows c {d} 1", (B - rows0, H), dtype) if lstm else empty2,
+                       helper)
     if packs is not None and not prepared:
         packs.update(zip(keys, kept))       # only once filled: another thread may read them
 
@@ -762,7 +775,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if train:
             cache.layer_in.append(layer_in)
             cache.kept.append([None] * D)
-        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, parallel, small_rows)
+        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, parallel, small_rows, train)
         if split or rows or (train and train_split):   # parts write their columns or rows
             out = aligned_empty((n_rows, D * P), dtype)
         else:
@@ -787,8 +800,9 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 # The same results with or without the helper: only the time differs.
                 helper = _split_begin()
                 try:
-                    _run_rows(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h_state[s],
-                              c_state[s], out, d * P, d, packs, name, helper)
+                    _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
+                              h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P, d,
+                              packs, name, helper)
                 finally:
                     if helper:
                         _SPLIT_LOCK.release()

@@ -143,9 +143,13 @@ def test_frozen_row_split_keeps_each_part_its_panels(force_rows):
 
 def test_where_layers_split_by_rows(monkeypatch):
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    ok = dict(mode="LSTM", B=16, I=128, H=128, proj_size=0, parallel=False, small=True)
+    ok = dict(mode="LSTM", B=16, I=128, H=128, proj_size=0, parallel=False, small=True,
+              train=False)
     assert _stack._row_split(**ok)
-    for change in (dict(mode="GRU"), dict(B=7), dict(proj_size=4), dict(parallel=True), dict(small=False), dict(H=1024, I=1024)):
+    assert _stack._row_split(**{**ok, "train": True})
+    assert _stack._row_split(**{**ok, "mode": "RNN"})
+    for change in (dict(mode="GRU"), dict(mode="RNN", train=True), dict(B=7), dict(proj_size=4),
+                   dict(parallel=True), dict(small=False), dict(H=1024, I=1024)):
         assert not _stack._row_split(**{**ok, **change}), change
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
     assert not _stack._row_split(**ok)
@@ -168,7 +172,7 @@ def test_rows_forward_checks_its_split():
     packed = np.zeros((1, 6, 64), np.float32)
     h = np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match="rows0 must be in"):
-        _stack._K.rows_forward_py(x, sizes, sizes, np.arange(2) * 4, False, w,
+        _stack._K.rows_forward_py(3, x, sizes, sizes, np.arange(2) * 4, False, w,
                                   np.zeros((8, 2), np.float32), np.zeros(0, np.float32),
                                   np.zeros(0, np.float32), packed, packed, False, h, h.copy(),
                                   np.zeros((8, 2), np.float32), 0, 4, h, h, h, h, h, h, False)
@@ -258,3 +262,53 @@ def test_row_split_training(force_rows, monkeypatch, I, H, B, T, kw, dtype, vari
     for a, e in zip(states + grads, ref_states + ref_grads):
         assert a.dtype == dtype
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+
+
+RNN_CASES = [  # input, hidden, batch, steps, kwargs
+    (16, 32, 8, 12, {}),
+    (5, 40, 12, 9, dict(bias=False, nonlinearity="relu")),
+    (24, 24, 19, 7, dict(num_layers=2)),
+    (6, 20, 16, 10, dict(bidirectional=True, nonlinearity="relu")),
+]
+
+
+@pytest.mark.parametrize("I,H,B,T,kw", RNN_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lengths", ["full", "varied", "zeros"])
+def test_rnn_row_split(force_rows, monkeypatch, I, H, B, T, kw, dtype, lengths):
+    """The vanilla RNN's row split runs the fused product [x | h | 1] @ [W_ih | W_hh | b]^T
+    (the one-thread kernel sums the input and state products apart): the reference's results
+    to rounding, the same bits with or without the helper."""
+    monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 1 << 62)
+    rng = np.random.default_rng(B * 13 + H)
+    m = rnnc.RNN(I, H, dtype=dtype, seed=H, **kw)
+    ref = reference.RNN(I, H, dtype=dtype, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    ln = None
+    if lengths == "varied":
+        ln = rng.integers(1, T + 1, B)
+        ln[0] = T
+    elif lengths == "zeros":
+        ln = np.zeros(B, dtype=np.intp)
+        ln[:4] = T
+    got = flat(m(x, lengths=ln))
+    assert force_rows and len(force_rows) == m.num_layers * m.num_directions
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, e in zip(got, flat(ref(x, lengths=ln))):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    for a, e in zip(got, one_thread(m, x, lengths=ln)):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    monkeypatch.setattr(_stack, "_split_begin", lambda: False)    # both parts on this thread
+    assert_bits(flat(m(x, lengths=ln)), got)
+
+
+def test_frozen_rnn_row_split(force_rows):
+    rng = np.random.default_rng(8)
+    m = rnnc.RNN(7, 40, seed=6, nonlinearity="relu")
+    f = rnnc.RNN(7, 40, seed=6, nonlinearity="relu").freeze()
+    x = rng.standard_normal((9, 12, 7)).astype(np.float32)
+    for _ in range(3):
+        assert_bits(flat(f(x)), flat(m(x)))
+    assert {k for k in f._packs if "rows" in k} == {(0, 0, "rows", 0), (0, 0, "rows", 1)}

@@ -1,11 +1,13 @@
-# The LSTM inference loop with one fused product per step and the packing of its weights,
-# shared by the one-thread kernel (rnnc/_lstm_kernel.pyx) and the layers split by batch rows
-# between two threads (rnnc/_parallel_forward.pyx), which run it on each part's rows.
+# Inference loops with one fused product per step, [x<t> | h<t-1> | 1] @ [W_ih | W_hh | b]^T,
+# and the packing of their weights: the LSTM's, shared by the one-thread kernel
+# (rnnc/_lstm_kernel.pyx) and the layers split by batch rows between two threads
+# (rnnc/_parallel_forward.pyx), which run it on each part's rows; the vanilla RNN's, for the
+# row split only.
 from cython cimport floating
 from libc.string cimport memcpy
 
 from rnnc._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, pack_panels, small_gemm
-from rnnc._cell_math cimport lstm_pointwise
+from rnnc._cell_math cimport lstm_pointwise, rnn_pointwise_ld
 from rnnc._sequence cimport copy_rows
 
 
@@ -41,6 +43,32 @@ cdef inline void lstm_fused_sequence(
     copy_rows(h, H, xh + I, K, B, H)
 
 
+cdef inline void rnn_fused_sequence(
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) packed input, row stride ldx
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_packed,   # [W_ih | W_hh | b_ih + b_hh]^T in panels, K = I + H + 1
+        Py_ssize_t H, Py_ssize_t B, bint use_relu,
+        floating* h,                # (B, H) state in/out
+        floating* out, Py_ssize_t ldo,
+        floating* xh,               # (B, I + H + 1) workspace: [x<t> | h<t-1> | 1] per row
+        floating* gates) noexcept nogil:  # (B, H) workspace
+    """The vanilla RNN's form of lstm_fused_sequence: a<t> = g([x<t> | a<t-1> | 1] W^T)."""
+    cdef Py_ssize_t K = I + H + 1
+    cdef Py_ssize_t s, t, b, r
+    for r in range(B):
+        memcpy(xh + r * K + I, h + r * H, H * sizeof(floating))
+        xh[r * K + I + H] = 1
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        copy_rows(xh, K, x + offsets[t] * ldx, ldx, b, I)
+        small_gemm(b, H, K, xh, K, w_packed, 0, gates, H)
+        rnn_pointwise_ld(b, H, use_relu, gates, xh + I, K, out + offsets[t] * ldo, ldo)
+    copy_rows(h, H, xh + I, K, B, H)
+
+
 cdef inline void pack_fused(Py_ssize_t G, Py_ssize_t I, Py_ssize_t H,
                             const floating* w_ih,   # (G, I)
                             const floating* w_hh,   # (G, H)
@@ -48,7 +76,7 @@ cdef inline void pack_fused(Py_ssize_t G, Py_ssize_t I, Py_ssize_t H,
                             const floating* b_hh,   # (G,) or NULL
                             floating* out) noexcept nogil:
     """[W_ih | W_hh | b_ih + b_hh] (G, I + H + 1) in the small-batch kernel's panels, the
-    weights of lstm_fused_sequence: each panel's rows of k taken from W_ih, then W_hh, then the
+    weights of lstm_fused_sequence (G = 4H) and rnn_fused_sequence (G = H): each panel's rows of k taken from W_ih, then W_hh, then the
     biases, without building the concatenated matrix first."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t K = I + H + 1, n_panels = (G + W - 1) // W
