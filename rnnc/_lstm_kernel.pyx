@@ -18,7 +18,7 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
-from rnnc._fused cimport lstm_fused_sequence, pack_fused
+from rnnc._fused cimport FUSED_LSTM, fused_sequence, pack_fused
 from rnnc._sequence cimport (add_bias_grads, chunk_bounds, copy_rows, input_side_backward,
                              project_inputs)
 
@@ -84,9 +84,9 @@ cdef void lstm_fused_train_sequence(
         floating* out, Py_ssize_t ldo,
         floating* act,              # (N, 4H) out: the gate activations of every step
         floating* c_prev) noexcept nogil:  # (N, H) out: the cell state before each step
-    """The training forward of lstm_fused_sequence (inference's fused product): the states
-    before each step are kept inside xh, next to the step's input, so that the backward gets
-    [dW_ih | dW_hh | db] from one GEMM over xh (lstm_fused_sequence_backward)."""
+    """The training forward of fused_sequence (inference's fused product, rnnc/_fused.pxd):
+    the states before each step are kept inside xh, next to the step's input, so that the
+    backward gets [dW_ih | dW_hh | db] from one GEMM over xh (lstm_fused_sequence_backward)."""
     cdef Py_ssize_t K = I + H + 1, G = 4 * H
     cdef Py_ssize_t s, t, b, off
     for s in range(T):
@@ -287,7 +287,7 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
                        floating[:, ::1] out, Py_ssize_t col0,
                        floating[:, ::1] xh, floating[:, ::1] gates):
     """One LSTM layer and direction, inference without projection, with one product per step
-    (lstm_fused_sequence). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the
+    (fused_sequence, rnnc/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the
     small-batch kernel's panels (zero bias column without bias); xh (B, I + H + 1) and gates
     (B, 4H) are workspace. The caller has checked that the small-batch kernel runs here."""
     cdef Py_ssize_t T = batch_sizes.shape[0]
@@ -295,9 +295,9 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
     if T == 0 or x.shape[0] == 0 or B == 0:
         return
     with nogil:
-        lstm_fused_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
-                            reverse, &w_packed[0, 0, 0], H, B, &h[0, 0], &c[0, 0],
-                            &out[0, col0], out.shape[1], &xh[0, 0], &gates[0, 0])
+        fused_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
+                       reverse, &w_packed[0, 0, 0], H, B, FUSED_LSTM, &h[0, 0], &c[0, 0],
+                       &out[0, col0], out.shape[1], &xh[0, 0], &gates[0, 0])
 
 
 def pack_fused_into(const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,

@@ -28,7 +28,7 @@ from libc.string cimport memcpy
 from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
                          small_gemm)
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
-from rnnc._fused cimport lstm_fused_sequence, pack_fused, rnn_fused_sequence
+from rnnc._fused cimport fused_sequence, pack_fused
 from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows, project_inputs
 
 
@@ -218,7 +218,7 @@ cdef void forward_part_fused(
         floating* gates,           # (B, 4 nu) workspace
         int* bar, int n_threads) noexcept nogil:
     """forward_part for an LSTM part with one small-kernel product per step for its gate
-    columns of x<t> W_ih^T + h<t-1> W_hh^T + b (rnnc/_lstm_kernel.pyx, lstm_fused_sequence,
+    columns of x<t> W_ih^T + h<t-1> W_hh^T + b (rnnc/_fused.pxd, fused_sequence,
     says when that pays); the whole previous state is copied into xh after each barrier."""
     cdef Py_ssize_t K = I + H + 1, GN = 4 * nu
     cdef Py_ssize_t s, t, b, r, b_prev = 0
@@ -361,14 +361,14 @@ cdef void run_part(Part* p) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
-# Split by batch rows. An LSTM layer on the fused product (lstm_fused_sequence) with a batch of 8
-# or more runs its first rows and its last rows as two sequences of their own: rows never meet,
+# Split by batch rows. An LSTM or RNN layer on the fused product (fused_sequence) with a batch
+# of 8 or more runs its first rows and its last rows as two sequences of their own: rows never meet,
 # so the threads share nothing while the steps run -- no barrier, no state crossing between the
 # cores each step -- and each reads all the weights from its own cache (the fused product's
 # weights fit it; rnnc/_stack.py decides). Measured at 2 threads on this VM, LSTM B16 H128 T100:
 # the split by units took 2.24-2.27 ms, or 3.05 when the host placed the two vCPUs far apart
 # (a cache line's round trip 75 ns, or 365), while one thread takes 2.13 ms for B8 whatever the
-# other core does. Each part runs lstm_fused_sequence on its rows: the caller's offsets with
+# other core does. Each part runs fused_sequence on its rows: the caller's offsets with
 # the part's first row and its own batch sizes. With the split at a multiple of 4 rows (the
 # kernel's row tiles) both parts give the bits of the one-thread kernel.
 #
@@ -421,18 +421,15 @@ cdef void run_rows(Rows* p, floating kind) noexcept nogil:
         pack_fused(4 * p.H if p.mode == LSTM else p.H, p.I, p.H, <const floating*>p.w_ih,
                    <const floating*>p.w_hh, <const floating*>p.b_ih, <const floating*>p.b_hh,
                    <floating*>p.w_packed)
-    if p.mode != LSTM:
-        rnn_fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T,
-                           p.reverse, <const floating*>p.w_packed, p.H, p.B,
-                           p.mode == RNN_RELU, <floating*>p.h, <floating*>p.out, p.ldo,
-                           <floating*>p.xh, <floating*>p.gates)
-        return
-    memcpy(p.cwork, p.c, p.B * p.H * sizeof(floating))
-    lstm_fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T,
-                        p.reverse, <const floating*>p.w_packed, p.H, p.B, <floating*>p.h,
-                        <floating*>p.cwork, <floating*>p.out, p.ldo, <floating*>p.xh,
-                        <floating*>p.gates)
-    memcpy(p.c, p.cwork, p.B * p.H * sizeof(floating))
+    if p.mode == LSTM:
+        memcpy(p.cwork, p.c, p.B * p.H * sizeof(floating))
+    # The split kernels' mode codes are fused_sequence's cell codes (rnnc/_fused.pxd).
+    fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T, p.reverse,
+                   <const floating*>p.w_packed, p.H, p.B, p.mode, <floating*>p.h,
+                   <floating*>p.cwork, <floating*>p.out, p.ldo, <floating*>p.xh,
+                   <floating*>p.gates)
+    if p.mode == LSTM:
+        memcpy(p.c, p.cwork, p.B * p.H * sizeof(floating))
 
 
 cdef void take_rows(RowJob* job, int first) noexcept nogil:

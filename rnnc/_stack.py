@@ -287,7 +287,7 @@ def _split_layers(mode, B, H, steps, proj_size, reset_after, train, parallel):
 
 
 # LSTM inference without projection may compute x<t> W_ih^T + h<t-1> W_hh^T + b as one product
-# per step with the small-batch kernel (rnnc/_lstm_kernel.pyx, lstm_fused_sequence) instead of
+# per step with the small-batch kernel (rnnc/_fused.pxd, fused_sequence) instead of
 # a BLAS GEMM over a chunk of steps plus one product per step. It reads all weights every step,
 # so it pays when the batch reuses them and they stay in cache. Measured at 1 thread (layer
 # time fused / unfused): float32 B4-B64 H128-H256 0.92-0.95, B16-B64 H512 0.94-0.97, B8 H512
@@ -332,7 +332,7 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # 2.15-2.44, B32 H128 4.44-6.13 -> 4.24-4.53, B32 H64 1.98-3.45 -> 1.23-1.57; T50 B64 H256
 # 16.6-19.9 -> 16.0-16.5, B64 H512 62.8-68.2 -> 62.2-63.0; T20 B256 H256 26.3-31.0 -> 25.7-25.8.
 # A vanilla RNN layer splits by rows the same way in inference, each part on the RNN's form of
-# the fused product ([x | h | 1] @ [W_ih | W_hh | b]^T, rnn_fused_sequence). Measured at 2
+# the fused product ([x | h | 1] @ [W_ih | W_hh | b]^T, fused_sequence). Measured at 2
 # threads (vCPUs placed near), split by units or projection ahead -> by rows: RNN T20 B256 H256
 # 7.5-7.7 -> 6.7 ms; T100 B16 H128 0.72-0.76 -> 0.59-0.63, B8 H128 0.35 -> 0.33-0.37, B32 H64
 # 0.64 -> 0.36-0.39; T50 B64 H256 4.6-4.7 -> 4.1, B64 H512 17.2-17.9 -> 15.8-15.9. GRU has no
