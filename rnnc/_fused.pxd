@@ -63,8 +63,8 @@ cdef inline void pack_fused(Py_ssize_t G, Py_ssize_t I, Py_ssize_t H,
                             const floating* b_hh,   # (G,) or NULL
                             floating* out) noexcept nogil:
     """[W_ih | W_hh | b_ih + b_hh] (G, I + H + 1) in the small-batch kernel's panels, the
-    weights of fused_sequence (G = 4H for LSTM, H for RNN): each panel's rows of k taken from W_ih, then W_hh, then the
-    biases, without building the concatenated matrix first."""
+    weights of fused_sequence (G = 4H for LSTM, H for RNN): each panel's rows of k taken from
+    W_ih, then W_hh, then the biases, without building the concatenated matrix first."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t K = I + H + 1, n_panels = (G + W - 1) // W
     cdef Py_ssize_t total = n_panels * K * W * sizeof(floating), q, j, n, i

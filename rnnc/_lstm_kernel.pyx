@@ -287,9 +287,9 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
                        floating[:, ::1] out, Py_ssize_t col0,
                        floating[:, ::1] xh, floating[:, ::1] gates):
     """One LSTM layer and direction, inference without projection, with one product per step
-    (fused_sequence, rnnc/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1) in the
-    small-batch kernel's panels (zero bias column without bias); xh (B, I + H + 1) and gates
-    (B, 4H) are workspace. The caller has checked that the small-batch kernel runs here."""
+    (fused_sequence, rnnc/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1)
+    in the small-batch kernel's panels (zero bias column without bias); xh (B, I + H + 1) and
+    gates (B, 4H) are workspace. The caller has checked that the small-batch kernel runs here."""
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], B = h.shape[0]
     if T == 0 or x.shape[0] == 0 or B == 0:

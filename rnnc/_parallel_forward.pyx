@@ -1,5 +1,6 @@
 """Inference forward of one layer and direction, split across two threads: by hidden units
-(below), or, for an LSTM on the fused product, by batch rows (rows_forward_py, further down).
+(below), or, for an LSTM or RNN on the fused product, by batch rows (rows_forward_py, further
+down).
 
 Each thread owns a contiguous block of hidden units [u0, u0 + nu) and with it the rows of every
 gate that feed them: it projects its own gate columns of the inputs, computes its own columns of
@@ -392,7 +393,7 @@ cdef struct Rows:
     const Py_ssize_t* offsets       # the layer's
     Py_ssize_t T
     bint reverse
-    const void* w_ih                # (4H, I) the layer's weights and biases (or NULL)
+    const void* w_ih                # (G, I) the layer's weights and biases (or NULL)
     const void* w_hh
     const void* b_ih
     const void* b_hh
@@ -499,7 +500,8 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
                         Py_ssize_t u0, Py_ssize_t nu, const floating[::1] bias,
                         const floating[::1] b_hn, floating[:, ::1] w_ih_part,
                         floating[:, ::1] w_hh_part, floating[:, :, ::1] packed,
-                        floating[:, :, ::1] ih_packed, floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
+                        floating[:, :, ::1] ih_packed, floating[:, :, ::1] hbuf,
+                        floating[:, ::1] h, floating[:, ::1] c,
                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
                         floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] xh,
                         Py_ssize_t chunk_steps, int[::1] bar, bint prepared) noexcept:
@@ -583,11 +585,11 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
         rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
     _job_kind = JOB_SPLIT
     describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
-                  bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out, col0, xg0, hg0,
-                  xh0, chunk_steps, bar, prepared)
+                  bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out,
+                  col0, xg0, hg0, xh0, chunk_steps, bar, prepared)
     describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
-                  H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, ih_packed1, hbuf, h, c, cpart1, out, col0,
-                  xg1, hg1, xh1, chunk_steps, bar, prepared)
+                  H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, ih_packed1, hbuf, h, c,
+                  cpart1, out, col0, xg1, hg1, xh1, chunk_steps, bar, prepared)
     with nogil:
         rnnc_worker_post(_helper)
         run_part(&_parts[0])
@@ -713,22 +715,22 @@ def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] ba
                     bint reverse, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
                     const floating[::1] b_ih, const floating[::1] b_hh,
                     floating[:, :, ::1] packed0, floating[:, :, ::1] packed1, bint prepared,
-                    floating[:, ::1] h,
-                    floating[:, ::1] c, floating[:, ::1] out, Py_ssize_t col0, Py_ssize_t rows0,
+                    floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
+                    Py_ssize_t col0, Py_ssize_t rows0,
                     floating[:, ::1] xh0, floating[:, ::1] xh1, floating[:, ::1] gates0,
                     floating[:, ::1] gates1, floating[:, ::1] cwork0,
                     floating[:, ::1] cwork1, bint use_helper):
     """One LSTM (mode 3) or RNN (0 tanh, 1 relu) layer and direction, inference without
-    projection on the fused product (lstm_fused_forward's arguments, and the layer's weights:
-    zero-size b_ih / b_hh for none; RNN: c and cwork{p} zero-size, gates{p} (rows, H)), its
-    batch rows [0, rows0) and [rows0, B) run as two
-    sequences: one part on this thread, the other on the helper when use_helper (the caller
-    holds it: split_helper_ready() returned True) and it is awake; else both here, with the
-    same results. packed{p}: each part's copy of the fused weights in panels, which it packs
-    itself unless prepared (kept from an earlier call by a frozen module).
-    batch_sizes0/1: each part's active rows at every step (the layout's, clipped
-    to the part; rnnc._stack computes them); xh{p} (rows, I + H + 1), gates{p} (rows, 4H) and
-    cwork{p} (rows, H) each part's workspace."""
+    projection on the fused product, its batch rows [0, rows0) and [rows0, B) run as two
+    sequences: part 0 on this thread, part 1 on the helper when use_helper (the caller holds
+    it: split_helper_ready() returned True) and the helper claims it in time, else on this
+    thread too; the results are the same (see RowJob).
+    Arguments as lstm_fused_forward's, plus the layer's weights (zero-size b_ih / b_hh: none).
+    packed{p}: each part's copy of the fused weights in panels, which it packs itself unless
+    prepared (kept from an earlier call by a frozen module). batch_sizes0/1: each part's
+    active rows at every step (the layout's, clipped to the part; rnnc._stack computes them).
+    Each part's workspace: xh{p} (rows, I + H + 1), gates{p} (rows, G), cwork{p} (rows, H).
+    RNN: c and cwork{p} zero-size."""
     cdef Py_ssize_t B = h.shape[0], T = batch_sizes0.shape[0]
     if T == 0 or x.shape[0] == 0 or B == 0:
         return
@@ -742,15 +744,14 @@ def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] ba
     cdef RowJob* job = &_rows_job if use_helper else &alone
     cdef long g
     if not use_helper:
-        alone.open = alone.taken[0] = alone.taken[1] = 0
+        alone.open = alone.taken[0] = alone.taken[1] = alone.done[0] = alone.done[1] = 0
     # The previous generation is closed (both parts claimed and done): nobody reads the parts.
     g = job.open + 1
-    describe_rows(&job.parts[0], mode, x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh, b_ih, b_hh,
-                  packed0, prepared, rows0, h, c,
-                  out, col0, xh0, gates0, cwork0)
-    describe_rows(&job.parts[1], mode, x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh, b_ih,
-                  b_hh, packed1, prepared, B - rows0,
-                  h, c, out, col0, xh1, gates1, cwork1)
+    describe_rows(&job.parts[0], mode, x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh,
+                  b_ih, b_hh, packed0, prepared, rows0, h, c, out, col0, xh0, gates0, cwork0)
+    describe_rows(&job.parts[1], mode, x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh,
+                  b_ih, b_hh, packed1, prepared, B - rows0, h, c, out, col0, xh1, gates1,
+                  cwork1)
     rnnc_count_publish(&job.open, g)
     if use_helper:
         _job_kind = JOB_ROWS

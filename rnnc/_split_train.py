@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from rnnc._stack import (_empty, _use_small_gemm, _workspace as _scratch,
-                         aligned_empty, new_barrier, pack_panels)
+                         aligned_empty, new_barrier, pack_panels, panel_workspace)
 from rnnc._threads import cached_num_threads, run_pair
 
 # Training splits an LSTM layer's hidden units between two threads when rnnc may use 2+ threads
@@ -57,8 +57,6 @@ def _part_order(H):
 class SplitKept:
     """What a split training forward keeps for the backward, besides the activations (in part
     order) and the previous states: the weights in part order and the kernel choice."""
-
-    rows = False
 
     def __init__(self, w_ih_perm, w_hh_perm, small):
         self.w_ih_perm = w_ih_perm
@@ -150,16 +148,14 @@ def lstm_backward(layout, reverse, act, xh, c_prev, kept, dout, col0, dh, dc, dx
 # the rows: the fused forward, then the time loop of the fused backward. Rows never meet there,
 # so the threads share nothing while the steps run (the split by units meets every step, and
 # the state crosses between the cores each time). The backward's GEMMs over all rows -- the
-# input gradient and [dW_ih | dW_hh | db] -- then run once, with BLAS on every thread. The
-# parts start at rnnc._stack.PackedLayout.row_split()'s row (a multiple of the kernel's 4-row
-# tiles), so the results are the one-thread kernels' bit for bit, but for the weight GEMMs
-# (BLAS with more threads may sum in another order).
+# input gradient and [dW_ih | dW_hh | db] -- then run in two shares, one per thread (see
+# rows_backward). The parts start at rnnc._stack.PackedLayout.row_split()'s row (a multiple of
+# the kernel's 4-row tiles), so the states and state gradients are the one-thread kernels' bit
+# for bit; the weight gradients, from BLAS on part of the gate rows, may round differently.
 # ---------------------------------------------------------------------------------------------
 class RowsKept:
     """What a row-split training forward keeps for the backward besides act, [x | h_prev | 1]
     and c_prev (all in the usual packed layout): where the parts start and their batch sizes."""
-
-    rows = True
 
     def __init__(self, split):
         self.rows0, self.sizes0, self.sizes1 = split
@@ -186,7 +182,6 @@ def rows_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, c
     updated in place and out's columns [col0, col0 + H) written as by the fused one-thread
     forward. Returns (act, xh, c_prev, RowsKept) for rows_backward."""
     from rnnc._lstm_kernel import lstm_fused_train_forward, pack_fused_into
-    from rnnc._stack import panel_workspace
     dtype = layer_in.dtype
     (N, I), (B, H) = layer_in.shape, h.shape
     K = I + H + 1

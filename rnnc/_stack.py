@@ -373,8 +373,8 @@ def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out
     _K.rows_forward_py(code, layer_in, sizes0, sizes1, layout.offsets, reverse, w_ih, w_hh,
                        b_ih, b_hh, kept[0], kept[1], prepared, h, c if lstm else empty2, out,
                        col0, rows0,
-                       _workspace(f"rows xh {d}", (rows0, I + H + 1), dtype),
-                       _workspace(f"rows xh {d} 1", (B - rows0, I + H + 1), dtype),
+                       _workspace(f"rows xh {d}", (rows0, K), dtype),
+                       _workspace(f"rows xh {d} 1", (B - rows0, K), dtype),
                        _workspace(f"rows gates {d}", (rows0, G), dtype),
                        _workspace(f"rows gates {d} 1", (B - rows0, G), dtype),
                        _workspace(f"rows c {d}", (rows0, H), dtype) if lstm else empty2,
@@ -432,8 +432,9 @@ _SPLIT_LOCK = threading.Lock()    # the split's helper thread serves one layer c
 # split LSTM B1 H256 T100: 7.1 ms against 0.86 back to back and 1.6 on one thread). Running such
 # calls on one thread instead (and waking the helper for the next ones) was measured and
 # dropped: the helper sleeps again before the next call of a loop (it spins ~0.5 ms; the
-# one-thread call takes longer), so that a loop of calls never split (1.6 ms a call). What is
-# missing is a split that starts on one thread and hands half over to a helper that wakes late.
+# one-thread call takes longer), so that a loop of calls never split (1.6 ms a call). Layers
+# split by rows (_run_rows) do not wait: their caller takes the helper's half if it has not
+# started; the split by units would need the caller to run both parts in lockstep until then.
 def _split_begin():
     """True (holding _SPLIT_LOCK) if this call may use the helper thread of
     rnnc/_parallel_forward.pyx now: it is running and no other thread's call is using it."""
@@ -896,6 +897,7 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     so a cache serves one backward. Returns dx (T, B, I), dh0, dc0 (None unless LSTM) and a
     dict of parameter gradients keyed like the parameters.
     """
+    from rnnc import _split_train     # (it imports this module)
     mode, params, D, H, P = cache.mode, cache.params, cache.D, cache.H, cache.P
     T, B, L = cache.T, cache.B, cache.num_layers
     dtype = grad_out.dtype
@@ -961,16 +963,15 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
                                        pack_panels(w_hh.T, f"packed {d}") if small else empty3,
                                        pack_panels(w_ih.T, f"packed ih {d}") if small else empty3)
                 return
-            if how is not None and how is not FUSED and how.rows:     # split by rows
-                from rnnc import _split_train
+            if isinstance(how, _split_train.RowsKept):     # the forward ran split by rows
                 _split_train.rows_backward(layout, reverse, act, h_prev, extra, how, w_ih, w_hh,
                                            dlayer, d * P, dh_s[s], dc_s[s], dx, add_dx, dw_ih,
                                            dw_hh, db_ih, db_hh)
                 return
             if how is not None:   # the forward ran split by units: so does the backward
-                from rnnc._split_train import lstm_backward as split_lstm_backward
-                split_lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P, dh_s[s],
-                                    dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih, db_hh)
+                _split_train.lstm_backward(layout, reverse, *cache.kept[k][d], dlayer, d * P,
+                                           dh_s[s], dc_s[s], dx, add_dx, dw_ih, dw_hh, db_ih,
+                                           db_hh)
                 return
             w_packed, w_hn_packed = _recurrent_panels(mode, cache.reset_after, w_hh, small, d,
                                                       True)

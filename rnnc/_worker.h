@@ -20,7 +20,9 @@
  * B1 H256 T100 layer 7.7 ms instead of 0.86). So streams and the projection ahead post only to
  * an awake helper (rnnc_worker_awake: spinning or working), and otherwise do the work on their
  * own thread and rnnc_worker_wake() it, which makes it spin again for the calls that follow,
- * without a job. (A split layer still waits: see rnnc/_stack.py, _split_begin.)
+ * without a job. A layer split by rows posts all the same but never waits for a helper that
+ * has not started (rnnc/_parallel_forward.pyx, RowJob); one split by hidden units still waits
+ * (rnnc/_stack.py, _split_begin).
  */
 #ifndef RNNC_WORKER_H
 #define RNNC_WORKER_H
