@@ -295,9 +295,9 @@ def _panels(N, K):
 
 
 # Every buffer a step reads or writes starts on a cache line (rnnc._stack.aligned_empty):
-# NumPy's start 16 bytes past one, so each 64-byte load of a packed panel spanned two lines
-# (LSTM B1 H128 at 2 threads, vCPUs near: 3.07-3.15 -> 2.99-3.02 us a step), and the two threads of a split step wrote
-# to a shared line of c and h_next at the boundary between their units.
+# NumPy's start 16 bytes past one, so each 64-byte load of a packed panel spanned two lines,
+# and the two threads of a split step wrote to a shared line of c and h_next at the boundary
+# between their units. LSTM B1 H128 at 2 threads, vCPUs near: 3.07-3.15 -> 2.99-3.02 us a step.
 _empty = _stack.aligned_empty
 
 
