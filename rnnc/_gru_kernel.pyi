@@ -10,7 +10,7 @@ def gru_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                 chunk_steps: int, h_prev: NDArray[np.floating],
                 hn_keep: NDArray[np.floating],
                 w_hh_packed: NDArray[np.floating], w_hn_packed: NDArray[np.floating],
-                w_ih_packed: NDArray[np.floating]) -> None: ...
+                w_ih_packed: NDArray[np.floating], ih_per_panel: bool = ...) -> None: ...
 
 def gru_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  offsets: NDArray[np.intp], reverse: bool, reset_after: bool,

@@ -17,7 +17,8 @@ from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
                               gru_update_before, gru_pointwise_backward_after,
                               gru_pointwise_backward_before_n, gru_pointwise_backward_before_r)
-from rnnc._sequence cimport add_column_sums, chunk_bounds, input_side_backward, project_inputs
+from rnnc._sequence cimport (add_column_sums, check_one_panel, chunk_bounds,
+                             input_side_backward, project_inputs)
 
 
 cdef void gru_sequence(
@@ -41,7 +42,8 @@ cdef void gru_sequence(
         const floating* w_hh_packed,    # W_hh^T in panels, or NULL; [W_hr; W_hz]^T when
                                         # not reset_after
         const floating* w_hn_packed,    # not reset_after: W_hn^T in panels, or NULL
-        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
+        const floating* w_ih_packed,    # W_ih^T in panels, or NULL
+        bint ih_per_panel) noexcept nogil:  # w_ih_packed: one panel (project_inputs)
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
@@ -54,7 +56,7 @@ cdef void gru_sequence(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_inputs(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                       w_ih, w_ih_packed, b_ih, b_hh, G, n_fold, xg)
+                       w_ih, w_ih_packed, b_ih, b_hh, G, n_fold, xg, ih_per_panel)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -149,7 +151,7 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] rh,
                 Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep,
                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hn_packed,
-                const floating[:, :, ::1] w_ih_packed):
+                const floating[:, :, ::1] w_ih_packed, bint ih_per_panel=False):
     """Run one GRU layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
@@ -168,13 +170,15 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
     cdef floating* hk = &hn_keep[0, 0] if hn_keep.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    if ih_per_panel:
+        check_one_panel(w_ih_packed, x.shape[1], "gru_forward")
     cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     cdef const floating* wnp = &w_hn_packed[0, 0, 0] if w_hn_packed.shape[0] > 0 else NULL
     with nogil:
         gru_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], &hg[0, 0], &rh[0, 0],
-                     chunk_steps, hp, hk, wp, wnp, wip)
+                     chunk_steps, hp, hk, wp, wnp, wip, ih_per_panel)
 
 
 def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

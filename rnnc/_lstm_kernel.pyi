@@ -10,7 +10,7 @@ def lstm_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  hbuf: NDArray[np.floating], chunk_steps: int, h_prev: NDArray[np.floating],
                  c_prev: NDArray[np.floating], w_hh_packed: NDArray[np.floating],
                  w_hr_packed: NDArray[np.floating],
-                 w_ih_packed: NDArray[np.floating]) -> None: ...
+                 w_ih_packed: NDArray[np.floating], ih_per_panel: bool = ...) -> None: ...
 
 def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                   offsets: NDArray[np.intp], reverse: bool,

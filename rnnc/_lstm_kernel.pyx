@@ -19,8 +19,8 @@ from libc.string cimport memcpy
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
 from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
 from rnnc._fused cimport FUSED_LSTM, fused_sequence, pack_fused
-from rnnc._sequence cimport (add_bias_grads, chunk_bounds, copy_rows, input_side_backward,
-                             project_inputs)
+from rnnc._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds, copy_rows,
+                             input_side_backward, project_inputs)
 
 
 cdef void lstm_sequence(
@@ -44,7 +44,8 @@ cdef void lstm_sequence(
         floating* c_prev,       # (N, H) out: cell state before each step, or NULL
         const floating* w_hh_packed,    # W_hh^T in panels (_small_gemm.h), or NULL
         const floating* w_hr_packed,    # W_hr^T in panels, or NULL
-        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
+        const floating* w_ih_packed,    # W_ih^T in panels, or NULL
+        bint ih_per_panel) noexcept nogil:  # w_ih_packed: one panel (project_inputs)
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, r, row0
@@ -54,7 +55,7 @@ cdef void lstm_sequence(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_inputs(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                       w_ih, w_ih_packed, b_ih, b_hh, G, G, xg)
+                       w_ih, w_ih_packed, b_ih, b_hh, G, G, xg, ih_per_panel)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -250,7 +251,7 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps,
                  floating[:, ::1] h_prev, floating[:, ::1] c_prev,
                  const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed,
-                 const floating[:, :, ::1] w_ih_packed):
+                 const floating[:, :, ::1] w_ih_packed, bint ih_per_panel=False):
     """Run one LSTM layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
@@ -272,12 +273,14 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef floating* cp = ptr_or_null(c_prev)
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     cdef const floating* wrp = &w_hr_packed[0, 0, 0] if w_hr_packed.shape[0] > 0 else NULL
+    if ih_per_panel:
+        check_one_panel(w_ih_packed, x.shape[1], "lstm_forward")
     cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         lstm_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                       reverse, &w_ih[0, 0], &w_hh[0, 0], bi, bh, wr, H, P,
                       &h[0, 0], &c[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], hb,
-                      chunk_steps, hp, cp, wp, wrp, wip)
+                      chunk_steps, hp, cp, wp, wrp, wip, ih_per_panel)
 
 
 def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

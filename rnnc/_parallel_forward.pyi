@@ -18,7 +18,8 @@ def split_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np
                      xg0: NDArray[np.floating], xg1: NDArray[np.floating],
                      hg0: NDArray[np.floating], hg1: NDArray[np.floating],
                      xh0: NDArray[np.floating], xh1: NDArray[np.floating], chunk_steps: int,
-                     bar: NDArray[np.int32], prepared: bool = ...) -> None: ...
+                     bar: NDArray[np.int32], prepared: bool = ...,
+                     ih_per_panel: bool = ...) -> None: ...
 
 def pipelined_forward_py(mode: int, x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                          offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],

@@ -27,10 +27,11 @@ from cython cimport floating
 from libc.string cimport memcpy
 
 from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
-                         small_gemm)
+                         small_gemm, small_gemm_packing)
 from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
 from rnnc._fused cimport fused_sequence, pack_fused
-from rnnc._sequence cimport chunk_bounds, copy_rows, fill_rows, project_inputs
+from rnnc._sequence cimport (check_one_panel, chunk_bounds, copy_rows, fill_rows,
+                             project_inputs)
 
 
 from rnnc._worker cimport (rnnc_barrier_wait, rnnc_count_claim, rnnc_count_load,
@@ -52,7 +53,9 @@ cdef inline void project_part(
         Py_ssize_t gate_stride,   # > 0 the part's rows of gate 0 inside W_ih, gates this apart
         const floating* w_ih_packed,  # the part's rows in panels, or NULL
         const floating* bias,     # (GN,) this part's folded biases, or NULL
-        Py_ssize_t GN, Py_ssize_t nu, floating* xg) noexcept nogil:  # (nrows, GN) out
+        Py_ssize_t GN, Py_ssize_t nu,
+        floating* xg,             # (nrows, GN) out
+        bint per_panel) noexcept nogil:   # w_ih_packed: one panel's buffer (project_inputs)
     """This part's gate columns of x @ W_ih^T + bias: with the small-batch kernel on the
     part's packed rows; else one GEMM on the gathered rows, or one per gate block read in
     place (large weights: the gathered copy cost a pass over them through memory; for small
@@ -61,13 +64,21 @@ cdef inline void project_part(
     cdef floating beta = 0
     if gate_stride == 0:    # contiguous rows: the layer kernels' projection
         project_inputs(x, ldx, I, nrows, w_ih, w_ih_packed, bias, <const floating*>NULL, GN,
-                       0, xg)
+                       0, xg, per_panel)
         return
     if bias != NULL:
         memcpy(xg, bias, GN * sizeof(floating))
         fill_rows(xg, GN, nrows)
         beta = 1
-    if small_gemm(nrows, GN, I, x, ldx, w_ih_packed, beta, xg, GN):
+    if per_panel and w_ih_packed != NULL:
+        # Each gate block's rows in place (nu fills whole panels: _stack._run_split).
+        for g in range(GN // nu):
+            if not small_gemm_packing(nrows, nu, I, x, ldx, w_ih + g * gate_stride, I, beta,
+                                      xg + g * nu, GN, <floating*>w_ih_packed):
+                break
+        else:
+            return
+    elif small_gemm(nrows, GN, I, x, ldx, w_ih_packed, beta, xg, GN):
         return
     for g in range(GN // nu):
         gemm(False, True, nrows, nu, I, 1, x, ldx, w_ih + g * gate_stride, I, beta,
@@ -148,8 +159,9 @@ cdef void forward_part(
         floating* hg,              # (B, G*nu) GRU workspace: recurrent part
         Py_ssize_t chunk_steps,
         int* bar, int n_threads,
-        Ahead* ahead=NULL) noexcept nogil:    # whole layer (u0 = 0, nu = H, one thread): the
-                                              # inputs projected as in pipelined_forward_py
+        Ahead* ahead=NULL,     # whole layer (u0 = 0, nu = H, one thread): the inputs
+                               # projected as in pipelined_forward_py
+        bint ih_per_panel=False) noexcept nogil:  # w_ih_packed: one panel (project_part)
     cdef Py_ssize_t GN = G * nu
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0, b_prev = 0
@@ -164,7 +176,7 @@ cdef void forward_part(
         row0 = offsets[t0]
         if ahead == NULL:
             project_part(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                         w_ih, w_ih_gate_stride, w_ih_packed, bias, GN, nu, xg)
+                         w_ih, w_ih_gate_stride, w_ih_packed, bias, GN, nu, xg, ih_per_panel)
         else:
             if ci == 0 or rnnc_count_claim(&ahead.next, ci):
                 project_chunk(ahead, ci, <floating>0)
@@ -276,6 +288,8 @@ cdef struct Part:
     void* w_hh                 # (G*nu, H) this part's rows of it, or NULL (packed from w_hh_src)
     void* w_hh_packed          # this part's rows in panels, or NULL (BLAS path: w_hh)
     void* w_ih_packed          # this part's rows of W_ih in panels, or NULL (BLAS projection)
+    bint ih_per_panel          # w_ih_packed is one panel's buffer: W_ih is packed panel by
+                               # panel as the projection reads it (one chunk, not kept)
     Py_ssize_t G, H, u0, nu, B
     void* hbuf
     void* h
@@ -343,7 +357,7 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
             memcpy(w_hh + g * nu * H, w_hh_src + (g * H + u0) * H, nu * H * sizeof(floating))
     if packed != NULL and not p.prepared:
         pack_part_rows(G, nu, H, w_hh, w_hh_src, H, u0, packed)
-    if ih_packed != NULL and not p.prepared:
+    if ih_packed != NULL and not p.prepared and not p.ih_per_panel:
         pack_part_rows(G, nu, I, w_ih, w_ih_src, H, u0, ih_packed)
     forward_part(p.mode, <const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
                  p.reverse, w_ih if w_ih != NULL else w_ih_src + u0 * I,
@@ -351,7 +365,8 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
                  <const floating*>p.b_hn,
                  w_hh, packed, G, H, u0, nu, p.B, <floating*>p.hbuf, <floating*>p.h,
                  <floating*>p.c, <floating*>p.cpart, <floating*>p.out, p.ldo,
-                 <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, 2)
+                 <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, 2, NULL,
+                 p.ih_per_panel)
 
 
 cdef void run_part(Part* p) noexcept nogil:
@@ -504,9 +519,11 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
                         floating[:, ::1] h, floating[:, ::1] c,
                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
                         floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] xh,
-                        Py_ssize_t chunk_steps, int[::1] bar, bint prepared) noexcept:
+                        Py_ssize_t chunk_steps, int[::1] bar, bint prepared,
+                        bint ih_per_panel) noexcept:
     q.mode = mode
     q.prepared = prepared
+    q.ih_per_panel = ih_per_panel
     q.is_double = floating is double
     q.x = &x[0, 0]
     q.ldx = x.shape[1]
@@ -557,7 +574,8 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                      floating[:, ::1] xg0, floating[:, ::1] xg1,
                      floating[:, ::1] hg0, floating[:, ::1] hg1,
                      floating[:, ::1] xh0, floating[:, ::1] xh1,
-                     Py_ssize_t chunk_steps, int[::1] bar, bint prepared=False):
+                     Py_ssize_t chunk_steps, int[::1] bar, bint prepared=False,
+                     bint ih_per_panel=False):
     """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
     helper (split_helper_ready() must have returned True). rnnc._stack validates and allocates
     everything (shapes as in forward_part; per part p: bias{p} its folded biases, b_hn{p} its
@@ -570,11 +588,19 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then
     (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column.
     prepared: w_ih{p}, w_hh{p}, packed{p} and ih_packed{p} already hold what this call would
-    fill (kept from an earlier call on the same weights); the parts skip filling them."""
+    fill (kept from an earlier call on the same weights); the parts skip filling them.
+    ih_per_panel: ih_packed{p} is one panel's buffer, (1, I, W), which the projection fills
+    panel by panel as it goes (one chunk of steps: W_ih is read once); not with prepared."""
     cdef Py_ssize_t H = h.shape[1]
     if not 0 < half < H:    # each part needs units: one without would divide by zero
         raise ValueError(f"split_forward_py: half must be in (0, {H}) (hidden_size), got "
                          f"{half}")
+    if ih_per_panel:
+        if prepared:
+            raise ValueError("split_forward_py: ih_per_panel packs W_ih as it goes; prepared "
+                             "weights are packed already")
+        check_one_panel(ih_packed0, x.shape[1], "split_forward_py")
+        check_one_panel(ih_packed1, x.shape[1], "split_forward_py")
     if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
         return
     if _helper == NULL or not rnnc_worker_alive(_helper):
@@ -586,10 +612,10 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
     _job_kind = JOB_SPLIT
     describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
                   bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out,
-                  col0, xg0, hg0, xh0, chunk_steps, bar, prepared)
+                  col0, xg0, hg0, xh0, chunk_steps, bar, prepared, ih_per_panel)
     describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
                   H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, ih_packed1, hbuf, h, c,
-                  cpart1, out, col0, xg1, hg1, xh1, chunk_steps, bar, prepared)
+                  cpart1, out, col0, xg1, hg1, xh1, chunk_steps, bar, prepared, ih_per_panel)
     with nogil:
         rnnc_worker_post(_helper)
         run_part(&_parts[0])

@@ -9,7 +9,7 @@ def rnn_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                 xg: NDArray[np.floating], chunk_steps: int,
                 h_prev: NDArray[np.floating],
                 w_hh_packed: NDArray[np.floating],
-                w_ih_packed: NDArray[np.floating]) -> None: ...
+                w_ih_packed: NDArray[np.floating], ih_per_panel: bool = ...) -> None: ...
 
 def rnn_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                  offsets: NDArray[np.intp], reverse: bool, use_relu: bool,

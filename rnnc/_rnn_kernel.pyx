@@ -12,8 +12,8 @@ from libc.string cimport memcpy
 
 from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._cell_math cimport rnn_pointwise, rnn_pointwise_backward
-from rnnc._sequence cimport (add_bias_grads, chunk_bounds, input_side_backward,
-                             project_inputs)
+from rnnc._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds,
+                             input_side_backward, project_inputs)
 
 
 cdef void rnn_sequence(
@@ -32,7 +32,8 @@ cdef void rnn_sequence(
         Py_ssize_t chunk_steps,
         floating* h_prev,       # (N, H) out: state before each step, or NULL
         const floating* w_hh_packed,    # W_hh^T in panels (_small_gemm.h), or NULL
-        const floating* w_ih_packed) noexcept nogil:  # W_ih^T in panels, or NULL
+        const floating* w_ih_packed,    # W_ih^T in panels, or NULL
+        bint ih_per_panel) noexcept nogil:  # w_ih_packed: one panel (project_inputs)
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
     cdef Py_ssize_t ci, s, t, t0 = 0, t1 = 0, b, row0
     cdef bint keep = h_prev != NULL
@@ -41,7 +42,7 @@ cdef void rnn_sequence(
         chunk_bounds(ci, T, chunk_steps, reverse, &t0, &t1)
         row0 = offsets[t0]
         project_inputs(x + row0 * ldx, ldx, I, offsets[t1 - 1] + batch_sizes[t1 - 1] - row0,
-                       w_ih, w_ih_packed, b_ih, b_hh, H, H, xg)
+                       w_ih, w_ih_packed, b_ih, b_hh, H, H, xg, ih_per_panel)
         for s in range(t1 - t0):
             t = t1 - 1 - s if reverse else t0 + s
             b = batch_sizes[t]
@@ -97,7 +98,8 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
                 floating[:, ::1] xg, Py_ssize_t chunk_steps, floating[:, ::1] h_prev,
-                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed):
+                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed,
+                bint ih_per_panel=False):
     """Run one Elman RNN layer in one direction over a packed sequence (see rnnc/_stack.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
@@ -113,11 +115,14 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
+    if ih_per_panel:
+        check_one_panel(w_ih_packed, x.shape[1], "rnn_forward")
     cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
     with nogil:
         rnn_sequence(&x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], T,
                      reverse, use_relu, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
-                     &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp, wp, wip)
+                     &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp, wp, wip,
+                     ih_per_panel)
 
 
 def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,

@@ -13,7 +13,7 @@
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, small_gemm
+from rnnc._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, small_gemm, small_gemm_packing
 
 
 cdef inline void chunk_bounds(Py_ssize_t c, Py_ssize_t T, Py_ssize_t chunk_steps, bint reverse,
@@ -35,9 +35,12 @@ cdef inline void project_inputs(
         const floating* b_ih,   # (GH,) or NULL
         const floating* b_hh,   # (GH,) or NULL; only its first n_fold entries are added
         Py_ssize_t GH, Py_ssize_t n_fold,
-        floating* xg) noexcept nogil:  # (nrows, GH) out
+        floating* xg,           # (nrows, GH) out
+        bint per_panel=False) noexcept nogil:  # w_ih_packed is one panel's buffer, to fill
     """xg = x @ w_ih^T + b_ih + b_hh[:n_fold] (b_hh terms that commute with the gate math).
-    With packed weights the product runs on the small-batch kernel (one thread), else BLAS."""
+    With packed weights the product runs on the small-batch kernel (one thread), else BLAS.
+    per_panel: W_ih is packed panel by panel as the product goes (small_gemm_packing), for a
+    projection that reads it once."""
     cdef Py_ssize_t j
     cdef floating* row0 = xg
     cdef floating beta = 0
@@ -49,8 +52,24 @@ cdef inline void project_inputs(
                        + (b_hh[j] if b_hh != NULL and j < n_fold else 0))
         fill_rows(xg, GH, nrows)
         beta = 1
-    if not small_gemm(nrows, GH, I, x, ldx, w_ih_packed, beta, xg, GH):
-        gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, beta, xg, GH)
+    if per_panel and w_ih_packed != NULL:
+        if small_gemm_packing(nrows, GH, I, x, ldx, w_ih, I, beta, xg, GH,
+                              <floating*>w_ih_packed):
+            return
+    elif small_gemm(nrows, GH, I, x, ldx, w_ih_packed, beta, xg, GH):
+        return
+    gemm(False, True, nrows, GH, I, 1, x, ldx, w_ih, I, beta, xg, GH)
+
+
+cdef inline int check_one_panel(const floating[:, :, ::1] panel, Py_ssize_t K,
+                                str name) except -1:
+    """A per-panel projection's buffer must hold one (K, W) panel (or be zero-size: BLAS)."""
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
+    if panel.shape[0] != 0 and (panel.shape[1] != K or panel.shape[2] != W):
+        raise ValueError(f"{name}: with ih_per_panel, w_ih_packed must be one panel of shape "
+                         f"(1, {K}, {W}), got ({panel.shape[0]}, {panel.shape[1]}, "
+                         f"{panel.shape[2]})")
+    return 0
 
 
 cdef inline void copy_rows(floating* dst, Py_ssize_t ldd, const floating* src, Py_ssize_t lds,

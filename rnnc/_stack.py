@@ -239,6 +239,21 @@ def _use_packed_projection(small, one_thread, rows, w_ih):
     return small and (one_thread or rows * w_ih.size <= PACKED_PROJECTION_MAX_THREADED_WORK)
 
 
+# A projection on the kernel that covers the whole sequence in one chunk reads W_ih once: it is
+# then packed panel by panel as the product goes (small_gemm_packing, rnnc/_small_gemm.h), each
+# panel used by every row while in L2, instead of packed whole first, which wrote it out and
+# read it back through memory. Not for a frozen module (`packs`), which keeps W_ih packed whole.
+# Same bits either way. Measured, B8 H1024 T20 float32, ms (median of 15 calls, both ways in one
+# process): 2 threads (split by units) GRU 11.33-11.41 -> 10.58-10.67, LSTM 15.1-15.3 -> 14.3-14.4,
+# RNN 3.46 -> 3.39; 1 thread GRU 20.35-20.43 -> 19.87-19.91, RNN 6.46-6.50 -> 6.39; smaller
+# layers (LSTM B16 H256 T100, GRU B16 H128) unchanged.
+IH_PER_PANEL = True
+
+
+def _ih_per_panel(packs, chunk_steps, layout):
+    return IH_PER_PANEL and packs is None and chunk_steps >= layout.batch_sizes.shape[0]
+
+
 # Bidirectional layers run their two directions concurrently (one on the calling thread, one on
 # rnnc's helper thread, BLAS at one thread each) when rnnc may use 2+ threads and the recurrent
 # product of one step has at least this many multiply-adds (batch x gates x hidden x state):
@@ -492,6 +507,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
         packed_ih = not fused and _use_packed_projection(small, True, chunk_steps * B, w_ih)
         in_place = ((not fused and not packed_ih and w_ih.nbytes >= SPLIT_IN_PLACE_MIN_BYTES)
                     or (packed_ih and nu % width == 0))
+        per_panel = packed_ih and _ih_per_panel(packs, chunk_steps, layout)
         key = (*name, "split", p, small, fused, packed_ih, in_place, gather_hh)
         kept[p] = packs.get(key) if packs is not None else None
         if kept[p] is None:
@@ -503,7 +519,8 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
                 w_hh=_workspace(scratch("w_hh"), (G * nu, H), dtype) if gather_hh else empty2,
                 packed=panel_workspace(scratch("packed"), G * nu, K if fused else H, dtype)
                 if small else empty3,
-                ih_packed=panel_workspace(scratch("packed ih"), G * nu, I, dtype)
+                ih_packed=panel_workspace(scratch("packed ih"),
+                                          width if per_panel else G * nu, I, dtype)
                 if packed_ih else empty3)
         args[p] = dict(
             kept[p],
@@ -523,7 +540,7 @@ def _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h,
                             b["ih_packed"], hbuf, h,
                             c if c is not None else empty2, a["cpart"], b["cpart"], out, col0,
                             a["xg"], b["xg"], a["hg"], b["hg"], a["xh"], b["xh"], chunk_steps,
-                            new_barrier(), not new)
+                            new_barrier(), not new, per_panel)
     if packs is not None:
         packs.update(new)       # only once filled: another thread may read them next
 
@@ -846,9 +863,13 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                 return
             w_packed, w_hn_packed = _recurrent_panels(mode, reset_after, w_hh, small, d, False,
                                                       packs, name)
-            w_ih_packed = (pack_panels(w_ih, f"packed ih {d}", packs, (*name, "ih"))
-                           if _use_packed_projection(small, one_thread, chunk_steps * B, w_ih)
-                           else empty3)
+            per_panel = False
+            w_ih_packed = empty3
+            if _use_packed_projection(small, one_thread, chunk_steps * B, w_ih):
+                per_panel = _ih_per_panel(packs, chunk_steps, layout)
+                w_ih_packed = (panel_workspace(f"panel ih {d}", _K.panel_width(dtype),
+                                               w_ih.shape[1], dtype) if per_panel
+                               else pack_panels(w_ih, f"packed ih {d}", packs, (*name, "ih")))
             h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
             xg = np.empty((n_rows, G * H), dtype=dtype) if train else w["xg"]
             if mode == "LSTM":
@@ -859,19 +880,20 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                                 out, d * P, xg, w["hbuf"], chunk_steps, h_prev, c_prev, w_packed,
                                 pack_panels(w_hr, f"packed hr {d}", packs, (*name, "hr"))
                                 if small and w_hr.size
-                                else empty3, w_ih_packed)
+                                else empty3, w_ih_packed, per_panel)
                 extra = c_prev
             elif mode == "GRU":
                 hn = np.empty((n_rows, H), dtype=dtype) if train and reset_after else empty2
                 _K.gru_forward(layer_in, layout.batch_sizes, layout.offsets, reverse, reset_after,
                                w_ih, w_hh, b_ih, b_hh, h_state[s], out, d * H, xg, w["hg"],
                                w["rh"], chunk_steps, h_prev, hn, w_packed, w_hn_packed,
-                               w_ih_packed)
+                               w_ih_packed, per_panel)
                 extra = hn
             else:
                 _K.rnn_forward(layer_in, layout.batch_sizes, layout.offsets, reverse,
                                nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_state[s],
-                               out, d * H, xg, chunk_steps, h_prev, w_packed, w_ih_packed)
+                               out, d * H, xg, chunk_steps, h_prev, w_packed, w_ih_packed,
+                               per_panel)
                 extra = None
             if train:
                 cache.kept[k][d] = (xg, h_prev, extra, None)
