@@ -21,6 +21,9 @@ cdef extern from "_small_gemm.h" nogil:
     int rnnc_dgemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
                          Py_ssize_t lda, const double* Bp, int beta, double* C, Py_ssize_t ldc,
                          int flip)
+    int rnnc_sgemm_small_bias(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                              Py_ssize_t lda, const float* Bp, const float* bias, float* C,
+                              Py_ssize_t ldc, int flip)
     void rnnc_pack_panels(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t sn,
                           Py_ssize_t sk, float* out, Py_ssize_t of_bytes)
     void rnnc_dpack_panels(Py_ssize_t N, Py_ssize_t K, const double* w, Py_ssize_t sn,

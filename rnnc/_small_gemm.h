@@ -151,11 +151,12 @@ static void rnnc_pack_panels_avx512(ptrdiff_t N, ptrdiff_t K, const float* w, pt
 __attribute__((target("avx512f"), always_inline))
 static inline void rnnc_sgemm_tile(const int MR, ptrdiff_t K, const float* const a[4],
                                    const float* b, const __mmask16 m[4], int beta,
-                                   float* const c_rows[4]) {
+                                   const float* init, float* const c_rows[4]) {
     __m512 c[4][4];
     for (int r = 0; r < MR; r++)
         for (int q = 0; q < 4; q++)
-            c[r][q] = beta ? _mm512_maskz_loadu_ps(m[q], c_rows[r] + 16 * q)
+            c[r][q] = init ? _mm512_maskz_loadu_ps(m[q], init + 16 * q)
+                    : beta ? _mm512_maskz_loadu_ps(m[q], c_rows[r] + 16 * q)
                            : _mm512_setzero_ps();
     for (ptrdiff_t k = 0; k < K; k++, b += 64) {
         __m512 b0 = _mm512_loadu_ps(b);
@@ -179,10 +180,12 @@ static inline void rnnc_sgemm_tile(const int MR, ptrdiff_t K, const float* const
  * eight independent FMA chains hide the FMA latency (four chains would halve the throughput). */
 __attribute__((target("avx512f"), always_inline))
 static inline void rnnc_sgemm_row(ptrdiff_t K, const float* a, const float* b,
-                                  const __mmask16 m[4], int beta, float* c_row) {
+                                  const __mmask16 m[4], int beta, const float* init,
+                                  float* c_row) {
     __m512 c[2][4];
     for (int q = 0; q < 4; q++) {
-        c[0][q] = beta ? _mm512_maskz_loadu_ps(m[q], c_row + 16 * q) : _mm512_setzero_ps();
+        c[0][q] = init ? _mm512_maskz_loadu_ps(m[q], init + 16 * q)
+                : beta ? _mm512_maskz_loadu_ps(m[q], c_row + 16 * q) : _mm512_setzero_ps();
         c[1][q] = _mm512_setzero_ps();
     }
     ptrdiff_t k = 0;
@@ -212,7 +215,7 @@ static inline void rnnc_sgemm_row(ptrdiff_t K, const float* a, const float* b,
 __attribute__((target("avx512f")))
 static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     const float* A, ptrdiff_t lda,
-                                    const float* Bp, int beta,
+                                    const float* Bp, int beta, const float* init,
                                     float* C, ptrdiff_t ldc, int flip) {
     ptrdiff_t tiles = (M + 3) / 4, panels = (N + 63) / 64;
     for (ptrdiff_t i = 0; i < M; i += 4) {
@@ -234,12 +237,13 @@ static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
             for (int r = 0; r < 4; r++)
                 c_rows[r] = C + (i + (r < mr ? r : 0)) * ldc + j;
             const float* b = Bp + (j / 64) * K * 64;
+            const float* in = init ? init + j : NULL;
             /* Only the rows that exist: no wasted FMAs for a batch of 1 to 3. */
             switch (mr) {
-                case 4: rnnc_sgemm_tile(4, K, a, b, m, beta, c_rows); break;
-                case 3: rnnc_sgemm_tile(3, K, a, b, m, beta, c_rows); break;
-                case 2: rnnc_sgemm_tile(2, K, a, b, m, beta, c_rows); break;
-                default: rnnc_sgemm_row(K, a[0], b, m, beta, c_rows[0]); break;
+                case 4: rnnc_sgemm_tile(4, K, a, b, m, beta, in, c_rows); break;
+                case 3: rnnc_sgemm_tile(3, K, a, b, m, beta, in, c_rows); break;
+                case 2: rnnc_sgemm_tile(2, K, a, b, m, beta, in, c_rows); break;
+                default: rnnc_sgemm_row(K, a[0], b, m, beta, in, c_rows[0]); break;
             }
         }
     }
@@ -248,7 +252,18 @@ static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
                             const float* Bp, int beta, float* C, ptrdiff_t ldc, int flip) {
     if (!rnnc_cpu_has_avx512()) return 0;
-    rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, beta, C, ldc, flip);
+    rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, beta, NULL, C, ldc, flip);
+    return 1;
+}
+
+/* C (M, N) = bias + A @ B, bias (N,) added to every row: the accumulators start from it, so the
+ * sums are those of C = bias then rnnc_sgemm_small with beta = 1, bit for bit, without the pass
+ * that lays the bias into C first (a step of a stream, rnnc/_stream_kernel.pyx). */
+static int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                 ptrdiff_t lda, const float* Bp, const float* bias, float* C,
+                                 ptrdiff_t ldc, int flip) {
+    if (!rnnc_cpu_has_avx512()) return 0;
+    rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, 0, bias, C, ldc, flip);
     return 1;
 }
 
@@ -474,6 +489,14 @@ static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double*
 static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
                             const float* Bp, int beta, float* C, ptrdiff_t ldc, int flip) {
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)beta; (void)C;
+    (void)ldc; (void)flip;
+    return 0;
+}
+
+static int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                 ptrdiff_t lda, const float* Bp, const float* bias, float* C,
+                                 ptrdiff_t ldc, int flip) {
+    (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)bias; (void)C;
     (void)ldc; (void)flip;
     return 0;
 }
