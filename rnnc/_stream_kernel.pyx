@@ -43,9 +43,10 @@ from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_aft
                               rnn_pointwise, rnn_pointwise_ld)
 
 
-from rnnc._worker cimport (rnnc_barrier_wait, rnnc_worker, rnnc_worker_alive, rnnc_worker_awake,
-                           rnnc_worker_post, rnnc_worker_start, rnnc_worker_stop,
-                           rnnc_worker_wait, rnnc_worker_wake)
+from rnnc._worker cimport (rnnc_barrier_wait, rnnc_prefetch_lines, rnnc_worker,
+                           rnnc_worker_alive, rnnc_worker_awake, rnnc_worker_post,
+                           rnnc_worker_start, rnnc_worker_stop, rnnc_worker_wait,
+                           rnnc_worker_wake)
 
 import numpy as np
 
@@ -180,6 +181,8 @@ cdef void split_layer_part(const floating* inp, floating* y, SplitStep* job, Py_
     gates = <floating*>part.gates
     h = <floating*>lay.h
     hn = <floating*>lay.h_next
+    rnnc_prefetch_lines(inp, B * I * sizeof(floating))
+    rnnc_prefetch_lines(h, B * H * sizeof(floating))
     bias = <const floating*>part.bias
     beta = 0
     # Every other step runs the two products in the opposite order, each reading its

@@ -12,6 +12,7 @@ cdef extern from "_worker.h" nogil:
     void rnnc_worker_wait(rnnc_worker* w)
     void rnnc_worker_stop(rnnc_worker* w)
     void rnnc_barrier_wait(int* bar, int n_threads, int* sense)
+    void rnnc_prefetch_lines(const void* p, size_t bytes)
     void rnnc_count_publish(long* count, long value)
     void rnnc_count_wait(long* count, long at_least)
     int rnnc_count_claim(long* count, long expected)
