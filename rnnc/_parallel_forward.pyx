@@ -24,11 +24,12 @@ process; each part gathers and packs its own weight rows before its time loop (p
 The GIL is released for the whole sequence; nothing is allocated here.
 """
 from cython cimport floating
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
                          small_gemm, small_gemm_packing)
-from rnnc._cell_math cimport gru_pointwise_reset_after_ld, lstm_pointwise, rnn_pointwise_ld
+from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
+                              lstm_pointwise, rnn_pointwise_ld)
 from rnnc._fused cimport fused_sequence, pack_fused
 from rnnc._sequence cimport (check_one_panel, chunk_bounds, copy_rows, fill_rows,
                              project_inputs)
@@ -377,8 +378,9 @@ cdef void run_part(Part* p) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
-# Split by batch rows. An LSTM or RNN layer on the fused product (fused_sequence) with a batch
-# of 8 or more runs its first rows and its last rows as two sequences of their own: rows never meet,
+# Split by batch rows. An LSTM or RNN layer on the fused product (fused_sequence), or a GRU
+# (gru_rows_sequence: its n gate needs the state's product apart), with a batch of 8 or more
+# runs its first rows and its last rows as two sequences of their own: rows never meet,
 # so the threads share nothing while the steps run -- no barrier, no state crossing between the
 # cores each step -- and each reads all the weights from its own cache (the fused product's
 # weights fit it; rnnc/_stack.py decides). Measured at 2 threads on this VM, LSTM B16 H128 T100:
@@ -386,7 +388,8 @@ cdef void run_part(Part* p) noexcept nogil:
 # (a cache line's round trip 75 ns, or 365), while one thread takes 2.13 ms for B8 whatever the
 # other core does. Each part runs fused_sequence on its rows: the caller's offsets with
 # the part's first row and its own batch sizes. With the split at a multiple of 4 rows (the
-# kernel's row tiles) both parts give the bits of the one-thread kernel.
+# kernel's row tiles) both parts give the bits of the one-thread kernel (GRU: where each step's
+# rows fill whole tiles, see gru_rows_sequence).
 #
 # A call does not wait for the helper to start. Each part is claimed by whichever thread gets
 # to it first (`taken`): the caller starts with part 0, the helper with part 1 (so each part and
@@ -400,7 +403,7 @@ cdef void run_part(Part* p) noexcept nogil:
 # descriptions are complete before the generation opens (`open`).
 # ---------------------------------------------------------------------------------------------
 cdef struct Rows:
-    int mode                        # LSTM, RNN_TANH or RNN_RELU
+    int mode                        # LSTM, GRU (reset_after), RNN_TANH or RNN_RELU
     bint is_double
     const void* x                   # the part's first row of the packed input
     Py_ssize_t ldx, I
@@ -412,8 +415,10 @@ cdef struct Rows:
     const void* w_hh
     const void* b_ih
     const void* b_hh
-    void* w_packed                  # [W_ih | W_hh | b_ih + b_hh] in panels: the part's copy
-    bint prepared                   # w_packed holds them already (kept by a frozen module)
+    void* w_packed                  # [W_ih | W_hh | b_ih + b_hh] in panels: the part's copy;
+                                    # GRU: W_ih^T in panels
+    void* w_hh_packed               # GRU: W_hh^T in panels, the part's copy; else NULL
+    bint prepared                   # the panels hold them already (kept by a frozen module)
     Py_ssize_t H, B                 # B: the part's rows
     void* h                         # (B, H) the part's rows of the state
     void* c                         # (LSTM; else NULL)
@@ -421,8 +426,11 @@ cdef struct Rows:
                                     # parts' rows of c may share a cache line, written each step
     void* out                       # the part's first row of the output, at its column col0
     Py_ssize_t ldo
-    void* xh                        # (B, I + H + 1) the part's workspace
+    void* xh                        # (B, I + H + 1) the part's workspace (GRU: NULL)
     void* gates                     # (B, G)
+    void* hg                        # GRU: (B, 3H) the state's product; else NULL
+    void* bias                      # GRU: (3H,) the folded input-side biases, filled by the
+                                    # part (NULL without bias); else NULL
 
 
 cdef struct RowJob:
@@ -432,7 +440,62 @@ cdef struct RowJob:
     long done[2]                    # the last generation of which each part is done
 
 
+cdef void gru_rows_sequence(
+        const floating* x, Py_ssize_t ldx, Py_ssize_t I,  # (N, I) packed input, row stride ldx
+        const Py_ssize_t* batch_sizes, const Py_ssize_t* offsets, Py_ssize_t T, bint reverse,
+        const floating* w_ih_packed,  # W_ih^T in panels (3H columns)
+        const floating* w_hh_packed,  # W_hh^T in panels
+        const floating* bias,         # (3H,) b_ih + b_hh's r and z parts, or NULL
+        const floating* b_hn,         # (H,) b_hh's n part, or NULL
+        Py_ssize_t H,
+        floating* h,                  # (B, H) state in/out
+        floating* out, Py_ssize_t ldo,
+        floating* gx,                 # (B, 3H) workspace: the inputs' product
+        floating* hg) noexcept nogil:  # (B, 3H) workspace: the state's product
+    """A GRU (reset_after) part of a layer split by rows: the one-thread kernel's step
+    (gru_sequence) on this part's rows, with each step's inputs projected at that step rather
+    than a chunk of steps at once (the part's rows of a chunk are not contiguous). The same
+    kernel, bias folding and order of sums as the one-thread kernel, except that the kernel
+    sums a row left alone in its last 4-row tile in another order (two chains, even and odd k):
+    where the one-thread projection's tiles straddle two steps (batches not a multiple of 4,
+    varied lengths), a few results differ in the last bits."""
+    cdef Py_ssize_t G = 3 * H, s, t, b, r
+    cdef floating beta = 0 if bias == NULL else 1
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        b = batch_sizes[t]
+        if b == 0:
+            continue
+        if bias != NULL:
+            for r in range(b):
+                memcpy(gx + r * G, bias, G * sizeof(floating))
+        small_gemm(b, G, I, x + offsets[t] * ldx, ldx, w_ih_packed, beta, gx, G)
+        small_gemm(b, G, H, h, H, w_hh_packed, 0, hg, G, s & 1)
+        gru_pointwise_reset_after(b, H, gx, hg, b_hn, h, out + offsets[t] * ldo, ldo,
+                                  <floating*>NULL)
+
+
+cdef void run_gru_rows(Rows* p, floating kind) noexcept nogil:
+    cdef Py_ssize_t G = 3 * p.H, j
+    cdef const floating* b_ih = <const floating*>p.b_ih
+    cdef const floating* b_hh = <const floating*>p.b_hh
+    cdef floating* bias = <floating*>p.bias
+    if not p.prepared:
+        pack_panels(G, p.I, <const floating*>p.w_ih, p.I, 1, <floating*>p.w_packed)
+        pack_panels(G, p.H, <const floating*>p.w_hh, p.H, 1, <floating*>p.w_hh_packed)
+    if bias != NULL:    # as project_inputs folds them
+        for j in range(G):
+            bias[j] = b_ih[j] + (b_hh[j] if j < 2 * p.H else 0)
+    gru_rows_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T,
+                      p.reverse, <const floating*>p.w_packed, <const floating*>p.w_hh_packed,
+                      bias, b_hh + 2 * p.H if b_hh != NULL else NULL, p.H, <floating*>p.h,
+                      <floating*>p.out, p.ldo, <floating*>p.gates, <floating*>p.hg)
+
+
 cdef void run_rows(Rows* p, floating kind) noexcept nogil:
+    if p.mode == GRU:
+        run_gru_rows(p, kind)
+        return
     if not p.prepared:
         pack_fused(4 * p.H if p.mode == LSTM else p.H, p.I, p.H, <const floating*>p.w_ih,
                    <const floating*>p.w_hh, <const floating*>p.b_ih, <const floating*>p.b_hh,
@@ -709,8 +772,12 @@ cdef void describe_rows(Rows* q, int mode, const floating[:, ::1] x, Py_ssize_t 
                         bint prepared, Py_ssize_t nrows,
                         floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
                         Py_ssize_t col0, floating[:, ::1] xh, floating[:, ::1] gates,
-                        floating[:, ::1] cwork) noexcept:
+                        floating[:, ::1] cwork, void* w_hh_packed, void* hg,
+                        void* bias) noexcept:
     q.mode = mode
+    q.w_hh_packed = w_hh_packed
+    q.hg = hg
+    q.bias = bias
     q.is_double = floating is double
     q.ldx = x.shape[1]
     q.I = x.shape[1]
@@ -731,7 +798,7 @@ cdef void describe_rows(Rows* q, int mode, const floating[:, ::1] x, Py_ssize_t 
     q.c = &c[0, 0] + row0 * q.H if c.shape[0] > 0 else NULL
     q.ldo = out.shape[1]
     q.out = &out[0, col0] + row0 * q.ldo
-    q.xh = &xh[0, 0]
+    q.xh = data_or_null(<const char*>xh._data, xh.shape[0])
     q.gates = &gates[0, 0]
     q.cwork = &cwork[0, 0] if cwork.shape[0] > 0 else NULL
 
@@ -745,9 +812,12 @@ def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] ba
                     Py_ssize_t col0, Py_ssize_t rows0,
                     floating[:, ::1] xh0, floating[:, ::1] xh1, floating[:, ::1] gates0,
                     floating[:, ::1] gates1, floating[:, ::1] cwork0,
-                    floating[:, ::1] cwork1, bint use_helper):
-    """One LSTM (mode 3) or RNN (0 tanh, 1 relu) layer and direction, inference without
-    projection on the fused product, its batch rows [0, rows0) and [rows0, B) run as two
+                    floating[:, ::1] cwork1, bint use_helper,
+                    floating[:, :, ::1] packed_hh0=None, floating[:, :, ::1] packed_hh1=None,
+                    floating[:, ::1] hg0=None, floating[:, ::1] hg1=None,
+                    floating[::1] bias0=None, floating[::1] bias1=None):
+    """One LSTM (mode 3), GRU (2, reset_after) or RNN (0 tanh, 1 relu) layer and direction,
+    inference without projection, its batch rows [0, rows0) and [rows0, B) run as two
     sequences: part 0 on this thread, part 1 on the helper when use_helper (the caller holds
     it: split_helper_ready() returned True) and the helper claims it in time, else on this
     thread too; the results are the same (see RowJob).
@@ -756,12 +826,25 @@ def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] ba
     prepared (kept from an earlier call by a frozen module). batch_sizes0/1: each part's
     active rows at every step (the layout's, clipped to the part; rnnc._stack computes them).
     Each part's workspace: xh{p} (rows, I + H + 1), gates{p} (rows, G), cwork{p} (rows, H).
-    RNN: c and cwork{p} zero-size."""
+    RNN: c and cwork{p} zero-size. GRU (gru_rows_sequence): packed{p} holds W_ih^T's panels
+    and packed_hh{p} W_hh^T's, hg{p} (rows, 3H) and bias{p} (3H,) (zero-size without bias)
+    are workspace, xh{p}, c and cwork{p} zero-size."""
     cdef Py_ssize_t B = h.shape[0], T = batch_sizes0.shape[0]
+    cdef void* gru_bufs[6]
+    cdef int i
     if T == 0 or x.shape[0] == 0 or B == 0:
         return
     if not 0 < rows0 < B:
         raise ValueError(f"rows_forward_py: rows0 must be in (0, {B}) (the batch), got {rows0}")
+    memset(gru_bufs, 0, sizeof(gru_bufs))
+    if mode == GRU:
+        if packed_hh0 is None or packed_hh1 is None or hg0 is None or hg1 is None \
+                or bias0 is None or bias1 is None:
+            raise ValueError("rows_forward_py: GRU needs packed_hh{p}, hg{p} and bias{p}")
+        gru_bufs[0], gru_bufs[1] = &packed_hh0[0, 0, 0], &packed_hh1[0, 0, 0]
+        gru_bufs[2], gru_bufs[3] = &hg0[0, 0], &hg1[0, 0]
+        gru_bufs[4] = data_or_null(<const char*>bias0._data, bias0.shape[0])
+        gru_bufs[5] = data_or_null(<const char*>bias1._data, bias1.shape[0])
     if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
         raise RuntimeError("rows_forward_py: the helper thread is not running "
                            "(call split_helper_ready() first)")
@@ -774,10 +857,11 @@ def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] ba
     # The previous generation is closed (both parts claimed and done): nobody reads the parts.
     g = job.open + 1
     describe_rows(&job.parts[0], mode, x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh,
-                  b_ih, b_hh, packed0, prepared, rows0, h, c, out, col0, xh0, gates0, cwork0)
+                  b_ih, b_hh, packed0, prepared, rows0, h, c, out, col0, xh0, gates0, cwork0,
+                  gru_bufs[0], gru_bufs[2], gru_bufs[4])
     describe_rows(&job.parts[1], mode, x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh,
                   b_ih, b_hh, packed1, prepared, B - rows0, h, c, out, col0, xh1, gates1,
-                  cwork1)
+                  cwork1, gru_bufs[1], gru_bufs[3], gru_bufs[5])
     rnnc_count_publish(&job.open, g)
     if use_helper:
         _job_kind = JOB_ROWS

@@ -350,24 +350,34 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # the fused product ([x | h | 1] @ [W_ih | W_hh | b]^T, fused_sequence). Measured at 2
 # threads (vCPUs placed near), split by units or projection ahead -> by rows: RNN T20 B256 H256
 # 7.5-7.7 -> 6.7 ms; T100 B16 H128 0.72-0.76 -> 0.59-0.63, B8 H128 0.35 -> 0.33-0.37, B32 H64
-# 0.64 -> 0.36-0.39; T50 B64 H256 4.6-4.7 -> 4.1, B64 H512 17.2-17.9 -> 15.8-15.9. GRU has no
-# such form here (its n gate needs the state's product apart).
+# 0.64 -> 0.36-0.39; T50 B64 H256 4.6-4.7 -> 4.1, B64 H512 17.2-17.9 -> 15.8-15.9. A GRU
+# (reset_after) layer splits by rows too, each part running the one-thread kernel's step with
+# its inputs projected step by step (gru_rows_sequence: two products a step, its n gate needs
+# the state's product apart). Measured at 2 threads, split by units -> by rows, ms (median of
+# 11, both in one process): vCPUs far apart (round trip 376-394 ns) T100 B8 H128 1.40 -> 1.10,
+# B16 H128 2.60 -> 1.95-2.02, B32 H128 5.1 -> 3.55, B16 H256 7.9 -> 6.3; T50 B64 H256
+# 15.5-15.6 -> 12.0-12.1, B64 H512 52.5-52.7 -> 46.4; T20 B256 H256 24.8 -> 19.2; near: ...
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
 
 
-def _row_split(mode, B, I, H, proj_size, parallel, small, train):
+def _row_split(mode, B, I, H, proj_size, parallel, small, train, reset_after=True):
     """Whether a layer (inference, or LSTM training: rnnc/_split_train.py) splits by rows."""
-    return ((mode == "LSTM" or (mode == "RNN" and not train)) and not parallel
-            and not proj_size and small and B >= ROW_SPLIT_MIN_BATCH
+    return ((mode == "LSTM" or (mode in ("RNN", "GRU") and not train))
+            and (mode != "GRU" or (reset_after and ROW_SPLIT_GRU))
+            and not parallel and not proj_size and small and B >= ROW_SPLIT_MIN_BATCH
             and _fused_fits(B // 2, GATES[mode] * H * (I + H + 1))
             and cached_num_threads() >= 2)
 
 
+ROW_SPLIT_GRU = True
+
+
 def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d,
               packs, name, helper):
-    """One LSTM or RNN layer and direction, inference, split by batch rows: rows [0, rows0) on
-    this thread, the others on the helper when `helper` (the caller holds _split_begin()).
-    code: the kernel's mode (_SPLIT_MODES, + 1 for relu); c None for RNN."""
+    """One LSTM, GRU or RNN layer and direction, inference, split by batch rows: rows
+    [0, rows0) on this thread, the others on the helper when `helper` (the caller holds
+    _split_begin()). code: the kernel's mode (_SPLIT_MODES, + 1 for relu); c None but for
+    LSTM."""
     dtype = layer_in.dtype
     B, H = h.shape
     I = w_ih.shape[1]
@@ -385,16 +395,31 @@ def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out
         kept = [panel_workspace(None if packs is not None else f"rows packed {d} {p}", G, K,
                                 dtype) for p in range(2)]
     lstm = c is not None
+    gru = code == _SPLIT_MODES["GRU"]
+    if gru:
+        # Each part's copies of W_ih's and W_hh's panels; its workspace for the state's product
+        # and its folded biases.
+        if not prepared:
+            kept = [(panel_workspace(None if packs is not None else f"rows packed {d} {p}", G,
+                                     I, dtype),
+                     panel_workspace(None if packs is not None else f"rows packed hh {d} {p}",
+                                     G, H, dtype)) for p in range(2)]
+        gru_args = dict(packed_hh0=kept[0][1], packed_hh1=kept[1][1],
+                        hg0=_workspace(f"rows hg {d}", (rows0, G), dtype),
+                        hg1=_workspace(f"rows hg {d} 1", (B - rows0, G), dtype),
+                        bias0=_workspace(f"rows bias {d}", (G if b_ih.size else 0,), dtype),
+                        bias1=_workspace(f"rows bias {d} 1", (G if b_ih.size else 0,), dtype))
     _K.rows_forward_py(code, layer_in, sizes0, sizes1, layout.offsets, reverse, w_ih, w_hh,
-                       b_ih, b_hh, kept[0], kept[1], prepared, h, c if lstm else empty2, out,
+                       b_ih, b_hh, kept[0][0] if gru else kept[0],
+                       kept[1][0] if gru else kept[1], prepared, h, c if lstm else empty2, out,
                        col0, rows0,
-                       _workspace(f"rows xh {d}", (rows0, K), dtype),
-                       _workspace(f"rows xh {d} 1", (B - rows0, K), dtype),
+                       _workspace(f"rows xh {d}", (rows0, K), dtype) if not gru else empty2,
+                       _workspace(f"rows xh {d} 1", (B - rows0, K), dtype) if not gru else empty2,
                        _workspace(f"rows gates {d}", (rows0, G), dtype),
                        _workspace(f"rows gates {d} 1", (B - rows0, G), dtype),
                        _workspace(f"rows c {d}", (rows0, H), dtype) if lstm else empty2,
                        _workspace(f"rows c {d} 1", (B - rows0, H), dtype) if lstm else empty2,
-                       helper)
+                       helper, **(gru_args if gru else {}))
     if packs is not None and not prepared:
         packs.update(zip(keys, kept))       # only once filled: another thread may read them
 
@@ -793,7 +818,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if train:
             cache.layer_in.append(layer_in)
             cache.kept.append([None] * D)
-        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, parallel, small_rows, train)
+        rows = _row_split(mode, B, layer_in.shape[1], H, proj_size, parallel, small_rows, train,
+                          reset_after)
         if split or rows or (train and train_split):   # parts write their columns or rows
             out = aligned_empty((n_rows, D * P), dtype)
         else:

@@ -148,7 +148,9 @@ def test_where_layers_split_by_rows(monkeypatch):
     assert _stack._row_split(**ok)
     assert _stack._row_split(**{**ok, "train": True})
     assert _stack._row_split(**{**ok, "mode": "RNN"})
-    for change in (dict(mode="GRU"), dict(mode="RNN", train=True), dict(B=7), dict(proj_size=4),
+    assert _stack._row_split(**{**ok, "mode": "GRU"})
+    for change in (dict(mode="GRU", reset_after=False), dict(mode="GRU", train=True),
+                   dict(mode="RNN", train=True), dict(B=7), dict(proj_size=4),
                    dict(parallel=True), dict(small=False), dict(H=1024, I=1024)):
         assert not _stack._row_split(**{**ok, **change}), change
     monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
@@ -312,3 +314,77 @@ def test_frozen_rnn_row_split(force_rows):
     for _ in range(3):
         assert_bits(flat(f(x)), flat(m(x)))
     assert {k for k in f._packs if "rows" in k} == {(0, 0, "rows", 0), (0, 0, "rows", 1)}
+
+
+GRU_CASES = [  # input, hidden, batch, steps, kwargs
+    (16, 32, 8, 12, {}),
+    (5, 40, 13, 9, dict(bias=False)),
+    (24, 24, 20, 7, dict(num_layers=2)),
+    (6, 20, 16, 10, dict(bidirectional=True)),
+]
+
+
+@pytest.mark.parametrize("I,H,B,T,kw", GRU_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lengths", ["full", "varied", "zeros"])
+def test_gru_row_split(force_rows, monkeypatch, I, H, B, T, kw, dtype, lengths):
+    """GRU's row split runs the one-thread kernel's step on each part's rows, projecting each
+    step's inputs at that step where the one-thread kernel projects a chunk of steps at once:
+    the reference's results to rounding; the one-thread bits where every step's rows fill
+    whole 4-row tiles (a full-length batch of a multiple of 4: the kernel sums a lone row's
+    products in another order); the same bits with or without the helper."""
+    monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 1 << 62)
+    rng = np.random.default_rng(B * 17 + H)
+    m = rnnc.GRU(I, H, dtype=dtype, seed=H, **kw)
+    ref = reference.GRU(I, H, dtype=dtype, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    ln = None
+    if lengths == "varied":
+        ln = rng.integers(1, T + 1, B)
+        ln[0] = T
+    elif lengths == "zeros":
+        ln = np.zeros(B, dtype=np.intp)
+        ln[:4] = T
+    h0 = rng.standard_normal((m.num_layers * m.num_directions, B, H)).astype(dtype)
+    got = flat(m(x, h0, lengths=ln))
+    assert force_rows and len(force_rows) == m.num_layers * m.num_directions
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, e in zip(got, flat(ref(x, h0, lengths=ln))):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    expected = one_thread(m, x, hx=h0, lengths=ln)
+    if lengths == "full" and B % _stack.ROW_TILE == 0:
+        assert_bits(got, expected)
+    for a, e in zip(got, expected):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    monkeypatch.setattr(_stack, "_split_begin", lambda: False)    # both parts on this thread
+    assert_bits(flat(m(x, h0, lengths=ln)), got)
+
+
+def test_frozen_gru_row_split(force_rows):
+    rng = np.random.default_rng(9)
+    m = rnnc.GRU(7, 40, seed=6)
+    f = rnnc.GRU(7, 40, seed=6).freeze()
+    x = rng.standard_normal((9, 12, 7)).astype(np.float32)
+    for _ in range(3):      # the first call packs, the others find both parts' panels kept
+        assert_bits(flat(f(x)), flat(m(x)))
+    assert {k for k in f._packs if "rows" in k} == {(0, 0, "rows", 0), (0, 0, "rows", 1)}
+    m.load_state_dict(rnnc.GRU(7, 40, seed=8).state_dict())
+    f.load_state_dict(m.state_dict())
+    assert_bits(flat(f(x)), flat(m(x)))
+
+
+def test_gru_rows_forward_needs_its_buffers():
+    f = np.float32
+    x = np.zeros((16, 3), f)
+    sizes = np.full(2, 4, dtype=np.intp)
+    packed = np.zeros((1, 3, 64), f)
+    h = np.zeros((8, 2), f)
+    with pytest.raises(ValueError, match="GRU needs packed_hh"):
+        _stack._K.rows_forward_py(2, x, sizes, sizes, np.arange(2) * 8, False,
+                                  np.zeros((6, 3), f), np.zeros((6, 2), f), np.zeros(0, f),
+                                  np.zeros(0, f), packed, packed, False, h,
+                                  np.zeros((0, 0), f), np.zeros((16, 2), f), 0, 4,
+                                  np.zeros((0, 0), f), np.zeros((0, 0), f), h, h,
+                                  np.zeros((0, 0), f), np.zeros((0, 0), f), False)
