@@ -356,20 +356,21 @@ def _run_fused(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col
 # the state's product apart). Measured at 2 threads, split by units -> by rows, ms (median of
 # 11, both in one process): vCPUs far apart (round trip 376-394 ns) T100 B8 H128 1.40 -> 1.10,
 # B16 H128 2.60 -> 1.95-2.02, B32 H128 5.1 -> 3.55, B16 H256 7.9 -> 6.3; T50 B64 H256
-# 15.5-15.6 -> 12.0-12.1, B64 H512 52.5-52.7 -> 46.4; T20 B256 H256 24.8 -> 19.2; near: ...
+# 15.5-15.6 -> 12.0-12.1, B64 H512 52.5-52.7 -> 46.4; T20 B256 H256 24.8 -> 19.2; near (82
+# ns) T100 B8 H128 0.93 -> 0.86-0.89, B16 H128 1.77-1.79 -> 1.69-1.70, B32 H128 3.45-3.50 ->
+# 3.17-3.20, B16 H256 6.32-6.37 -> 6.07-6.12; T50 B64 H256 12.4-12.6 -> 11.9-12.4, B64 H512
+# 47.1-47.7 -> 46.4-46.7; T20 B256 H256 20.0-20.1 -> 19.1.
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
 
 
 def _row_split(mode, B, I, H, proj_size, parallel, small, train, reset_after=True):
     """Whether a layer (inference, or LSTM training: rnnc/_split_train.py) splits by rows."""
     return ((mode == "LSTM" or (mode in ("RNN", "GRU") and not train))
-            and (mode != "GRU" or (reset_after and ROW_SPLIT_GRU))
+            and (mode != "GRU" or reset_after)
             and not parallel and not proj_size and small and B >= ROW_SPLIT_MIN_BATCH
             and _fused_fits(B // 2, GATES[mode] * H * (I + H + 1))
             and cached_num_threads() >= 2)
 
-
-ROW_SPLIT_GRU = True
 
 
 def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d,
