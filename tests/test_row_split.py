@@ -46,6 +46,20 @@ def flat(result):
     return [out, *(state if isinstance(state, tuple) else (state,))]
 
 
+def make_lengths(rng, kind, B, T):
+    """None ("full"), lengths in [1, T] with one full row ("varied"), or T for the first 4
+    rows and 0 for the others ("zeros": the second part's rows never run)."""
+    if kind == "full":
+        return None
+    if kind == "varied":
+        ln = rng.integers(1, T + 1, B)
+    else:
+        ln = np.zeros(B, dtype=np.intp)
+        ln[:4] = T
+    ln[0] = T
+    return ln
+
+
 def assert_bits(got, expected):
     for a, e in zip(got, expected):
         np.testing.assert_array_equal(a, e)
@@ -72,13 +86,7 @@ def test_row_split_gives_the_one_thread_bits(force_rows, monkeypatch, I, H, B, T
     ref.load_state_dict(m.state_dict())
     shape = (B, T, I) if kw.get("batch_first") else (T, B, I)
     x = rng.standard_normal(shape).astype(dtype)
-    ln = None
-    if lengths == "varied":
-        ln = rng.integers(1, T + 1, B)
-        ln[0] = T
-    elif lengths == "zeros":        # the last rows (the second part) never run
-        ln = np.zeros(B, dtype=np.intp)
-        ln[:4] = T
+    ln = make_lengths(rng, lengths, B, T)
     got = flat(m(x, lengths=ln))
     assert force_rows and len(force_rows) == m.num_layers * m.num_directions
     assert_bits(got, one_thread(m, x, lengths=ln))
@@ -287,13 +295,7 @@ def test_rnn_row_split(force_rows, monkeypatch, I, H, B, T, kw, dtype, lengths):
     ref = reference.RNN(I, H, dtype=dtype, **kw)
     ref.load_state_dict(m.state_dict())
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    ln = None
-    if lengths == "varied":
-        ln = rng.integers(1, T + 1, B)
-        ln[0] = T
-    elif lengths == "zeros":
-        ln = np.zeros(B, dtype=np.intp)
-        ln[:4] = T
+    ln = make_lengths(rng, lengths, B, T)
     got = flat(m(x, lengths=ln))
     assert force_rows and len(force_rows) == m.num_layers * m.num_directions
     tol = 1e-5 if dtype == np.float32 else 1e-12
@@ -339,13 +341,7 @@ def test_gru_row_split(force_rows, monkeypatch, I, H, B, T, kw, dtype, lengths):
     ref = reference.GRU(I, H, dtype=dtype, **kw)
     ref.load_state_dict(m.state_dict())
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    ln = None
-    if lengths == "varied":
-        ln = rng.integers(1, T + 1, B)
-        ln[0] = T
-    elif lengths == "zeros":
-        ln = np.zeros(B, dtype=np.intp)
-        ln[:4] = T
+    ln = make_lengths(rng, lengths, B, T)
     h0 = rng.standard_normal((m.num_layers * m.num_directions, B, H)).astype(dtype)
     got = flat(m(x, h0, lengths=ln))
     assert force_rows and len(force_rows) == m.num_layers * m.num_directions
