@@ -429,6 +429,26 @@ def test_split_stream_matches_layer_and_reference(split, mode, kwargs, dtype, B,
     assert_close(ys, ref_out, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_split_stream_gives_the_one_thread_bits(monkeypatch, mode, kwargs, dtype, rng):
+    # Each half of a split step sums its units' products in the one-thread step's order.
+    import rnnc._threads
+    mod, _ = make_layers(mode, kwargs, 9, 40, rng, num_layers=2, dtype=dtype)
+    x = rng.standard_normal((7, 3, 9)).astype(dtype)
+    one = mod.stream(batch_size=3)
+    assert one.threads == 1
+    monkeypatch.setattr(rnnc.stream, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(rnnc._threads, "cached_num_threads", lambda: 2)
+    two = mod.stream(batch_size=3)
+    assert two.threads == (2 if not mod.proj_size and (mode != "GRU" or mod.reset_after)
+                           else 1)
+    np.testing.assert_array_equal(stream_through(two, x), stream_through(one, x))
+    states = [(s.state if isinstance(s.state, tuple) else (s.state,)) for s in (two, one)]
+    for a, b in zip(*states):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_split_stream_refresh_and_reset(split, rng):
     m = rnnc.GRU(6, 48, num_layers=2, seed=1)
     s = m.stream(batch_size=2)
