@@ -41,4 +41,8 @@ def rows_forward_py(mode: int, x: NDArray[np.floating], batch_sizes0: NDArray[np
                     xh0: NDArray[np.floating], xh1: NDArray[np.floating],
                     gates0: NDArray[np.floating], gates1: NDArray[np.floating],
                     cwork0: NDArray[np.floating], cwork1: NDArray[np.floating],
-                    use_helper: bool) -> None: ...
+                    use_helper: bool, packed_hh0: NDArray[np.floating] | None = ...,
+                    packed_hh1: NDArray[np.floating] | None = ...,
+                    hg0: NDArray[np.floating] | None = ..., hg1: NDArray[np.floating] | None = ...,
+                    bias0: NDArray[np.floating] | None = ...,
+                    bias1: NDArray[np.floating] | None = ...) -> None: ...
