@@ -259,9 +259,9 @@ static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* 
 /* C (M, N) = bias + A @ B, bias (N,) added to every row: the accumulators start from it, so the
  * sums are those of C = bias then rnnc_sgemm_small with beta = 1, bit for bit, without the pass
  * that lays the bias into C first (a step of a stream, rnnc/_stream_kernel.pyx). */
-static int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
-                                 ptrdiff_t lda, const float* Bp, const float* bias, float* C,
-                                 ptrdiff_t ldc, int flip) {
+static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                        ptrdiff_t lda, const float* Bp, const float* bias,
+                                        float* C, ptrdiff_t ldc, int flip) {
     if (!rnnc_cpu_has_avx512()) return 0;
     rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, 0, bias, C, ldc, flip);
     return 1;
@@ -493,9 +493,9 @@ static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* 
     return 0;
 }
 
-static int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
-                                 ptrdiff_t lda, const float* Bp, const float* bias, float* C,
-                                 ptrdiff_t ldc, int flip) {
+static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                        ptrdiff_t lda, const float* Bp, const float* bias,
+                                        float* C, ptrdiff_t ldc, int flip) {
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)bias; (void)C;
     (void)ldc; (void)flip;
     return 0;
