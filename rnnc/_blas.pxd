@@ -28,12 +28,6 @@ cdef extern from "_small_gemm.h" nogil:
                           Py_ssize_t sk, float* out, Py_ssize_t of_bytes)
     void rnnc_dpack_panels(Py_ssize_t N, Py_ssize_t K, const double* w, Py_ssize_t sn,
                            Py_ssize_t sk, double* out, Py_ssize_t of_bytes)
-    int rnnc_sgemm_small_packing(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
-                                 Py_ssize_t lda, const float* w, Py_ssize_t ldw, int beta,
-                                 float* C, Py_ssize_t ldc, float* buf)
-    int rnnc_dgemm_small_packing(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
-                                 Py_ssize_t lda, const double* w, Py_ssize_t ldw, int beta,
-                                 double* C, Py_ssize_t ldc, double* buf)
 
 
 cdef inline void pack_panels(Py_ssize_t N, Py_ssize_t K, const floating* w, Py_ssize_t sn,
@@ -70,13 +64,19 @@ cdef inline bint small_gemm_packing(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                     floating beta, floating* C, Py_ssize_t ldc,
                                     floating* panel) noexcept nogil:
     """C (M, N) = beta * C + a @ w^T on the small-batch kernel, each panel of w packed into
-    `panel` (one panel's buffer, 64-byte aligned) just before its use: for weights read once
-    (see _small_gemm.h). The same bits as small_gemm on w packed whole. False (nothing done)
-    without AVX-512: the caller uses BLAS."""
-    if floating is float:
-        return rnnc_sgemm_small_packing(M, N, K, a, lda, w, ldw, beta != 0, C, ldc, panel) != 0
-    else:
-        return rnnc_dgemm_small_packing(M, N, K, a, lda, w, ldw, beta != 0, C, ldc, panel) != 0
+    `panel` (one panel's buffer, 64-byte aligned) just before every row of `a` uses it, while
+    it is in L2: for weights read once (the input projection of a sequence that fits in one
+    chunk), where packing all of w first wrote it out and read it back through memory. The
+    same sums in the same order as small_gemm on w packed whole: the same bits. False (nothing
+    done) without AVX-512: the caller uses BLAS."""
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL, q, j, n
+    for q in range((N + W - 1) // W):
+        j = q * W
+        n = N - j if N - j < W else W
+        pack_panels(n, K, w + j * ldw, ldw, 1, panel)
+        if not small_gemm(M, n, K, a, lda, panel, beta, C + j, ldc):
+            return False
+    return True
 
 
 cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,

@@ -544,35 +544,4 @@ static void rnnc_dpack_panels(ptrdiff_t N, ptrdiff_t K, const double* w, ptrdiff
     (void)of_bytes;
     rnnc_dpack_panels_scalar(N, K, w, sn, sk, out);
 }
-
-/* C (M, N) = beta * C + A (M, K) @ W^T for W (N, K) row-major (rows ldw apart) not yet packed:
- * each panel is packed into `buf` (one panel, K x 64 floats, 64-byte aligned) just before every
- * row of A uses it, while it is in L2. For a product that reads its weights once (the input
- * projection of a sequence that fits in one chunk), packing all of W first wrote it out and read
- * it back through memory. The same sums in the same order as rnnc_sgemm_small on W packed
- * whole: the same bits. Returns 0 (nothing done) without AVX-512: the caller uses BLAS. */
-static int rnnc_sgemm_small_packing(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
-                                    ptrdiff_t lda, const float* w, ptrdiff_t ldw, int beta,
-                                    float* C, ptrdiff_t ldc, float* buf) {
-    for (ptrdiff_t j = 0; j < N; j += RNNC_SGEMM_PANEL) {
-        ptrdiff_t n = N - j < RNNC_SGEMM_PANEL ? N - j : RNNC_SGEMM_PANEL;
-        rnnc_pack_panels(n, K, w + j * ldw, ldw, 1, buf, 0);
-        if (!rnnc_sgemm_small(M, n, K, A, lda, buf, beta, C + j, ldc, 0))
-            return 0;
-    }
-    return 1;
-}
-
-/* The float64 counterpart (panels of 32 columns, K x 32 doubles in buf). */
-static int rnnc_dgemm_small_packing(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A,
-                                    ptrdiff_t lda, const double* w, ptrdiff_t ldw, int beta,
-                                    double* C, ptrdiff_t ldc, double* buf) {
-    for (ptrdiff_t j = 0; j < N; j += RNNC_DGEMM_PANEL) {
-        ptrdiff_t n = N - j < RNNC_DGEMM_PANEL ? N - j : RNNC_DGEMM_PANEL;
-        rnnc_dpack_panels(n, K, w + j * ldw, ldw, 1, buf, 0);
-        if (!rnnc_dgemm_small(M, n, K, A, lda, buf, beta, C + j, ldc, 0))
-            return 0;
-    }
-    return 1;
-}
 #endif

@@ -177,6 +177,12 @@ def _state_copies(state, rows0, key, dtype):
     return copies
 
 
+def _copy_back(state, copies, rows0):
+    """The parts' copies (_state_copies) back into the (B, H) state."""
+    state[:rows0] = copies[0]
+    state[rows0:] = copies[1]
+
+
 def rows_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d):
     """Training forward of one LSTM layer and direction split by batch rows; h, c (B, H)
     updated in place and out's columns [col0, col0 + H) written as by the fused one-thread
@@ -202,9 +208,8 @@ def rows_forward(layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, c
                                  cs[p], out[r0:], col0, act[r0:], c_prev[r0:])
 
     run_pair(lambda: part(0), lambda: part(1))
-    for state, copies in ((h, hs), (c, cs)):
-        state[:kept.rows0] = copies[0]
-        state[kept.rows0:] = copies[1]
+    _copy_back(h, hs, kept.rows0)
+    _copy_back(c, cs, kept.rows0)
     return act, xh, c_prev, kept
 
 
@@ -229,9 +234,8 @@ def rows_backward(layout, reverse, act, xh, c_prev, kept, w_ih, w_hh, dout, col0
                                      _scratch(f"rows train tc {p}", (H,), dtype), packed)
 
     run_pair(lambda: part(0), lambda: part(1))
-    for state, copies in ((dh, dhs), (dc, dcs)):
-        state[:kept.rows0] = copies[0]
-        state[kept.rows0:] = copies[1]
+    _copy_back(dh, dhs, kept.rows0)
+    _copy_back(dc, dcs, kept.rows0)
     # The GEMMs over all rows, in two shares: half of the input gradient's rows and half of the
     # weight gradients' gate rows each, with BLAS at one thread (run_pair). With both BLAS
     # threads on one call of all rows instead, BLAS's helper thread kept spinning after it, on

@@ -240,7 +240,7 @@ def _use_packed_projection(small, one_thread, rows, w_ih):
 
 
 # A projection on the kernel that covers the whole sequence in one chunk reads W_ih once: it is
-# then packed panel by panel as the product goes (small_gemm_packing, rnnc/_small_gemm.h), each
+# then packed panel by panel as the product goes (small_gemm_packing, rnnc/_blas.pxd), each
 # panel used by every row while in L2, instead of packed whole first, which wrote it out and
 # read it back through memory. Not for a frozen module (`packs`), which keeps W_ih packed whole.
 # Same bits either way. Measured, B8 H1024 T20 float32, ms (median of 15 calls, both ways in one
@@ -364,13 +364,14 @@ ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE
 
 
 def _row_split(mode, B, I, H, proj_size, parallel, small, train, reset_after=True):
-    """Whether a layer (inference, or LSTM training: rnnc/_split_train.py) splits by rows."""
+    """Whether a layer (inference, or LSTM training: rnnc/_split_train.py) splits by rows: its
+    weights small enough for each part to reuse them from cache (_fused_fits of half the batch;
+    a GRU part reads as many bytes a step as the fused product's)."""
     return ((mode == "LSTM" or (mode in ("RNN", "GRU") and not train))
             and (mode != "GRU" or reset_after)
             and not parallel and not proj_size and small and B >= ROW_SPLIT_MIN_BATCH
             and _fused_fits(B // 2, GATES[mode] * H * (I + H + 1))
             and cached_num_threads() >= 2)
-
 
 
 def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out, col0, d,
@@ -389,22 +390,20 @@ def _run_rows(code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh, h, c, out
     # Each part packs its own copy of the weights, both at once, and reads only that one: two
     # threads reading one copy ran ~10% slower here when the host placed the vCPUs far apart.
     # A frozen module keeps both copies (packed by the parts on its first call).
+    # GRU: each part's copies of W_ih's and W_hh's panels (gru_rows_sequence).
+    lstm = c is not None
+    gru = code == _SPLIT_MODES["GRU"]
     keys = [(*name, "rows", p) for p in range(2)]
     kept = [packs.get(key) for key in keys] if packs is not None else [None, None]
     prepared = kept[0] is not None and kept[1] is not None
     if not prepared:
-        kept = [panel_workspace(None if packs is not None else f"rows packed {d} {p}", G, K,
-                                dtype) for p in range(2)]
-    lstm = c is not None
-    gru = code == _SPLIT_MODES["GRU"]
+        def panels(role, p, cols):
+            return panel_workspace(None if packs is not None else f"rows {role} {d} {p}", G,
+                                   cols, dtype)
+        kept = [(panels("packed", p, I), panels("packed hh", p, H)) if gru
+                else panels("packed", p, K) for p in range(2)]
     if gru:
-        # Each part's copies of W_ih's and W_hh's panels; its workspace for the state's product
-        # and its folded biases.
-        if not prepared:
-            kept = [(panel_workspace(None if packs is not None else f"rows packed {d} {p}", G,
-                                     I, dtype),
-                     panel_workspace(None if packs is not None else f"rows packed hh {d} {p}",
-                                     G, H, dtype)) for p in range(2)]
+        # Each part's workspace for the state's product and its folded biases.
         gru_args = dict(packed_hh0=kept[0][1], packed_hh1=kept[1][1],
                         hg0=_workspace(f"rows hg {d}", (rows0, G), dtype),
                         hg1=_workspace(f"rows hg {d} 1", (B - rows0, G), dtype),

@@ -241,7 +241,7 @@ cdef void stream_step(const floating* x,     # (B, I0) this step's input
     # flip: every other step, the products of RNN, LSTM without projection and GRU
     # (reset_after) run in the opposite order with their panels read backwards, as in
     # split_part_step (the step starts on the weights the previous one read last).
-    cdef Py_ssize_t k, r, I
+    cdef Py_ssize_t k, I
     cdef Py_ssize_t G = 4 * H if mode == MODE_LSTM else (3 * H if mode == MODE_GRU else H)
     cdef const StreamLayer* lay
     cdef const floating* inp = x

@@ -290,8 +290,8 @@ class Stream(StreamKernel):
 
 
 def _panels(N, K):
-    """The small-batch kernel's layout of an (N, K) weight (rnnc._stack.pack_panels)."""
-    return _empty((-(-N // 64), K, 64), np.float32)
+    """A new buffer in the small-batch kernel's layout of an (N, K) float32 weight."""
+    return _stack.panel_workspace(None, N, K, np.float32)
 
 
 # Every buffer a step reads or writes starts on a cache line (rnnc._stack.aligned_empty):

@@ -46,6 +46,14 @@ def flat(result):
     return [out, *(state if isinstance(state, tuple) else (state,))]
 
 
+def layer_and_reference(mode, I, H, dtype, kw):
+    """An rnnc layer (seeded by H) and the NumPy reference with its weights."""
+    m = getattr(rnnc, mode)(I, H, dtype=dtype, seed=H, **kw)
+    ref = getattr(reference, mode)(I, H, dtype=dtype, **kw)
+    ref.load_state_dict(m.state_dict())
+    return m, ref
+
+
 def make_lengths(rng, kind, B, T):
     """None ("full"), lengths in [1, T] with one full row ("varied"), or T for the first 4
     rows and 0 for the others ("zeros": the second part's rows never run)."""
@@ -81,9 +89,7 @@ def test_row_split_gives_the_one_thread_bits(force_rows, monkeypatch, I, H, B, T
                                              lengths):
     monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 1 << 62)
     rng = np.random.default_rng(B * 31 + H)
-    m = rnnc.LSTM(I, H, dtype=dtype, seed=H, **kw)
-    ref = reference.LSTM(I, H, dtype=dtype, **kw)
-    ref.load_state_dict(m.state_dict())
+    m, ref = layer_and_reference("LSTM", I, H, dtype, kw)
     shape = (B, T, I) if kw.get("batch_first") else (T, B, I)
     x = rng.standard_normal(shape).astype(dtype)
     ln = make_lengths(rng, lengths, B, T)
@@ -243,9 +249,7 @@ def test_row_split_training(force_rows, monkeypatch, I, H, B, T, kw, dtype, vari
     rng = np.random.default_rng(B * 7 + H)
     D = 2 if kw.get("bidirectional") else 1
     L = kw.get("num_layers", 1)
-    m = rnnc.LSTM(I, H, dtype=dtype, seed=H, **kw)
-    ref = reference.LSTM(I, H, dtype=dtype, **kw)
-    ref.load_state_dict(m.state_dict())
+    m, ref = layer_and_reference("LSTM", I, H, dtype, kw)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     lengths = None
     if variable:
@@ -291,9 +295,7 @@ def test_rnn_row_split(force_rows, monkeypatch, I, H, B, T, kw, dtype, lengths):
     to rounding, the same bits with or without the helper."""
     monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 1 << 62)
     rng = np.random.default_rng(B * 13 + H)
-    m = rnnc.RNN(I, H, dtype=dtype, seed=H, **kw)
-    ref = reference.RNN(I, H, dtype=dtype, **kw)
-    ref.load_state_dict(m.state_dict())
+    m, ref = layer_and_reference("RNN", I, H, dtype, kw)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     ln = make_lengths(rng, lengths, B, T)
     got = flat(m(x, lengths=ln))
@@ -337,9 +339,7 @@ def test_gru_row_split(force_rows, monkeypatch, I, H, B, T, kw, dtype, lengths):
     products in another order); the same bits with or without the helper."""
     monkeypatch.setattr(_stack, "PARALLEL_MIN_WORK", 1 << 62)
     rng = np.random.default_rng(B * 17 + H)
-    m = rnnc.GRU(I, H, dtype=dtype, seed=H, **kw)
-    ref = reference.GRU(I, H, dtype=dtype, **kw)
-    ref.load_state_dict(m.state_dict())
+    m, ref = layer_and_reference("GRU", I, H, dtype, kw)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     ln = make_lengths(rng, lengths, B, T)
     h0 = rng.standard_normal((m.num_layers * m.num_directions, B, H)).astype(dtype)
