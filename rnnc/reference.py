@@ -315,6 +315,7 @@ from rnnc import recurrent as _recurrent  # noqa: E402
 
 from rnnc import reference_backward as _backward  # noqa: E402
 from rnnc._dropout import dropout_mask  # noqa: E402
+from rnnc._validation import describe  # noqa: E402
 
 
 class _TrainCache:
@@ -417,6 +418,9 @@ class Linear(_linear.Linear):
             elif self.activation == "softmax":
                 e = np.exp(y - y.max(axis=-1, keepdims=True))
                 y = e / e.sum(axis=-1, keepdims=True)
+        if self.training:    # what the inherited backward (plain NumPy) reads
+            self._cache = (x.reshape(-1, self.in_features), y.reshape(-1, self.out_features),
+                           x.shape[:-1])
         return y
 
 
@@ -431,30 +435,65 @@ def reverse_padded(x, lengths):
 
 class Bidirectional(_bidirectional.Bidirectional):
     """NumPy reference of rnnc.Bidirectional, written the textbook way: flip every sequence
-    within its length, run the backward layer forward in time, flip its outputs back."""
+    within its length, run the backward layer forward in time, flip its outputs back.
+
+    Its backward mirrors this: the gradient of the backward layer's output is flipped the same
+    way before that layer's backward (which runs on the flipped input), and the gradient of
+    that input is flipped back."""
+
+    def _flip(self, a, n):
+        """reverse_padded for an array in the layers' layout: (T, B, F), (B, T, F) when
+        batch_first, or (T, F) unbatched."""
+        a = np.asarray(a)
+        if a.ndim == 2:
+            return reverse_padded(a[:, None], n)[:, 0]
+        if self.forward_layer.batch_first:
+            return reverse_padded(a.swapaxes(0, 1), n).swapaxes(0, 1)
+        return reverse_padded(a, n)
 
     def __call__(self, x, hx=None, lengths=None):
         hx_f, hx_b = (None, None) if hx is None else hx
         layer = self.forward_layer
         out_f, state_f = layer(x, hx_f, lengths)
-        x_tm = np.asarray(x)
-        unbatched = x_tm.ndim == 2
-        if unbatched:
-            x_tm = x_tm[:, None]
-        elif layer.batch_first:
-            x_tm = x_tm.swapaxes(0, 1)
-        T, B = x_tm.shape[:2]
-        n = np.full(B, T) if lengths is None else np.reshape(np.asarray(lengths), (B,))
-        x_rev = reverse_padded(x_tm, n)
-        if unbatched:
-            x_rev = x_rev[:, 0]
-        elif layer.batch_first:
-            x_rev = x_rev.swapaxes(0, 1)
-        out_b, state_b = self.backward_layer(x_rev, hx_b, lengths)
-        if unbatched:
-            out_b = reverse_padded(out_b[:, None], n)[:, 0]
-        elif layer.batch_first:
-            out_b = reverse_padded(out_b.swapaxes(0, 1), n).swapaxes(0, 1)
+        x = np.asarray(x)
+        if x.ndim == 2:
+            T, B = x.shape[0], 1                                    # unbatched
         else:
-            out_b = reverse_padded(out_b, n)
+            T, B = x.shape[1::-1] if layer.batch_first else x.shape[:2]
+        n = np.full(B, T) if lengths is None else np.reshape(np.asarray(lengths), (B,))
+        out_b, state_b = self.backward_layer(self._flip(x, n), hx_b, lengths)
+        out_b = self._flip(out_b, n)
+        if self.training:
+            self._lengths = n
+            # "mul": each direction's output is a factor of the other's gradient.
+            self._outputs = (out_f, out_b)
         return _bidirectional.merge(out_f, out_b, self.merge_mode), (state_f, state_b)
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Gradients after a training-mode call, as rnnc.Bidirectional.backward:
+        ``(dx, (dhx_fwd, dhx_bwd), grads)``."""
+        if self.forward_layer._cache is None:
+            raise RuntimeError("Bidirectional.backward needs a call in training mode first "
+                               "(call .train(), then the module), and runs once per call")
+        g_f, g_b = self._split_grad(grad_output)     # both in forward time order
+        if grad_h_n is None:
+            gh_f = gh_b = None
+        elif isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
+            gh_f, gh_b = grad_h_n
+        else:
+            raise TypeError("grad_h_n for Bidirectional must be None or a pair "
+                            f"(forward, backward), got {describe(grad_h_n)}")
+        # Check both halves before running either, so a rejected call changes nothing.
+        checked_f = self.forward_layer._check_backward(g_f, gh_f)
+        g_b, gh_b, gc_b = self.backward_layer._check_backward(g_b, gh_b)   # g_b: (T, B, P)
+        n = self._lengths
+        dx_f, dhx_f, grads_f = self.forward_layer._run_backward(checked_f)
+        # The backward layer's output at step t of the flipped sequence is out_b at step
+        # n - 1 - t: flip its gradient the same way. Its final state is not flipped.
+        dx_b, dhx_b, grads_b = self.backward_layer._run_backward(
+            (reverse_padded(g_b, n), gh_b, gc_b))
+        # dx_b is the gradient of the flipped input: flip it back.
+        dx = dx_f + self._flip(dx_b, n)
+        grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}
+        grads.update({f"backward_layer.{k}": v for k, v in grads_b.items()})
+        return dx, (dhx_f, dhx_b), grads
