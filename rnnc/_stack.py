@@ -475,10 +475,13 @@ _SPLIT_LOCK = threading.Lock()    # the split's helper thread serves one layer c
 # one-thread call takes longer), so that a loop of calls never split (1.6 ms a call). Layers
 # split by rows (_run_rows) do not wait: their caller takes the helper's half if it has not
 # started; the split by units would need the caller to run both parts in lockstep until then.
-def _split_begin():
+def _split_begin(wait=False):
     """True (holding _SPLIT_LOCK) if this call may use the helper thread of
-    rnnc/_parallel_forward.pyx now: it is running and no other thread's call is using it."""
-    if not _SPLIT_LOCK.acquire(blocking=False):
+    rnnc/_parallel_forward.pyx now: it is running and no other thread's call is using it.
+    wait: wait for another call to finish with it instead of answering False. The split by
+    units waits, since its one-thread fallback rounds differently: a call's bits must not
+    depend on what other threads are doing."""
+    if not _SPLIT_LOCK.acquire(blocking=wait):
         return False
     if _K.split_helper_ready():
         return True
@@ -851,7 +854,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                     if helper:
                         _SPLIT_LOCK.release()
                 return
-            if split and _split_begin():
+            if split and _split_begin(wait=True):
                 try:
                     _run_split(mode, code, layer_in, layout, reverse, w_ih, w_hh, b_ih, b_hh,
                                h_state[s], c_state[s] if mode == "LSTM" else None, out, d * P,

@@ -4,7 +4,10 @@ threads of its own that run the second half of a layer while BLAS is held at one
 (rnnc._stack): a Python one (run_pair) for the reverse direction of a bidirectional layer and
 for split training, a compiled one (rnnc/_parallel_forward.pyx) for split inference, and one per
 split stream (rnnc/_stream_kernel.pyx). With set_num_threads(1) no helper is used."""
+import contextlib
 import os
+import threading
+
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from rnnc._validation import check_size
@@ -17,8 +20,9 @@ def set_num_threads(n):
     """Use ``n`` threads for everything rnnc runs (every loaded BLAS library)."""
     n = check_size(n, "n")
     import scipy.linalg  # noqa: F401 - make sure the BLAS rnnc calls is loaded, so it is limited
-    threadpool_limits(limits=n, user_api="blas")
-    _known[:] = [n]
+    with _hold_lock:
+        _set_blas_threads(n)
+        _known[:] = [n]
 
 
 def blas_libraries():
@@ -31,7 +35,13 @@ def blas_libraries():
 
 
 def get_num_threads():
-    """Threads rnnc uses: those of the BLAS that scipy.linalg.cython_blas calls."""
+    """Threads rnnc uses: those of the BLAS that scipy.linalg.cython_blas calls (the setting
+    outside any call that holds BLAS at one thread while it runs)."""
+    with _hold_lock:
+        if _hold["count"]:
+            if _hold["wanted"] is not None:
+                return _hold["wanted"]
+            return _hold["limiter"].get_original_num_threads().get("blas") or 1
     libs = blas_libraries()
     return int(libs[0]["num_threads"]) if libs else 1
 
@@ -45,24 +55,79 @@ def cached_num_threads():
     return _known[0]
 
 
+# BLAS's thread count is one setting for the whole process. Calls that run two of rnnc's own
+# threads hold it at one while they run; concurrent calls share one hold, counted, so that the
+# last one out restores what the first one found (nested per-call limits, undone out of order,
+# would leave the process at one thread). set_num_threads during a hold takes effect when the
+# hold ends.
+_hold_lock = threading.Lock()
+_hold = {"count": 0, "limiter": None, "wanted": None}
+
+
+def _reset_after_fork():
+    # A child forked during a hold has no thread that will end it.
+    global _hold_lock
+    _hold_lock = threading.Lock()
+    limiter, wanted = _hold["limiter"], _hold["wanted"]
+    _hold.update(count=0, limiter=None, wanted=None)
+    if wanted is not None:
+        threadpool_limits(limits=wanted, user_api="blas")
+    elif limiter is not None:
+        limiter.restore_original_limits()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _set_blas_threads(n):
+    """Apply n now, or when the current hold ends. Caller holds _hold_lock."""
+    if _hold["count"]:
+        _hold["wanted"] = n
+    else:
+        threadpool_limits(limits=n, user_api="blas")
+
+
+@contextlib.contextmanager
+def blas_one_thread():
+    """A context in which BLAS runs on one thread (for kernels that run on two threads of
+    rnnc's own, each calling BLAS). Safe to enter from several threads at once: the process's
+    setting is restored when the last of them leaves."""
+    with _hold_lock:
+        if _hold["count"] == 0:
+            _hold["limiter"] = _controller().limit(limits=1, user_api="blas")
+        _hold["count"] += 1
+    try:
+        yield
+    finally:
+        with _hold_lock:
+            _hold["count"] -= 1
+            if _hold["count"] == 0:
+                limiter, wanted = _hold["limiter"], _hold["wanted"]
+                _hold.update(limiter=None, wanted=None)
+                if wanted is not None:
+                    threadpool_limits(limits=wanted, user_api="blas")
+                else:
+                    limiter.restore_original_limits()
+
+
 # [executor, threadpoolctl controller, pid]: one helper thread per process. A forked child
 # inherits the executor object but not its thread, so it makes its own.
 _HELPER = []
+_helper_lock = threading.Lock()
 
 
 def _helper():
-    if not _HELPER or _HELPER[2] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor
-        from threadpoolctl import ThreadpoolController
-        _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
-                      ThreadpoolController(), os.getpid()]
-    return _HELPER
+    with _helper_lock:
+        if not _HELPER or _HELPER[2] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+            from threadpoolctl import ThreadpoolController
+            _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
+                          ThreadpoolController(), os.getpid()]
+        return _HELPER
 
 
-def blas_one_thread():
-    """A context in which BLAS runs on one thread (for kernels that run on two threads of
-    rnnc's own, each calling BLAS)."""
-    return _helper()[1].limit(limits=1, user_api="blas")
+def _controller():
+    return _helper()[1]
 
 
 def run_pair(first, second):
@@ -70,8 +135,8 @@ def run_pair(first, second):
     BLAS held at one thread each; returns when both are done. Both must release the GIL.
     second is submitted before first starts, so a kernel pair that waits for each other at a
     barrier never finds its partner missing."""
-    helper, controller, _ = _helper()
-    with controller.limit(limits=1, user_api="blas"):
+    helper = _helper()[0]
+    with blas_one_thread():
         other = helper.submit(second)
         try:
             first()
