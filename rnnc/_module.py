@@ -1,8 +1,11 @@
 """Parameter handling shared by every rnnc module: PyTorch names and shapes, PyTorch's
 initialisation, state_dict / load_state_dict."""
+import copy
+import math
+
 import numpy as np
 
-from rnnc._validation import check_dtype
+from rnnc._validation import check_bool, check_dtype, check_memory, check_seed
 
 
 def _to_numpy(value):
@@ -10,6 +13,10 @@ def _to_numpy(value):
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+# Bytes a parameter array costs besides its data: the ndarray object, its name and dict entry.
+_ARRAY_OVERHEAD = 400
 
 
 class Module:
@@ -24,7 +31,7 @@ class Module:
     def __init__(self, dtype, seed):
         object.__setattr__(self, "_params", {})
         self.dtype = check_dtype(dtype)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self._rng = np.random.default_rng(seed)
         self.training = False
         self.grads = {}
@@ -36,10 +43,19 @@ class Module:
         """Draw every parameter from U(-bound, bound), in order, as PyTorch does.
 
         Values are drawn in float64 then rounded, so one seed gives the same model in both dtypes.
+        What cannot fit in memory is refused before anything is drawn.
         """
+        self._check_parameter_memory(sum(math.prod(shape) for shape in shapes.values()),
+                                     len(shapes))
         for name, shape in shapes.items():
             self._params[name] = np.ascontiguousarray(
                 self._rng.uniform(-bound, bound, size=shape).astype(self.dtype))
+
+    def _check_parameter_memory(self, n, arrays):
+        """Refuse a module of n parameters in `arrays` arrays that cannot fit in memory, before
+        anything is allocated (a subclass with many layers calls this before listing them)."""
+        check_memory(n * self.dtype.itemsize + arrays * _ARRAY_OVERHEAD,
+                     f"{type(self).__name__} with {n} parameters in {arrays} arrays")
 
     def __getattr__(self, name):
         params = self.__dict__.get("_params")
@@ -134,6 +150,12 @@ class Module:
 
     # Copies and pickles of a frozen module are frozen too (NumPy makes the copied arrays
     # writeable again), and pack their own weights rather than carry the cache.
+    def __copy__(self):
+        """copy.copy(m) is a deep copy: a module owns its parameters, so a shallow copy that
+        shared them would let one module's load_state_dict, unfreeze or in-place edit change
+        the other's weights behind its packed cache."""
+        return copy.deepcopy(self)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         if state.get("_packs") is not None:
@@ -148,7 +170,7 @@ class Module:
     # -- training -----------------------------------------------------------------------------
     def train(self, mode=True):
         """Training mode: the forward pass keeps what backward() needs and applies dropout."""
-        self.training = bool(mode)
+        self.training = check_bool(mode, "mode")
         if not self.training:
             self._cache = None
         return self

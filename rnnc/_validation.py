@@ -3,6 +3,7 @@
 Every error names the argument, what was expected and what was received.
 """
 import numbers
+import os
 
 import numpy as np
 
@@ -35,6 +36,72 @@ def check_size(value, name, minimum=1):
     if value > BLAS_INT_MAX:
         raise ValueError(f"{name} must be <= {BLAS_INT_MAX} (BLAS int), got {value}")
     return value
+
+
+def check_bool(value, name):
+    """A flag: True or False (also NumPy's bools and the integers 0 and 1). Anything else is
+    refused rather than read by truthiness: bias="no" would otherwise mean True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} "
+                    f"{value!r}")
+
+
+def check_seed(seed, name="seed"):
+    """A seed for np.random.default_rng: None, an integer >= 0, or a NumPy SeedSequence,
+    BitGenerator or Generator."""
+    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator,
+                                         np.random.Generator)):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None, an integer >= 0 or a numpy.random Generator, "
+                        f"SeedSequence or BitGenerator, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return int(seed)
+
+
+def memory_limit():
+    """Bytes of memory this process may still take: the kernel's estimate of what is available
+    for new allocations without swapping (MemAvailable), else the machine's physical memory;
+    None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes, what):
+    """Refuse up front (ValueError) what needs more memory than the machine can give, instead
+    of allocating for a long time before a MemoryError (or the kernel's OOM killer)."""
+    limit = memory_limit()
+    if limit is not None and nbytes > limit:
+        raise ValueError(f"{what} needs {_human(nbytes)} of memory; {_human(limit)} is "
+                         "available")
+
+
+def _human(nbytes):
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1000 or unit == "PB":
+            return f"{nbytes:.1f} {unit}" if unit != "bytes" else f"{int(nbytes)} bytes"
+        nbytes /= 1000
+
+
+def describe(value):
+    """What a value is, for an error message: its type, and a sequence's length ("a tuple of
+    3 items"), since "expected a pair, got tuple" does not say what was wrong."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return type(value).__name__
 
 
 def check_blas_size(value, what):

@@ -4,7 +4,7 @@ import copy
 import numpy as np
 
 from rnnc.recurrent import _RNNBase
-from rnnc._validation import as_real_array, check_choice, check_shape
+from rnnc._validation import as_real_array, check_choice, check_bool, check_shape, describe
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -74,6 +74,10 @@ class Bidirectional:
                              f"{layer!r}, got {backward_layer!r}")
         self.backward_layer = backward_layer
 
+    def __copy__(self):
+        """A deep copy: the layers own their parameters (see rnnc._module.Module.__copy__)."""
+        return copy.deepcopy(self)
+
     def __repr__(self):
         return f"Bidirectional({self.forward_layer!r}, merge_mode={self.merge_mode!r})"
 
@@ -84,7 +88,7 @@ class Bidirectional:
             hx_f, hx_b = hx
         else:
             raise TypeError("hx for Bidirectional must be None or a pair (hx_forward, "
-                            f"hx_backward), got {type(hx).__name__}")
+                            f"hx_backward), got {describe(hx)}")
         out_f, state_f = self.forward_layer._forward(x, hx_f, lengths, reverse_all=False)
         out_b, state_b = self.backward_layer._forward(x, hx_b, lengths, reverse_all=True)
         if self.training:
@@ -98,6 +102,7 @@ class Bidirectional:
         return self.forward_layer.training
 
     def train(self, mode=True):
+        mode = check_bool(mode, "mode")
         self.forward_layer.train(mode)
         self.backward_layer.train(mode)
         return self
@@ -155,7 +160,7 @@ class Bidirectional:
             gh_f, gh_b = grad_h_n
         else:
             raise TypeError("grad_h_n for Bidirectional must be None or a pair "
-                            f"(forward, backward), got {type(grad_h_n).__name__}")
+                            f"(forward, backward), got {describe(grad_h_n)}")
         # Check both halves before running either, so a rejected call changes nothing.
         checked_f = self.forward_layer._check_backward(g_f, gh_f)
         checked_b = self.backward_layer._check_backward(g_b, gh_b)
@@ -172,7 +177,7 @@ class Bidirectional:
         if self.merge_mode is None:
             if not isinstance(grad_output, (tuple, list)) or len(grad_output) != 2:
                 raise TypeError("grad_output for merge_mode=None must be a pair (forward, "
-                                f"backward), got {type(grad_output).__name__}")
+                                f"backward), got {describe(grad_output)}")
             return grad_output
         g = as_real_array(grad_output, "grad_output", layer.dtype)
         if self.merge_mode == "concat":

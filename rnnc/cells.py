@@ -7,7 +7,8 @@ import numpy as np
 
 from rnnc import _stack
 from rnnc._module import Module
-from rnnc._validation import as_real_array, check_choice, check_shape, check_size
+from rnnc._validation import (as_real_array, check_bool, check_choice, check_shape,
+                              check_size, describe)
 
 
 class _CellBase(Module):
@@ -22,9 +23,9 @@ class _CellBase(Module):
         super().__init__(dtype, seed)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
-        self.bias = bool(bias)
+        self.bias = check_bool(bias, "bias")
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
-        self.reset_after = bool(reset_after)
+        self.reset_after = check_bool(reset_after, "reset_after")
         G, H = _stack.GATES[self.mode], self.hidden_size
         check_size(G * H, f"{G} * hidden_size")
         shapes = {"weight_ih": (G * H, self.input_size), "weight_hh": (G * H, H)}
@@ -62,7 +63,7 @@ class _CellBase(Module):
             else:
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                     raise TypeError(f"hx for LSTMCell must be a tuple (h, c), got "
-                                    f"{type(hx).__name__}")
+                                    f"{describe(hx)}")
                 h = as_real_array(hx[0], "h", self.dtype)
                 c = as_real_array(hx[1], "c", self.dtype)
                 check_shape(h, "h", expected)
@@ -118,7 +119,8 @@ class _CellBase(Module):
         shape = (self.hidden_size,) if unbatched else (cache.B, self.hidden_size)
         if self.mode == "LSTM" and isinstance(grad_output, (tuple, list)):
             if len(grad_output) != 2:
-                raise TypeError("grad_output for LSTMCell must be dh' or a pair (dh', dc')")
+                raise TypeError("grad_output for LSTMCell must be dh' or a pair (dh', dc'), got "
+                                f"{describe(grad_output)}")
             dh, dc = grad_output
         else:
             dh, dc = grad_output, None

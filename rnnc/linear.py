@@ -2,7 +2,7 @@
 import numpy as np
 
 from rnnc._module import Module
-from rnnc._validation import as_real_array, check_choice, check_size
+from rnnc._validation import as_real_array, check_bool, check_choice, check_size
 
 
 # Activation names and the codes of rnnc/_linear_kernel.pyx (a test checks they agree; the
@@ -41,7 +41,7 @@ class Linear(Module):
         self.out_features = check_size(out_features, "out_features")
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         shapes = {"weight": (self.out_features, self.in_features)}
-        if bias:
+        if check_bool(bias, "bias"):
             shapes["bias"] = (self.out_features,)
         else:
             self.bias = None      # as torch.nn.Linear(bias=False).bias

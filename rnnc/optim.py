@@ -32,6 +32,8 @@ import numbers
 
 import numpy as np
 
+from rnnc._validation import check_bool
+
 __all__ = ["SGD", "Adam", "clip_grad_norm"]
 
 
@@ -157,7 +159,7 @@ class SGD(_Optimizer):
         self.momentum = _check_real(momentum, "momentum")
         self.weight_decay = _check_real(weight_decay, "weight_decay")
         self.dampening = _check_real(dampening, "dampening")
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool(nesterov, "nesterov")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"nesterov=True needs momentum > 0 and dampening == 0, got "
                              f"momentum={momentum!r}, dampening={dampening!r}")
@@ -215,8 +217,8 @@ class Adam(_Optimizer):
                       _check_real(betas[1], "betas[1]", 0.0, 1.0))
         self.eps = _check_real(eps, "eps")
         self.weight_decay = _check_real(weight_decay, "weight_decay")
-        self.amsgrad = bool(amsgrad)
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self.amsgrad = check_bool(amsgrad, "amsgrad")
+        self.decoupled_weight_decay = check_bool(decoupled_weight_decay, "decoupled_weight_decay")
 
     def step(self):
         """Update every parameter that has a gradient, in place."""

@@ -9,8 +9,8 @@ import numpy as np
 
 from rnnc import _stack
 from rnnc._module import Module
-from rnnc._validation import (as_real_array, check_choice, check_lengths, check_shape,
-                              check_size)
+from rnnc._validation import (as_real_array, check_bool, check_choice, check_lengths,
+                              check_memory, check_shape, check_size, describe)
 
 
 class _RNNBase(Module):
@@ -37,14 +37,20 @@ class _RNNBase(Module):
                 or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
+        self.bias = check_bool(bias, "bias")
+        self.batch_first = check_bool(batch_first, "batch_first")
+        self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
-        self.reset_after = bool(reset_after)
+        self.reset_after = check_bool(reset_after, "reset_after")
         G = _stack.GATES[self.mode]
         check_size(G * self.hidden_size, f"{G} * hidden_size")
         H, P, D = self.hidden_size, self.proj_size or self.hidden_size, self.num_directions
+        L = self.num_layers
+        per_input = G * H       # parameters per input feature of a layer, and the rest:
+        rest = G * H * P + 2 * G * H * self.bias + P * H * bool(self.proj_size)
+        self._check_parameter_memory(
+            D * (per_input * (self.input_size + (L - 1) * D * P) + L * rest),
+            D * L * (2 + 2 * self.bias + bool(self.proj_size)))
         shapes = {}
         for k in range(self.num_layers):
             layer_in = self.input_size if k == 0 else D * P
@@ -94,6 +100,9 @@ class _RNNBase(Module):
         return self._forward(x, hx, lengths, reverse_all=False)
 
     def _forward(self, x, hx, lengths, reverse_all):
+        if isinstance(x, np.ndarray) and x.ndim == 3:   # before a conversion copies it
+            self._check_call_memory(*((x.shape[1], x.shape[0]) if self.batch_first
+                                      else x.shape[:2]))
         x = as_real_array(x, "input", self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 2-D (T, {self.input_size}) unbatched or 3-D "
@@ -133,6 +142,19 @@ class _RNNBase(Module):
             self._cache = (cache, unbatched, out.shape, h_n.shape,
                            None if c_n is None else c_n.shape)
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+
+    def _check_call_memory(self, T, B):
+        """Refuse a call whose arrays cannot fit in memory, before any is allocated: the
+        outputs of two consecutive layers, and in training what each layer keeps for backward
+        (its input, gate activations, previous states)."""
+        G, H, P, D = _stack.GATES[self.mode], self.hidden_size, self._out_size, \
+            self.num_directions
+        per_row = 2 * D * P
+        if self.training:
+            per_row += self.num_layers * D * (G * H + 2 * H + 2 * P) + self.input_size
+        check_memory(T * B * per_row * self.dtype.itemsize,
+                     f"{type(self).__name__}({self.input_size}, {H}) on {T} steps of "
+                     f"{B} sequences")
 
     def stream(self, batch_size=1):
         """A stepper for streaming inference: one time step per call, the state carried.
@@ -186,7 +208,7 @@ class _RNNBase(Module):
                 grad_h_n = (None, None)
             if not isinstance(grad_h_n, (tuple, list)) or len(grad_h_n) != 2:
                 raise TypeError("grad_h_n for LSTM must be None or a pair (dh_n, dc_n), got "
-                                f"{type(grad_h_n).__name__}")
+                                f"{describe(grad_h_n)}")
             dh_n, dc_n = grad_h_n
         else:
             dh_n, dc_n = grad_h_n, None
@@ -227,8 +249,7 @@ class _RNNBase(Module):
             return h0, c0
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got "
-                                f"{type(hx).__name__}")
+                raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {describe(hx)}")
             h0 = as_real_array(hx[0], "h_0", self.dtype)
             c0 = as_real_array(hx[1], "c_0", self.dtype)
             check_shape(h0, "h_0", lead + (P,))

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 
+from rnnc._validation import check_bool
 from rnnc.bidirectional import Bidirectional
 from rnnc.cells import _CellBase
 from rnnc.recurrent import _RNNBase
@@ -105,6 +106,10 @@ class Sequential:
     def __iter__(self):
         return iter(self._layers)
 
+    def __copy__(self):
+        """A deep copy: the layers own their parameters (see rnnc._module.Module.__copy__)."""
+        return copy.deepcopy(self)
+
     def __repr__(self):
         if not self._layers:
             return "Sequential()"
@@ -166,9 +171,10 @@ class Sequential:
     # -- modes and gradients ----------------------------------------------------------------
     def train(self, mode=True):
         """Put every layer (and the Sequential) in training mode, or inference mode."""
+        mode = check_bool(mode, "mode")
         for i, layer in enumerate(self._layers):
             _method(layer, i, "train", "for Sequential.train")(mode)
-        self.training = bool(mode)
+        self.training = mode
         if not self.training:
             self._out_shape = None
         return self

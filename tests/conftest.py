@@ -69,8 +69,10 @@ def assert_same_result(a, b):
 
 @pytest.fixture
 def rng(request):
-    """A generator seeded from the test's id: reproducible, and different for each test."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+    """A generator seeded from the test's module and name (with its parameters): reproducible,
+    different for each test, and the same from whatever folder the tests are run."""
+    name = f"{request.node.module.__name__}::{request.node.name}"
+    return np.random.default_rng(zlib.crc32(name.encode()))
 
 
 def make_pair(name, *args, seed=0, **kwargs):

@@ -144,6 +144,77 @@ def test_dropout_numpy_scalars_are_accepted(cls, good):
     assert m.dropout == float(good)
 
 
+FLAGS = [
+    pytest.param(lambda v: rnnc.LSTM(3, 4, bias=v), "bias", id="LSTM-bias"),
+    pytest.param(lambda v: rnnc.GRU(3, 4, batch_first=v), "batch_first", id="GRU-batch_first"),
+    pytest.param(lambda v: rnnc.RNN(3, 4, bidirectional=v), "bidirectional",
+                 id="RNN-bidirectional"),
+    pytest.param(lambda v: rnnc.GRU(3, 4, reset_after=v), "reset_after", id="GRU-reset_after"),
+    pytest.param(lambda v: rnnc.GRUCell(3, 4, bias=v), "bias", id="GRUCell-bias"),
+    pytest.param(lambda v: rnnc.GRUCell(3, 4, reset_after=v), "reset_after",
+                 id="GRUCell-reset_after"),
+    pytest.param(lambda v: rnnc.Linear(3, 4, bias=v), "bias", id="Linear-bias"),
+    pytest.param(lambda v: rnnc.LSTM(3, 4).train(v), "mode", id="train-mode"),
+    pytest.param(lambda v: rnnc.optim.Adam(rnnc.Linear(3, 4), amsgrad=v), "amsgrad",
+                 id="Adam-amsgrad"),
+]
+
+
+@pytest.mark.parametrize("make, name", FLAGS)
+@pytest.mark.parametrize("bad", ["no", "False", 2, -1, 0.5, None, [True]])
+def test_flag_that_is_not_a_bool_is_refused(make, name, bad):
+    """bias="no" once meant True; PyTorch refuses it."""
+    with pytest.raises(TypeError, match=rf"{name} must be a bool \(True or False\), got "
+                                        rf"{type(bad).__name__} {re.escape(repr(bad))}"):
+        make(bad)
+
+
+@pytest.mark.parametrize("make, name", FLAGS)
+@pytest.mark.parametrize("good", [True, False, np.bool_(True), 0, 1])
+def test_flag_as_bool_or_zero_or_one_is_accepted(make, name, good):
+    make(good)
+
+
+@pytest.mark.parametrize("bad, error", [("abc", TypeError), (1.5, TypeError), (True, TypeError),
+                                        ([1, 2], TypeError), (-1, ValueError)])
+@pytest.mark.parametrize("make", [lambda s: rnnc.GRU(3, 4, seed=s),
+                                  lambda s: rnnc.LSTMCell(3, 4, seed=s),
+                                  lambda s: rnnc.Linear(3, 4, seed=s)],
+                         ids=["GRU", "LSTMCell", "Linear"])
+def test_bad_seed_is_refused_naming_seed(make, bad, error):
+    with pytest.raises(error, match=r"^seed must be"):
+        make(bad)
+
+
+@pytest.mark.parametrize("good", [None, 0, np.int64(7), 2**70, np.random.SeedSequence(1),
+                                  np.random.PCG64(1)],
+                         ids=["None", "0", "np.int64", "big", "SeedSequence", "BitGenerator"])
+def test_seed_kinds_numpy_accepts_are_accepted(good):
+    assert rnnc.GRU(3, 4, seed=good).state_dict()["weight_ih_l0"].shape == (12, 3)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_layers=10**7), dict(num_layers=10**8),
+                                    dict(num_layers=1000, hidden_size=2**15)],
+                         ids=["1e7-layers-H64", "1e8-layers-H64", "H32768-1000-layers"])
+def test_module_larger_than_memory_is_refused_at_once(kwargs):
+    """num_layers=10**7 once passed validation and allocated for 26 s until a MemoryError."""
+    import time
+    kwargs.setdefault("hidden_size", 64)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"LSTM with \d+ parameters in \d+ arrays needs "
+                                         r"[\d.]+ [KMGTP]B of memory; [\d.]+ [KMGTP]B is available"):
+        rnnc.LSTM(3, **kwargs)
+    assert time.perf_counter() - start < 5      # refused before anything is allocated
+
+
+def test_call_larger_than_memory_is_refused_naming_the_call():
+    m = rnnc.LSTM(1, 256, num_layers=2).train()
+    x = np.broadcast_to(np.float32(0), (1_000_000, 100_000, 1))   # 400 GB as input, 0 here
+    with pytest.raises(ValueError, match=r"LSTM\(1, 256\) on 1000000 steps of 100000 sequences "
+                                         r"needs [\d.]+ [KMGTP]B of memory"):
+        m(x)
+
+
 @pytest.mark.parametrize("make", [lambda nl: rnnc.RNN(3, 4, nonlinearity=nl),
                                   lambda nl: rnnc.RNN(3, 4, 1, nl),
                                   lambda nl: rnnc.RNNCell(3, 4, nonlinearity=nl),
@@ -416,8 +487,12 @@ def test_initial_state_non_real_dtype(cls):
 def test_lstm_hx_not_a_pair(hx):
     m = _layer(rnnc.LSTM)
     h = np.zeros((1, 2, 4), dtype=np.float32)
-    with pytest.raises(TypeError, match=r"hx for LSTM must be a tuple \(h_0, c_0\)"):
-        m(np.zeros((5, 2, 3), dtype=np.float32), hx(h))
+    bad = hx(h)
+    got = (f"a {type(bad).__name__} of {len(bad)} items" if isinstance(bad, tuple)
+           else type(bad).__name__)
+    with pytest.raises(TypeError, match=rf"hx for LSTM must be a tuple \(h_0, c_0\), got "
+                                        rf"{got}$"):
+        m(np.zeros((5, 2, 3), dtype=np.float32), bad)
 
 
 def test_lstm_hx_as_list_pair_is_accepted():
