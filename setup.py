@@ -30,14 +30,14 @@ DIRECTIVES = {
 COMPILE_ARGS = (["-O3"] if not DEBUG else ["-O0", "-g"]) + ["-fno-trapping-math"]
 
 MODULES = [
-    "rnnc._blas",
-    "rnnc._rnn_kernel",
-    "rnnc._gru_kernel",
-    "rnnc._lstm_kernel",
-    "rnnc._linear_kernel",
-    "rnnc._parallel_forward",
-    "rnnc._parallel_train",
-    "rnnc._stream_kernel",
+    "rnnc._kernels._blas",
+    "rnnc._kernels._rnn_kernel",
+    "rnnc._kernels._gru_kernel",
+    "rnnc._kernels._lstm_kernel",
+    "rnnc._kernels._linear_kernel",
+    "rnnc._kernels._parallel_forward",
+    "rnnc._kernels._parallel_train",
+    "rnnc._kernels._stream_kernel",
 ]
 ONLY = [m for m in os.environ.get("RNNC_ONLY", "").split(",") if m]
 if ONLY:
@@ -47,7 +47,7 @@ extensions = [
     Extension(
         name,
         [name.replace(".", "/") + ".pyx"],
-        include_dirs=[np.get_include(), "rnnc"],
+        include_dirs=[np.get_include(), "rnnc/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )

@@ -9,7 +9,7 @@ import importlib.util as _util
 import os as _os
 
 # The kernels load on first use (they import scipy.linalg); check now that they are there.
-if _util.find_spec("rnnc._blas") is None:  # pragma: no cover - depends on how rnnc is run
+if _util.find_spec("rnnc._kernels._blas") is None:  # pragma: no cover - depends on how rnnc is run
     raise ImportError(
         f"rnnc's compiled kernels are not built in {_os.path.dirname(__file__)}. Running from "
         "rnnc's source folder makes Python import the sources instead of the installed package: "
@@ -20,7 +20,7 @@ from rnnc.bidirectional import Bidirectional
 from rnnc.cells import GRUCell, LSTMCell, RNNCell
 from rnnc.linear import Linear
 from rnnc.recurrent import GRU, LSTM, RNN
-from rnnc._threads import get_num_threads, set_num_threads
+from rnnc._engine.threads import get_num_threads, set_num_threads
 from rnnc import losses, optim
 from rnnc.optim import clip_grad_norm
 from rnnc.sequential import Sequential

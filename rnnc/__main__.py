@@ -11,7 +11,7 @@ import numpy as np
 
 import rnnc
 from rnnc import reference
-from rnnc._threads import blas_libraries
+from rnnc._engine.threads import blas_libraries
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 

@@ -1,11 +1,12 @@
 """Single-step cells with the API of torch.nn.RNNCell / GRUCell / LSTMCell.
 
-A cell step is the layer kernel run for one time step (rnnc._stack.run_stack with T = 1), so
+A cell step is the layer kernel run for one time step (rnnc._engine.stack.run_stack with T = 1), so
 cells and layers share one compiled code path.
 """
 import numpy as np
 
-from rnnc import _stack
+from rnnc._engine import stack as _stack
+from rnnc._engine.plan import GATES
 from rnnc._module import Module
 from rnnc._validation import (as_real_array, check_bool, check_choice, check_shape,
                               check_size, describe)
@@ -26,7 +27,7 @@ class _CellBase(Module):
         self.bias = check_bool(bias, "bias")
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
         self.reset_after = check_bool(reset_after, "reset_after")
-        G, H = _stack.GATES[self.mode], self.hidden_size
+        G, H = GATES[self.mode], self.hidden_size
         check_size(G * H, f"{G} * hidden_size")
         shapes = {"weight_ih": (G * H, self.input_size), "weight_hh": (G * H, H)}
         if self.bias:

@@ -5,8 +5,8 @@ from rnnc._module import Module
 from rnnc._validation import as_real_array, check_bool, check_choice, check_size
 
 
-# Activation names and the codes of rnnc/_linear_kernel.pyx (a test checks they agree; the
-# kernel module is imported on first use, see rnnc/_stack.py).
+# Activation names and the codes of rnnc/_kernels/_linear_kernel.pyx (a test checks they agree; the
+# kernel module is imported on first use, see rnnc/_engine/kernels.py).
 ACTIVATIONS = {None: 0, "tanh": 1, "relu": 2, "sigmoid": 3, "softmax": 4}
 
 
@@ -61,7 +61,7 @@ class Linear(Module):
         x2 = x.reshape(-1, self.in_features)
         y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
         b = self._params.get("bias", np.empty(0, dtype=self.dtype))
-        from rnnc._linear_kernel import linear_forward
+        from rnnc._kernels._linear_kernel import linear_forward
         linear_forward(x2, self._params["weight"], b, y, ACTIVATIONS[self.activation])
         if self.training:
             self._cache = (x2, y, lead)

@@ -7,7 +7,8 @@ import numbers
 
 import numpy as np
 
-from rnnc import _stack
+from rnnc._engine import stack as _stack
+from rnnc._engine.plan import GATES
 from rnnc._module import Module
 from rnnc._validation import (as_real_array, check_bool, check_choice, check_lengths,
                               check_memory, check_shape, check_size, describe)
@@ -42,7 +43,7 @@ class _RNNBase(Module):
         self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
         self.reset_after = check_bool(reset_after, "reset_after")
-        G = _stack.GATES[self.mode]
+        G = GATES[self.mode]
         check_size(G * self.hidden_size, f"{G} * hidden_size")
         H, P, D = self.hidden_size, self.proj_size or self.hidden_size, self.num_directions
         L = self.num_layers
@@ -147,7 +148,7 @@ class _RNNBase(Module):
         """Refuse a call whose arrays cannot fit in memory, before any is allocated: the
         outputs of two consecutive layers, and in training what each layer keeps for backward
         (its input, gate activations, previous states)."""
-        G, H, P, D = _stack.GATES[self.mode], self.hidden_size, self._out_size, \
+        G, H, P, D = GATES[self.mode], self.hidden_size, self._out_size, \
             self.num_directions
         per_row = 2 * D * P
         if self.training:

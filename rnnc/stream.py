@@ -3,44 +3,14 @@
 ``layer.stream(batch_size)`` (rnnc.RNN / GRU / LSTM) returns a ``Stream``. This module checks
 the arguments, allocates every buffer (weight copies, packed weights, folded biases, states,
 workspace) and fills them; the step itself is the compiled ``StreamKernel.step``
-(rnnc/_stream_kernel.pyx), inherited as it is so that a step costs no Python frame.
+(rnnc/_kernels/_stream_kernel.pyx), inherited as it is so that a step costs no Python frame.
 """
 import numpy as np
 
-from rnnc import _stack
-from rnnc._stream_kernel import StreamKernel
+from rnnc._engine.plan import GATES, make_stream_plan
+from rnnc._engine.workspace import aligned_empty, panel_workspace
+from rnnc._kernels._stream_kernel import StreamKernel
 from rnnc._validation import as_real_array, check_shape, check_size
-
-# Batches whose products use the packed small-batch kernel (float32, AVX-512): the limit the
-# sequence kernels use at one thread (rnnc._stack), without their minimum sequence length since
-# a stream packs its weights once, not per call.
-SMALL_GEMM_MAX_BATCH = _stack.SMALL_GEMM_MAX_BATCH[1]
-_SMALL_GEMM = []
-
-
-def _use_small_gemm(dtype, batch):
-    if dtype != np.float32 or not 1 <= batch <= SMALL_GEMM_MAX_BATCH:
-        return False
-    if not _SMALL_GEMM:
-        from rnnc._blas import has_small_gemm
-        _SMALL_GEMM.append(has_small_gemm())
-    return _SMALL_GEMM[0]
-
-
-# A step's hidden units are split between the calling thread and a helper thread of the
-# stream's own (rnnc/_worker.h) when rnnc may use 2+ threads and a step reads enough weights
-# for two cores' caches and bandwidth to matter: LSTM B1 H128 (256 K multiply-adds a step).
-SPLIT_MIN_WORK = 1 << 17
-
-
-def _split_units(module, B):
-    from rnnc._threads import cached_num_threads
-    H = module.hidden_size
-    G = _stack.GATES[module.mode] * H
-    return (B >= 1 and H >= 32 and not module.proj_size
-            and (module.mode != "GRU" or module.reset_after)
-            and B * G * (module.input_size + H) >= SPLIT_MIN_WORK
-            and cached_num_threads() >= 2)
 
 
 class Stream(StreamKernel):
@@ -108,7 +78,7 @@ class Stream(StreamKernel):
 
     def __init__(self, module, batch_size=1):
         mode = getattr(module, "mode", None)
-        if mode not in _stack.GATES or not hasattr(module, "num_layers"):
+        if mode not in GATES or not hasattr(module, "num_layers"):
             raise TypeError(f"module must be an rnnc.RNN, GRU or LSTM layer, got "
                             f"{type(module).__name__}")
         if module.bidirectional:
@@ -120,8 +90,9 @@ class Stream(StreamKernel):
         dtype = module.dtype
         L, H, I = module.num_layers, module.hidden_size, module.input_size
         P = module.proj_size or H
-        G = _stack.GATES[mode] * H
-        small = _use_small_gemm(dtype, B)
+        G = GATES[mode] * H
+        plan = make_stream_plan(mode, I, H, module.proj_size, module.reset_after, B, dtype)
+        small = plan.small_gemm
         self.module = module
         self.batch_size = batch_size
         self._shape = (L, H, P, G, unbatched)
@@ -157,8 +128,8 @@ class Stream(StreamKernel):
                     buf["w_hr_packed"] = _panels(P, H)
             self._layers.append(buf)
         self._parts = None
-        if _split_units(module, B):
-            self._parts = [self._part_buffers(mode, k, B, small) for k in range(L)]
+        if plan.split_units:
+            self._parts = [self._part_buffers(mode, k, B, small, plan.half) for k in range(L)]
             for buf in self._layers:
                 buf["h_next"] = _empty((B, H), dtype)
         self._load_weights()
@@ -167,14 +138,13 @@ class Stream(StreamKernel):
         if self._parts is not None:
             self._bind_parts(self._parts)
 
-    def _part_buffers(self, mode, k, B, small):
+    def _part_buffers(self, mode, k, B, small, half):
         """The two halves of layer k's hidden units: the rows of its weights (gathered and,
         for the small-batch kernel, packed by _load_weights) and each half's workspace."""
         m = self.module
         dtype, H = m.dtype, m.hidden_size
-        G1 = _stack.GATES[mode]
+        G1 = GATES[mode]
         layer_in = m.input_size if k == 0 else H
-        half = max(16, H // 2 // 16 * 16)
         parts = []
         for u0, nu in ((0, half), (half, H - half)):
             buf = dict(u0=u0, nu=nu,
@@ -247,7 +217,7 @@ class Stream(StreamKernel):
         return self
 
     def _load_weights(self):
-        from rnnc._blas import pack_panels_into
+        from rnnc._kernels._blas import pack_panels_into
         m = self.module
         params = dict(m.named_parameters())
         H = self._shape[1]
@@ -291,18 +261,17 @@ class Stream(StreamKernel):
 
 def _panels(N, K):
     """A new buffer in the small-batch kernel's layout of an (N, K) float32 weight."""
-    return _stack.panel_workspace(None, N, K, np.float32)
+    return panel_workspace(None, N, K, np.float32)
 
 
-# Every buffer a step reads or writes starts on a cache line (rnnc._stack.aligned_empty):
-# NumPy's start 16 bytes past one, so each 64-byte load of a packed panel spanned two lines,
-# and the two threads of a split step wrote to a shared line of c and h_next at the boundary
-# between their units. LSTM B1 H128 at 2 threads, vCPUs near: 3.07-3.15 -> 2.99-3.02 us a step.
-_empty = _stack.aligned_empty
+# Every buffer a step reads or writes starts on a cache line: NumPy's start 16 bytes past one,
+# so a 64-byte load of a packed panel spanned two lines, and the two threads of a split step
+# wrote to a shared line at the boundary between their units (benchmarks/results/tuning.md).
+_empty = aligned_empty
 
 
 def _zeros(shape, dtype):
-    a = _stack.aligned_empty(shape, dtype)
+    a = aligned_empty(shape, dtype)
     a[...] = 0
     return a
 

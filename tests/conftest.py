@@ -133,22 +133,41 @@ def nan_padded(x, lengths, batch_first=False, fill=np.nan):
 
 
 @pytest.fixture
-def force_split(monkeypatch):
-    """Inference splits every layer it can between two threads (rnnc/_parallel_forward.pyx),
-    whatever the machine, the layer size and the helper's state; returns the list of the split
-    calls' modes, filled as they run."""
-    from rnnc import _stack
-    monkeypatch.setattr(_stack, "SPLIT_MIN_TOTAL_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_STEP_WORK", 0)
-    monkeypatch.setattr(_stack, "SPLIT_MIN_HIDDEN", 32)
-    monkeypatch.setattr(_stack, "ROW_SPLIT_MIN_BATCH", 1 << 62)    # by units, not by rows
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    calls = []
-    run_split = _stack._run_split
+def force_plan(monkeypatch):
+    """force_plan(**decisions) makes every layer plan of this test take these decisions
+    (fields of rnnc._engine.plan.LayerPlan or StreamPlan, and ``threads``: the thread setting
+    the plans assume), whatever the thresholds and the machine say. A forced strategy applies
+    to the layers the kernels can run with it; the others keep their own. Returns the list of
+    (strategy, training, "forward" | "backward") of the runners called so far, filled as they
+    run."""
+    from rnnc._engine import plan as plan_module
+    from rnnc._engine import stack
+    ran = []
 
-    def spy(*args, **kwargs):
-        calls.append(args[0])
-        return run_split(*args, **kwargs)
+    class Logged:
+        def __init__(self, runner):
+            self.runner = runner
 
-    monkeypatch.setattr(_stack, "_run_split", spy)
-    return calls
+        def forward(self, plan, job):
+            ran.append((plan.strategy, plan.training, "forward"))
+            return self.runner.forward(plan, job)
+
+        def backward(self, plan, job):
+            ran.append((plan.strategy, plan.training, "backward"))
+            return self.runner.backward(plan, job)
+
+    monkeypatch.setattr(stack, "RUNNERS", {k: Logged(v) for k, v in stack.RUNNERS.items()})
+
+    def force(**decisions):
+        monkeypatch.setattr(plan_module, "_forced", tuple(sorted(decisions.items())))
+        return ran
+
+    return force
+
+
+@pytest.fixture
+def force_split(force_plan):
+    """Inference splits every layer it can by hidden units between two threads
+    (rnnc/_kernels/_parallel_forward.pyx), whatever the machine, the layer size and the
+    helper's state; returns the list of the runners called (see force_plan)."""
+    return force_plan(strategy="units", threads=2)

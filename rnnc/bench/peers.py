@@ -22,7 +22,8 @@ import warnings
 import numpy as np
 
 import rnnc
-from rnnc import reference, reference_backward
+from rnnc import reference
+from rnnc.reference import backward as reference_backward
 
 try:
     import torch

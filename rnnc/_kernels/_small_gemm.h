@@ -258,7 +258,7 @@ static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* 
 
 /* C (M, N) = bias + A @ B, bias (N,) added to every row: the accumulators start from it, so the
  * sums are those of C = bias then rnnc_sgemm_small with beta = 1, bit for bit, without the pass
- * that lays the bias into C first (a step of a stream, rnnc/_stream_kernel.pyx). */
+ * that lays the bias into C first (a step of a stream, rnnc/_kernels/_stream_kernel.pyx). */
 static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
                                         ptrdiff_t lda, const float* Bp, const float* bias,
                                         float* C, ptrdiff_t ldc, int flip) {

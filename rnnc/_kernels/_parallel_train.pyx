@@ -1,16 +1,16 @@
 """Training forward and backward (BPTT) of one LSTM layer and direction, split by hidden units
 across threads.
 
-The one-thread kernels (rnnc/_lstm_kernel.pyx) run every step's recurrence on one thread, so at
+The one-thread kernels (rnnc/_kernels/_lstm_kernel.pyx) run every step's recurrence on one thread, so at
 two threads only the large GEMMs before and after the time loop use both cores. Here each
 thread owns a block of hidden units [u0, u0 + nu) -- the rows of every gate that feed them --
 for the whole training step:
 
-Forward (lstm_train_forward_part): as the inference split (rnnc/_parallel_forward.pyx), each
+Forward (lstm_train_forward_part): as the inference split (rnnc/_kernels/_parallel_forward.pyx), each
 thread projects its gate columns of the inputs (step by step with the small-batch kernel),
 multiplies the whole previous state by its rows
 of W_hh, applies the gate math to its units and writes their part of the new state; the threads
-meet once per step (rnnc/_barrier.h) and two state buffers alternate. What training keeps is
+meet once per step (rnnc/_kernels/_barrier.h) and two state buffers alternate. What training keeps is
 written where the backward wants it: the gate activations go to the shared (N, 4H) buffer in
 *part order* -- thread p's columns [4 u0, 4 u0 + 4 nu) hold its i, f, g, o blocks of nu units
 each -- the states before each step to the columns [u0, u0 + nu) of c_prev and of h_prev,
@@ -33,9 +33,9 @@ nothing is allocated here.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
-from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
-from rnnc._sequence cimport copy_rows
+from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
+from rnnc._kernels._cell_math cimport lstm_pointwise, lstm_pointwise_backward
+from rnnc._kernels._sequence cimport copy_rows
 
 
 cdef extern from "_barrier.h" nogil:

@@ -1,4 +1,4 @@
-/* A helper thread owned by one object (a stream, rnnc/_stream_kernel.pyx) that runs the same job
+/* A helper thread owned by one object (a stream, rnnc/_kernels/_stream_kernel.pyx) that runs the same job
  * again and again, each time the owner posts it, a few microseconds apart.
  *
  * Why not a thread pool or a Python thread: a time step of a streamed layer takes ~3 us, and
@@ -21,7 +21,7 @@
  * an awake helper (rnnc_worker_awake: spinning or working), and otherwise do the work on their
  * own thread and rnnc_worker_wake() it, which makes it spin again for the calls that follow,
  * without a job. A layer split by rows posts all the same but never waits for a helper that
- * has not started (rnnc/_parallel_forward.pyx, RowJob); one split by hidden units still waits
+ * has not started (rnnc/_kernels/_parallel_forward.pyx, RowJob); one split by hidden units still waits
  * (rnnc/_stack.py, _split_begin).
  */
 #ifndef RNNC_WORKER_H

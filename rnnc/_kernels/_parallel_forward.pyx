@@ -6,7 +6,7 @@ Each thread owns a contiguous block of hidden units [u0, u0 + nu) and with it th
 gate that feed them: it projects its own gate columns of the inputs, computes its own columns of
 the recurrent product (the whole previous state times its rows of W_hh), applies the gate math
 to its units and writes their part of the new state and the output. Nothing but the state is
-shared, so the threads meet once per time step (rnnc/_barrier.h), after which every thread
+shared, so the threads meet once per time step (rnnc/_kernels/_barrier.h), after which every thread
 reads the whole new state. Two state buffers alternate (read one, write the other), so that a
 thread may write step t's state while the other still reads step t-1's.
 
@@ -19,23 +19,23 @@ training (which keeps per-step caches in the unsplit layout), use the one-thread
 LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product per step
 (forward_part_fused; rnnc/_stack.py decides as for the one-thread fused kernel).
 
-The second part runs on a helper thread of this module (rnnc/_worker.h), started once per
+The second part runs on a helper thread of this module (rnnc/_kernels/_worker.h), started once per
 process; each part gathers and packs its own weight rows before its time loop (prepare_and_run).
 The GIL is released for the whole sequence; nothing is allocated here.
 """
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
-from rnnc._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
+from rnnc._kernels._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
                          small_gemm, small_gemm_packing)
-from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
+from rnnc._kernels._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
                               lstm_pointwise, rnn_pointwise_ld)
-from rnnc._fused cimport fused_sequence, pack_fused
-from rnnc._sequence cimport (check_one_panel, chunk_bounds, copy_rows, fill_rows,
+from rnnc._kernels._fused cimport fused_sequence, pack_fused
+from rnnc._kernels._sequence cimport (check_one_panel, chunk_bounds, copy_rows, fill_rows,
                              project_inputs)
 
 
-from rnnc._worker cimport (rnnc_barrier_wait, rnnc_count_claim, rnnc_count_load,
+from rnnc._kernels._worker cimport (rnnc_barrier_wait, rnnc_count_claim, rnnc_count_load,
                            rnnc_count_publish, rnnc_count_wait, rnnc_worker, rnnc_worker_alive,
                            rnnc_worker_awake, rnnc_worker_post, rnnc_worker_start,
                            rnnc_worker_stop, rnnc_worker_wait, rnnc_worker_wake)
@@ -93,7 +93,7 @@ cdef inline void project_part(
 # (pipelined_forward_py). Chunks go through a ring of two buffers: chunk c may be written once
 # the caller is done with chunk c - 2. Both threads take chunks from one queue (`next`): the
 # helper takes the next one ahead, the caller takes the chunk it needs if the helper has not, and
-# otherwise waits until the helper has written it (progress counts, rnnc/_barrier.h). So a helper
+# otherwise waits until the helper has written it (progress counts, rnnc/_kernels/_barrier.h). So a helper
 # that starts late (or never) costs nothing but the caller's own projections, and the results
 # do not depend on which thread projected what. The caller starts with chunk 0.
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ cdef void forward_part_fused(
         floating* gates,           # (B, 4 nu) workspace
         int* bar, int n_threads) noexcept nogil:
     """forward_part for an LSTM part with one small-kernel product per step for its gate
-    columns of x<t> W_ih^T + h<t-1> W_hh^T + b (rnnc/_fused.pxd, fused_sequence,
+    columns of x<t> W_ih^T + h<t-1> W_hh^T + b (rnnc/_kernels/_fused.pxd, fused_sequence,
     says when that pays); the whole previous state is copied into xh after each barrier."""
     cdef Py_ssize_t K = I + H + 1, GN = 4 * nu
     cdef Py_ssize_t s, t, b, r, b_prev = 0
@@ -266,7 +266,7 @@ cdef void forward_part_fused(
 
 # ---------------------------------------------------------------------------------------------
 # Both parts in one call: part 0 on the calling thread, part 1 on a helper thread of this module
-# (rnnc/_worker.h) that spins between jobs, then sleeps. Handing a part to a Python thread pool
+# (rnnc/_kernels/_worker.h) that spins between jobs, then sleeps. Handing a part to a Python thread pool
 # cost 50-85 us per layer call; posting to this helper costs about a microsecond (a few when it
 # has to be woken). Each part also prepares its own weights (gathers its rows of W_ih, packs its
 # rows of W_hh) before its time loop, so that this per-call work is shared by both threads
@@ -396,7 +396,7 @@ cdef void run_part(Part* p) noexcept nogil:
 # its buffers stay with one core from call to call: parts that changed threads between calls
 # cost LSTM B16 H128 ~15%), and the caller goes on to part 1 if the helper has not claimed it.
 # It waits only for a part the helper claimed. So a sleeping helper (waking one takes 0.6 to
-# several ms here, rnnc/_worker.h) is posted all the same: it takes part 1 if it wakes in time,
+# several ms here, rnnc/_kernels/_worker.h) is posted all the same: it takes part 1 if it wakes in time,
 # and otherwise finds nothing left, by which time the call may have returned. That is why the
 # helper's job lives here and not on the caller's stack, and why claims name a generation (one a
 # call): a helper that wakes during a later call can only claim that call's parts, whose
@@ -502,7 +502,7 @@ cdef void run_rows(Rows* p, floating kind) noexcept nogil:
                    <floating*>p.w_packed)
     if p.mode == LSTM:
         memcpy(p.cwork, p.c, p.B * p.H * sizeof(floating))
-    # The split kernels' mode codes are fused_sequence's cell codes (rnnc/_fused.pxd).
+    # The split kernels' mode codes are fused_sequence's cell codes (rnnc/_kernels/_fused.pxd).
     fused_sequence(<const floating*>p.x, p.ldx, p.I, p.batch_sizes, p.offsets, p.T, p.reverse,
                    <const floating*>p.w_packed, p.H, p.B, p.mode, <floating*>p.h,
                    <floating*>p.cwork, <floating*>p.out, p.ldo, <floating*>p.xh,
@@ -739,7 +739,7 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
     cdef floating* pc = <floating*>data_or_null(<const char*>c._data, c.shape[0])
     cdef floating* pcpart = <floating*>data_or_null(<const char*>cpart._data, cpart.shape[0])
     cdef floating* phg = <floating*>data_or_null(<const char*>hg._data, hg.shape[0])
-    # Only an awake helper gets the job (rnnc/_worker.h: waking one takes milliseconds here);
+    # Only an awake helper gets the job (rnnc/_kernels/_worker.h: waking one takes milliseconds here);
     # a sleeping one is woken for the calls that follow, and this call projects every chunk.
     cdef bint post = use_helper and rnnc_worker_awake(_helper)
     if use_helper and not post:

@@ -310,7 +310,7 @@ static void rnnc_gru_row_f32_avx512(ptrdiff_t H, float* x, const float* hg, cons
 }
 /* ---- float64 sigmoid and tanh, 8 lanes a vector --------------------------------------------
  * Not approximations in the float32 sense: the same formulas as the scalar float64 functions of
- * rnnc/_activations.pxd (sigmoid = 1 / (1 + exp(-x)), tanh(|x|) = -m / (m + 2) with
+ * rnnc/_kernels/_activations.pxd (sigmoid = 1 / (1 + exp(-x)), tanh(|x|) = -m / (m + 2) with
  * m = expm1(-2|x|)), with exp and expm1 evaluated to about an ulp instead of by libm:
  *   x = n ln2 + r, |r| <= ln2 / 2 (n by vrndscalepd, r by two FMAs with ln2 split in a high and
  *   a low part); expm1(r) = r + r^2 (1/2! + r/3! + ... + r^11/13!), Taylor to degree 13, whose
@@ -394,7 +394,7 @@ static void rnnc_tanh_f64_avx512(double* x, ptrdiff_t n) {
 
 
 /* float64 (see above): 1 when done, 0 without AVX-512 (the caller then loops over the scalar
- * functions of rnnc/_activations.pxd, the same formulas with libm's exp / expm1). */
+ * functions of rnnc/_kernels/_activations.pxd, the same formulas with libm's exp / expm1). */
 static inline int rnnc_sigmoid_f64(double* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
     if (rnnc_cpu_has_avx512()) {
@@ -463,7 +463,7 @@ static inline void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, cons
 
 /* ---------------------------------------------------------------------------------------------
  * Backward (BPTT) rows: one batch row of one step of the training backward, float32, in one
- * vectorised pass each. Same formulas as the float64 code of rnnc/_cell_math.pxd (see there for
+ * vectorised pass each. Same formulas as the float64 code of rnnc/_kernels/_cell_math.pxd (see there for
  * the derivation); db, when not NULL, accumulates the gradients of the gate pre-activations
  * (the bias gradients, summed over rows and steps) while they are in registers, instead of one
  * more pass over the whole (N, G) gradient afterwards.

@@ -10,7 +10,7 @@ NumPy's C macros, allocates the output and runs the layers with the GIL released
 One step, per layer (the next layer's input is this layer's new h):
 - every mode: gates = bias; gates += x @ W_ih^T (bias: b_ih + b_hh, folded where the gate math
   allows it, as in the sequence kernels);
-- RNN, LSTM: gates += h @ W_hh^T, then the pointwise update of rnnc/_cell_math.pxd; with
+- RNN, LSTM: gates += h @ W_hh^T, then the pointwise update of rnnc/_kernels/_cell_math.pxd; with
   proj_size, h = (o * tanh(c)) @ W_hr^T;
 - GRU reset_after: hg = h @ W_hh^T, then gru_pointwise_reset_after (adds b_hn inside r * (.));
 - GRU reset_after=False: hg[:, :2H] = h @ [W_hr; W_hz]^T, r * h, hg[:, 2H:] = (r * h) @ W_hn^T.
@@ -18,7 +18,7 @@ The input and recurrent products are two calls, not one over [x | h] stacked alo
 same bytes of weights are read either way (measured equal), and two calls need no copy of x.
 
 Two threads (rnnc/stream.py decides): the hidden units of every layer are split in two halves;
-the helper thread of rnnc/_worker.h computes the second half's gate columns, state update and
+the helper thread of rnnc/_kernels/_worker.h computes the second half's gate columns, state update and
 output while the caller computes the first, so each core reads half the weights from its own
 L2. One spinning barrier between layers (the next layer reads all of the new state); the new
 state goes to h_next, and the caller copies it into h once it has waited for the helper's half
@@ -26,7 +26,7 @@ state goes to h_next, and the caller copies it into h once it has waited for the
 barrier: one sync point a step for a one-layer stream instead of two.
 
 Products: float32 on AVX-512 CPUs, batches up to 64: the packed small-batch kernel of
-rnnc/_small_gemm.h (recurrent_gemm with packed weights); otherwise BLAS. At batch 1 a step is
+rnnc/_kernels/_small_gemm.h (recurrent_gemm with packed weights); otherwise BLAS. At batch 1 a step is
 bound by reading the weights from L2 once (LSTM H128 I128: 512 KB, ~4.5 us at this machine's
 ~115 GB/s L2 bandwidth); the gate math adds ~0.4 us, the call itself (checks, output array,
 GIL) ~0.25 us. Releasing the GIL costs ~35 ns a step (measured against a build without it):
@@ -37,13 +37,13 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
-from rnnc._blas cimport recurrent_gemm, rnnc_sgemm_small_bias
-from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
+from rnnc._kernels._blas cimport recurrent_gemm, rnnc_sgemm_small_bias
+from rnnc._kernels._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
                               gru_reset_gate_before, gru_update_before, lstm_pointwise,
                               rnn_pointwise, rnn_pointwise_ld)
 
 
-from rnnc._worker cimport (rnnc_barrier_wait, rnnc_prefetch_lines, rnnc_worker,
+from rnnc._kernels._worker cimport (rnnc_barrier_wait, rnnc_prefetch_lines, rnnc_worker,
                            rnnc_worker_alive, rnnc_worker_awake, rnnc_worker_post,
                            rnnc_worker_start, rnnc_worker_stop, rnnc_worker_wait,
                            rnnc_worker_wake)
@@ -105,7 +105,7 @@ cdef struct SplitStep:
     Py_ssize_t L, B, H, n_in
     int mode, typenum
     bint use_relu
-    int bar[32]               # the per-layer barrier (rnnc/_barrier.h), its own cache lines
+    int bar[32]               # the per-layer barrier (rnnc/_kernels/_barrier.h), its own cache lines
     int sense[2]              # each thread's barrier sense, kept across steps
     bint flip                 # alternates every step (see split_part_step)
 
@@ -152,7 +152,7 @@ cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p)
 
 cdef void split_step_alone(const floating* x, floating* y, SplitStep* job) noexcept nogil:
     """Both parts of one step on this thread, layer by layer: the same arithmetic as the two
-    threads' split_part_step (same bits), for when the helper is asleep (rnnc/_worker.h)."""
+    threads' split_part_step (same bits), for when the helper is asleep (rnnc/_kernels/_worker.h)."""
     cdef Py_ssize_t k
     cdef const floating* inp = x
     for k in range(job.L):
@@ -225,7 +225,7 @@ cdef void finish_split_step(SplitStep* job, Py_ssize_t itemsize) noexcept nogil:
 
 
 cdef void split_helper_job(void* arg) noexcept nogil:
-    """The helper thread's part (1) of a posted step (rnnc/_worker.h)."""
+    """The helper thread's part (1) of a posted step (rnnc/_kernels/_worker.h)."""
     cdef SplitStep* job = <SplitStep*>arg
     if job.typenum == cnp.NPY_FLOAT32:
         split_part_step(<const float*>job.x, <float*>job.y, job, 1)

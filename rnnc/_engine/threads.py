@@ -1,15 +1,18 @@
-"""Thread control. rnnc's threads are the BLAS library's (the one scipy.linalg.cython_blas calls
-for the kernels, and NumPy's for the few NumPy products in the Python layer), plus helper
-threads of its own that run the second half of a layer while BLAS is held at one thread
-(rnnc._stack): a Python one (run_pair) for the reverse direction of a bidirectional layer and
-for split training, a compiled one (rnnc/_parallel_forward.pyx) for split inference, and one per
-split stream (rnnc/_stream_kernel.pyx). With set_num_threads(1) no helper is used."""
+"""rnnc's threads. They are the BLAS library's (the one scipy.linalg.cython_blas calls for the
+kernels, and NumPy's for the few NumPy products in the Python layer), plus helper threads of
+rnnc's own that run the second part of a layer while BLAS is held at one thread: this module
+owns them all. run_pair runs two callables, one on the caller and one on the helper (the
+directions of a layer, the parts of a training split); split_begin / split_end lend the
+compiled helper of rnnc/_kernels/_parallel_forward.pyx to one inference call at a time; each
+split stream has a helper of its own (rnnc/_kernels/_stream_kernel.pyx). With
+set_num_threads(1) no helper is used."""
 import contextlib
 import os
 import threading
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from rnnc._engine.kernels import K
 from rnnc._validation import check_size
 
 # The last count set through set_num_threads (or read once), for cheap per-call decisions.
@@ -142,3 +145,24 @@ def run_pair(first, second):
             first()
         finally:
             other.result()
+
+
+# The compiled helper thread of rnnc/_kernels/_parallel_forward.pyx serves one layer call at a
+# time (its job descriptions are the module's).
+_split_lock = threading.Lock()
+
+
+def split_begin(wait=False):
+    """True (the caller then calls split_end) if this call may use the compiled helper thread
+    now: it is running and no other call is using it. wait: wait for another call to be done
+    with it instead of answering False; False then only if no helper thread can be started."""
+    if not _split_lock.acquire(blocking=wait):
+        return False
+    if K.split_helper_ready():
+        return True
+    _split_lock.release()
+    return False
+
+
+def split_end():
+    _split_lock.release()

@@ -2,7 +2,7 @@
 
 a<t> = g(x<t> W_ih^T + b_ih + a<t-1> W_hh^T + b_hh), g = tanh or relu.
 Forward: per chunk of steps one GEMM projects the inputs; per step one GEMM adds the recurrent
-product and one pass applies g (rnnc/_cell_math.pxd). In training the chunk is the whole
+product and one pass applies g (rnnc/_kernels/_cell_math.pxd). In training the chunk is the whole
 sequence, the activations stay in the projection buffer and the previous states are kept.
 Backward: per step one pass for dA = d(pre-activation) and one GEMM dA @ W_hh; then the weight
 and input gradients as GEMMs over all steps. GIL released for the whole sequence, no allocation.
@@ -10,9 +10,9 @@ and input gradients as GEMMs over all steps. GIL released for the whole sequence
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
-from rnnc._cell_math cimport rnn_pointwise, rnn_pointwise_backward
-from rnnc._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds,
+from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
+from rnnc._kernels._cell_math cimport rnn_pointwise, rnn_pointwise_backward
+from rnnc._kernels._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds,
                              input_side_backward, project_inputs)
 
 

@@ -4,8 +4,8 @@ adds the bias and applies the activation. GIL released, no allocation.
 from cython cimport floating
 from libc.math cimport exp, expf, isnan
 
-from rnnc._activations cimport relu, sigmoid_inplace, tanh_inplace
-from rnnc._blas cimport gemm
+from rnnc._kernels._activations cimport relu, sigmoid_inplace, tanh_inplace
+from rnnc._kernels._blas cimport gemm
 
 cdef enum Activation:
     ACT_NONE = 0

@@ -13,11 +13,11 @@ gradients as GEMMs over all steps. GIL released for the whole sequence, no alloc
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
-from rnnc._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
+from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
+from rnnc._kernels._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
                               gru_update_before, gru_pointwise_backward_after,
                               gru_pointwise_backward_before_n, gru_pointwise_backward_before_r)
-from rnnc._sequence cimport (add_column_sums, check_one_panel, chunk_bounds,
+from rnnc._kernels._sequence cimport (add_column_sums, check_one_panel, chunk_bounds,
                              input_side_backward, project_inputs)
 
 

@@ -1,4 +1,4 @@
-/* A spinning barrier for the threads that share one recurrent layer (rnnc/_parallel_forward.pyx).
+/* A spinning barrier for the threads that share one recurrent layer (rnnc/_kernels/_parallel_forward.pyx).
  * They meet once per time step, a few microseconds apart, so waiting by spinning (with the CPU's
  * pause hint) is far cheaper than sleeping on a futex; after ~50 us of spinning a waiter yields
  * its core instead, in case the other thread is not running (more threads than cores).
@@ -41,7 +41,7 @@ static inline void rnnc_barrier_wait(int* bar, int n_threads, int* sense) {
     }
 }
 /* Progress counts one thread publishes and another waits on, and a queue two threads take items
- * from (the projection-ahead pipeline of rnnc/_parallel_forward.pyx): release / acquire, so what
+ * from (the projection-ahead pipeline of rnnc/_kernels/_parallel_forward.pyx): release / acquire, so what
  * the publisher wrote before it is visible to the waiter after. Waiting spins like the barrier,
  * then yields. */
 static inline void rnnc_count_publish(long* count, long value) {

@@ -1,9 +1,9 @@
 """LSTM over a whole packed sequence, one layer and one direction per call: forward and BPTT.
 
 Forward, per chunk of time steps: one GEMM projects the inputs of all its steps
-(rnnc/_sequence.pxd). Per step: one GEMM adds the recurrent product of all four gates,
+(rnnc/_kernels/_sequence.pxd). Per step: one GEMM adds the recurrent product of all four gates,
 h @ W_hh^T, into the gate pre-activations; one fused pass applies the gates and updates c and h
-(rnnc/_cell_math.pxd); with proj_size, one more GEMM projects h = (o * tanh(c)) @ W_hr^T.
+(rnnc/_kernels/_cell_math.pxd); with proj_size, one more GEMM projects h = (o * tanh(c)) @ W_hr^T.
 In training the chunk is the whole sequence, the gate activations stay in the projection buffer,
 and the previous h and c of every step are kept for the backward pass.
 
@@ -16,10 +16,10 @@ layer (rnnc/_stack.py) validated the inputs and owns every buffer passed here.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
-from rnnc._cell_math cimport lstm_pointwise, lstm_pointwise_backward
-from rnnc._fused cimport FUSED_LSTM, fused_sequence, pack_fused
-from rnnc._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds, copy_rows,
+from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
+from rnnc._kernels._cell_math cimport lstm_pointwise, lstm_pointwise_backward
+from rnnc._kernels._fused cimport FUSED_LSTM, fused_sequence, pack_fused
+from rnnc._kernels._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds, copy_rows,
                              input_side_backward, project_inputs)
 
 
@@ -85,7 +85,7 @@ cdef void lstm_fused_train_sequence(
         floating* out, Py_ssize_t ldo,
         floating* act,              # (N, 4H) out: the gate activations of every step
         floating* c_prev) noexcept nogil:  # (N, H) out: the cell state before each step
-    """The training forward of fused_sequence (inference's fused product, rnnc/_fused.pxd):
+    """The training forward of fused_sequence (inference's fused product, rnnc/_kernels/_fused.pxd):
     the states before each step are kept inside xh, next to the step's input, so that the
     backward gets [dW_ih | dW_hh | db] from one GEMM over xh (lstm_fused_sequence_backward)."""
     cdef Py_ssize_t K = I + H + 1, G = 4 * H
@@ -290,7 +290,7 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
                        floating[:, ::1] out, Py_ssize_t col0,
                        floating[:, ::1] xh, floating[:, ::1] gates):
     """One LSTM layer and direction, inference without projection, with one product per step
-    (fused_sequence, rnnc/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1)
+    (fused_sequence, rnnc/_kernels/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1)
     in the small-batch kernel's panels (zero bias column without bias); xh (B, I + H + 1) and
     gates (B, 4H) are workspace. The caller has checked that the small-batch kernel runs here."""
     cdef Py_ssize_t T = batch_sizes.shape[0]

@@ -26,15 +26,12 @@ previous state h (B, P) and upstream gradient dh' = dL/dh' (B, P),
 ``*`` is the elementwise product, sigma the logistic function, sigma' = sigma * (1 - sigma),
 tanh' = 1 - tanh^2.
 
-The math imports only NumPy and the forward functions of ``rnnc.reference``.
+The math imports only NumPy and the forward functions of ``rnnc.reference.forward``.
 """
 
 import numpy as np
 
-try:
-    from . import reference as _ref
-except ImportError:  # loaded by file path, outside the package
-    from rnnc import reference as _ref
+from rnnc.reference import forward as _ref
 
 __all__ = ["run_stack_backward", "run_stack_dropout"]
 

@@ -5,7 +5,7 @@
 # single pass over the gates, writing the new state and the layer output. Gate order and
 # formulas are PyTorch's. Row strides are in elements.
 from cython cimport floating
-from rnnc._activations cimport (relu, rnnc_gru_row_f32, rnnc_lstm_row_f32, sigmoid_inplace,
+from rnnc._kernels._activations cimport (relu, rnnc_gru_row_f32, rnnc_lstm_row_f32, sigmoid_inplace,
                                tanh_inplace)
 
 
@@ -45,7 +45,7 @@ cdef inline void lstm_pointwise(Py_ssize_t b, Py_ssize_t H,
     cdef Py_ssize_t r, j
     cdef floating* g
     cdef floating* hr
-    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+    if floating is float:       # one fused vectorised pass per row (rnnc/_kernels/_simd_math.h)
         for r in range(b):
             rnnc_lstm_row_f32(H, gates + r * 4 * H, c + r * H, hdst + r * ldh,
                               out + r * ldo if out != NULL else hdst + r * ldh)
@@ -91,7 +91,7 @@ cdef inline void gru_pointwise_reset_after_ld(
     cdef floating* x
     cdef const floating* hr
     cdef floating hn, z_
-    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+    if floating is float:       # one fused vectorised pass per row (rnnc/_kernels/_simd_math.h)
         for r in range(b):
             rnnc_gru_row_f32(H, xg + r * 3 * H, hg + r * 3 * H, b_hn, h_old + r * ldh_old,
                              h_new + r * ldh_new, out + r * ldo,
@@ -165,11 +165,11 @@ cdef inline void gru_update_before(
 # gradient w.r.t. the previous state that does not go through a recurrent GEMM (the caller adds
 # the GEMM part), or is left for the caller to overwrite. `db`, when not NULL, accumulates the
 # column sums of dA (the bias gradients) while the values are at hand. float32 runs one fused,
-# vectorised pass per row (rnnc/_simd_math.h), float64 the loops below (same formulas).
+# vectorised pass per row (rnnc/_kernels/_simd_math.h), float64 the loops below (same formulas).
 # ---------------------------------------------------------------------------------------------
 
 cdef extern from "_simd_math.h" nogil:
-    # The float32 backward rows (vectorised, runtime-dispatched); see rnnc/_simd_math.h.
+    # The float32 backward rows (vectorised, runtime-dispatched); see rnnc/_kernels/_simd_math.h.
     void rnnc_lstm_row_backward_f32(Py_ssize_t H, float* a, const float* c_prev, float* dc,
                                     const float* dhh, const float* dout, float* hbuf,
                                     float* db)
@@ -218,7 +218,7 @@ cdef inline void lstm_pointwise_backward(
     cdef Py_ssize_t r, j
     cdef floating* a
     cdef floating i_, f_, g_, o_, cp, tc, dht, dct
-    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+    if floating is float:       # one fused vectorised pass per row (rnnc/_kernels/_simd_math.h)
         for r in range(b):
             rnnc_lstm_row_backward_f32(H, act + r * 4 * H, c_prev + r * H, dc + r * H,
                                        dhh + r * ldh,
@@ -266,7 +266,7 @@ cdef inline void gru_pointwise_backward_after(
     cdef Py_ssize_t r, j
     cdef floating* a
     cdef floating r_, z_, n_, g, dan, dar, daz
-    if floating is float:       # one fused vectorised pass per row (rnnc/_simd_math.h)
+    if floating is float:       # one fused vectorised pass per row (rnnc/_kernels/_simd_math.h)
         for r in range(b):
             rnnc_gru_row_backward_f32(H, act + r * 3 * H, hn + r * H, h_prev + r * H,
                                       dh + r * H, dout + r * ldd, dgh + r * 3 * H, db)

@@ -1,19 +1,19 @@
 # Inference loops with one fused product per step, [x<t> | h<t-1> | 1] @ [W_ih | W_hh | b]^T,
 # and the packing of their weights: the LSTM's, shared by the one-thread kernel
-# (rnnc/_lstm_kernel.pyx) and the layers split by batch rows between two threads
-# (rnnc/_parallel_forward.pyx), which run it on each part's rows; the vanilla RNN's, for the
+# (rnnc/_kernels/_lstm_kernel.pyx) and the layers split by batch rows between two threads
+# (rnnc/_kernels/_parallel_forward.pyx), which run it on each part's rows; the vanilla RNN's, for the
 # row split only.
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, pack_panels, small_gemm
-from rnnc._cell_math cimport lstm_pointwise, rnn_pointwise_ld
-from rnnc._sequence cimport copy_rows
+from rnnc._kernels._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, pack_panels, small_gemm
+from rnnc._kernels._cell_math cimport lstm_pointwise, rnn_pointwise_ld
+from rnnc._kernels._sequence cimport copy_rows
 
 
 cdef enum:
     # Which cell fused_sequence runs (the codes of the split kernels' modes,
-    # rnnc/_parallel_forward.pyx).
+    # rnnc/_kernels/_parallel_forward.pyx).
     FUSED_RNN_TANH = 0
     FUSED_RNN_RELU = 1
     FUSED_LSTM = 3

@@ -1,0 +1,272 @@
+"""How a layer runs: every decision, made once from the problem and the machine.
+
+``make_plan`` answers, for one layer of a stack (both of its directions run alike), which
+strategy runs it and with which products; the runners in ``rnnc/_engine/runners/`` then
+execute the plan without deciding anything, and the training cache keeps the plan so that the
+backward runs the forward's strategy. Nothing else in the package decides how a layer runs.
+This is oneDNN's split between ``rnn_conf_t`` (src/cpu/rnn/rnn_utils.hpp) and the primitive
+that runs it.
+
+Strategies (``LayerPlan.strategy``):
+
+- ``KERNEL``: the layer kernel of the cell (rnnc/_lstm_kernel.pyx, _gru_kernel, _rnn_kernel):
+  the input projection for a chunk of steps as one product, then one recurrent product and
+  the gate math per step. BLAS may use every thread for the products.
+- ``FUSED``: LSTM (and in training only LSTM) on one product per step,
+  [x | h | 1] @ [W_ih | W_hh | b]^T (rnnc/_fused.pxd), when the batch reuses the weights
+  from cache.
+- ``UNITS``: the hidden units split between two threads, which meet once per step
+  (inference: rnnc/_parallel_forward.pyx; LSTM training: rnnc/_parallel_train.pyx).
+- ``ROWS``: the batch rows split between two threads, each running the one-thread kernel on
+  its rows with its own copy of the weights; they share nothing while the steps run.
+- ``PIPELINED``: one thread runs the steps while the helper projects the next chunk's inputs.
+
+With two directions, ``directions_concurrent`` runs them on two threads instead (each then on
+one thread). At 2 threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``,
+a GRU B1 H256 ``UNITS``, a GRU B1 H64 ``PIPELINED``, and a bidirectional GRU B16 H256 its two
+directions concurrently, each on ``KERNEL``.
+
+The constants below are the thresholds of these choices, one line each. They were measured on
+one CPU only; the measurements and the alternatives tried are in
+benchmarks/results/tuning.md.
+"""
+import dataclasses
+import functools
+
+import numpy as np
+
+from rnnc._engine.kernels import K
+from rnnc._engine.threads import cached_num_threads
+from rnnc._engine.workspace import aligned_empty
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+KERNEL, FUSED, UNITS, ROWS, PIPELINED = "kernel", "fused", "units", "rows", "pipelined"
+
+# -- Thresholds (multiply-adds are those of the recurrent product unless said otherwise) -------
+CHUNK_ELEMENTS = 1 << 20            # elements of one chunk's input projection (inference)
+SMALL_GEMM_MIN_STEPS = 4            # fewer steps do not repay packing the weights per call
+SMALL_GEMM_MAX_BATCH_THREADED = 16  # largest batch on the packed kernel beside threaded BLAS
+PACKED_PROJECTION_MAX_THREADED_WORK = 1 << 21  # largest chunk projection on it, ditto
+PARALLEL_MIN_WORK = 1 << 20         # one step's work for two directions to run concurrently
+SPLIT_MIN_HIDDEN = 128              # fewest hidden units to split by units (inference)
+SPLIT_MIN_STEP_WORK = 3 << 16       # one step's work to repay a barrier per step
+SPLIT_MIN_TOTAL_WORK = 1 << 21      # the layer's work to repay each part packing its weights
+SPLIT_IN_PLACE_MIN_BYTES = 2 << 20  # W_ih this large: split parts project from it in place
+FUSED_MIN_BATCH = 4                 # fewest rows for the fused product to reuse its weights
+FUSED_MAX_WEIGHTS = 2_200_000       # most elements of [W_ih | W_hh | b] for it (cache-bound)
+FUSED_WEIGHTS_PER_ROW = 150_000     # and at most this many per batch row
+ROW_TILE = 4                        # rows of the packed kernel's tiles (rnnc/_small_gemm.h)
+ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE  # fewest rows to split by rows: a tile each
+PIPELINE_CHUNKS = 8                 # chunks of a projection-ahead layer (the first is not hidden)
+PIPELINE_MIN_STEPS = 16             # fewest steps to project ahead
+TRAIN_SPLIT_MIN_STEP_WORK = 1 << 19  # training split by units: one step's work, and
+TRAIN_SPLIT_MIN_ROWS = 256          # rows (steps x batch) to repay the per-call set-up
+STREAM_SPLIT_MIN_WORK = 1 << 17     # a stream step's multiply-adds (all products) to split it
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """Every decision for one layer of a stack (both directions). Made by make_plan."""
+    mode: str                       # "RNN" | "GRU" | "LSTM"
+    hidden_size: int
+    proj_size: int
+    reset_after: bool               # GRU: the reset gate applied after the recurrent product
+    relu: bool                      # RNN: relu rather than tanh
+    dtype: np.dtype
+    training: bool
+    frozen: bool                    # the weights' packed forms are kept across calls
+    threads: int                    # rnnc's thread setting the plan was made for
+    strategy: str                   # KERNEL | FUSED | UNITS | ROWS | PIPELINED
+    alone: str                      # UNITS: what runs if the helper thread cannot start
+    directions_concurrent: bool     # two directions, one thread each
+    small_gemm: bool                # the recurrent product (and backward's) on the packed kernel
+    packed_projection: bool         # KERNEL: the input projection on the packed kernel too
+    ih_per_panel: bool              # W_ih packed panel by panel as the projection goes
+    chunk_steps: int                # steps whose inputs are projected at once
+    pipeline_steps: int             # PIPELINED: steps of each chunk projected ahead
+    parts_small_gemm: bool          # UNITS / ROWS: each part (one thread) on the packed kernel
+    half: int                       # UNITS: hidden units of part 0 (part 1 has the rest)
+    units_fused: bool               # UNITS inference: each part on the fused LSTM product
+    units_packed_ih: bool           # UNITS inference: each part projects on the packed kernel
+    units_gather_hh: tuple = (False, False)  # part p gathers its W_hh rows before packing
+    units_in_place: tuple = (False, False)   # part p projects from W_ih's gate blocks in place
+
+    @property
+    def gates(self):
+        return GATES[self.mode]
+
+    @property
+    def kernel_code(self):
+        """The cell as the split and fused kernels name it (rnnc/_kernels/_fused.pxd)."""
+        return {"RNN": 0, "GRU": 2, "LSTM": 3}[self.mode] + (self.mode == "RNN" and self.relu)
+
+    def new_output(self, shape):
+        """The layer's output buffer: 64-byte aligned where two threads write parts of its
+        rows (the parts' columns or rows then start on cache lines of their own)."""
+        if self.strategy in (UNITS, ROWS):
+            return aligned_empty(shape, self.dtype)
+        return np.empty(shape, dtype=self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPlan:
+    """The decisions of a stream (one step per call): see make_stream_plan."""
+    small_gemm: bool                # every product on the packed kernel (float32)
+    split_units: bool               # each step's hidden units split with the stream's helper
+    half: int                       # units of the first part when split
+
+
+def small_gemm_fits(dtype, batch, steps, one_thread, threads):
+    """Whether the packed small-batch kernel (rnnc/_small_gemm.h) replaces BLAS: any batch on
+    one thread, small batches beside multi-threaded BLAS; not for a few steps (it packs the
+    weights per call) or where the CPU lacks it."""
+    if steps < SMALL_GEMM_MIN_STEPS or not K.has_small_gemm():
+        return False
+    if one_thread or threads == 1:
+        return batch >= 1
+    return 1 <= batch <= SMALL_GEMM_MAX_BATCH_THREADED
+
+
+def fused_fits(B, weights):
+    """Whether B rows reuse `weights` elements of [W_ih | W_hh | b] enough for the fused
+    product (FUSED_* above)."""
+    return B >= FUSED_MIN_BATCH and weights <= min(FUSED_MAX_WEIGHTS, B * FUSED_WEIGHTS_PER_ROW)
+
+
+def split_half(H):
+    """Hidden units of the first of two parts: a multiple of 16 (each part's columns of a
+    shared row start on a cache line), at least 16."""
+    return max(16, H // 2 // 16 * 16)
+
+
+def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch,
+              steps, dtype, training, frozen, threads=None, nonlinearity="tanh"):
+    """The plan of one layer: input_size is the layer's own (D * P above the first), steps the
+    number of steps it runs (the longest length), threads rnnc's setting (None: the current
+    one). Cached: a call of the same shape reuses it."""
+    if threads is None:
+        threads = dict(_forced).get("threads") or cached_num_threads()
+    return _make_plan(mode, input_size, hidden_size, proj_size, bool(reset_after),
+                      nonlinearity == "relu" and mode == "RNN", bool(bidirectional), batch,
+                      steps, np.dtype(dtype), bool(training), bool(frozen), threads, _forced)
+
+
+# Tests force decisions here (tests/conftest.py, force_plan): (field, value) pairs of
+# LayerPlan (or StreamPlan), and "threads", which every plan then assumes.
+_forced = ()
+
+
+@functools.lru_cache(maxsize=512)
+def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps, dtype,
+               training, frozen, threads, forced):
+    f = dict(forced)
+    G = GATES[mode]
+    P = proj_size or H
+    D = 2 if bidirectional else 1
+    two = threads >= 2
+    step_work = B * G * H * P
+    concurrent = f.get("directions_concurrent", D == 2 and step_work >= PARALLEL_MIN_WORK and two)
+    # Each direction runs on one thread when they run concurrently.
+    one_thread = concurrent or threads == 1
+    small = f.get("small_gemm", small_gemm_fits(dtype, B, steps, concurrent, threads))
+    parts_small = f.get("parts_small_gemm", small_gemm_fits(dtype, B, steps, True, threads))
+    chunk_steps = f.get("chunk_steps", steps if training
+                        else max(1, min(steps, CHUNK_ELEMENTS // (B * G * H))))
+    # W_ih is read once when one chunk covers the sequence: packed as the product goes,
+    # unless a frozen module keeps it packed whole.
+    per_panel = f.get("ih_per_panel", not frozen and chunk_steps >= steps)
+    K_all = I + H + 1           # columns of the fused product [x | h | 1]
+    lstm_fused = (mode == "LSTM" and not proj_size and small and one_thread
+                  and fused_fits(B, 4 * H * K_all))
+    gru_ok = mode != "GRU" or reset_after
+
+    rows = (two and not concurrent and not proj_size and parts_small and gru_ok
+            and B >= ROW_SPLIT_MIN_BATCH and (mode == "LSTM" or not training)
+            and fused_fits(B // 2, G * H * K_all))
+    units = (two and not training and not concurrent and not proj_size and gru_ok
+             and H >= max(SPLIT_MIN_HIDDEN, 32) and B * G * H * H >= SPLIT_MIN_STEP_WORK
+             and steps * B * G * H * H >= SPLIT_MIN_TOTAL_WORK)
+    train_units = (training and mode == "LSTM" and two and not concurrent and not proj_size
+                   and H >= 32 and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK
+                   and steps * B >= TRAIN_SPLIT_MIN_ROWS)
+    pipelined = (not training and not units and not one_thread and small and not proj_size
+                 and gru_ok and steps >= PIPELINE_MIN_STEPS)
+
+    one = FUSED if lstm_fused else KERNEL     # the strategy of one thread
+    if rows:
+        strategy = ROWS
+    elif units:
+        strategy = UNITS
+    elif pipelined:
+        strategy = PIPELINED
+    elif train_units:
+        strategy = UNITS
+    else:
+        strategy = one
+    forced_strategy = f.get("strategy")
+    if forced_strategy and _possible(forced_strategy, mode, H, B, proj_size, gru_ok, training,
+                                     small, parts_small):
+        strategy = forced_strategy
+
+    pipeline = min(chunk_steps, -(-steps // PIPELINE_CHUNKS)) if strategy == PIPELINED else 0
+    half = f.get("half", split_half(H)) if strategy == UNITS else 0
+    units_fused = units_packed_ih = False
+    gather, in_place = (False, False), (False, False)
+    if strategy == UNITS and not training:
+        width = K.panel_width(dtype)
+        units_fused = f.get("units_fused", mode == "LSTM" and parts_small
+                            and fused_fits(B, 2 * H * K_all))
+        units_packed_ih = not units_fused and parts_small
+        nus = (half, H - half)
+        # Packed straight from W_hh's gate blocks when a part fills whole panels, else from
+        # its gathered rows (which the BLAS path multiplies directly).
+        gather = tuple(bool((not parts_small or nu % width) and not units_fused) for nu in nus)
+        big_ih = f.get("units_big_ih",
+                       I * G * H * dtype.itemsize >= SPLIT_IN_PLACE_MIN_BYTES)
+        in_place = tuple(bool((not units_fused and not units_packed_ih and big_ih)
+                              or (units_packed_ih and nu % width == 0)) for nu in nus)
+    packed_projection = f.get("packed_projection", small and (
+        one_thread or chunk_steps * B * G * H * I <= PACKED_PROJECTION_MAX_THREADED_WORK))
+    return LayerPlan(
+        mode=mode, hidden_size=H, proj_size=proj_size, reset_after=reset_after, relu=relu,
+        dtype=dtype, training=training, frozen=frozen, threads=threads,
+        strategy=strategy, alone=one, directions_concurrent=concurrent, small_gemm=small,
+        packed_projection=packed_projection, ih_per_panel=per_panel, chunk_steps=chunk_steps,
+        pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
+        units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
+        units_in_place=in_place)
+
+
+def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small):
+    """Whether the kernels can run a layer with this strategy (a test may force one where it
+    can: tests/conftest.py, force_plan)."""
+    if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok):
+        return False
+    if strategy == UNITS:
+        return H >= 32 and (mode == "LSTM" or not training)
+    if strategy == ROWS:
+        return B > ROW_TILE and parts_small and (mode == "LSTM" or not training)
+    if strategy == FUSED:
+        return mode == "LSTM" and not proj_size and small
+    if strategy == PIPELINED:
+        return not training and small
+    return True
+
+
+def make_stream_plan(mode, input_size, hidden_size, proj_size, reset_after, batch, dtype,
+                     threads=None):
+    """The plan of a stream: the packed kernel for float32 where the CPU has it (the weights
+    are packed once, so no minimum of steps), and its units split between two threads when a
+    step reads enough weights for two cores' caches and bandwidth to matter."""
+    f = dict(_forced)
+    if threads is None:
+        threads = f.get("threads") or cached_num_threads()
+    H = hidden_size
+    G = GATES[mode] * H
+    small = f.get("small_gemm", np.dtype(dtype) == np.float32 and batch >= 1
+                  and K.has_small_gemm())
+    split = f.get("split_units", threads >= 2 and batch >= 1 and H >= 32 and not proj_size
+                  and (mode != "GRU" or reset_after)
+                  and batch * G * (input_size + H) >= STREAM_SPLIT_MIN_WORK)
+    return StreamPlan(small_gemm=small, split_units=split, half=split_half(H) if split else 0)

@@ -1,0 +1,180 @@
+"""UNITS: a layer's hidden units split between the calling thread and a helper thread, which
+meet once per step to exchange the new state.
+
+Inference (rnnc/_kernels/_parallel_forward.pyx, split_forward_py): each part projects its own
+gate columns and computes its columns of the recurrent product, on its own copy of its weight
+rows (packed by the part, or kept by a frozen module). LSTM training
+(rnnc/_kernels/_parallel_train.pyx): the same split, with the weights in part order for the
+whole call, and a backward split the same way.
+
+Everything is allocated before either part starts: the parts wait for each other every step,
+so neither may fail alone.
+"""
+import contextlib
+import functools
+
+import numpy as np
+
+from rnnc._engine import threads
+from rnnc._engine.kernels import K
+from rnnc._engine.plan import FUSED
+from rnnc._engine.runners import fused, kernel
+from rnnc._engine.workspace import (aligned_empty, empty, folded_biases, new_barrier,
+                                    pack_panels, panel_workspace, workspace)
+
+
+def forward(plan, job):
+    if plan.training:
+        return _train_forward(plan, job)
+    # Waits for another call using the helper: running alone instead would round differently.
+    if not threads.split_begin(wait=True):      # no helper thread could be started
+        return (fused if plan.alone == FUSED else kernel).forward(plan, job)
+    try:
+        _forward(plan, job)
+    finally:
+        threads.split_end()
+    return None
+
+
+def _forward(plan, job):
+    mode, dtype = plan.mode, plan.dtype
+    G, H = plan.gates, plan.hidden_size
+    B = job.h.shape[0]
+    half = plan.half
+    bias, b_hn = folded_biases(mode, job.b_ih, job.b_hh, H)
+    hbuf = workspace("split h", (2, B, H), dtype)
+    hbuf[0] = job.h
+    hbuf[1] = job.h
+    empty1, empty2, empty3 = empty(dtype, 1), empty(dtype, 2), empty(dtype, 3)
+    I = job.w_ih.shape[1]
+    K_all = I + H + 1
+    fused, packed_ih, small = plan.units_fused, plan.units_packed_ih, plan.parts_small_gemm
+    per_panel = packed_ih and plan.ih_per_panel
+    packs = job.packs
+    width = K.panel_width(dtype)
+    args, kept, new = {}, {}, {}
+    for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
+        rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
+        gather_hh, in_place = plan.units_gather_hh[p], plan.units_in_place[p]
+        key = (*job.name, "split", p, small, fused, packed_ih, in_place, gather_hh)
+        kept[p] = packs.get(key) if packs is not None else None
+        if kept[p] is None:
+            # Kept arrays are new ones (key None), not this thread's scratch.
+            scratch = (lambda role: f"split {role} {p}") if packs is None else (lambda role: None)
+            kept[p] = new[key] = dict(
+                w_ih=empty2 if in_place else
+                workspace(scratch("w_ih"), (G * nu, K_all if fused else I), dtype),
+                w_hh=workspace(scratch("w_hh"), (G * nu, H), dtype) if gather_hh else empty2,
+                packed=panel_workspace(scratch("packed"), G * nu, K_all if fused else H, dtype)
+                if small else empty3,
+                ih_packed=panel_workspace(scratch("packed ih"),
+                                          width if per_panel else G * nu, I, dtype)
+                if packed_ih else empty3)
+        args[p] = dict(
+            kept[p],
+            bias=bias[rows] if bias.size else empty1,
+            b_hn=b_hn[u0:u0 + nu] if b_hn.size else empty1,
+            cpart=workspace(f"split c {p}", (B, nu), dtype) if mode == "LSTM" else empty2,
+            xg=workspace(f"split xg {p}", (plan.chunk_steps * B, G * nu), dtype),
+            hg=workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
+            xh=workspace(f"split xh {p}", (B, K_all), dtype) if fused else empty2)
+    a, b = args[0], args[1]
+    layout = job.layout
+    # On the small-batch kernel the parts never call BLAS (products and projections are
+    # packed): holding BLAS at one thread is then not needed.
+    with threads.blas_one_thread() if not small else contextlib.nullcontext():
+        K.split_forward_py(plan.kernel_code, job.x, layout.batch_sizes, layout.offsets,
+                           job.reverse, job.w_ih, job.w_hh, half, a["bias"], b["bias"],
+                           a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"], a["w_hh"], b["w_hh"],
+                           a["packed"], b["packed"], a["ih_packed"], b["ih_packed"], hbuf, job.h,
+                           job.c if job.c is not None else empty2, a["cpart"], b["cpart"],
+                           job.out, job.col0, a["xg"], b["xg"], a["hg"], b["hg"], a["xh"],
+                           b["xh"], plan.chunk_steps, new_barrier(), not new, per_panel)
+    if packs is not None:
+        packs.update(new)       # only once filled: another thread may read them next
+
+
+# -- LSTM training ---------------------------------------------------------------------------
+def _parts(plan):
+    """(u0, nu) of each part."""
+    return ((0, plan.half), (plan.half, plan.hidden_size - plan.half))
+
+
+@functools.lru_cache(maxsize=16)
+def _part_order(H, half):
+    """Gate rows (4H) in part order: [part 0: i f g o of its units | part 1: ...]."""
+    order = np.concatenate([(np.arange(4)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
+                            for u0, nu in ((0, half), (half, H - half))])
+    order.flags.writeable = False   # shared by every call (cached)
+    return order
+
+
+def _halves(N):
+    """Rows [0, N) in two halves, one per part: of the input copied into [x | h_prev] in the
+    forward, of the input gradient in the backward."""
+    return ((0, N // 2), (N // 2, N))
+
+
+def _train_forward(plan, job):
+    """Returns (act, xh, c_prev, (w_ih_perm, w_hh_perm)) for backward: the activations in
+    part order, xh = [x | h_prev] (N, I + H) the input next to the state before each step,
+    the cell states before each step, and the weights in part order."""
+    dtype = plan.dtype
+    (N, I), (B, H) = job.x.shape, job.h.shape
+    small = plan.parts_small_gemm
+    perm = _part_order(H, plan.half)
+    w_ih_perm = job.w_ih[perm]
+    w_hh_perm = job.w_hh[perm]
+    bias = (job.b_ih + job.b_hh)[perm] if job.b_ih.size else empty(dtype, 1)
+    act = aligned_empty((N, 4 * H), dtype)
+    xh = aligned_empty((N, I + H), dtype)
+    c_prev = aligned_empty((N, H), dtype)
+    hbuf = workspace("split train h", (2, B, H), dtype)
+    hbuf[0] = job.h
+    hbuf[1] = job.h
+    bar = new_barrier()
+    parts = []
+    for p, ((u0, nu), (x0, x1)) in enumerate(zip(_parts(plan), _halves(N))):
+        rows = slice(4 * u0, 4 * (u0 + nu))
+        if small:
+            w_ih_p, w_hh_p = w_ih_perm[rows], empty(dtype, 2)
+            ih_packed = pack_panels(w_ih_p, f"split train ih {p}")
+            hh_packed = pack_panels(w_hh_perm[rows], f"split train hh {p}")
+        else:
+            w_ih_p, w_hh_p = w_ih_perm[rows], w_hh_perm[rows]
+            ih_packed = hh_packed = empty(dtype, 3)
+        parts.append((
+            job.x, job.layout.batch_sizes, job.layout.offsets, job.reverse, w_ih_p, ih_packed,
+            bias[rows] if bias.size else bias, w_hh_p, hh_packed, u0, nu, hbuf, job.h, job.c,
+            workspace(f"split train c {p}", (B, nu), dtype), job.out, job.col0, act, xh, x0,
+            x1, c_prev, bar, 2))
+    threads.run_pair(lambda: K.lstm_train_forward_part_py(*parts[0]),
+                     lambda: K.lstm_train_forward_part_py(*parts[1]))
+    return act, xh, c_prev, (w_ih_perm, w_hh_perm)
+
+
+def backward(plan, job):
+    """BPTT after a training forward, split the same way (act is overwritten)."""
+    dtype = plan.dtype
+    act, xh, c_prev, (w_ih_perm, w_hh_perm) = job.kept
+    B, H = job.dh.shape
+    N, I = xh.shape[0], xh.shape[1] - H
+    bar = new_barrier()
+    parts = []
+    for p, ((u0, nu), (row0, row1)) in enumerate(zip(_parts(plan), _halves(N))):
+        cols = w_hh_perm[:, u0:u0 + nu]
+        if plan.parts_small_gemm:
+            w_cols, packed = empty(dtype, 2), pack_panels(cols.T, f"split train bwd {p}")
+        else:
+            w_cols, packed = np.ascontiguousarray(cols), empty(dtype, 3)
+        parts.append((
+            job.layout.batch_sizes, job.layout.offsets, job.reverse, w_ih_perm, w_cols, packed,
+            u0, nu, row0, row1, act, xh, c_prev, job.dout, job.col0, job.dh, job.dc,
+            workspace(f"split train dh {p}", (B, nu), dtype),
+            workspace(f"split train dc {p}", (B, nu), dtype),
+            job.dx, job.add_dx, job.dw_ih, job.dw_hh, job.db_ih, job.db_hh,
+            workspace(f"split train acc {p}", (4 * nu,), dtype),
+            workspace(f"split train wtmp {p}", (4 * nu, I + H), dtype),
+            workspace(f"split train tc {p}", (nu,), dtype), bar, 2))
+    threads.run_pair(lambda: K.lstm_backward_part_py(*parts[0]),
+                     lambda: K.lstm_backward_part_py(*parts[1]))

@@ -1,0 +1,203 @@
+"""Plain NumPy reference implementation of rnnc's recurrent networks: the project's
+specification and test oracle.
+
+- ``rnnc.reference.forward``: the forward math, written straight from the equations (imports
+  only NumPy): cells, one direction, the stack.
+- ``rnnc.reference.backward``: backpropagation through time, by hand from the chain rule, on
+  top of the forward's functions.
+- here: the same classes as rnnc's compiled ones (RNN, GRU, LSTM, the cells, Linear,
+  Bidirectional), reusing rnnc's argument checking and parameter handling and replacing every
+  computation with the functions of the two modules.
+"""
+from rnnc import bidirectional as _bidirectional
+from rnnc import cells as _cells
+from rnnc import linear as _linear
+from rnnc import recurrent as _recurrent
+from rnnc._dropout import dropout_mask
+from rnnc._validation import describe
+from rnnc.reference import backward as _backward
+from rnnc.reference.forward import gru_cell, lstm_cell, rnn_cell, run_stack, sigmoid
+
+__all__ = ["sigmoid", "rnn_cell", "gru_cell", "lstm_cell", "run_stack", "RNN", "GRU", "LSTM",
+           "RNNCell", "GRUCell", "LSTMCell", "Linear", "Bidirectional"]
+
+
+class _TrainCache:
+    """The reference keeps the forward's inputs and recomputes everything in backward."""
+
+
+def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
+                    bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
+                    reverse_all=False, dropout=0.0, rng=None):
+    """Training forward with the compiled backend's conventions (rnnc._stack.run_stack_train):
+    inverted-dropout masks on the input of every layer but the first, drawn from ``rng`` in
+    the same order and layout, so one seed gives the same masks in both."""
+    T, B = x.shape[:2]
+    D = 2 if bidirectional else 1
+    H = params["weight_hh_l0"].shape[0] // {"RNN": 1, "GRU": 3, "LSTM": 4}[mode]
+    P = proj_size or H
+    masks = None
+    if dropout > 0 and num_layers > 1:
+        masks = [dropout_mask(rng, (T, B, D * P), dropout, x.dtype)
+                 for _ in range(num_layers - 1)]
+    opts = dict(num_layers=num_layers, bidirectional=bidirectional, nonlinearity=nonlinearity,
+                reset_after=reset_after, proj_size=proj_size, reverse_all=reverse_all)
+    out, h_n, c_n = _backward.run_stack_dropout(mode, params, x, h0, c0, lengths,
+                                                dropout_masks=masks, **opts)
+    cache = _TrainCache()
+    cache.__dict__.update(mode=mode, params=params, x=x, h0=h0, c0=c0, lengths=lengths,
+                          opts=opts, dropout_masks=masks, B=B)
+    return out, h_n, c_n, cache
+
+
+def run_stack_backward_cache(cache, grad_out, grad_h_n=None, grad_c_n=None):
+    """Backward from a ``run_stack_train`` cache (rnnc._stack.run_stack_backward's API)."""
+    return _backward.run_stack_backward(
+        cache.mode, cache.params, cache.x, cache.h0, cache.c0, cache.lengths, grad_out,
+        grad_h_n, grad_c_n, dropout_masks=cache.dropout_masks, **cache.opts)
+
+
+class _ReferenceBackend:
+    _run_stack = staticmethod(run_stack)
+    _run_stack_train = staticmethod(run_stack_train)
+    _run_stack_backward = staticmethod(run_stack_backward_cache)
+
+
+class RNN(_ReferenceBackend, _recurrent.RNN):
+    """NumPy reference of rnnc.RNN (same constructor, call, backward and state_dict)."""
+
+
+class GRU(_ReferenceBackend, _recurrent.GRU):
+    """NumPy reference of rnnc.GRU (same constructor, call, backward and state_dict)."""
+
+
+class LSTM(_ReferenceBackend, _recurrent.LSTM):
+    """NumPy reference of rnnc.LSTM (same constructor, call, backward and state_dict)."""
+
+
+class _ReferenceCellStep(_ReferenceBackend):
+    def _step(self, x, h, c):
+        if self.training:    # the one-step network of the layer reference, keeping a cache
+            return super()._step(x, h, c)
+        p = self._params
+        w_ih, w_hh = p["weight_ih"], p["weight_hh"]
+        b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
+        if self.mode == "RNN":
+            return rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, self.nonlinearity), None
+        if self.mode == "GRU":
+            return gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, self.reset_after), None
+        return lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+class RNNCell(_ReferenceCellStep, _cells.RNNCell):
+    """NumPy reference of rnnc.RNNCell."""
+
+
+class GRUCell(_ReferenceCellStep, _cells.GRUCell):
+    """NumPy reference of rnnc.GRUCell."""
+
+
+class LSTMCell(_ReferenceCellStep, _cells.LSTMCell):
+    """NumPy reference of rnnc.LSTMCell."""
+
+
+class Linear(_linear.Linear):
+    """NumPy reference of rnnc.Linear: y = activation(x W^T + b) over the last axis."""
+
+    def __call__(self, x):
+        x = np.asarray(x, dtype=self.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have {self.in_features} features (in_features) in "
+                             f"its last axis, got shape {x.shape}")
+        y = x @ self._params["weight"].T
+        if "bias" in self._params:
+            y = y + self._params["bias"]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.activation == "tanh":
+                y = np.tanh(y)
+            elif self.activation == "relu":
+                y = np.where(y < 0, 0, y).astype(self.dtype)
+            elif self.activation == "sigmoid":
+                y = sigmoid(y)
+            elif self.activation == "softmax":
+                e = np.exp(y - y.max(axis=-1, keepdims=True))
+                y = e / e.sum(axis=-1, keepdims=True)
+        if self.training:    # what the inherited backward (plain NumPy) reads
+            self._cache = (x.reshape(-1, self.in_features), y.reshape(-1, self.out_features),
+                           x.shape[:-1])
+        return y
+
+
+def reverse_padded(x, lengths):
+    """Reverse each sequence of a time-major (T, B, ...) batch within its own length;
+    padded positions (t >= lengths[b]) are left where they are."""
+    x = np.array(x, copy=True)
+    for b, n in enumerate(lengths):
+        x[:n, b] = x[:n, b][::-1].copy()
+    return x
+
+
+class Bidirectional(_bidirectional.Bidirectional):
+    """NumPy reference of rnnc.Bidirectional, written the textbook way: flip every sequence
+    within its length, run the backward layer forward in time, flip its outputs back.
+
+    Its backward mirrors this: the gradient of the backward layer's output is flipped the same
+    way before that layer's backward (which runs on the flipped input), and the gradient of
+    that input is flipped back."""
+
+    def _flip(self, a, n):
+        """reverse_padded for an array in the layers' layout: (T, B, F), (B, T, F) when
+        batch_first, or (T, F) unbatched."""
+        a = np.asarray(a)
+        if a.ndim == 2:
+            return reverse_padded(a[:, None], n)[:, 0]
+        if self.forward_layer.batch_first:
+            return reverse_padded(a.swapaxes(0, 1), n).swapaxes(0, 1)
+        return reverse_padded(a, n)
+
+    def __call__(self, x, hx=None, lengths=None):
+        hx_f, hx_b = (None, None) if hx is None else hx
+        layer = self.forward_layer
+        out_f, state_f = layer(x, hx_f, lengths)
+        x = np.asarray(x)
+        if x.ndim == 2:
+            T, B = x.shape[0], 1                                    # unbatched
+        else:
+            T, B = x.shape[1::-1] if layer.batch_first else x.shape[:2]
+        n = np.full(B, T) if lengths is None else np.reshape(np.asarray(lengths), (B,))
+        out_b, state_b = self.backward_layer(self._flip(x, n), hx_b, lengths)
+        out_b = self._flip(out_b, n)
+        if self.training:
+            self._lengths = n
+            # "mul": each direction's output is a factor of the other's gradient.
+            self._outputs = (out_f, out_b)
+        return _bidirectional.merge(out_f, out_b, self.merge_mode), (state_f, state_b)
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Gradients after a training-mode call, as rnnc.Bidirectional.backward:
+        ``(dx, (dhx_fwd, dhx_bwd), grads)``."""
+        if self.forward_layer._cache is None:
+            raise RuntimeError("Bidirectional.backward needs a call in training mode first "
+                               "(call .train(), then the module), and runs once per call")
+        g_f, g_b = self._split_grad(grad_output)     # both in forward time order
+        if grad_h_n is None:
+            gh_f = gh_b = None
+        elif isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
+            gh_f, gh_b = grad_h_n
+        else:
+            raise TypeError("grad_h_n for Bidirectional must be None or a pair "
+                            f"(forward, backward), got {describe(grad_h_n)}")
+        # Check both halves before running either, so a rejected call changes nothing.
+        checked_f = self.forward_layer._check_backward(g_f, gh_f)
+        g_b, gh_b, gc_b = self.backward_layer._check_backward(g_b, gh_b)   # g_b: (T, B, P)
+        n = self._lengths
+        dx_f, dhx_f, grads_f = self.forward_layer._run_backward(checked_f)
+        # The backward layer's output at step t of the flipped sequence is out_b at step
+        # n - 1 - t: flip its gradient the same way. Its final state is not flipped.
+        dx_b, dhx_b, grads_b = self.backward_layer._run_backward(
+            (reverse_padded(g_b, n), gh_b, gc_b))
+        # dx_b is the gradient of the flipped input: flip it back.
+        dx = dx_f + self._flip(dx_b, n)
+        grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}
+        grads.update({f"backward_layer.{k}": v for k, v in grads_b.items()})
+        return dx, (dhx_f, dhx_b), grads
