@@ -165,10 +165,14 @@ class Bidirectional:
         checked_f = self.forward_layer._check_backward(g_f, gh_f)
         checked_b = self.backward_layer._check_backward(g_b, gh_b)
         dx_f, dhx_f, grads_f = self.forward_layer._run_backward(checked_f)
-        dx_b, dhx_b, grads_b = self.backward_layer._run_backward(checked_b)
+        dx_b, dhx_b, grads_b = self._run_backward_layer(checked_b)
         grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}
         grads.update({f"backward_layer.{k}": v for k, v in grads_b.items()})
         return dx_f + dx_b, (dhx_f, dhx_b), grads
+
+    def _run_backward_layer(self, checked):
+        """The backward layer's backward (it ran reversed on the unflipped input)."""
+        return self.backward_layer._run_backward(checked)
 
     def _split_grad(self, grad_output):
         """Gradient of the merged output -> gradients of the two directions' outputs."""

@@ -9,6 +9,8 @@ specification and test oracle.
   Bidirectional), reusing rnnc's argument checking and parameter handling and replacing every
   computation with the functions of the two modules.
 """
+import numpy as np
+
 from rnnc import bidirectional as _bidirectional
 from rnnc import cells as _cells
 from rnnc import linear as _linear
@@ -173,31 +175,13 @@ class Bidirectional(_bidirectional.Bidirectional):
             self._outputs = (out_f, out_b)
         return _bidirectional.merge(out_f, out_b, self.merge_mode), (state_f, state_b)
 
-    def backward(self, grad_output, grad_h_n=None):
-        """Gradients after a training-mode call, as rnnc.Bidirectional.backward:
-        ``(dx, (dhx_fwd, dhx_bwd), grads)``."""
-        if self.forward_layer._cache is None:
-            raise RuntimeError("Bidirectional.backward needs a call in training mode first "
-                               "(call .train(), then the module), and runs once per call")
-        g_f, g_b = self._split_grad(grad_output)     # both in forward time order
-        if grad_h_n is None:
-            gh_f = gh_b = None
-        elif isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
-            gh_f, gh_b = grad_h_n
-        else:
-            raise TypeError("grad_h_n for Bidirectional must be None or a pair "
-                            f"(forward, backward), got {describe(grad_h_n)}")
-        # Check both halves before running either, so a rejected call changes nothing.
-        checked_f = self.forward_layer._check_backward(g_f, gh_f)
-        g_b, gh_b, gc_b = self.backward_layer._check_backward(g_b, gh_b)   # g_b: (T, B, P)
+    def _run_backward_layer(self, checked):
+        """The backward layer ran forward in time on the flipped input: its output gradient
+        is flipped the same way before its backward (step t of the flipped sequence is step
+        n - 1 - t), and the gradient of its input is flipped back; its final state is not
+        flipped."""
+        g_b, gh_b, gc_b = checked             # g_b: (T, B, P), time-major
         n = self._lengths
-        dx_f, dhx_f, grads_f = self.forward_layer._run_backward(checked_f)
-        # The backward layer's output at step t of the flipped sequence is out_b at step
-        # n - 1 - t: flip its gradient the same way. Its final state is not flipped.
         dx_b, dhx_b, grads_b = self.backward_layer._run_backward(
             (reverse_padded(g_b, n), gh_b, gc_b))
-        # dx_b is the gradient of the flipped input: flip it back.
-        dx = dx_f + self._flip(dx_b, n)
-        grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}
-        grads.update({f"backward_layer.{k}": v for k, v in grads_b.items()})
-        return dx, (dhx_f, dhx_b), grads
+        return self._flip(dx_b, n), dhx_b, grads_b
