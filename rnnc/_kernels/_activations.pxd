@@ -4,9 +4,9 @@
 # float32 rounding in float32, and NaN/Inf must propagate as in the math. The scalar functions
 # here use libm; the vectorised array forms have stated, tested bounds (tests/test_activations).
 #
-# Speed: glibc's tanhf/tanh go through expm1 and cost ~18 ns each, more than everything else in
-# a small LSTM step. tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) is as accurate wherever
-# 1 - e does not cancel:
+# Speed: glibc's tanhf/tanh go through expm1, which costs more than everything else in a small
+# LSTM step (benchmarks/results/tuning.md). tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) is
+# as accurate wherever 1 - e does not cancel:
 # - float32: evaluated in double, the cancellation costs at most ~1e-16 / |x| relative, far
 #   below float32 rounding for |x| >= 1e-6; below that tanh(x) rounds to x in float32.
 # - float64: expm1 keeps full precision near 0: tanh(|x|) = -m / (m + 2), m = expm1(-2|x|).

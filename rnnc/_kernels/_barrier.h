@@ -1,7 +1,8 @@
-/* A spinning barrier for the threads that share one recurrent layer (rnnc/_kernels/_parallel_forward.pyx).
- * They meet once per time step, a few microseconds apart, so waiting by spinning (with the CPU's
- * pause hint) is far cheaper than sleeping on a futex; after ~50 us of spinning a waiter yields
- * its core instead, in case the other thread is not running (more threads than cores).
+/* A spinning barrier for the threads that share one recurrent layer
+ * (rnnc/_kernels/_parallel_forward.pyx). They meet once per time step, one short step apart, so
+ * waiting by spinning (with the CPU's pause hint) is far cheaper than sleeping on a futex; after
+ * 2000 spins a waiter yields its core instead, in case the other thread is not running (more
+ * threads than cores; benchmarks/results/tuning.md).
  * Sense-reversing: bar[0] counts arrivals, bar[1] flips when the last one arrives; every thread
  * keeps its own `sense`, starting at 0 like bar[1]. bar must start zeroed. */
 #ifndef RNNC_BARRIER_H
@@ -41,9 +42,9 @@ static inline void rnnc_barrier_wait(int* bar, int n_threads, int* sense) {
     }
 }
 /* Progress counts one thread publishes and another waits on, and a queue two threads take items
- * from (the projection-ahead pipeline of rnnc/_kernels/_parallel_forward.pyx): release / acquire, so what
- * the publisher wrote before it is visible to the waiter after. Waiting spins like the barrier,
- * then yields. */
+ * from (the projection-ahead pipeline of rnnc/_kernels/_parallel_forward.pyx): release / acquire,
+ * so what the publisher wrote before it is visible to the waiter after. Waiting spins like the
+ * barrier, then yields. */
 static inline void rnnc_count_publish(long* count, long value) {
     __atomic_store_n(count, value, __ATOMIC_RELEASE);
 }

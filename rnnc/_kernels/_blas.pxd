@@ -86,8 +86,9 @@ cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                 floating beta, floating* C, Py_ssize_t ldc,
                                 bint flip=False) noexcept nogil:
     """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed weights
-    (panels of 64 float32 or 32 float64 columns, rnnc._stack.pack_panels), the small-batch
-    kernel of _small_gemm.h (no per-call weight packing); else, or without AVX-512, BLAS.
+    (panels of 64 float32 or 32 float64 columns, pack_panels of rnnc/_engine/workspace.py),
+    the small-batch kernel of _small_gemm.h (no per-call weight packing); else, or without
+    AVX-512, BLAS.
     flip: the parity of the step (see small_gemm)."""
     if not small_gemm(M, N, K, h, ldh, w_packed, beta, C, ldc, flip):
         gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)

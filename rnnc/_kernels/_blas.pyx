@@ -29,7 +29,8 @@ cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t M, Py_ssize_t N, Py_ssize_
         return
     if M == 1 and K > 0:
         # One row (a cell's step at batch 1): BLAS's matrix-vector product reads the weights in
-        # place, where its GEMM packs them first (LSTMCell H128: ~5 us of a ~24 us call).
+        # place, where its GEMM packs them first, a large part of a short call
+        # (benchmarks/results/tuning.md).
         # C row = a @ op(B): in column-major terms op(B)^T a, with B (N, K) seen as (K, N)
         # when trans_b and B (K, N) seen as (N, K) otherwise.
         if trans_b:
@@ -78,8 +79,8 @@ def gemm_py(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1]
 def recurrent_gemm_py(const floating[:, ::1] h, const floating[:, ::1] w,
                       const floating[:, :, ::1] w_packed, floating[:, ::1] C, bint beta=False):
     """Test hook: C (M, N) = h (M, K) @ w (N, K)^T, plus C when beta, through recurrent_gemm:
-    the small-batch kernel when w_packed (= rnnc._stack.pack_panels(w)) is not zero-size and
-    the CPU has AVX-512, else BLAS."""
+    the small-batch kernel when w_packed (= pack_panels(w) of rnnc/_engine/workspace.py) is not
+    zero-size and the CPU has AVX-512, else BLAS."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t M = h.shape[0], K = h.shape[1], N = w.shape[0]
     if K == 0 or w.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
@@ -125,8 +126,8 @@ def panel_width(dtype):
 def pack_panels_into(const floating[:, :] w, floating[:, :, ::1] out):
     """out (ceil(N / W), K, W) = w^T (w is (N, K), any strides) in the small-batch kernel's
     panel layout, zero-padded past N, with W = panel_width(dtype): 64 float32, 32 float64.
-    w and out must have the same dtype. Compiled because NumPy's strided transpose copy cost
-    18 ms for a 4096 x 1024 float32 matrix (this: a few ms)."""
+    w and out must have the same dtype. Compiled because NumPy's strided transpose copy is
+    several times slower (benchmarks/results/tuning.md)."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t N = w.shape[0], K = w.shape[1]
     # Strides in elements; the cast keeps negative strides negative (size_t division would not).

@@ -1,8 +1,8 @@
 # Inference loops with one fused product per step, [x<t> | h<t-1> | 1] @ [W_ih | W_hh | b]^T,
 # and the packing of their weights: the LSTM's, shared by the one-thread kernel
 # (rnnc/_kernels/_lstm_kernel.pyx) and the layers split by batch rows between two threads
-# (rnnc/_kernels/_parallel_forward.pyx), which run it on each part's rows; the vanilla RNN's, for the
-# row split only.
+# (rnnc/_kernels/_parallel_forward.pyx), which run it on each part's rows; the vanilla RNN's,
+# for the row split only.
 from cython cimport floating
 from libc.string cimport memcpy
 
@@ -32,10 +32,10 @@ cdef inline void fused_sequence(
     """Inference without projection, small batches: one product per step computes all of
     x<t> W_ih^T + h<t-1> W_hh^T + b with the small-batch kernel, instead of a GEMM over a chunk
     of steps for the inputs plus one for the state. It saves writing and re-reading the chunk's
-    projected inputs and BLAS's packing of them (LSTM B16 H128 and B64 H256: ~8% of the layer);
-    it reads W_ih every step, so it pays only when the batch reuses each weight enough
-    (rnnc/_stack.py decides). The pointwise pass writes h<t> straight into xh for the next
-    step; rows that have ended keep their final state there."""
+    projected inputs and BLAS's packing of them (benchmarks/results/tuning.md); it reads W_ih
+    every step, so it pays only when the batch reuses each weight enough (rnnc/_engine/plan.py
+    decides). The pointwise pass writes h<t> straight into xh for the next step; rows that have
+    ended keep their final state there."""
     cdef Py_ssize_t K = I + H + 1, G = 4 * H if cell == FUSED_LSTM else H
     cdef Py_ssize_t s, t, b, r
     for r in range(B):

@@ -152,7 +152,7 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep,
                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hn_packed,
                 const floating[:, :, ::1] w_ih_packed, bint ih_per_panel=False):
-    """Run one GRU layer in one direction over a packed sequence (see rnnc/_stack.py).
+    """Run one GRU layer in one direction over a packed sequence (rnnc/_engine/runners/kernel.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
     A non-empty h_prev (training) receives the state before each step, hn_keep W_hn h + b_hn

@@ -10,8 +10,9 @@ and the previous h and c of every step are kept for the backward pass.
 Backward walks the steps in the opposite order: per step one fused pass turns the kept
 activations into the gradients of the gate pre-activations (dA, in place) and one GEMM carries
 dA @ W_hh to the previous state; the weight and input gradients are then large GEMMs over all
-steps at once. The GIL is released for the whole sequence and nothing is allocated: the Python
-layer (rnnc/_stack.py) validated the inputs and owns every buffer passed here.
+steps at once. The GIL is released for the whole sequence and nothing is allocated: the plan
+(rnnc/_engine/plan.py) decides how a layer runs, and its runner (rnnc/_engine/runners/kernel.py)
+allocates every buffer passed here, from inputs validated before the call.
 """
 from cython cimport floating
 from libc.string cimport memcpy
@@ -132,7 +133,7 @@ cdef void lstm_fused_backward_steps(
         const floating* w_hh_packed) noexcept nogil:
     """The time loop of lstm_fused_sequence_backward: dA of every step (in act) and the
     gradients of the initial state. Rows are independent here, so a layer split by batch rows
-    runs it on each part's rows (rnnc/_split_train.py)."""
+    runs it on each part's rows (rnnc/_engine/runners/rows.py)."""
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, off
     for s in range(T):
@@ -156,10 +157,10 @@ cdef void lstm_fused_backward_weights(
         ) noexcept nogil:
     """The GEMMs after lstm_fused_backward_steps (dA of all N rows in act): rows [r0, r1) of
     the input gradient and gate rows [g0, g1) of [dW_ih | dW_hh | db]. Two threads may each
-    compute a share (rnnc/_split_train.py)."""
+    compute a share (rnnc/_engine/runners/rows.py)."""
     cdef Py_ssize_t K = I + H + 1, G = 4 * H
-    # dx on the small-batch kernel where it runs: OpenBLAS reached 101 GFLOP/s on dA @ W_ih
-    # (3200 x 1024 @ 1024 x 256, LSTM B64 H256 T50), the kernel 115 (16.7 -> 14.6 ms).
+    # dx on the small-batch kernel where it runs: with W_ih packed already, it runs this product
+    # closer to the CPU's peak than OpenBLAS (benchmarks/results/tuning.md).
     if r1 > r0 and not small_gemm(r1 - r0, I, G, act + r0 * G, G, w_ih_packed,
                                   1 if add_dx else 0, dx + r0 * lddx, lddx):
         gemm(False, False, r1 - r0, I, G, 1, act + r0 * G, G, w_ih, I, 1 if add_dx else 0,
@@ -252,7 +253,7 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                  floating[:, ::1] h_prev, floating[:, ::1] c_prev,
                  const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed,
                  const floating[:, :, ::1] w_ih_packed, bint ih_per_panel=False):
-    """Run one LSTM layer in one direction over a packed sequence (see rnnc/_stack.py).
+    """Run one LSTM layer in one direction over a packed sequence (rnnc/_engine/runners/kernel.py).
 
     Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
     columns [col0, col0 + P) of out are written. Non-empty h_prev/c_prev (training) receive the
@@ -290,9 +291,10 @@ def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_siz
                        floating[:, ::1] out, Py_ssize_t col0,
                        floating[:, ::1] xh, floating[:, ::1] gates):
     """One LSTM layer and direction, inference without projection, with one product per step
-    (fused_sequence, rnnc/_kernels/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh] (4H, I + H + 1)
-    in the small-batch kernel's panels (zero bias column without bias); xh (B, I + H + 1) and
-    gates (B, 4H) are workspace. The caller has checked that the small-batch kernel runs here."""
+    (fused_sequence, rnnc/_kernels/_fused.pxd). w_packed: [W_ih | W_hh | b_ih + b_hh]
+    (4H, I + H + 1) in the small-batch kernel's panels (zero bias column without bias);
+    xh (B, I + H + 1) and gates (B, 4H) are workspace. The caller has checked that the
+    small-batch kernel runs on this CPU."""
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], B = h.shape[0]
     if T == 0 or x.shape[0] == 0 or B == 0:
@@ -324,8 +326,8 @@ def lstm_cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                       floating[:, ::1] gates):
     """One LSTM step (the cell, inference): h and c (B, H) are updated in place (the caller
     passes copies); gates (B, 4H) is workspace; zero-size b_ih/b_hh mean no bias. Fewer
-    arguments than lstm_forward with T = 1, and no sequence to walk: a cell's call is short
-    (~20 us at H128), and converting each array argument costs about half a microsecond."""
+    arguments than lstm_forward with T = 1, and no sequence to walk: a cell's call is short, so
+    converting each array argument is a noticeable part of it (benchmarks/results/tuning.md)."""
     cdef Py_ssize_t B = h.shape[0], H = c.shape[1], I = x.shape[1], G = 4 * H, r, j
     cdef floating beta = 0
     if B == 0:
@@ -449,7 +451,8 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                   floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all,
                   floating[::1] tc_row, floating[::1] db_acc,
                   const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed):
-    """BPTT through one LSTM layer and direction after a training forward (see rnnc/_stack.py).
+    """BPTT through one LSTM layer and direction after a training forward (the runner:
+    rnnc/_engine/runners/kernel.py).
 
     act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
     gradients of the final states and receive those of the initial states. Weight gradients are

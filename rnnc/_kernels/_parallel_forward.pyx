@@ -1,14 +1,14 @@
 """Inference forward of one layer and direction, split across two threads: by hidden units
-(below), or, for an LSTM or RNN on the fused product, by batch rows (rows_forward_py, further
-down).
+(below), or by batch rows (rows_forward_py, further down: LSTM and RNN on the fused product, GRU
+with reset_after on gru_rows_sequence).
 
 Each thread owns a contiguous block of hidden units [u0, u0 + nu) and with it the rows of every
 gate that feed them: it projects its own gate columns of the inputs, computes its own columns of
 the recurrent product (the whole previous state times its rows of W_hh), applies the gate math
 to its units and writes their part of the new state and the output. Nothing but the state is
-shared, so the threads meet once per time step (rnnc/_kernels/_barrier.h), after which every thread
-reads the whole new state. Two state buffers alternate (read one, write the other), so that a
-thread may write step t's state while the other still reads step t-1's.
+shared, so the threads meet once per time step (rnnc/_kernels/_barrier.h), after which every
+thread reads the whole new state. Two state buffers alternate (read one, write the other), so
+that a thread may write step t's state while the other still reads step t-1's.
 
 Why: at small batches the recurrent product is a stream through the weights, and splitting the
 weight rows puts half of them in each core's cache (LSTM H1024: 16 MB of W_hh split in two)
@@ -17,11 +17,11 @@ where multi-threaded BLAS splits one small product per step and pays a fork/join
 Covers RNN, GRU (reset_after=True) and LSTM without projection; the layer's other forms, and
 training (which keeps per-step caches in the unsplit layout), use the one-thread kernels. An
 LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product per step
-(forward_part_fused; rnnc/_stack.py decides as for the one-thread fused kernel).
+(forward_part_fused; rnnc/_engine/plan.py decides as for the one-thread fused kernel).
 
-The second part runs on a helper thread of this module (rnnc/_kernels/_worker.h), started once per
-process; each part gathers and packs its own weight rows before its time loop (prepare_and_run).
-The GIL is released for the whole sequence; nothing is allocated here.
+The second part runs on a helper thread of this module (rnnc/_kernels/_worker.h), started once
+per process; each part gathers and packs its own weight rows before its time loop
+(prepare_and_run). The GIL is released for the whole sequence; nothing is allocated here.
 """
 from cython cimport floating
 from libc.string cimport memcpy, memset
@@ -59,8 +59,9 @@ cdef inline void project_part(
         bint per_panel) noexcept nogil:   # w_ih_packed: one panel's buffer (project_inputs)
     """This part's gate columns of x @ W_ih^T + bias: with the small-batch kernel on the
     part's packed rows; else one GEMM on the gathered rows, or one per gate block read in
-    place (large weights: the gathered copy cost a pass over them through memory; for small
-    ones the extra packing of the inputs costs more, LSTM B16 H128 30%)."""
+    place (large weights, where the gathered copy costs a pass over them through memory; for
+    small ones BLAS packing the inputs once per gate block costs more,
+    benchmarks/results/tuning.md)."""
     cdef Py_ssize_t g
     cdef floating beta = 0
     if gate_stride == 0:    # contiguous rows: the layer kernels' projection
@@ -72,7 +73,7 @@ cdef inline void project_part(
         fill_rows(xg, GN, nrows)
         beta = 1
     if per_panel and w_ih_packed != NULL:
-        # Each gate block's rows in place (nu fills whole panels: _stack._run_split).
+        # Each gate block's rows in place (nu fills whole panels: rnnc/_engine/plan.py).
         for g in range(GN // nu):
             if not small_gemm_packing(nrows, nu, I, x, ldx, w_ih + g * gate_stride, I, beta,
                                       xg + g * nu, GN, <floating*>w_ih_packed):
@@ -87,15 +88,16 @@ cdef inline void project_part(
 
 
 # ---------------------------------------------------------------------------------------------
-# Projection ahead. A layer too small to split (one step's product is a few microseconds) runs its
-# time loop on the calling thread, and the helper projects the inputs of the next chunk of steps
-# meanwhile: the projection, a fifth or more of such a layer's time, leaves the critical path
-# (pipelined_forward_py). Chunks go through a ring of two buffers: chunk c may be written once
-# the caller is done with chunk c - 2. Both threads take chunks from one queue (`next`): the
-# helper takes the next one ahead, the caller takes the chunk it needs if the helper has not, and
-# otherwise waits until the helper has written it (progress counts, rnnc/_kernels/_barrier.h). So a helper
-# that starts late (or never) costs nothing but the caller's own projections, and the results
-# do not depend on which thread projected what. The caller starts with chunk 0.
+# Projection ahead. A layer too small to split (one step's product too short to repay a barrier)
+# runs its time loop on the calling thread, and the helper projects the inputs of the next chunk
+# of steps meanwhile: the projection, a large share of such a layer's time, leaves the critical
+# path (pipelined_forward_py; benchmarks/results/tuning.md). Chunks go through a ring of two
+# buffers: chunk c may be written once the caller is done with chunk c - 2. Both threads take
+# chunks from one queue (`next`): the helper takes the next one ahead, the caller takes the
+# chunk it needs if the helper has not, and otherwise waits until the helper has written it
+# (progress counts, rnnc/_kernels/_barrier.h). So a helper that starts late (or never) costs
+# nothing but the caller's own projections, and the results do not depend on which thread
+# projected what. The caller starts with chunk 0.
 # ---------------------------------------------------------------------------------------------
 cdef struct Ahead:
     bint is_double
@@ -266,11 +268,11 @@ cdef void forward_part_fused(
 
 # ---------------------------------------------------------------------------------------------
 # Both parts in one call: part 0 on the calling thread, part 1 on a helper thread of this module
-# (rnnc/_kernels/_worker.h) that spins between jobs, then sleeps. Handing a part to a Python thread pool
-# cost 50-85 us per layer call; posting to this helper costs about a microsecond (a few when it
-# has to be woken). Each part also prepares its own weights (gathers its rows of W_ih, packs its
-# rows of W_hh) before its time loop, so that this per-call work is shared by both threads
-# instead of done by the caller before either starts (LSTM H1024: 32 MB of copies a call).
+# (rnnc/_kernels/_worker.h) that spins between jobs, then sleeps: posting to it costs far less
+# than handing a part to a Python thread pool (benchmarks/results/tuning.md). Each part also
+# prepares its own weights (gathers its rows of W_ih, packs its rows of W_hh) before its time
+# loop, so that this per-call work is shared by both threads instead of done by the caller
+# before either starts (LSTM H1024: 32 MB of copies a call).
 # ---------------------------------------------------------------------------------------------
 cdef struct Part:
     int mode
@@ -304,8 +306,8 @@ cdef struct Part:
                                # (G*nu, I + H + 1) [W_ih | W_hh | b] rows; else NULL
     Py_ssize_t chunk_steps
     int* bar
-    bint prepared              # w_ih / w_hh / the panels already hold this part's weights
-                               # (a frozen module's cache, rnnc/_stack.py): nothing to gather
+    bint prepared              # w_ih / w_hh / the panels already hold this part's weights (a
+                               # frozen module's, rnnc/_engine/workspace.py): nothing to gather
 
 
 cdef inline void pack_part_rows(Py_ssize_t G, Py_ssize_t nu, Py_ssize_t K,
@@ -379,25 +381,24 @@ cdef void run_part(Part* p) noexcept nogil:
 
 # ---------------------------------------------------------------------------------------------
 # Split by batch rows. An LSTM or RNN layer on the fused product (fused_sequence), or a GRU
-# (gru_rows_sequence: its n gate needs the state's product apart), with a batch of 8 or more
-# runs its first rows and its last rows as two sequences of their own: rows never meet,
-# so the threads share nothing while the steps run -- no barrier, no state crossing between the
-# cores each step -- and each reads all the weights from its own cache (the fused product's
-# weights fit it; rnnc/_stack.py decides). Measured at 2 threads on this VM, LSTM B16 H128 T100:
-# the split by units took 2.24-2.27 ms, or 3.05 when the host placed the two vCPUs far apart
-# (a cache line's round trip 75 ns, or 365), while one thread takes 2.13 ms for B8 whatever the
-# other core does. Each part runs fused_sequence on its rows: the caller's offsets with
-# the part's first row and its own batch sizes. With the split at a multiple of 4 rows (the
-# kernel's row tiles) both parts give the bits of the one-thread kernel (GRU: where each step's
-# rows fill whole tiles, see gru_rows_sequence).
+# (gru_rows_sequence: its n gate needs the state's product apart), with a batch of at least two
+# row tiles runs its first rows and its last rows as two sequences of their own: rows never
+# meet, so the threads share nothing while the steps run -- no barrier, no state crossing
+# between the cores each step -- and each reads all the weights from its own cache (the fused
+# product's weights fit it; rnnc/_engine/plan.py decides). So a part's time does not depend on
+# how far apart the two cores are, where a split by units pays that distance every step
+# (benchmarks/results/tuning.md). Each part runs fused_sequence on its rows: the caller's
+# offsets with the part's first row and its own batch sizes. With the split at a multiple of 4
+# rows (the kernel's row tiles) both parts give the bits of the one-thread kernel (GRU: where
+# each step's rows fill whole tiles, see gru_rows_sequence).
 #
 # A call does not wait for the helper to start. Each part is claimed by whichever thread gets
 # to it first (`taken`): the caller starts with part 0, the helper with part 1 (so each part and
-# its buffers stay with one core from call to call: parts that changed threads between calls
-# cost LSTM B16 H128 ~15%), and the caller goes on to part 1 if the helper has not claimed it.
-# It waits only for a part the helper claimed. So a sleeping helper (waking one takes 0.6 to
-# several ms here, rnnc/_kernels/_worker.h) is posted all the same: it takes part 1 if it wakes in time,
-# and otherwise finds nothing left, by which time the call may have returned. That is why the
+# its buffers stay with one core from call to call, which is faster than parts changing threads;
+# benchmarks/results/tuning.md), and the caller goes on to part 1 if the helper has not claimed
+# it. It waits only for a part the helper claimed. So a sleeping helper (slow to wake,
+# rnnc/_kernels/_worker.h) is posted all the same: it takes part 1 if it wakes in time, and
+# otherwise finds nothing left, by which time the call may have returned. That is why the
 # helper's job lives here and not on the caller's stack, and why claims name a generation (one a
 # call): a helper that wakes during a later call can only claim that call's parts, whose
 # descriptions are complete before the generation opens (`open`).
@@ -538,8 +539,9 @@ cdef void helper_job(void* arg) noexcept nogil:
         run_part(<Part*>arg)
 
 
-# One helper and one pair of part descriptions per process; rnnc._stack lets one call at a time
-# use them (a lock it tries, and runs the layer on one thread when it is taken). _job_kind says
+# One helper and one pair of part descriptions per process; rnnc/_engine/threads.py
+# (split_begin) lends them to one call at a time (a lock: a row split or a projection ahead
+# that finds it taken runs without the helper, a split by units waits for it). _job_kind says
 # which job the helper runs when posted (set before posting): a split part (_parts[1]), the
 # projection ahead (_job_ahead) or the parts of a row split (_rows_job). A row-split call may
 # return before the helper has run its job: a call that posts another kind first waits for the
@@ -640,8 +642,9 @@ def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] b
                      Py_ssize_t chunk_steps, int[::1] bar, bint prepared=False,
                      bint ih_per_panel=False):
     """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
-    helper (split_helper_ready() must have returned True). rnnc._stack validates and allocates
-    everything (shapes as in forward_part; per part p: bias{p} its folded biases, b_hn{p} its
+    helper (split_helper_ready() must have returned True). The plan (rnnc/_engine/plan.py)
+    decides and the runner (rnnc/_engine/runners/units.py) allocates everything (shapes as in
+    forward_part; per part p: bias{p} its folded biases, b_hn{p} its
     GRU b_hn, w_ih{p} its (G*nu, I) rows to fill (zero-size: the projection reads W_ih's
     gate blocks in place), w_hh{p} its (G*nu, H) rows to fill or
     zero-size when packed{p} is packed straight from w_hh, packed{p} zero-size for the BLAS
@@ -739,8 +742,9 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
     cdef floating* pc = <floating*>data_or_null(<const char*>c._data, c.shape[0])
     cdef floating* pcpart = <floating*>data_or_null(<const char*>cpart._data, cpart.shape[0])
     cdef floating* phg = <floating*>data_or_null(<const char*>hg._data, hg.shape[0])
-    # Only an awake helper gets the job (rnnc/_kernels/_worker.h: waking one takes milliseconds here);
-    # a sleeping one is woken for the calls that follow, and this call projects every chunk.
+    # Only an awake helper gets the job (waking a sleeping one can take longer than this layer,
+    # rnnc/_kernels/_worker.h); a sleeping one is woken for the calls that follow, and this
+    # call projects every chunk.
     cdef bint post = use_helper and rnnc_worker_awake(_helper)
     if use_helper and not post:
         rnnc_worker_wake(_helper)
@@ -824,7 +828,8 @@ def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] ba
     Arguments as lstm_fused_forward's, plus the layer's weights (zero-size b_ih / b_hh: none).
     packed{p}: each part's copy of the fused weights in panels, which it packs itself unless
     prepared (kept from an earlier call by a frozen module). batch_sizes0/1: each part's
-    active rows at every step (the layout's, clipped to the part; rnnc._stack computes them).
+    active rows at every step (the layout's, clipped to the part: rnnc/_engine/layout.py,
+    row_split).
     Each part's workspace: xh{p} (rows, I + H + 1), gates{p} (rows, G), cwork{p} (rows, H).
     RNN: c and cwork{p} zero-size. GRU (gru_rows_sequence): packed{p} holds W_ih^T's panels
     and packed_hh{p} W_hh^T's, hg{p} (rows, 3H) and bias{p} (3H,) (zero-size without bias)

@@ -1,20 +1,20 @@
 """Training forward and backward (BPTT) of one LSTM layer and direction, split by hidden units
 across threads.
 
-The one-thread kernels (rnnc/_kernels/_lstm_kernel.pyx) run every step's recurrence on one thread, so at
-two threads only the large GEMMs before and after the time loop use both cores. Here each
-thread owns a block of hidden units [u0, u0 + nu) -- the rows of every gate that feed them --
-for the whole training step:
+The one-thread kernels (rnnc/_kernels/_lstm_kernel.pyx) run every step's recurrence on one
+thread, so at two threads only the large GEMMs before and after the time loop use both cores.
+Here each thread owns a block of hidden units [u0, u0 + nu) -- the rows of every gate that feed
+them -- for the whole training step:
 
-Forward (lstm_train_forward_part): as the inference split (rnnc/_kernels/_parallel_forward.pyx), each
-thread projects its gate columns of the inputs (step by step with the small-batch kernel),
-multiplies the whole previous state by its rows
-of W_hh, applies the gate math to its units and writes their part of the new state; the threads
-meet once per step (rnnc/_kernels/_barrier.h) and two state buffers alternate. What training keeps is
-written where the backward wants it: the gate activations go to the shared (N, 4H) buffer in
-*part order* -- thread p's columns [4 u0, 4 u0 + 4 nu) hold its i, f, g, o blocks of nu units
-each -- the states before each step to the columns [u0, u0 + nu) of c_prev and of h_prev,
-which sits next to a copy of the input in one (N, I + H) buffer [x | h_prev].
+Forward (lstm_train_forward_part): as the inference split (rnnc/_kernels/_parallel_forward.pyx),
+each thread projects its gate columns of the inputs (step by step with the small-batch kernel),
+multiplies the whole previous state by its rows of W_hh, applies the gate math to its units and
+writes their part of the new state; the threads meet once per step (rnnc/_kernels/_barrier.h)
+and two state buffers alternate. What training keeps is written where the backward wants it:
+the gate activations go to the shared (N, 4H) buffer in *part order* -- thread p's columns
+[4 u0, 4 u0 + 4 nu) hold its i, f, g, o blocks of nu units each -- the states before each step
+to the columns [u0, u0 + nu) of c_prev and of h_prev, which sits next to a copy of the input in
+one (N, I + H) buffer [x | h_prev].
 
 Backward (lstm_backward_part), per step: each thread turns its columns of the kept activations
 into dA (it needs only its own columns of dh and dc, which it alone computes); the threads meet;
@@ -26,9 +26,9 @@ computes its share of the large GEMMs: [dW_ih | dW_hh] for its units' rows (one 
 [x | h_prev]) and the input gradient for half of the rows, with BLAS at one thread each.
 
 Part order is a permutation of the gate rows, [part 0: i f g o | part 1: i f g o]; the caller
-(rnnc/_split_train.py) hands over the weights in that order and the kernels write the weight and
-bias gradients back in the parameters' order. The GIL is released for the whole sequence;
-nothing is allocated here.
+(rnnc/_engine/runners/units.py) hands over the weights in that order and the kernels write the
+weight and bias gradients back in the parameters' order. The GIL is released for the whole
+sequence; nothing is allocated here.
 """
 from cython cimport floating
 from libc.string cimport memcpy
@@ -75,8 +75,7 @@ cdef void lstm_train_forward_part(
     copy_rows(cpart, nu, c + u0, H, B, nu)
     # This part's gate columns of x @ W_ih^T + bias, onto bias-filled rows: with the
     # small-batch kernel, step by step (it runs closer to the CPU's peak than BLAS on the whole
-    # sequence: LSTM B64 H256 T50 ~3% less time in all, B16 H128 unchanged); with BLAS, for
-    # all steps at once here.
+    # sequence; benchmarks/results/tuning.md); with BLAS, for all steps at once here.
     if w_ih_packed == NULL:
         if bias != NULL:
             for r in range(N):
@@ -177,7 +176,7 @@ cdef void lstm_backward_part(
         gemm(False, False, row1 - row0, I, G, 1, act + row0 * G, G, w_ih_perm, I,
              1 if add_dx else 0, dx + row0 * lddx, lddx)
     # [dW_ih | dW_hh] for this part's rows in one GEMM: dA is read once, and the wider product
-    # runs faster (LSTM H256: 88 vs 79 GFLOPS).
+    # runs faster than two narrower ones (benchmarks/results/tuning.md).
     gemm(True, False, GN, I + H, N, 1, act + col, G, xh, I + H, 0, wtmp, I + H)
     for r in range(GN):
         j = param_row(r, H, u0, nu)
@@ -204,7 +203,8 @@ def lstm_train_forward_part_py(
         floating[:, ::1] xh, Py_ssize_t xrow0, Py_ssize_t xrow1, floating[:, ::1] c_prev,
         int[::1] bar, int n_threads):
     """One thread's part of an LSTM training forward split by hidden units (see the module
-    docstring; rnnc/_split_train.py validates, allocates and starts the parts together).
+    docstring; rnnc/_engine/runners/units.py allocates the buffers and starts the parts
+    together).
 
     w_ih (4nu, I) and w_hh (4nu, H) are this part's rows, gate-major, and w_ih_packed,
     w_hh_packed the same in panels for the small-batch kernel, or zero-size (BLAS: w_ih

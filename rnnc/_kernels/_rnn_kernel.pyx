@@ -100,7 +100,8 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                 floating[:, ::1] xg, Py_ssize_t chunk_steps, floating[:, ::1] h_prev,
                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed,
                 bint ih_per_panel=False):
-    """Run one Elman RNN layer in one direction over a packed sequence (see rnnc/_stack.py).
+    """Run one Elman RNN layer in one direction over a packed sequence (the runner:
+    rnnc/_engine/runners/kernel.py).
 
     Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
     A non-empty h_prev (training) receives the state before each step, and xg (then (N, H),

@@ -9,10 +9,9 @@
  * normal float32; NaN propagates; +-inf give the limits.
  *   exp: Cephes' expf range reduction and degree-5 polynomial.
  *   tanh: Eigen's float rational approximation, a 13/6 odd/even pair of polynomials (worst
- *   relative error measured 2.9e-7 with FMA, 4.1e-7 without), and +-1 from |x| >= 7.9053,
- *   where tanh rounds within 2.7e-7 of 1. It replaced Cephes' tanhf (an odd polynomial below
- *   0.625, 1 - 2 / (exp(2|x|) + 1) above; 1.4e-7): no exp, one division instead of two paths
- *   evaluated and blended. The LSTM gate pass of a B16 H128 step went from 4.5 to 3.1 us.
+ *   relative error 2.9e-7 with FMA, 4.1e-7 without), and +-1 from |x| >= 7.9053, where tanh
+ *   rounds within 2.7e-7 of 1: no exp and one division, where an exp-based form needs two
+ *   paths evaluated and blended (benchmarks/results/tuning.md).
  */
 #ifndef RNNC_SIMD_MATH_H
 #define RNNC_SIMD_MATH_H
@@ -176,8 +175,7 @@ static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, con
  * AVX-512 versions of the forward activations and rows, written with intrinsics, 16 lanes a
  * vector, same formulas and the same accuracy bound (tests/test_activations.py applies them
  * through rnnc_sigmoid_f32 / rnnc_tanh_f32). What the compiler could not find on its own, and
- * what made them ~2x faster than the auto-vectorised loops above (LSTM B64 H256: the row pass
- * was 6.5% of a layer, B1 H64 15%):
+ * what makes them faster than the auto-vectorised loops above (benchmarks/results/tuning.md):
  *   - 2^n by vscalefps, which also gives inf on overflow and 0 / subnormals on underflow, so
  *     the two-factor scaling and the integer arithmetic of rnnc_expf_body are not needed;
  *   - rounding by vrndscaleps; the reduction x - n ln2 in two FMAs;
@@ -318,11 +316,11 @@ static void rnnc_gru_row_f32_avx512(ptrdiff_t H, float* x, const float* hg, cons
  *   exp(x) = 2^n (1 + expm1(r)) and expm1(x) = (2^n - 1) + 2^n expm1(r) (fdlibm's form: no
  *   cancellation for n != 0, and exactly expm1(r) for n = 0), 2^n by vscalefpd, which also
  *   gives inf on overflow and 0 / subnormals on underflow.
- * Measured against NumPy's (glibc's) np.exp / np.expm1 / np.tanh and the scalar forms over 40M
- * points (tests/test_activations.py enforces the bound): within 2 ulp, and NaN, +-inf, +-0 and
- * the overflow / underflow limits as the scalar forms. The kernels call these through
- * sigmoid_inplace / tanh_inplace in float64 (LSTM B64 H256: libm's expm1 and exp were 12-18% of
- * the layer). */
+ * Within 2 ulp of NumPy's (glibc's) np.exp / np.expm1 / np.tanh and of the scalar forms
+ * (tests/test_activations.py enforces the bound), and NaN, +-inf, +-0 and the overflow /
+ * underflow limits as the scalar forms. The kernels call these through sigmoid_inplace /
+ * tanh_inplace in float64, where libm's scalar exp and expm1 were a large part of a layer's
+ * time (benchmarks/results/tuning.md). */
 RNNC_AVX512_INLINE __m512d rnnc_expm1_reduced8(__m512d r) {
     __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);                 /* 1/13! */
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 479001600.0));   /* 1/12! */
@@ -463,10 +461,10 @@ static inline void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, cons
 
 /* ---------------------------------------------------------------------------------------------
  * Backward (BPTT) rows: one batch row of one step of the training backward, float32, in one
- * vectorised pass each. Same formulas as the float64 code of rnnc/_kernels/_cell_math.pxd (see there for
- * the derivation); db, when not NULL, accumulates the gradients of the gate pre-activations
- * (the bias gradients, summed over rows and steps) while they are in registers, instead of one
- * more pass over the whole (N, G) gradient afterwards.
+ * vectorised pass each. Same formulas as the float64 code of rnnc/_kernels/_cell_math.pxd (see
+ * there for the derivation); db, when not NULL, accumulates the gradients of the gate
+ * pre-activations (the bias gradients, summed over rows and steps) while they are in registers,
+ * instead of one more pass over the whole (N, G) gradient afterwards.
  *
  * RNNC_IVDEP: the rows' arrays never overlap (each is a distinct buffer or a distinct block of
  * one), but GCC cannot prove that a[j] and a[H + j] differ for an unknown H and gave up once the

@@ -7,8 +7,9 @@
  * laid out once per call so that each k reads one contiguous row of Bt. OpenBLAS re-packs the
  * whole weight matrix on every call, which dominates for small M; this kernel reads it in place.
  * AVX-512 with runtime dispatch; returns 0 (and does nothing) where AVX-512 is not available,
- * so the caller falls back to BLAS. beta is 0 or 1. rnnc/_stack.py packs the weights (pack_panels)
- * once per call and layer, so in-place updates of the parameters are always seen.
+ * so the caller falls back to BLAS. beta is 0 or 1. rnnc/_engine/workspace.py (pack_panels)
+ * packs the weights once per call and layer (a frozen module keeps them), so in-place updates
+ * of an unfrozen module's parameters are always seen.
  */
 #ifndef RNNC_SMALL_GEMM_H
 #define RNNC_SMALL_GEMM_H
@@ -20,7 +21,7 @@
 /* The packed operand of rnnc_sgemm_small: out[p][k][i] = W[64p + i][k] for the logical
  * (N, K) matrix W whose element (n, k) sits at w[n * sn + k * sk], zero past N. When sn != 1
  * this is a transpose, done in blocks of 16 k: each source cache line is read once, whole, and
- * the 4 KB of output it feeds stays in L1 (walking k with 64 rows 4 KB apart thrashed L1).
+ * the 4 KB of output it feeds stays in L1 (walking k across 64 rows 4 KB apart thrashes L1).
  * Portable version; rnnc_pack_panels below uses AVX-512 16 x 16 transposes where it can. */
 static void rnnc_pack_panels_scalar(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
                              ptrdiff_t sk, float* out) {
@@ -117,9 +118,8 @@ static void rnnc_transpose16(const float* src, ptrdiff_t lds, float* dst, ptrdif
 
 /* Packed float32 weights of at least this many bytes are written with streaming stores, as the
  * float64 ones are (RNNC_DPACK_STREAM_BYTES below): too large to stay cached for the first
- * step, they would cost a read of every output line before its write. Measured, W_hh of LSTM
- * H1024 (4096 x 1024, 16 MB; sources out of cache): 1.2 ms against 2.0 ms with plain stores,
- * and 1.9 against 2.7-3.0 ms with a read of the panels after (as the first step reads them). */
+ * step, they would cost a read of every output line before its write
+ * (benchmarks/results/tuning.md). */
 #define RNNC_PACK_STREAM_BYTES ((ptrdiff_t)8 << 20)
 
 /* rnnc_pack_panels_scalar's layout. The transposing case (k contiguous in w, the forward
@@ -210,8 +210,8 @@ static inline void rnnc_sgemm_row(ptrdiff_t K, const float* a, const float* b,
  * over them, here per row tile across calls: the panels read last by one pass are the first
  * read by the next, from L1/L2, where a pass in one direction would have evicted them before
  * reuse. Each column's sum runs in the same order either way (same results, bit for bit).
- * Measured at batch 1: W_hh^T of LSTM H64 (64 KB) 0.58 -> 0.47 us a step, H256 (1 MB) 10.8 ->
- * 9.8 us; larger batches are bound by the FMAs, not the cache, and do not change. */
+ * It pays at batch 1, where a step is bound by reading the weights; larger batches are bound by
+ * the FMAs, not the cache (benchmarks/results/tuning.md). */
 __attribute__((target("avx512f")))
 static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     const float* A, ptrdiff_t lda,
@@ -272,18 +272,17 @@ static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, c
  * The same design with 8 doubles a zmm register: panels of 32 columns keep a row of the panel at
  * 256 bytes (4 registers), so a 4-row tile still holds 16 accumulators and the batch-1 row
  * kernel still runs eight FMA chains. Differences from float32:
- * - panels outer, row tiles inner: float64 weights are twice as large (LSTM H1024: 32 MB, the
- *   size of L3), so each panel (K x 256 bytes, 256 KB at K = 1024) is read from memory once per
- *   step and then from L2 by the other row tiles, instead of once per 4 rows of the batch;
+ * - panels outer, row tiles inner: float64 weights are twice as large (LSTM H1024: 32 MB, as
+ *   large as many L3 caches), so each panel (K x 256 bytes, 256 KB at K = 1024) is read from
+ *   memory once per step and then from L2 by the other row tiles, instead of once per 4 rows of
+ *   the batch;
  * - the packer's transposes are 8 x 8 and masked, so edge blocks (N or K not a multiple of 8,
  *   the zero padding past N) take the same vector path instead of scalar loops. */
 
 /* Packed weights of at least this many bytes are written with non-temporal (streaming) stores:
- * too large to stay cached until the first time step reads them (LSTM H1024: 32 MB, L3's
- * size), they would cost a read of every output line before its write. Measured: 4096 x 1024
- * packed in 2.0 ms this way, 4.2-5.3 ms with plain stores; 2048 x 512 (8 MB) 0.32 ms against
- * 0.5-0.9 ms; but 1024 x 512 (4 MB) 0.15 ms against 0.13 ms, so smaller outputs keep plain
- * stores. */
+ * too large to stay cached until the first time step reads them (LSTM H1024: 32 MB), they would
+ * cost a read of every output line before its write. Smaller outputs keep plain stores, which
+ * were as fast or faster there (benchmarks/results/tuning.md). */
 #define RNNC_DPACK_STREAM_BYTES ((ptrdiff_t)8 << 20)
 
 /* One 64-byte line of packed output; `nt` asks for a streaming store (dst then 64-byte aligned). */
@@ -335,8 +334,8 @@ static inline int rnnc_dpack_streams(const double* out, ptrdiff_t bytes, ptrdiff
 
 /* rnnc_dpack_panels_scalar's layout when k is contiguous in w (the forward pass's W_hh): per
  * group of 8 rows of w, 8 x 8 transposes along k, each writing 8 whole 64-byte lines; the
- * groups past N (up to the panel's end) write the zero padding. Reading 8 rows at a time beat
- * walking k across a panel's 32 rows (4096 x 1024, plain stores: 4.2-5.0 ms against 6.3-6.9). */
+ * groups past N (up to the panel's end) write the zero padding. Reading 8 rows at a time is
+ * faster than walking k across a panel's 32 rows (benchmarks/results/tuning.md). */
 __attribute__((target("avx512f")))
 static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
                                                ptrdiff_t sn, double* out,
@@ -357,8 +356,9 @@ static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const d
 /* The same layout when n is contiguous in w (the backward pass's W_hh^T, a view of W_hh): each
  * output row is 32 consecutive elements of one source row, four masked 8-wide copies (the masks
  * also write the zero padding past N; masked-off lanes are never read, so never fault). Source
- * rows outer, so that w is read in order: panel by panel, each reading 256 bytes of every row,
- * took 4.8 ms for W_hh^T of LSTM H1024 (8 KB apart: a TLB miss per row), this 2.0 ms. */
+ * rows outer, so that w is read in order: panel by panel, each pass would read 256 bytes of
+ * every row (8 KB apart for W_hh^T of LSTM H1024: a TLB miss per row;
+ * benchmarks/results/tuning.md). */
 __attribute__((target("avx512f")))
 static void rnnc_dpack_panels_copy_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
                                           ptrdiff_t sk, double* out, ptrdiff_t of_bytes) {
@@ -439,10 +439,9 @@ static inline void rnnc_dgemm_row(ptrdiff_t K, const double* a, const double* b,
         _mm512_mask_storeu_pd(c_row + 8 * q, m[q], _mm512_add_pd(c[0][q], c[1][q]));
 }
 
-/* Panels outer, row tiles inner (see the float64 notes above): one step of LSTM H1024 (N 4096,
- * K 1024) took 3.6 ms at M 16 and 11.4 ms at M 64 this way, 6.4 and 30.8 ms with the row tiles
- * outer. Blocking k as well (64 rows of a panel, 16 KB, through all row tiles before the next
- * block) was slower at every size measured (M 8-64, K 128-1024), as were software prefetches. */
+/* Panels outer, row tiles inner (see the float64 notes above): each panel comes from memory
+ * once per step, then from L2 for the other row tiles. Row tiles outer, blocking k as well and
+ * software prefetches were slower (benchmarks/results/tuning.md). */
 __attribute__((target("avx512f")))
 static void rnnc_dgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     const double* A, ptrdiff_t lda,

@@ -2,10 +2,11 @@
 
 Calling a layer with T = 1 pays on every step for what a sequence pays once: input checks and
 conversion, the packed layout, bias folding, weight packing, a dozen memoryview arguments per
-kernel call (~25 us for LSTM B1 H128, of which the arithmetic is ~5). A StreamKernel is bound
-once to buffers that rnnc/stream.py allocates and fills (weight copies, packed weight panels,
-folded biases, states, workspace); it keeps raw pointers to them, so a step only checks x with
-NumPy's C macros, allocates the output and runs the layers with the GIL released.
+kernel call, several times the arithmetic of a small step (benchmarks/results/tuning.md). A
+StreamKernel is bound once to buffers that rnnc/stream.py allocates and fills (weight copies,
+packed weight panels, folded biases, states, workspace); it keeps raw pointers to them, so a step
+only checks x with NumPy's C macros, allocates the output and runs the layers with the GIL
+released.
 
 One step, per layer (the next layer's input is this layer's new h):
 - every mode: gates = bias; gates += x @ W_ih^T (bias: b_ih + b_hh, folded where the gate math
@@ -15,22 +16,22 @@ One step, per layer (the next layer's input is this layer's new h):
 - GRU reset_after: hg = h @ W_hh^T, then gru_pointwise_reset_after (adds b_hn inside r * (.));
 - GRU reset_after=False: hg[:, :2H] = h @ [W_hr; W_hz]^T, r * h, hg[:, 2H:] = (r * h) @ W_hn^T.
 The input and recurrent products are two calls, not one over [x | h] stacked along K: the
-same bytes of weights are read either way (measured equal), and two calls need no copy of x.
+same bytes of weights are read either way, and two calls need no copy of x.
 
-Two threads (rnnc/stream.py decides): the hidden units of every layer are split in two halves;
-the helper thread of rnnc/_kernels/_worker.h computes the second half's gate columns, state update and
-output while the caller computes the first, so each core reads half the weights from its own
-L2. One spinning barrier between layers (the next layer reads all of the new state); the new
-state goes to h_next, and the caller copies it into h once it has waited for the helper's half
-(neither half may overwrite h while the other still reads it), so the last layer needs no
-barrier: one sync point a step for a one-layer stream instead of two.
+Two threads (rnnc/_engine/plan.py, make_stream_plan, decides): the hidden units of every layer
+are split in two halves; the helper thread of rnnc/_kernels/_worker.h computes the second half's
+gate columns, state update and output while the caller computes the first, so each core reads
+half the weights from its own L2. One spinning barrier between layers (the next layer reads
+all of the new state); the new state goes to h_next, and the caller copies it into h once it
+has waited for the helper's half (neither half may overwrite h while the other still reads it),
+so the last layer needs no barrier: one sync point a step for a one-layer stream instead of
+two.
 
-Products: float32 on AVX-512 CPUs, batches up to 64: the packed small-batch kernel of
-rnnc/_kernels/_small_gemm.h (recurrent_gemm with packed weights); otherwise BLAS. At batch 1 a step is
-bound by reading the weights from L2 once (LSTM H128 I128: 512 KB, ~4.5 us at this machine's
-~115 GB/s L2 bandwidth); the gate math adds ~0.4 us, the call itself (checks, output array,
-GIL) ~0.25 us. Releasing the GIL costs ~35 ns a step (measured against a build without it):
-under 1% at that size, so it is released, as in every other kernel.
+Products: float32 on AVX-512 CPUs: the packed small-batch kernel of rnnc/_kernels/_small_gemm.h
+(recurrent_gemm with packed weights); otherwise BLAS (make_stream_plan decides). At batch 1 a
+step is bound by reading the weights from L2 once (LSTM H128 I128: 512 KB); the gate math and
+the call itself (checks, output array, GIL) add little. Releasing the GIL costs a small fraction
+of a step, so it is released, as in every other kernel (benchmarks/results/tuning.md).
 """
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -105,7 +106,7 @@ cdef struct SplitStep:
     Py_ssize_t L, B, H, n_in
     int mode, typenum
     bint use_relu
-    int bar[32]               # the per-layer barrier (rnnc/_kernels/_barrier.h), its own cache lines
+    int bar[32]               # the per-layer barrier (_barrier.h), its own cache lines
     int sense[2]              # each thread's barrier sense, kept across steps
     bint flip                 # alternates every step (see split_part_step)
 
@@ -117,7 +118,7 @@ cdef inline void gates_product(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const f
     """gates (B, N) = beta * gates + a @ w^T, then beta = 1. The step's first product into
     gates gets the folded bias (bias[0], then set to NULL; with beta 0): on the packed float32
     kernel its accumulators start from it, which saves a pass laying it into every row first
-    (~70 ns of a B1 H128 LSTM step's part; same sums, same bits)."""
+    (same sums, same bits; benchmarks/results/tuning.md)."""
     cdef Py_ssize_t r
     cdef const floating* b = bias[0]
     cdef floating beta_in = beta[0]
@@ -138,7 +139,8 @@ cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p)
     """Part p of one step: every layer's gate columns of units [u0, u0 + nu), then the state
     update of those units into h_next (the other part reads h: finish_split_step copies
     h_next into h after both parts are done).
-    GRU here is PyTorch's form (reset_after) and LSTM has no projection (rnnc/stream.py)."""
+    GRU here is PyTorch's form (reset_after) and LSTM has no projection
+    (rnnc/_engine/plan.py, make_stream_plan)."""
     cdef Py_ssize_t k
     cdef const floating* inp = x
     for k in range(job.L):
@@ -152,7 +154,8 @@ cdef void split_part_step(const floating* x, floating* y, SplitStep* job, int p)
 
 cdef void split_step_alone(const floating* x, floating* y, SplitStep* job) noexcept nogil:
     """Both parts of one step on this thread, layer by layer: the same arithmetic as the two
-    threads' split_part_step (same bits), for when the helper is asleep (rnnc/_kernels/_worker.h)."""
+    threads' split_part_step (same bits), for when the helper is asleep
+    (rnnc/_kernels/_worker.h)."""
     cdef Py_ssize_t k
     cdef const floating* inp = x
     for k in range(job.L):
@@ -606,7 +609,7 @@ cdef class StreamKernel:
                 rnnc_worker_wait(self.worker)
                 finish_split_step(job, 4 if self.typenum == cnp.NPY_FLOAT32 else 8)
         elif self.parts != NULL:
-            # The helper is asleep (waking it takes from 0.6 to several ms here, _worker.h),
+            # The helper is asleep (waking it can take longer than many steps, _worker.h),
             # or there is none (a forked child, or none could be started): this step runs
             # both parts on this thread, with the same bits; a sleeping helper is woken for
             # the steps that follow.

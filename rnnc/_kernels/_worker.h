@@ -1,11 +1,11 @@
-/* A helper thread owned by one object (a stream, rnnc/_kernels/_stream_kernel.pyx) that runs the same job
- * again and again, each time the owner posts it, a few microseconds apart.
+/* A helper thread owned by one object (a stream, rnnc/_kernels/_stream_kernel.pyx) that runs the
+ * same job again and again, each time the owner posts it, one short step apart.
  *
- * Why not a thread pool or a Python thread: a time step of a streamed layer takes ~3 us, and
- * handing work to a Python thread costs ~50 us. Here the owner publishes a sequence number and
- * the helper, spinning on it, starts within ~0.1 us; after ~0.5 ms without work
- * (RNNC_WORKER_SPINS) it sleeps on a condition variable, so an idle stream costs no CPU. The owner waits for `done` by spinning
- * (the helper's share of a step is as short as its own).
+ * Why not a thread pool or a Python thread: handing work to a Python thread costs many times a
+ * streamed layer's time step (benchmarks/results/tuning.md). Here the owner publishes a sequence
+ * number and the helper, spinning on it, starts almost at once; after RNNC_WORKER_SPINS pauses
+ * without work it sleeps on a condition variable, so an idle stream costs no CPU. The owner
+ * waits for `done` by spinning (the helper's share of a step is as short as its own).
  *
  * fork(): a child inherits the struct but not the thread. A fork handler bumps a generation
  * counter; rnnc_worker_alive() is false in the child, which then runs the job itself and never
@@ -15,14 +15,13 @@
  * waits; the owner stores `seq` and then reads `sleeping` (both sequentially consistent), so
  * either the helper sees the new `seq` or the owner sees `sleeping` and signals under the mutex.
  *
- * Waking a sleeping helper is slow on this machine's virtual CPUs: a posted job started 0.6 ms
- * to several ms late after 10 ms idle (a stream step took 0.63 ms instead of 5 us, a split LSTM
- * B1 H256 T100 layer 7.7 ms instead of 0.86). So streams and the projection ahead post only to
- * an awake helper (rnnc_worker_awake: spinning or working), and otherwise do the work on their
- * own thread and rnnc_worker_wake() it, which makes it spin again for the calls that follow,
+ * Waking a sleeping helper can take far longer than a stream step or a small layer
+ * (benchmarks/results/tuning.md). So streams and the projection ahead post only to an awake
+ * helper (rnnc_worker_awake: spinning or working), and otherwise do the work on their own
+ * thread and rnnc_worker_wake() it, which makes it spin again for the calls that follow,
  * without a job. A layer split by rows posts all the same but never waits for a helper that
- * has not started (rnnc/_kernels/_parallel_forward.pyx, RowJob); one split by hidden units still waits
- * (rnnc/_stack.py, _split_begin).
+ * has not started (rnnc/_kernels/_parallel_forward.pyx, RowJob); one split by hidden units
+ * still waits (its parts meet every step: rnnc/_engine/runners/units.py).
  */
 #ifndef RNNC_WORKER_H
 #define RNNC_WORKER_H
@@ -52,10 +51,10 @@ typedef struct rnnc_worker {
     long generation;  /* rnnc_fork_generation when started */
 } rnnc_worker;
 
-/* How long an idle helper spins before it sleeps: 20000 pauses, ~0.5 ms here (a pause takes
- * ~25 ns). Spinning 5 ms instead (so that a loop of calls that ran on one thread would find it
- * awake) made split layers erratic on this virtual machine: LSTM B1 H256 T100 calls back to back
- * took 1 to 12 ms instead of 0.86, as if the host took the spinning virtual CPU away. */
+/* How long an idle helper spins before it sleeps, in pauses (their length depends on the CPU):
+ * long enough to bridge the gap between calls that follow each other, short enough to give the
+ * core back soon. Spinning much longer (so that a loop of calls that ran on one thread would
+ * find it awake) made split layers slow and erratic (benchmarks/results/tuning.md). */
 #define RNNC_WORKER_SPINS 20000
 
 static void* rnnc_worker_main(void* p) {

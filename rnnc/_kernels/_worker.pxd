@@ -1,6 +1,6 @@
-# Declarations of rnnc/_kernels/_worker.h (a helper thread that runs one posted job at a time) and of
-# the spinning barrier and progress counts of rnnc/_kernels/_barrier.h, for the kernels that split work
-# between threads.
+# Declarations of rnnc/_kernels/_worker.h (a helper thread that runs one posted job at a time)
+# and of the spinning barrier and progress counts of rnnc/_kernels/_barrier.h, for the kernels
+# that split work between threads.
 cdef extern from "_worker.h" nogil:
     ctypedef struct rnnc_worker:
         pass
