@@ -78,18 +78,20 @@ def _forward(plan, job):
             xg=workspace(f"split xg {p}", (plan.chunk_steps * B, G * nu), dtype),
             hg=workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
             xh=workspace(f"split xh {p}", (B, K_all), dtype) if fused else empty2)
-    a, b = args[0], args[1]
     layout = job.layout
+    split = K.SplitJob(
+        mode=plan.kernel_code, x=job.x, batch_sizes=layout.batch_sizes, offsets=layout.offsets,
+        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, half=half, hbuf=hbuf, h=job.h,
+        c=job.c if job.c is not None else empty2, out=job.out, col0=job.col0,
+        chunk_steps=plan.chunk_steps, bar=new_barrier(), prepared=not new,
+        ih_per_panel=per_panel)
+    for part, p in ((split.part0, 0), (split.part1, 1)):
+        for name, value in args[p].items():
+            setattr(part, name, value)
     # On the small-batch kernel the parts never call BLAS (products and projections are
     # packed): holding BLAS at one thread is then not needed.
     with threads.blas_one_thread() if not small else contextlib.nullcontext():
-        K.split_forward_py(plan.kernel_code, job.x, layout.batch_sizes, layout.offsets,
-                           job.reverse, job.w_ih, job.w_hh, half, a["bias"], b["bias"],
-                           a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"], a["w_hh"], b["w_hh"],
-                           a["packed"], b["packed"], a["ih_packed"], b["ih_packed"], hbuf, job.h,
-                           job.c if job.c is not None else empty2, a["cpart"], b["cpart"],
-                           job.out, job.col0, a["xg"], b["xg"], a["hg"], b["hg"], a["xh"],
-                           b["xh"], plan.chunk_steps, new_barrier(), not new, per_panel)
+        K.split_forward_py(split)
     if packs is not None:
         packs.update(new)       # only once filled: another thread may read them next
 
