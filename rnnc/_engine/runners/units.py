@@ -145,13 +145,15 @@ def _train_forward(plan, job):
         else:
             w_ih_p, w_hh_p = w_ih_perm[rows], w_hh_perm[rows]
             ih_packed = hh_packed = empty(dtype, 3)
-        parts.append((
-            job.x, job.layout.batch_sizes, job.layout.offsets, job.reverse, w_ih_p, ih_packed,
-            bias[rows] if bias.size else bias, w_hh_p, hh_packed, u0, nu, hbuf, job.h, job.c,
-            workspace(f"split train c {p}", (B, nu), dtype), job.out, job.col0, act, xh, x0,
-            x1, c_prev, bar, 2))
-    threads.run_pair(lambda: K.lstm_train_forward_part_py(*parts[0]),
-                     lambda: K.lstm_train_forward_part_py(*parts[1]))
+        parts.append(K.TrainForwardPart(
+            x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+            reverse=job.reverse, w_ih=w_ih_p, w_ih_packed=ih_packed,
+            bias=bias[rows] if bias.size else bias, w_hh=w_hh_p, w_hh_packed=hh_packed, u0=u0,
+            nu=nu, hbuf=hbuf, h=job.h, c=job.c,
+            cpart=workspace(f"split train c {p}", (B, nu), dtype), out=job.out, col0=job.col0,
+            act=act, xh=xh, xrow0=x0, xrow1=x1, c_prev=c_prev, bar=bar, n_threads=2))
+    threads.run_pair(lambda: K.lstm_train_forward_part_py(parts[0]),
+                     lambda: K.lstm_train_forward_part_py(parts[1]))
     return act, xh, c_prev, (w_ih_perm, w_hh_perm)
 
 
@@ -169,14 +171,15 @@ def backward(plan, job):
             w_cols, packed = empty(dtype, 2), pack_panels(cols.T, f"split train bwd {p}")
         else:
             w_cols, packed = np.ascontiguousarray(cols), empty(dtype, 3)
-        parts.append((
-            job.layout.batch_sizes, job.layout.offsets, job.reverse, w_ih_perm, w_cols, packed,
-            u0, nu, row0, row1, act, xh, c_prev, job.dout, job.col0, job.dh, job.dc,
-            workspace(f"split train dh {p}", (B, nu), dtype),
-            workspace(f"split train dc {p}", (B, nu), dtype),
-            job.dx, job.add_dx, job.dw_ih, job.dw_hh, job.db_ih, job.db_hh,
-            workspace(f"split train acc {p}", (4 * nu,), dtype),
-            workspace(f"split train wtmp {p}", (4 * nu, I + H), dtype),
-            workspace(f"split train tc {p}", (nu,), dtype), bar, 2))
-    threads.run_pair(lambda: K.lstm_backward_part_py(*parts[0]),
-                     lambda: K.lstm_backward_part_py(*parts[1]))
+        parts.append(K.BackwardPart(
+            batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets, reverse=job.reverse,
+            w_ih_perm=w_ih_perm, w_hh_cols=w_cols, w_hh_packed=packed, u0=u0, nu=nu, row0=row0,
+            row1=row1, act=act, xh=xh, c_prev=c_prev, dout=job.dout, col0=job.col0, dh=job.dh,
+            dc=job.dc, dhp=workspace(f"split train dh {p}", (B, nu), dtype),
+            dcp=workspace(f"split train dc {p}", (B, nu), dtype),
+            dx=job.dx, add_dx=job.add_dx, dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih,
+            db_hh=job.db_hh, acc=workspace(f"split train acc {p}", (4 * nu,), dtype),
+            wtmp=workspace(f"split train wtmp {p}", (4 * nu, I + H), dtype),
+            tc_row=workspace(f"split train tc {p}", (nu,), dtype), bar=bar, n_threads=2))
+    threads.run_pair(lambda: K.lstm_backward_part_py(parts[0]),
+                     lambda: K.lstm_backward_part_py(parts[1]))
