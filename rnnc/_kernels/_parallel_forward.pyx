@@ -19,8 +19,8 @@ training (which keeps per-step caches in the unsplit layout), use the one-thread
 LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product per step
 (forward_part_fused; rnnc/_stack.py decides as for the one-thread fused kernel).
 
-The second part runs on a helper thread of this module (rnnc/_kernels/_worker.h), started once per
-process; each part gathers and packs its own weight rows before its time loop (prepare_and_run).
+The second part runs on a helper thread (rnnc/_kernels/_worker.h) owned by a Helper, one per
+process (rnnc/_engine/threads.py); each part gathers and packs its own weight rows before its time loop (prepare_and_run).
 The GIL is released for the whole sequence; nothing is allocated here.
 """
 from cython cimport floating
@@ -265,7 +265,7 @@ cdef void forward_part_fused(
 
 
 # ---------------------------------------------------------------------------------------------
-# Both parts in one call: part 0 on the calling thread, part 1 on a helper thread of this module
+# Both parts in one call: part 0 on the calling thread, part 1 on a Helper's thread
 # (rnnc/_kernels/_worker.h) that spins between jobs, then sleeps. Handing a part to a Python thread pool
 # cost 50-85 us per layer call; posting to this helper costs about a microsecond (a few when it
 # has to be woken). Each part also prepares its own weights (gathers its rows of W_ih, packs its
@@ -398,7 +398,7 @@ cdef void run_part(Part* p) noexcept nogil:
 # It waits only for a part the helper claimed. So a sleeping helper (waking one takes 0.6 to
 # several ms here, rnnc/_kernels/_worker.h) is posted all the same: it takes part 1 if it wakes in time,
 # and otherwise finds nothing left, by which time the call may have returned. That is why the
-# helper's job lives here and not on the caller's stack, and why claims name a generation (one a
+# helper's job lives in its Helper and not on the caller's stack, and why claims name a generation (one a
 # call): a helper that wakes during a later call can only claim that call's parts, whose
 # descriptions are complete before the generation opens (`open`).
 # ---------------------------------------------------------------------------------------------
@@ -526,46 +526,81 @@ cdef void take_rows(RowJob* job, int first) noexcept nogil:
             rnnc_count_publish(&job.done[p], g)
 
 
-cdef void helper_job(void* arg) noexcept nogil:
-    if _job_kind == JOB_ROWS:
-        take_rows(&_rows_job, 1)
-    elif _job_kind == JOB_AHEAD:
-        if _job_ahead.is_double:
-            project_ahead(_job_ahead, <double>0)
-        else:
-            project_ahead(_job_ahead, <float>0)
-    else:
-        run_part(<Part*>arg)
-
-
-# One helper and one pair of part descriptions per process; rnnc._stack lets one call at a time
-# use them (a lock it tries, and runs the layer on one thread when it is taken). _job_kind says
-# which job the helper runs when posted (set before posting): a split part (_parts[1]), the
-# projection ahead (_job_ahead) or the parts of a row split (_rows_job). A row-split call may
-# return before the helper has run its job: a call that posts another kind first waits for the
-# helper to be done with every earlier post (rnnc_worker_wait), since those read their job's
-# description without a queue.
+# One helper thread and the job descriptions it runs, owned by a Helper; rnnc/_engine/threads.py
+# makes one per process and lends it to one call at a time (split_begin, a lock), and the entry
+# points below take it as an argument. job_kind says which job the helper runs when posted (set
+# before posting): a split part (parts[1]), the projection ahead (job_ahead) or the parts of a
+# row split (rows_job). A row-split call may return before the helper has run its job: a call
+# that posts another kind first waits for the helper to be done with every earlier post
+# (rnnc_worker_wait), since those read their job's description without a queue.
 cdef enum:
     JOB_SPLIT = 0
     JOB_AHEAD = 1
     JOB_ROWS = 2
-cdef rnnc_worker* _helper = NULL
-cdef Part _parts[2]
-cdef Ahead* _job_ahead = NULL
-cdef RowJob _rows_job
-cdef int _job_kind = JOB_SPLIT
 
 
-def split_helper_ready():
-    """Start this process's helper thread if it is not running (first use, or a forked child);
-    False if it cannot be started (the caller then runs the layer on one thread)."""
-    global _helper
-    if _helper != NULL and rnnc_worker_alive(_helper):
-        return True
-    if _helper != NULL:     # a forked copy: rnnc_worker_stop only frees it
-        rnnc_worker_stop(_helper)
-    _helper = rnnc_worker_start(helper_job, &_parts[1])
-    return _helper != NULL
+cdef struct HelperState:
+    rnnc_worker* worker
+    Part parts[2]
+    Ahead* job_ahead
+    RowJob rows_job
+    int job_kind
+
+
+cdef void helper_job(void* arg) noexcept nogil:
+    cdef HelperState* s = <HelperState*>arg
+    if s.job_kind == JOB_ROWS:
+        take_rows(&s.rows_job, 1)
+    elif s.job_kind == JOB_AHEAD:
+        if s.job_ahead.is_double:
+            project_ahead(s.job_ahead, <double>0)
+        else:
+            project_ahead(s.job_ahead, <float>0)
+    else:
+        run_part(&s.parts[1])
+
+
+cdef class Helper:
+    """A compiled helper thread (rnnc/_kernels/_worker.h) and the job descriptions it runs.
+    Started by ready(); one caller at a time may use it (rnnc/_engine/threads.py lends it)."""
+    cdef HelperState s
+
+    def __cinit__(self):
+        memset(&self.s, 0, sizeof(HelperState))
+        self.s.job_kind = JOB_SPLIT
+
+    def ready(self):
+        """Start the helper thread if it is not running (first use, or a copy made by fork);
+        False if it cannot be started (the caller then runs the layer on one thread)."""
+        if self.s.worker != NULL and rnnc_worker_alive(self.s.worker):
+            return True
+        if self.s.worker != NULL:     # a forked copy: rnnc_worker_stop only frees it
+            rnnc_worker_stop(self.s.worker)
+        self.s.worker = rnnc_worker_start(helper_job, &self.s)
+        return self.s.worker != NULL
+
+    @property
+    def running(self):
+        """The helper thread runs in this process."""
+        return self.s.worker != NULL and rnnc_worker_alive(self.s.worker) != 0
+
+    def __dealloc__(self):
+        # The thread reads this object's descriptions: done with every post, then stopped.
+        if self.s.worker == NULL:
+            return
+        with nogil:
+            if rnnc_worker_alive(self.s.worker):
+                rnnc_worker_wait(self.s.worker)
+            rnnc_worker_stop(self.s.worker)
+        self.s.worker = NULL
+
+
+cdef HelperState* running_state(Helper helper, str name) except NULL:
+    """helper's state, which the caller holds; its thread must be running."""
+    if helper.s.worker == NULL or not rnnc_worker_alive(helper.s.worker):
+        raise RuntimeError(f"{name}: the helper thread is not running (call its ready() "
+                           "first)")
+    return &helper.s
 
 
 cdef inline void* data_or_null(const char* data, Py_ssize_t size) noexcept:
@@ -728,9 +763,9 @@ cdef int describe_part(Part* q, SplitJob job, SplitPart part, Py_ssize_t u0, Py_
     return 0
 
 
-def split_forward_py(SplitJob job not None):
+def split_forward_py(SplitJob job not None, Helper helper not None):
     """One layer and direction, inference, part0's units on this thread and part1's on the
-    helper (split_helper_ready() must have returned True). rnnc._engine.runners.units
+    helper, which the caller holds (its ready() must have returned True). rnnc._engine.runners.units
     validates and allocates everything (see SplitJob and SplitPart). The job's arrays must
     stay unchanged until the call returns."""
     cdef Py_ssize_t H = job.h.shape[1], half = job.half
@@ -742,9 +777,7 @@ def split_forward_py(SplitJob job not None):
                          "weights are packed already")
     if job.batch_sizes.shape[0] == 0 or job.x.shape[0] == 0 or job.h.shape[0] == 0:
         return
-    if _helper == NULL or not rnnc_worker_alive(_helper):
-        raise RuntimeError("split_forward_py: the helper thread is not running "
-                           "(call split_helper_ready() first)")
+    cdef HelperState* s = running_state(helper, "split_forward_py")
     cdef Part parts[2]      # described (and checked) before the helper's are touched
     if is_double(job.x):
         describe_part(&parts[0], job, job.part0, 0, half, <double>0)
@@ -752,16 +785,15 @@ def split_forward_py(SplitJob job not None):
     else:
         describe_part(&parts[0], job, job.part0, 0, half, <float>0)
         describe_part(&parts[1], job, job.part1, half, H - half, <float>0)
-    global _job_kind
     with nogil:
-        rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
-    _job_kind = JOB_SPLIT
-    _parts[0] = parts[0]
-    _parts[1] = parts[1]
+        rnnc_worker_wait(s.worker)  # done with earlier posts (a row split's may be pending)
+    s.job_kind = JOB_SPLIT
+    s.parts[0] = parts[0]
+    s.parts[1] = parts[1]
     with nogil:
-        rnnc_worker_post(_helper)
-        run_part(&_parts[0])
-        rnnc_worker_wait(_helper)
+        rnnc_worker_post(s.worker)
+        run_part(&s.parts[0])
+        rnnc_worker_wait(s.worker)
 
 
 cdef int describe_ahead(Ahead* a, AheadJob job, floating kind) except -1:
@@ -795,8 +827,9 @@ cdef int describe_ahead(Ahead* a, AheadJob job, floating kind) except -1:
     return 0
 
 
-cdef int run_ahead(Ahead* a, AheadJob job, bint use_helper, floating kind) except -1:
-    """pipelined_forward_py's time loop on this thread, a described."""
+cdef int run_ahead(Ahead* a, AheadJob job, HelperState* s, floating kind) except -1:
+    """pipelined_forward_py's time loop on this thread, a described; s: the helper's state,
+    or NULL (no helper)."""
     cdef const floating[:, ::1] x = job.x
     cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
     cdef const Py_ssize_t[::1] offsets = job.offsets
@@ -822,50 +855,49 @@ cdef int run_ahead(Ahead* a, AheadJob job, bint use_helper, floating kind) excep
     cdef floating* phg = <floating*>data_or_null(<const char*>hg._data, hg.shape[0])
     # Only an awake helper gets the job (rnnc/_kernels/_worker.h: waking one takes milliseconds here);
     # a sleeping one is woken for the calls that follow, and this call projects every chunk.
-    cdef bint post = use_helper and rnnc_worker_awake(_helper)
-    if use_helper and not post:
-        rnnc_worker_wake(_helper)
-    global _job_kind, _job_ahead
+    cdef bint post = s != NULL and rnnc_worker_awake(s.worker)
+    if s != NULL and not post:
+        rnnc_worker_wake(s.worker)
     if post:                # only the caller that holds the helper touches its job
         with nogil:
-            rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
-        _job_kind = JOB_AHEAD
-        _job_ahead = a
+            rnnc_worker_wait(s.worker)  # done with earlier posts (a row split's may be pending)
+        s.job_kind = JOB_AHEAD
+        s.job_ahead = a
     with nogil:
         if post:
-            rnnc_worker_post(_helper)
+            rnnc_worker_post(s.worker)
         forward_part(mode, &x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], a.T,
                      reverse, &w_ih[0, 0], 0, &w_ih_packed[0, 0, 0], <const floating*>a.bias,
                      pb_hn, &w_hh[0, 0], &w_hh_packed[0, 0, 0], G, H, 0, H, h.shape[0],
                      &hbuf[0, 0, 0], &h[0, 0], pc, pcpart, &out[0, col0], out.shape[1],
                      <floating*>NULL, phg, chunk_steps, <int*>NULL, 1, a)
         if post:
-            rnnc_worker_wait(_helper)
+            rnnc_worker_wait(s.worker)
     if post:
-        _job_ahead = NULL
+        s.job_ahead = NULL
     return 0
 
 
-def pipelined_forward_py(AheadJob job not None, bint use_helper):
+def pipelined_forward_py(AheadJob job not None, Helper helper):
     """One layer and direction, inference, on this thread, with the helper projecting the next
-    chunk of steps' inputs ahead (see Ahead) when use_helper (the caller holds the helper:
-    split_helper_ready() returned True) and it is awake; else this thread projects every chunk,
+    chunk of steps' inputs ahead (see Ahead) when a helper is given (the caller holds it: its
+    ready() returned True) and it is awake; None, or else this thread projects every chunk,
     which gives the same results. See AheadJob for the arrays.
     mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM (no projection)."""
     if job.batch_sizes.shape[0] == 0 or job.x.shape[0] == 0 or job.h.shape[0] == 0:
         return
     if job.w_ih_packed.shape[0] == 0 or job.w_hh_packed.shape[0] == 0:
         raise ValueError("pipelined_forward_py: w_ih_packed and w_hh_packed are required")
-    if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
-        raise RuntimeError("pipelined_forward_py: the helper thread is not running "
-                           "(call split_helper_ready() first)")
+    cdef HelperState* s = NULL
+    if helper is not None:
+        s = running_state(helper, "pipelined_forward_py")
     cdef Ahead ahead
     if is_double(job.x):
         describe_ahead(&ahead, job, <double>0)
-        run_ahead(&ahead, job, use_helper, <double>0)
+        run_ahead(&ahead, job, s, <double>0)
     else:
         describe_ahead(&ahead, job, <float>0)
-        run_ahead(&ahead, job, use_helper, <float>0)
+        run_ahead(&ahead, job, s, <float>0)
 
 
 cdef int describe_rows(Rows* q, RowsJob job, RowsPart part, Py_ssize_t row0, Py_ssize_t nrows,
@@ -924,12 +956,12 @@ cdef int describe_rows(Rows* q, RowsJob job, RowsPart part, Py_ssize_t row0, Py_
     return 0
 
 
-def rows_forward_py(RowsJob job not None, bint use_helper):
+def rows_forward_py(RowsJob job not None, Helper helper):
     """One LSTM (mode 3), GRU (2, reset_after) or RNN (0 tanh, 1 relu) layer and direction,
     inference without projection, its batch rows [0, rows0) and [rows0, B) run as two
-    sequences: part0 on this thread, part1 on the helper when use_helper (the caller holds
-    it: split_helper_ready() returned True) and the helper claims it in time, else on this
-    thread too; the results are the same (see RowJob). See RowsJob and RowsPart for the
+    sequences: part0 on this thread, part1 on the helper when one is given (the caller holds
+    it: its ready() returned True) and the helper claims it in time, else (or with None) on
+    this thread too; the results are the same (see RowJob). See RowsJob and RowsPart for the
     arrays. GRU (gru_rows_sequence): each part's packed holds W_ih^T's panels and packed_hh
     W_hh^T's; its xh, c and cwork are zero-size."""
     cdef Py_ssize_t B = job.h.shape[0], T = job.part0.batch_sizes.shape[0], rows0 = job.rows0
@@ -937,9 +969,9 @@ def rows_forward_py(RowsJob job not None, bint use_helper):
         return
     if not 0 < rows0 < B:
         raise ValueError(f"rows_forward_py: rows0 must be in (0, {B}) (the batch), got {rows0}")
-    if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
-        raise RuntimeError("rows_forward_py: the helper thread is not running "
-                           "(call split_helper_ready() first)")
+    cdef HelperState* s = NULL
+    if helper is not None:
+        s = running_state(helper, "rows_forward_py")
     cdef Rows parts[2]      # described (and checked) before the queue's are touched
     if is_double(job.x):
         describe_rows(&parts[0], job, job.part0, 0, rows0, <double>0)
@@ -947,22 +979,21 @@ def rows_forward_py(RowsJob job not None, bint use_helper):
     else:
         describe_rows(&parts[0], job, job.part0, 0, rows0, <float>0)
         describe_rows(&parts[1], job, job.part1, rows0, B - rows0, <float>0)
-    global _job_kind
     cdef RowJob alone           # without the helper: this call's own queue
-    cdef RowJob* q = &_rows_job if use_helper else &alone
+    cdef RowJob* q = &s.rows_job if s != NULL else &alone
     cdef long g
-    if not use_helper:
+    if s == NULL:
         alone.open = alone.taken[0] = alone.taken[1] = alone.done[0] = alone.done[1] = 0
     # The previous generation is closed (both parts claimed and done): nobody reads the parts.
     g = q.open + 1
     q.parts[0] = parts[0]
     q.parts[1] = parts[1]
     rnnc_count_publish(&q.open, g)
-    if use_helper:
-        _job_kind = JOB_ROWS
+    if s != NULL:
+        s.job_kind = JOB_ROWS
     with nogil:
-        if use_helper:
-            rnnc_worker_post(_helper)
+        if s != NULL:
+            rnnc_worker_post(s.worker)
         take_rows(q, 0)
         rnnc_count_wait(&q.done[0], g)
         rnnc_count_wait(&q.done[1], g)

@@ -13,7 +13,7 @@ def forward(plan, job):
     try:
         _forward(plan, job, helper)
     finally:
-        if helper:
+        if helper is not None:
             threads.split_end()
     return None
 
@@ -38,4 +38,4 @@ def _forward(plan, job, helper):
         cpart=workspace("pipe c", (B, H), dtype) if mode == "LSTM" else empty2, out=job.out,
         col0=job.col0, ring=workspace("pipe ring", (2, per_chunk * B, G * H), dtype),
         hg=workspace("pipe hg", (B, G * H), dtype) if mode == "GRU" else empty2,
-        chunk_steps=per_chunk), bool(helper))
+        chunk_steps=per_chunk), helper)

@@ -25,13 +25,14 @@ def forward(plan, job):
     try:
         _forward(plan, job, helper)
     finally:
-        if helper:
+        if helper is not None:
             threads.split_end()
     return None
 
 
 def _forward(plan, job, helper):
-    """Rows [0, rows0) on this thread, the others on the helper when `helper`."""
+    """Rows [0, rows0) on this thread, the others on the helper when `helper` (a Helper, or
+    None)."""
     dtype, d, packs = plan.dtype, job.d, job.packs
     B, H = job.h.shape
     I = job.w_ih.shape[1]

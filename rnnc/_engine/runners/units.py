@@ -27,16 +27,17 @@ def forward(plan, job):
     if plan.training:
         return _train_forward(plan, job)
     # Waits for another call using the helper: running alone instead would round differently.
-    if not threads.split_begin(wait=True):      # no helper thread could be started
+    helper = threads.split_begin(wait=True)
+    if helper is None:      # no helper thread could be started
         return (fused if plan.alone == FUSED else kernel).forward(plan, job)
     try:
-        _forward(plan, job)
+        _forward(plan, job, helper)
     finally:
         threads.split_end()
     return None
 
 
-def _forward(plan, job):
+def _forward(plan, job, helper):
     mode, dtype = plan.mode, plan.dtype
     G, H = plan.gates, plan.hidden_size
     B = job.h.shape[0]
@@ -91,7 +92,7 @@ def _forward(plan, job):
     # On the small-batch kernel the parts never call BLAS (products and projections are
     # packed): holding BLAS at one thread is then not needed.
     with threads.blas_one_thread() if not small else contextlib.nullcontext():
-        K.split_forward_py(split)
+        K.split_forward_py(split, helper)
     if packs is not None:
         packs.update(new)       # only once filled: another thread may read them next
 
