@@ -69,8 +69,9 @@ _hold = {"count": 0, "limiter": None, "wanted": None}
 
 def _reset_after_fork():
     # A child forked during a hold has no thread that will end it.
-    global _hold_lock
+    global _hold_lock, _split_lock
     _hold_lock = threading.Lock()
+    _split_lock = threading.Lock()     # its holder's thread is not in the child
     limiter, wanted = _hold["limiter"], _hold["wanted"]
     _hold.update(count=0, limiter=None, wanted=None)
     if wanted is not None:
@@ -147,21 +148,32 @@ def run_pair(first, second):
             other.result()
 
 
-# The compiled helper thread of rnnc/_kernels/_parallel_forward.pyx serves one layer call at a
-# time (its job descriptions are the module's).
+# The compiled helper thread of rnnc/_kernels/_parallel_forward.pyx (a Helper: the thread and
+# the job descriptions it runs) serves one layer call at a time. [Helper, pid]: one per
+# process; a forked child inherits the object but not its thread, so it makes its own.
 _split_lock = threading.Lock()
+_SPLIT_HELPER = []
+
+
+def _split_helper():
+    """This process's Helper (made on first use). Caller holds _split_lock."""
+    if not _SPLIT_HELPER or _SPLIT_HELPER[1] != os.getpid():
+        _SPLIT_HELPER[:] = [K.Helper(), os.getpid()]
+    return _SPLIT_HELPER[0]
 
 
 def split_begin(wait=False):
-    """True (the caller then calls split_end) if this call may use the compiled helper thread
-    now: it is running and no other call is using it. wait: wait for another call to be done
-    with it instead of answering False; False then only if no helper thread can be started."""
+    """The compiled helper (rnnc/_kernels/_parallel_forward.pyx, Helper) if this call may use
+    it now: it is running and no other call is using it; the caller then passes it to the
+    kernel and calls split_end. Else None. wait: wait for another call to be done with it
+    instead of answering None; None then only if no helper thread can be started."""
     if not _split_lock.acquire(blocking=wait):
-        return False
-    if K.split_helper_ready():
-        return True
+        return None
+    helper = _split_helper()
+    if helper.ready():
+        return helper
     _split_lock.release()
-    return False
+    return None
 
 
 def split_end():

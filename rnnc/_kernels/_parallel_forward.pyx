@@ -19,15 +19,16 @@ training (which keeps per-step caches in the unsplit layout), use the one-thread
 LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product per step
 (forward_part_fused; rnnc/_engine/plan.py decides as for the one-thread fused kernel).
 
-The second part runs on a helper thread of this module (rnnc/_kernels/_worker.h), started once
-per process; each part gathers and packs its own weight rows before its time loop
-(prepare_and_run). The GIL is released for the whole sequence; nothing is allocated here.
+The second part runs on a helper thread (rnnc/_kernels/_worker.h) owned by a Helper, one per
+process (rnnc/_engine/threads.py); each part gathers and packs its own weight rows before its
+time loop (prepare_and_run). The GIL is released for the whole sequence; nothing is allocated
+here.
 """
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
-from rnnc._kernels._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels, recurrent_gemm,
-                         small_gemm, small_gemm_packing)
+from rnnc._kernels._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels,
+                                  recurrent_gemm, small_gemm, small_gemm_packing)
 from rnnc._kernels._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
                               lstm_pointwise, rnn_pointwise_ld)
 from rnnc._kernels._fused cimport fused_sequence, pack_fused
@@ -267,7 +268,7 @@ cdef void forward_part_fused(
 
 
 # ---------------------------------------------------------------------------------------------
-# Both parts in one call: part 0 on the calling thread, part 1 on a helper thread of this module
+# Both parts in one call: part 0 on the calling thread, part 1 on a Helper's thread
 # (rnnc/_kernels/_worker.h) that spins between jobs, then sleeps: posting to it costs far less
 # than handing a part to a Python thread pool (benchmarks/results/tuning.md). Each part also
 # prepares its own weights (gathers its rows of W_ih, packs its rows of W_hh) before its time
@@ -399,7 +400,8 @@ cdef void run_part(Part* p) noexcept nogil:
 # it. It waits only for a part the helper claimed. So a sleeping helper (slow to wake,
 # rnnc/_kernels/_worker.h) is posted all the same: it takes part 1 if it wakes in time, and
 # otherwise finds nothing left, by which time the call may have returned. That is why the
-# helper's job lives here and not on the caller's stack, and why claims name a generation (one a
+# helper's job lives in its Helper and not on the caller's stack, and why claims name a
+# generation (one a
 # call): a helper that wakes during a later call can only claim that call's parts, whose
 # descriptions are complete before the generation opens (`open`).
 # ---------------------------------------------------------------------------------------------
@@ -527,68 +529,208 @@ cdef void take_rows(RowJob* job, int first) noexcept nogil:
             rnnc_count_publish(&job.done[p], g)
 
 
-cdef void helper_job(void* arg) noexcept nogil:
-    if _job_kind == JOB_ROWS:
-        take_rows(&_rows_job, 1)
-    elif _job_kind == JOB_AHEAD:
-        if _job_ahead.is_double:
-            project_ahead(_job_ahead, <double>0)
-        else:
-            project_ahead(_job_ahead, <float>0)
-    else:
-        run_part(<Part*>arg)
-
-
-# One helper and one pair of part descriptions per process; rnnc/_engine/threads.py
-# (split_begin) lends them to one call at a time (a lock: a row split or a projection ahead
-# that finds it taken runs without the helper, a split by units waits for it). _job_kind says
-# which job the helper runs when posted (set before posting): a split part (_parts[1]), the
-# projection ahead (_job_ahead) or the parts of a row split (_rows_job). A row-split call may
-# return before the helper has run its job: a call that posts another kind first waits for the
-# helper to be done with every earlier post (rnnc_worker_wait), since those read their job's
-# description without a queue.
+# One helper thread and the job descriptions it runs, owned by a Helper; rnnc/_engine/threads.py
+# makes one per process and lends it to one call at a time (split_begin, a lock), and the entry
+# points below take it as an argument. job_kind says which job the helper runs when posted (set
+# before posting): a split part (parts[1]), the projection ahead (job_ahead) or the parts of a
+# row split (rows_job). A row-split call may return before the helper has run its job: a call
+# that posts another kind first waits for the helper to be done with every earlier post
+# (rnnc_worker_wait), since those read their job's description without a queue.
 cdef enum:
     JOB_SPLIT = 0
     JOB_AHEAD = 1
     JOB_ROWS = 2
-cdef rnnc_worker* _helper = NULL
-cdef Part _parts[2]
-cdef Ahead* _job_ahead = NULL
-cdef RowJob _rows_job
-cdef int _job_kind = JOB_SPLIT
 
 
-def split_helper_ready():
-    """Start this process's helper thread if it is not running (first use, or a forked child);
-    False if it cannot be started (the caller then runs the layer on one thread)."""
-    global _helper
-    if _helper != NULL and rnnc_worker_alive(_helper):
-        return True
-    if _helper != NULL:     # a forked copy: rnnc_worker_stop only frees it
-        rnnc_worker_stop(_helper)
-    _helper = rnnc_worker_start(helper_job, &_parts[1])
-    return _helper != NULL
+cdef struct HelperState:
+    rnnc_worker* worker
+    Part parts[2]
+    Ahead* job_ahead
+    RowJob rows_job
+    int job_kind
+
+
+cdef void helper_job(void* arg) noexcept nogil:
+    cdef HelperState* s = <HelperState*>arg
+    if s.job_kind == JOB_ROWS:
+        take_rows(&s.rows_job, 1)
+    elif s.job_kind == JOB_AHEAD:
+        if s.job_ahead.is_double:
+            project_ahead(s.job_ahead, <double>0)
+        else:
+            project_ahead(s.job_ahead, <float>0)
+    else:
+        run_part(&s.parts[1])
+
+
+cdef class Helper:
+    """A compiled helper thread (rnnc/_kernels/_worker.h) and the job descriptions it runs.
+    Started by ready(); one caller at a time may use it (rnnc/_engine/threads.py lends it)."""
+    cdef HelperState s
+
+    def __cinit__(self):
+        memset(&self.s, 0, sizeof(HelperState))
+        self.s.job_kind = JOB_SPLIT
+
+    def ready(self):
+        """Start the helper thread if it is not running (first use, or a copy made by fork);
+        False if it cannot be started (the caller then runs the layer on one thread)."""
+        if self.s.worker != NULL and rnnc_worker_alive(self.s.worker):
+            return True
+        if self.s.worker != NULL:     # a forked copy: rnnc_worker_stop only frees it
+            rnnc_worker_stop(self.s.worker)
+        self.s.worker = rnnc_worker_start(helper_job, &self.s)
+        return self.s.worker != NULL
+
+    @property
+    def running(self):
+        """The helper thread runs in this process."""
+        return self.s.worker != NULL and rnnc_worker_alive(self.s.worker) != 0
+
+    def __dealloc__(self):
+        # The thread reads this object's descriptions: done with every post, then stopped.
+        if self.s.worker == NULL:
+            return
+        with nogil:
+            if rnnc_worker_alive(self.s.worker):
+                rnnc_worker_wait(self.s.worker)
+            rnnc_worker_stop(self.s.worker)
+        self.s.worker = NULL
+
+
+cdef HelperState* running_state(Helper helper, str name) except NULL:
+    """helper's state, which the caller holds; its thread must be running."""
+    if helper.s.worker == NULL or not rnnc_worker_alive(helper.s.worker):
+        raise RuntimeError(f"{name}: the helper thread is not running (call its ready() "
+                           "first)")
+    return &helper.s
 
 
 cdef inline void* data_or_null(const char* data, Py_ssize_t size) noexcept:
     return <void*>data if size > 0 else NULL
 
 
-cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
-                        const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
-                        bint reverse, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                        Py_ssize_t u0, Py_ssize_t nu, const floating[::1] bias,
-                        const floating[::1] b_hn, floating[:, ::1] w_ih_part,
-                        floating[:, ::1] w_hh_part, floating[:, :, ::1] packed,
-                        floating[:, :, ::1] ih_packed, floating[:, :, ::1] hbuf,
-                        floating[:, ::1] h, floating[:, ::1] c,
-                        floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
-                        floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] xh,
-                        Py_ssize_t chunk_steps, int[::1] bar, bint prepared,
-                        bint ih_per_panel) noexcept:
-    q.mode = mode
-    q.prepared = prepared
-    q.ih_per_panel = ih_per_panel
+# ---------------------------------------------------------------------------------------------
+# The entry points take one job description each, filled by the plan's runner (attribute
+# assignment, or keywords to the constructor): the arrays of the layer and of each part. The
+# fillers below (describe_part, describe_rows, describe_ahead) turn them into the nogil structs
+# above (Part, Rows, Ahead), checking each array's dtype, rank and contiguity as they go.
+# ---------------------------------------------------------------------------------------------
+cdef class _Described:
+    """Attributes settable by keyword: Job(x=..., h=...)."""
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+cdef class SplitPart(_Described):
+    """One part's arrays of a split by units (split_forward_py): bias its folded biases, b_hn
+    its GRU b_hn, w_ih its (G*nu, I) rows to fill (zero-size: the projection reads W_ih's gate
+    blocks in place), w_hh its (G*nu, H) rows to fill or zero-size when packed is packed
+    straight from W_hh, packed its rows of W_hh in panels (zero-size: the BLAS path),
+    ih_packed its rows of W_ih in panels to fill (packed from w_ih when that is not zero-size,
+    else from W_ih's gate blocks, whole panels each) or zero-size for a BLAS projection;
+    cpart (B, nu) LSTM cell workspace, xg (chunk_steps * B, G*nu), hg (B, G*nu) GRU, and
+    xh (B, I + H + 1) LSTM fused product (w_ih is then (G*nu, I + H + 1), packed its panels,
+    and bias goes into its last column). Zero-size arrays mean none."""
+    cdef public object bias, b_hn, w_ih, w_hh, packed, ih_packed, cpart, xg, hg, xh
+
+
+cdef class SplitJob(_Described):
+    """A layer and direction split by units (split_forward_py): units [0, half) are part0's,
+    [half, H) part1's. mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM. x (N, I)
+    the packed input, batch_sizes and offsets its layout, w_ih (G*H, I) and w_hh (G*H, H) the
+    layer's weights, hbuf (2, B, H) both = h on entry, h (B, H) and c (B, H, LSTM; else
+    zero-size) the state in/out, out the output at columns col0, bar a zeroed int32 barrier.
+    prepared: the parts' w_ih, w_hh, packed and ih_packed already hold what this call would
+    fill (kept from an earlier call on the same weights); the parts skip filling them.
+    ih_per_panel: each part's ih_packed is one panel's buffer, (1, I, W), which the projection
+    fills panel by panel as it goes (one chunk of steps: W_ih is read once); not with
+    prepared."""
+    cdef public int mode
+    cdef public object x, batch_sizes, offsets, w_ih, w_hh, hbuf, h, c, out, bar
+    cdef public bint reverse, prepared, ih_per_panel
+    cdef public Py_ssize_t half, col0, chunk_steps
+    cdef public SplitPart part0, part1
+
+    def __init__(self, **fields):
+        self.part0 = SplitPart()
+        self.part1 = SplitPart()
+        _Described.__init__(self, **fields)
+
+
+cdef class AheadJob(_Described):
+    """A layer and direction run on one thread with the inputs projected ahead
+    (pipelined_forward_py). Shapes as in SplitJob with one part of all H units: w_ih (G*H, I)
+    and w_hh (G*H, H) with their panels w_ih_packed, w_hh_packed (the small-batch kernel: both
+    required), bias (G*H,) folded (zero-size: none), b_hn (H,) GRU or zero-size, hbuf
+    (2, B, H) both = h on entry, cpart (B, H) LSTM workspace, ring (2, chunk_steps * B, G*H),
+    hg (B, G*H) GRU workspace."""
+    cdef public int mode
+    cdef public object x, batch_sizes, offsets, w_ih, w_ih_packed, bias, b_hn, w_hh
+    cdef public object w_hh_packed, hbuf, h, c, cpart, out, ring, hg
+    cdef public bint reverse
+    cdef public Py_ssize_t col0, chunk_steps
+
+
+cdef class RowsPart(_Described):
+    """One part's arrays of a split by rows (rows_forward_py): batch_sizes its active rows at
+    every step (the layout's, clipped to the part), packed its copy of the fused weights in
+    panels (GRU: W_ih^T's), xh (rows, I + H + 1), gates (rows, G) and cwork (rows, H, LSTM)
+    workspace; GRU: packed_hh its copy of W_hh^T's panels, hg (rows, 3H) and bias (3H,)
+    (zero-size without bias) workspace. Zero-size arrays mean none."""
+    cdef public object batch_sizes, packed, xh, gates, cwork, packed_hh, hg, bias
+
+
+cdef class RowsJob(_Described):
+    """A layer and direction split by batch rows (rows_forward_py): rows [0, rows0) are
+    part0's, [rows0, B) part1's. Arrays as lstm_fused_forward's, plus the layer's weights
+    (zero-size b_ih / b_hh: none); c zero-size for GRU and RNN. prepared: the parts' packed
+    copies hold the weights already (kept from an earlier call by a frozen module)."""
+    cdef public int mode
+    cdef public object x, offsets, w_ih, w_hh, b_ih, b_hh, h, c, out
+    cdef public bint reverse, prepared
+    cdef public Py_ssize_t col0, rows0
+    cdef public RowsPart part0, part1
+
+    def __init__(self, **fields):
+        self.part0 = RowsPart()
+        self.part1 = RowsPart()
+        _Described.__init__(self, **fields)
+
+
+cdef inline bint is_double(object array):
+    return array.dtype.char == 'd'
+
+
+cdef int describe_part(Part* q, SplitJob job, SplitPart part, Py_ssize_t u0, Py_ssize_t nu,
+                       floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[::1] bias = part.bias
+    cdef const floating[::1] b_hn = part.b_hn
+    cdef floating[:, ::1] w_ih_part = part.w_ih
+    cdef floating[:, ::1] w_hh_part = part.w_hh
+    cdef floating[:, :, ::1] packed = part.packed
+    cdef floating[:, :, ::1] ih_packed = part.ih_packed
+    cdef floating[:, :, ::1] hbuf = job.hbuf
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] c = job.c
+    cdef floating[:, ::1] cpart = part.cpart
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] xg = part.xg
+    cdef floating[:, ::1] hg = part.hg
+    cdef floating[:, ::1] xh = part.xh
+    cdef int[::1] bar = job.bar
+    if job.ih_per_panel:
+        check_one_panel(ih_packed, x.shape[1], "split_forward_py")
+    q.mode = job.mode
+    q.prepared = job.prepared
+    q.ih_per_panel = job.ih_per_panel
     q.is_double = floating is double
     q.x = &x[0, 0]
     q.ldx = x.shape[1]
@@ -596,7 +738,7 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
     q.batch_sizes = &batch_sizes[0]
     q.offsets = &offsets[0]
     q.T = batch_sizes.shape[0]
-    q.reverse = reverse
+    q.reverse = job.reverse
     q.w_ih_src = &w_ih[0, 0]
     q.w_ih = data_or_null(<const char*>w_ih_part._data, w_ih_part.shape[0])
     q.bias = data_or_null(<const char*>bias._data, bias.shape[0])
@@ -614,109 +756,57 @@ cdef void describe_part(Part* q, int mode, const floating[:, ::1] x,
     q.h = &h[0, 0]
     q.c = data_or_null(<const char*>c._data, c.shape[0])
     q.cpart = data_or_null(<const char*>cpart._data, cpart.shape[0])
-    q.out = &out[0, col0]
+    q.out = &out[0, job.col0]
     q.ldo = out.shape[1]
     q.xg = &xg[0, 0]
     q.hg = data_or_null(<const char*>hg._data, hg.shape[0])
     q.xh = data_or_null(<const char*>xh._data, xh.shape[0])
-    q.chunk_steps = chunk_steps
+    q.chunk_steps = job.chunk_steps
     q.bar = &bar[0]
+    return 0
 
 
-def split_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                     const Py_ssize_t[::1] offsets, bint reverse,
-                     const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                     Py_ssize_t half,
-                     const floating[::1] bias0, const floating[::1] bias1,
-                     const floating[::1] b_hn0, const floating[::1] b_hn1,
-                     floating[:, ::1] w_ih0, floating[:, ::1] w_ih1,
-                     floating[:, ::1] w_hh0, floating[:, ::1] w_hh1,
-                     floating[:, :, ::1] packed0, floating[:, :, ::1] packed1,
-                     floating[:, :, ::1] ih_packed0, floating[:, :, ::1] ih_packed1,
-                     floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
-                     floating[:, ::1] cpart0, floating[:, ::1] cpart1,
-                     floating[:, ::1] out, Py_ssize_t col0,
-                     floating[:, ::1] xg0, floating[:, ::1] xg1,
-                     floating[:, ::1] hg0, floating[:, ::1] hg1,
-                     floating[:, ::1] xh0, floating[:, ::1] xh1,
-                     Py_ssize_t chunk_steps, int[::1] bar, bint prepared=False,
-                     bint ih_per_panel=False):
-    """One layer and direction, inference, units [0, half) on this thread and [half, H) on the
-    helper (split_helper_ready() must have returned True). The plan (rnnc/_engine/plan.py)
-    decides and the runner (rnnc/_engine/runners/units.py) allocates everything (shapes as in
-    forward_part; per part p: bias{p} its folded biases, b_hn{p} its
-    GRU b_hn, w_ih{p} its (G*nu, I) rows to fill (zero-size: the projection reads W_ih's
-    gate blocks in place), w_hh{p} its (G*nu, H) rows to fill or
-    zero-size when packed{p} is packed straight from w_hh, packed{p} zero-size for the BLAS
-    path), ih_packed{p} its rows of W_ih in panels to fill (packed from w_ih{p} when that is
-    not zero-size, else from W_ih's gate blocks, whole panels each) or zero-size for a BLAS
-    projection; zero-size c/cpart/hg mean none. mode: 0 RNN tanh, 1 RNN relu, 2 GRU, 3 LSTM.
-    Non-empty xh{p} (B, I + H + 1), LSTM only, selects the fused product: w_ih{p} is then
-    (G*nu, I + H + 1), packed{p} its panels, and bias{p} goes into its last column.
-    prepared: w_ih{p}, w_hh{p}, packed{p} and ih_packed{p} already hold what this call would
-    fill (kept from an earlier call on the same weights); the parts skip filling them.
-    ih_per_panel: ih_packed{p} is one panel's buffer, (1, I, W), which the projection fills
-    panel by panel as it goes (one chunk of steps: W_ih is read once); not with prepared."""
-    cdef Py_ssize_t H = h.shape[1]
+def split_forward_py(SplitJob job not None, Helper helper not None):
+    """One layer and direction, inference, part0's units on this thread and part1's on the
+    helper, which the caller holds (its ready() must have returned True). rnnc._engine.runners.units
+    validates and allocates everything (see SplitJob and SplitPart). The job's arrays must
+    stay unchanged until the call returns."""
+    cdef Py_ssize_t H = job.h.shape[1], half = job.half
     if not 0 < half < H:    # each part needs units: one without would divide by zero
         raise ValueError(f"split_forward_py: half must be in (0, {H}) (hidden_size), got "
                          f"{half}")
-    if ih_per_panel:
-        if prepared:
-            raise ValueError("split_forward_py: ih_per_panel packs W_ih as it goes; prepared "
-                             "weights are packed already")
-        check_one_panel(ih_packed0, x.shape[1], "split_forward_py")
-        check_one_panel(ih_packed1, x.shape[1], "split_forward_py")
-    if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
+    if job.ih_per_panel and job.prepared:
+        raise ValueError("split_forward_py: ih_per_panel packs W_ih as it goes; prepared "
+                         "weights are packed already")
+    if job.batch_sizes.shape[0] == 0 or job.x.shape[0] == 0 or job.h.shape[0] == 0:
         return
-    if _helper == NULL or not rnnc_worker_alive(_helper):
-        raise RuntimeError("split_forward_py: the helper thread is not running "
-                           "(call split_helper_ready() first)")
-    global _job_kind
+    cdef HelperState* s = running_state(helper, "split_forward_py")
+    cdef Part parts[2]      # described (and checked) before the helper's are touched
+    if is_double(job.x):
+        describe_part(&parts[0], job, job.part0, 0, half, <double>0)
+        describe_part(&parts[1], job, job.part1, half, H - half, <double>0)
+    else:
+        describe_part(&parts[0], job, job.part0, 0, half, <float>0)
+        describe_part(&parts[1], job, job.part1, half, H - half, <float>0)
     with nogil:
-        rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
-    _job_kind = JOB_SPLIT
-    describe_part(&_parts[0], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, 0, half,
-                  bias0, b_hn0, w_ih0, w_hh0, packed0, ih_packed0, hbuf, h, c, cpart0, out,
-                  col0, xg0, hg0, xh0, chunk_steps, bar, prepared, ih_per_panel)
-    describe_part(&_parts[1], mode, x, batch_sizes, offsets, reverse, w_ih, w_hh, half,
-                  H - half, bias1, b_hn1, w_ih1, w_hh1, packed1, ih_packed1, hbuf, h, c,
-                  cpart1, out, col0, xg1, hg1, xh1, chunk_steps, bar, prepared, ih_per_panel)
+        rnnc_worker_wait(s.worker)  # done with earlier posts (a row split's may be pending)
+    s.job_kind = JOB_SPLIT
+    s.parts[0] = parts[0]
+    s.parts[1] = parts[1]
     with nogil:
-        rnnc_worker_post(_helper)
-        run_part(&_parts[0])
-        rnnc_worker_wait(_helper)
+        rnnc_worker_post(s.worker)
+        run_part(&s.parts[0])
+        rnnc_worker_wait(s.worker)
 
 
-def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                         const Py_ssize_t[::1] offsets, bint reverse,
-                         const floating[:, ::1] w_ih, const floating[:, :, ::1] w_ih_packed,
-                         const floating[::1] bias, const floating[::1] b_hn,
-                         const floating[:, ::1] w_hh, const floating[:, :, ::1] w_hh_packed,
-                         floating[:, :, ::1] hbuf, floating[:, ::1] h, floating[:, ::1] c,
-                         floating[:, ::1] cpart, floating[:, ::1] out, Py_ssize_t col0,
-                         floating[:, :, ::1] ring, floating[:, ::1] hg, Py_ssize_t chunk_steps,
-                         bint use_helper):
-    """One layer and direction, inference, on this thread, with the helper projecting the next
-    chunk of steps' inputs ahead (see Ahead) when use_helper (the caller holds the helper:
-    split_helper_ready() returned True) and it is awake; else this thread projects every chunk,
-    which gives the same results.
-    Shapes as in split_forward_py with one part of all H units: w_ih (G*H, I) and w_hh
-    (G*H, H) with their panels (the small-batch kernel: both required), bias (G*H,) folded
-    (zero-size: none), b_hn (H,) GRU or zero-size, hbuf (2, B, H) both = h on entry, cpart
-    (B, H) LSTM workspace, ring (2, chunk_steps * B, G*H), hg (B, G*H) GRU workspace.
-    mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM (no projection)."""
-    cdef Py_ssize_t H = h.shape[1], G = w_hh.shape[0] // h.shape[1]
-    if batch_sizes.shape[0] == 0 or x.shape[0] == 0 or h.shape[0] == 0:
-        return
-    if w_ih_packed.shape[0] == 0 or w_hh_packed.shape[0] == 0:
-        raise ValueError("pipelined_forward_py: w_ih_packed and w_hh_packed are required")
-    if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
-        raise RuntimeError("pipelined_forward_py: the helper thread is not running "
-                           "(call split_helper_ready() first)")
-    global _job_ahead
-    cdef Ahead ahead
-    cdef Ahead* a = &ahead
+cdef int describe_ahead(Ahead* a, AheadJob job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef const floating[::1] bias = job.bias
+    cdef floating[:, :, ::1] ring = job.ring
     a.is_double = floating is double
     a.x = &x[0, 0]
     a.ldx = x.shape[1]
@@ -724,19 +814,43 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
     a.batch_sizes = &batch_sizes[0]
     a.offsets = &offsets[0]
     a.T = batch_sizes.shape[0]
-    a.chunk_steps = chunk_steps
-    a.n_chunks = (a.T + chunk_steps - 1) // chunk_steps
-    a.reverse = reverse
+    a.chunk_steps = job.chunk_steps
+    a.n_chunks = (a.T + job.chunk_steps - 1) // job.chunk_steps
+    a.reverse = job.reverse
     a.w_ih = &w_ih[0, 0]
     a.w_ih_packed = &w_ih_packed[0, 0, 0]
     a.bias = data_or_null(<const char*>bias._data, bias.shape[0])
-    a.GN = G * H
+    a.GN = (job.w_hh.shape[0] // job.h.shape[1]) * job.h.shape[1]    # G * H
     a.ring[0] = &ring[0, 0, 0]
     a.ring[1] = &ring[1, 0, 0]
     a.next = 1
     a.written[0] = 0
     a.written[1] = 0
     a.consumed = 0
+    return 0
+
+
+cdef int run_ahead(Ahead* a, AheadJob job, HelperState* s, floating kind) except -1:
+    """pipelined_forward_py's time loop on this thread, a described; s: the helper's state,
+    or NULL (no helper)."""
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef const floating[::1] b_hn = job.b_hn
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef floating[:, :, ::1] hbuf = job.hbuf
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] c = job.c
+    cdef floating[:, ::1] cpart = job.cpart
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] hg = job.hg
+    cdef Py_ssize_t H = h.shape[1], G = w_hh.shape[0] // h.shape[1], col0 = job.col0
+    cdef Py_ssize_t chunk_steps = job.chunk_steps
+    cdef int mode = job.mode
+    cdef bint reverse = job.reverse
     cdef const floating* pb_hn = <const floating*>data_or_null(<const char*>b_hn._data,
                                                                b_hn.shape[0])
     cdef floating* pc = <floating*>data_or_null(<const char*>c._data, c.shape[0])
@@ -745,43 +859,81 @@ def pipelined_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::
     # Only an awake helper gets the job (waking a sleeping one can take longer than this layer,
     # rnnc/_kernels/_worker.h); a sleeping one is woken for the calls that follow, and this
     # call projects every chunk.
-    cdef bint post = use_helper and rnnc_worker_awake(_helper)
-    if use_helper and not post:
-        rnnc_worker_wake(_helper)
-    global _job_kind
+    cdef bint post = s != NULL and rnnc_worker_awake(s.worker)
+    if s != NULL and not post:
+        rnnc_worker_wake(s.worker)
     if post:                # only the caller that holds the helper touches its job
         with nogil:
-            rnnc_worker_wait(_helper)   # done with earlier posts (a row split's may be pending)
-        _job_kind = JOB_AHEAD
-        _job_ahead = a
+            rnnc_worker_wait(s.worker)  # done with earlier posts (a row split's may be pending)
+        s.job_kind = JOB_AHEAD
+        s.job_ahead = a
     with nogil:
         if post:
-            rnnc_worker_post(_helper)
+            rnnc_worker_post(s.worker)
         forward_part(mode, &x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], a.T,
                      reverse, &w_ih[0, 0], 0, &w_ih_packed[0, 0, 0], <const floating*>a.bias,
                      pb_hn, &w_hh[0, 0], &w_hh_packed[0, 0, 0], G, H, 0, H, h.shape[0],
                      &hbuf[0, 0, 0], &h[0, 0], pc, pcpart, &out[0, col0], out.shape[1],
                      <floating*>NULL, phg, chunk_steps, <int*>NULL, 1, a)
         if post:
-            rnnc_worker_wait(_helper)
+            rnnc_worker_wait(s.worker)
     if post:
-        _job_ahead = NULL
+        s.job_ahead = NULL
+    return 0
 
 
-cdef void describe_rows(Rows* q, int mode, const floating[:, ::1] x, Py_ssize_t row0,
-                        const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
-                        bint reverse, const floating[:, ::1] w_ih,
-                        const floating[:, ::1] w_hh, const floating[::1] b_ih,
-                        const floating[::1] b_hh, floating[:, :, ::1] w_packed,
-                        bint prepared, Py_ssize_t nrows,
-                        floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
-                        Py_ssize_t col0, floating[:, ::1] xh, floating[:, ::1] gates,
-                        floating[:, ::1] cwork, void* w_hh_packed, void* hg,
-                        void* bias) noexcept:
-    q.mode = mode
-    q.w_hh_packed = w_hh_packed
-    q.hg = hg
-    q.bias = bias
+def pipelined_forward_py(AheadJob job not None, Helper helper):
+    """One layer and direction, inference, on this thread, with the helper projecting the next
+    chunk of steps' inputs ahead (see Ahead) when a helper is given (the caller holds it: its
+    ready() returned True) and it is awake; None, or else this thread projects every chunk,
+    which gives the same results. See AheadJob for the arrays.
+    mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM (no projection)."""
+    if job.batch_sizes.shape[0] == 0 or job.x.shape[0] == 0 or job.h.shape[0] == 0:
+        return
+    if job.w_ih_packed.shape[0] == 0 or job.w_hh_packed.shape[0] == 0:
+        raise ValueError("pipelined_forward_py: w_ih_packed and w_hh_packed are required")
+    cdef HelperState* s = NULL
+    if helper is not None:
+        s = running_state(helper, "pipelined_forward_py")
+    cdef Ahead ahead
+    if is_double(job.x):
+        describe_ahead(&ahead, job, <double>0)
+        run_ahead(&ahead, job, s, <double>0)
+    else:
+        describe_ahead(&ahead, job, <float>0)
+        run_ahead(&ahead, job, s, <float>0)
+
+
+cdef int describe_rows(Rows* q, RowsJob job, RowsPart part, Py_ssize_t row0, Py_ssize_t nrows,
+                       floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = part.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[::1] b_ih = job.b_ih
+    cdef const floating[::1] b_hh = job.b_hh
+    cdef floating[:, :, ::1] w_packed = part.packed
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] c = job.c
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] xh = part.xh
+    cdef floating[:, ::1] gates = part.gates
+    cdef floating[:, ::1] cwork = part.cwork
+    cdef floating[:, :, ::1] packed_hh
+    cdef floating[:, ::1] hg
+    cdef floating[::1] bias
+    q.w_hh_packed = q.hg = q.bias = NULL
+    if job.mode == GRU:
+        if part.packed_hh is None or part.hg is None or part.bias is None:
+            raise ValueError("rows_forward_py: GRU needs each part's packed_hh, hg and bias")
+        packed_hh = part.packed_hh
+        hg = part.hg
+        bias = part.bias
+        q.w_hh_packed = &packed_hh[0, 0, 0]
+        q.hg = &hg[0, 0]
+        q.bias = data_or_null(<const char*>bias._data, bias.shape[0])
+    q.mode = job.mode
     q.is_double = floating is double
     q.ldx = x.shape[1]
     q.I = x.shape[1]
@@ -789,90 +941,63 @@ cdef void describe_rows(Rows* q, int mode, const floating[:, ::1] x, Py_ssize_t 
     q.batch_sizes = &batch_sizes[0]
     q.offsets = &offsets[0]
     q.T = batch_sizes.shape[0]
-    q.reverse = reverse
+    q.reverse = job.reverse
     q.w_ih = &w_ih[0, 0]
     q.w_hh = &w_hh[0, 0]
     q.b_ih = data_or_null(<const char*>b_ih._data, b_ih.shape[0])
     q.b_hh = data_or_null(<const char*>b_hh._data, b_hh.shape[0])
     q.w_packed = &w_packed[0, 0, 0]
-    q.prepared = prepared
+    q.prepared = job.prepared
     q.H = h.shape[1]
     q.B = nrows
     q.h = &h[0, 0] + row0 * q.H
     q.c = &c[0, 0] + row0 * q.H if c.shape[0] > 0 else NULL
     q.ldo = out.shape[1]
-    q.out = &out[0, col0] + row0 * q.ldo
+    q.out = &out[0, job.col0] + row0 * q.ldo
     q.xh = data_or_null(<const char*>xh._data, xh.shape[0])
     q.gates = &gates[0, 0]
     q.cwork = &cwork[0, 0] if cwork.shape[0] > 0 else NULL
+    return 0
 
 
-def rows_forward_py(int mode, const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes0,
-                    const Py_ssize_t[::1] batch_sizes1, const Py_ssize_t[::1] offsets,
-                    bint reverse, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                    const floating[::1] b_ih, const floating[::1] b_hh,
-                    floating[:, :, ::1] packed0, floating[:, :, ::1] packed1, bint prepared,
-                    floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] out,
-                    Py_ssize_t col0, Py_ssize_t rows0,
-                    floating[:, ::1] xh0, floating[:, ::1] xh1, floating[:, ::1] gates0,
-                    floating[:, ::1] gates1, floating[:, ::1] cwork0,
-                    floating[:, ::1] cwork1, bint use_helper,
-                    floating[:, :, ::1] packed_hh0=None, floating[:, :, ::1] packed_hh1=None,
-                    floating[:, ::1] hg0=None, floating[:, ::1] hg1=None,
-                    floating[::1] bias0=None, floating[::1] bias1=None):
+def rows_forward_py(RowsJob job not None, Helper helper):
     """One LSTM (mode 3), GRU (2, reset_after) or RNN (0 tanh, 1 relu) layer and direction,
     inference without projection, its batch rows [0, rows0) and [rows0, B) run as two
-    sequences: part 0 on this thread, part 1 on the helper when use_helper (the caller holds
-    it: split_helper_ready() returned True) and the helper claims it in time, else on this
-    thread too; the results are the same (see RowJob).
-    Arguments as lstm_fused_forward's, plus the layer's weights (zero-size b_ih / b_hh: none).
-    packed{p}: each part's copy of the fused weights in panels, which it packs itself unless
-    prepared (kept from an earlier call by a frozen module). batch_sizes0/1: each part's
-    active rows at every step (the layout's, clipped to the part: rnnc/_engine/layout.py,
-    row_split).
-    Each part's workspace: xh{p} (rows, I + H + 1), gates{p} (rows, G), cwork{p} (rows, H).
-    RNN: c and cwork{p} zero-size. GRU (gru_rows_sequence): packed{p} holds W_ih^T's panels
-    and packed_hh{p} W_hh^T's, hg{p} (rows, 3H) and bias{p} (3H,) (zero-size without bias)
-    are workspace, xh{p}, c and cwork{p} zero-size."""
-    cdef Py_ssize_t B = h.shape[0], T = batch_sizes0.shape[0]
-    cdef void* gru_bufs[6]
-    cdef int i
-    if T == 0 or x.shape[0] == 0 or B == 0:
+    sequences: part0 on this thread, part1 on the helper when one is given (the caller holds
+    it: its ready() returned True) and the helper claims it in time, else (or with None) on
+    this thread too; the results are the same (see RowJob). See RowsJob and RowsPart for the
+    arrays. GRU (gru_rows_sequence): each part's packed holds W_ih^T's panels and packed_hh
+    W_hh^T's; its xh, c and cwork are zero-size."""
+    cdef Py_ssize_t B = job.h.shape[0], T = job.part0.batch_sizes.shape[0], rows0 = job.rows0
+    if T == 0 or job.x.shape[0] == 0 or B == 0:
         return
     if not 0 < rows0 < B:
         raise ValueError(f"rows_forward_py: rows0 must be in (0, {B}) (the batch), got {rows0}")
-    memset(gru_bufs, 0, sizeof(gru_bufs))
-    if mode == GRU:
-        if packed_hh0 is None or packed_hh1 is None or hg0 is None or hg1 is None \
-                or bias0 is None or bias1 is None:
-            raise ValueError("rows_forward_py: GRU needs packed_hh{p}, hg{p} and bias{p}")
-        gru_bufs[0], gru_bufs[1] = &packed_hh0[0, 0, 0], &packed_hh1[0, 0, 0]
-        gru_bufs[2], gru_bufs[3] = &hg0[0, 0], &hg1[0, 0]
-        gru_bufs[4] = data_or_null(<const char*>bias0._data, bias0.shape[0])
-        gru_bufs[5] = data_or_null(<const char*>bias1._data, bias1.shape[0])
-    if use_helper and (_helper == NULL or not rnnc_worker_alive(_helper)):
-        raise RuntimeError("rows_forward_py: the helper thread is not running "
-                           "(call split_helper_ready() first)")
-    global _job_kind
+    cdef HelperState* s = NULL
+    if helper is not None:
+        s = running_state(helper, "rows_forward_py")
+    cdef Rows parts[2]      # described (and checked) before the queue's are touched
+    if is_double(job.x):
+        describe_rows(&parts[0], job, job.part0, 0, rows0, <double>0)
+        describe_rows(&parts[1], job, job.part1, rows0, B - rows0, <double>0)
+    else:
+        describe_rows(&parts[0], job, job.part0, 0, rows0, <float>0)
+        describe_rows(&parts[1], job, job.part1, rows0, B - rows0, <float>0)
     cdef RowJob alone           # without the helper: this call's own queue
-    cdef RowJob* job = &_rows_job if use_helper else &alone
+    cdef RowJob* q = &s.rows_job if s != NULL else &alone
     cdef long g
-    if not use_helper:
+    if s == NULL:
         alone.open = alone.taken[0] = alone.taken[1] = alone.done[0] = alone.done[1] = 0
     # The previous generation is closed (both parts claimed and done): nobody reads the parts.
-    g = job.open + 1
-    describe_rows(&job.parts[0], mode, x, 0, batch_sizes0, offsets, reverse, w_ih, w_hh,
-                  b_ih, b_hh, packed0, prepared, rows0, h, c, out, col0, xh0, gates0, cwork0,
-                  gru_bufs[0], gru_bufs[2], gru_bufs[4])
-    describe_rows(&job.parts[1], mode, x, rows0, batch_sizes1, offsets, reverse, w_ih, w_hh,
-                  b_ih, b_hh, packed1, prepared, B - rows0, h, c, out, col0, xh1, gates1,
-                  cwork1, gru_bufs[1], gru_bufs[3], gru_bufs[5])
-    rnnc_count_publish(&job.open, g)
-    if use_helper:
-        _job_kind = JOB_ROWS
+    g = q.open + 1
+    q.parts[0] = parts[0]
+    q.parts[1] = parts[1]
+    rnnc_count_publish(&q.open, g)
+    if s != NULL:
+        s.job_kind = JOB_ROWS
     with nogil:
-        if use_helper:
-            rnnc_worker_post(_helper)
-        take_rows(job, 0)
-        rnnc_count_wait(&job.done[0], g)
-        rnnc_count_wait(&job.done[1], g)
+        if s != NULL:
+            rnnc_worker_post(s.worker)
+        take_rows(q, 0)
+        rnnc_count_wait(&q.done[0], g)
+        rnnc_count_wait(&q.done[1], g)

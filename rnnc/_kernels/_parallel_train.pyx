@@ -191,33 +191,83 @@ cdef void lstm_backward_part(
                 db_hh[j] += acc[r]
 
 
-def lstm_train_forward_part_py(
-        const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-        const Py_ssize_t[::1] offsets, bint reverse,
-        const floating[:, ::1] w_ih, const floating[:, :, ::1] w_ih_packed,
-        const floating[::1] bias,
-        const floating[:, ::1] w_hh, const floating[:, :, ::1] w_hh_packed,
-        Py_ssize_t u0, Py_ssize_t nu, floating[:, :, ::1] hbuf,
-        floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] cpart,
-        floating[:, ::1] out, Py_ssize_t col0, floating[:, ::1] act,
-        floating[:, ::1] xh, Py_ssize_t xrow0, Py_ssize_t xrow1, floating[:, ::1] c_prev,
-        int[::1] bar, int n_threads):
-    """One thread's part of an LSTM training forward split by hidden units (see the module
-    docstring; rnnc/_engine/runners/units.py allocates the buffers and starts the parts
-    together).
+cdef class _Described:
+    """Attributes settable by keyword: Part(x=..., h=...)."""
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+cdef class TrainForwardPart(_Described):
+    """One thread's part of an LSTM training forward split by hidden units
+    (lstm_train_forward_part_py): units [u0, u0 + nu).
 
     w_ih (4nu, I) and w_hh (4nu, H) are this part's rows, gate-major, and w_ih_packed,
     w_hh_packed the same in panels for the small-batch kernel, or zero-size (BLAS: w_ih
-    projects all steps at once; w_hh is read only then); a zero-size bias means none. The
-    part's activations go to act's columns [4 u0, 4 u0 + 4nu), the states before each step to
-    xh's columns [I + u0, I + u0 + nu) and the rows [xrow0, xrow1) of x to xh's first I
-    columns. Every part must be given the same bar (zeroed int32, >= 2 entries) and n_threads,
-    and all must run concurrently.
-    """
+    projects all steps at once; w_hh is read only then); a zero-size bias means none. x (N, I)
+    the packed input with its layout (batch_sizes, offsets), hbuf (2, B, H) both = h on
+    entry, h and c (B, H) the state in/out, cpart (B, nu) workspace, out the output at columns
+    col0. The part's activations go to act's columns [4 u0, 4 u0 + 4nu), the states before
+    each step to c_prev's columns [u0, u0 + nu) and xh's columns [I + u0, I + u0 + nu), and
+    the rows [xrow0, xrow1) of x to xh's first I columns. Every part must be given the same
+    bar (zeroed int32, >= 2 entries) and n_threads, and all must run concurrently."""
+    cdef public object x, batch_sizes, offsets, w_ih, w_ih_packed, bias, w_hh, w_hh_packed
+    cdef public object hbuf, h, c, cpart, out, act, xh, c_prev, bar
+    cdef public bint reverse
+    cdef public Py_ssize_t u0, nu, col0, xrow0, xrow1
+    cdef public int n_threads
+
+
+cdef class BackwardPart(_Described):
+    """One thread's part of an LSTM backward split by hidden units, after
+    lstm_train_forward_part (lstm_backward_part_py): units [u0, u0 + nu).
+
+    w_ih_perm (4H, I) is W_ih with its rows in part order; w_hh_cols (4H, nu) this part's
+    columns of W_hh, rows in part order (read only when w_hh_packed is zero-size). The part
+    writes its columns of dh/dc, its units' rows of dw_ih/dw_hh (db_* added to; zero-size
+    means no bias) and the rows [row0, row1) of dx (added to when add_dx). act, xh
+    (N, I + H) = [x | state before each step] and c_prev as written by the forward, dout the
+    output gradient at columns col0. dhp, dcp (B, nu), acc (4nu,), wtmp (4nu, I + H) and
+    tc_row (nu,) are this part's workspace. bar and n_threads as in TrainForwardPart."""
+    cdef public object batch_sizes, offsets, w_ih_perm, w_hh_cols, w_hh_packed, act, xh
+    cdef public object c_prev, dout, dh, dc, dhp, dcp, dx, dw_ih, dw_hh, db_ih, db_hh, acc
+    cdef public object wtmp, tc_row, bar
+    cdef public bint reverse, add_dx
+    cdef public Py_ssize_t u0, nu, row0, row1, col0
+    cdef public int n_threads
+
+
+cdef inline bint is_double(object array):
+    return array.dtype.char == 'd'
+
+
+cdef int train_forward_part(TrainForwardPart part, floating kind) except -1:
+    cdef const floating[:, ::1] x = part.x
+    cdef const Py_ssize_t[::1] batch_sizes = part.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = part.offsets
+    cdef const floating[:, ::1] w_ih = part.w_ih
+    cdef const floating[:, :, ::1] w_ih_packed = part.w_ih_packed
+    cdef const floating[::1] bias = part.bias
+    cdef const floating[:, ::1] w_hh = part.w_hh
+    cdef const floating[:, :, ::1] w_hh_packed = part.w_hh_packed
+    cdef floating[:, :, ::1] hbuf = part.hbuf
+    cdef floating[:, ::1] h = part.h
+    cdef floating[:, ::1] c = part.c
+    cdef floating[:, ::1] cpart = part.cpart
+    cdef floating[:, ::1] out = part.out
+    cdef floating[:, ::1] act = part.act
+    cdef floating[:, ::1] xh = part.xh
+    cdef floating[:, ::1] c_prev = part.c_prev
+    cdef int[::1] bar = part.bar
+    cdef bint reverse = part.reverse
+    cdef Py_ssize_t u0 = part.u0, nu = part.nu, col0 = part.col0
+    cdef Py_ssize_t xrow0 = part.xrow0, xrow1 = part.xrow1
+    cdef int n_threads = part.n_threads
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1], B = h.shape[0]
     if T == 0 or x.shape[0] == 0 or B == 0 or nu == 0:
-        return
+        return 0
     cdef const floating* bi = &bias[0] if bias.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
     cdef const floating* wh = &w_hh[0, 0] if w_hh.shape[0] > 0 else NULL
@@ -228,34 +278,51 @@ def lstm_train_forward_part_py(
                                 &hbuf[0, 0, 0], &h[0, 0], &c[0, 0], &cpart[0, 0],
                                 &out[0, col0], out.shape[1], &act[0, 0], &xh[0, 0],
                                 xrow0, xrow1, &c_prev[0, 0], &bar[0], n_threads)
+    return 0
 
 
-def lstm_backward_part_py(
-        const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets, bint reverse,
-        const floating[:, ::1] w_ih_perm, const floating[:, ::1] w_hh_cols,
-        const floating[:, :, ::1] w_hh_packed, Py_ssize_t u0, Py_ssize_t nu,
-        Py_ssize_t row0, Py_ssize_t row1,
-        floating[:, ::1] act, const floating[:, ::1] xh, const floating[:, ::1] c_prev,
-        const floating[:, ::1] dout, Py_ssize_t col0,
-        floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dhp, floating[:, ::1] dcp,
-        floating[:, ::1] dx, bint add_dx, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-        floating[::1] db_ih, floating[::1] db_hh, floating[::1] acc, floating[:, ::1] wtmp,
-        floating[::1] tc_row, int[::1] bar, int n_threads):
-    """One thread's part of an LSTM backward split by hidden units, after
-    lstm_train_forward_part (see the module docstring).
+def lstm_train_forward_part_py(TrainForwardPart part not None):
+    """One thread's part of an LSTM training forward split by hidden units (see the module
+    docstring and TrainForwardPart; rnnc._engine.runners.units validates, allocates and
+    starts the parts together)."""
+    if is_double(part.x):
+        train_forward_part(part, <double>0)
+    else:
+        train_forward_part(part, <float>0)
 
-    w_ih_perm (4H, I) is W_ih with its rows in part order; w_hh_cols (4H, nu) this part's
-    columns of W_hh, rows in part order (read only when w_hh_packed is zero-size). The part
-    writes its columns of dh/dc, its units' rows of dw_ih/dw_hh (db_* added to; zero-size
-    means no bias) and the rows [row0, row1) of dx (added to when add_dx). xh (N, I + H) is
-    [x | state before each step] as written by the forward. dhp, dcp (B, nu), acc (4nu,),
-    wtmp (4nu, I + H) and tc_row (nu,) are this part's workspace.
-    """
+
+cdef int backward_part(BackwardPart part, floating kind) except -1:
+    cdef const Py_ssize_t[::1] batch_sizes = part.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = part.offsets
+    cdef const floating[:, ::1] w_ih_perm = part.w_ih_perm
+    cdef const floating[:, ::1] w_hh_cols = part.w_hh_cols
+    cdef const floating[:, :, ::1] w_hh_packed = part.w_hh_packed
+    cdef floating[:, ::1] act = part.act
+    cdef const floating[:, ::1] xh = part.xh
+    cdef const floating[:, ::1] c_prev = part.c_prev
+    cdef const floating[:, ::1] dout = part.dout
+    cdef floating[:, ::1] dh = part.dh
+    cdef floating[:, ::1] dc = part.dc
+    cdef floating[:, ::1] dhp = part.dhp
+    cdef floating[:, ::1] dcp = part.dcp
+    cdef floating[:, ::1] dx = part.dx
+    cdef floating[:, ::1] dw_ih = part.dw_ih
+    cdef floating[:, ::1] dw_hh = part.dw_hh
+    cdef floating[::1] db_ih = part.db_ih
+    cdef floating[::1] db_hh = part.db_hh
+    cdef floating[::1] acc = part.acc
+    cdef floating[:, ::1] wtmp = part.wtmp
+    cdef floating[::1] tc_row = part.tc_row
+    cdef int[::1] bar = part.bar
+    cdef bint reverse = part.reverse, add_dx = part.add_dx
+    cdef Py_ssize_t u0 = part.u0, nu = part.nu, row0 = part.row0, row1 = part.row1
+    cdef Py_ssize_t col0 = part.col0
+    cdef int n_threads = part.n_threads
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dh.shape[1], B = dh.shape[0]
     cdef Py_ssize_t I = w_ih_perm.shape[1]
     if T == 0 or act.shape[0] == 0 or B == 0 or nu == 0:
-        return
+        return 0
     cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
     cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
@@ -268,3 +335,13 @@ def lstm_backward_part_py(
                            &dhp[0, 0], &dcp[0, 0], &dx[0, 0], dx.shape[1], add_dx,
                            &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &acc[0], &wtmp[0, 0],
                            &tc_row[0], &bar[0], n_threads)
+    return 0
+
+
+def lstm_backward_part_py(BackwardPart part not None):
+    """One thread's part of an LSTM backward split by hidden units, after
+    lstm_train_forward_part (see the module docstring and BackwardPart)."""
+    if is_double(part.act):
+        backward_part(part, <double>0)
+    else:
+        backward_part(part, <float>0)

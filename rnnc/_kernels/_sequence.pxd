@@ -13,7 +13,8 @@
 from cython cimport floating
 from libc.string cimport memcpy
 
-from rnnc._kernels._blas cimport RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, small_gemm, small_gemm_packing
+from rnnc._kernels._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, small_gemm,
+                                  small_gemm_packing)
 
 
 cdef inline void chunk_bounds(Py_ssize_t c, Py_ssize_t T, Py_ssize_t chunk_steps, bint reverse,

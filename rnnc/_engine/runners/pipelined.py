@@ -13,7 +13,7 @@ def forward(plan, job):
     try:
         _forward(plan, job, helper)
     finally:
-        if helper:
+        if helper is not None:
             threads.split_end()
     return None
 
@@ -30,11 +30,12 @@ def _forward(plan, job, helper):
     hbuf = workspace("pipe h", (2, B, H), dtype)
     hbuf[0] = job.h
     hbuf[1] = job.h
-    K.pipelined_forward_py(
-        plan.kernel_code, job.x, job.layout.batch_sizes, job.layout.offsets, job.reverse,
-        job.w_ih, w_ih_packed, bias, b_hn, job.w_hh, w_packed, hbuf, job.h,
-        job.c if job.c is not None else empty2,
-        workspace("pipe c", (B, H), dtype) if mode == "LSTM" else empty2, job.out, job.col0,
-        workspace("pipe ring", (2, per_chunk * B, G * H), dtype),
-        workspace("pipe hg", (B, G * H), dtype) if mode == "GRU" else empty2, per_chunk,
-        helper)
+    K.pipelined_forward_py(K.AheadJob(
+        mode=plan.kernel_code, x=job.x, batch_sizes=job.layout.batch_sizes,
+        offsets=job.layout.offsets, reverse=job.reverse, w_ih=job.w_ih, w_ih_packed=w_ih_packed,
+        bias=bias, b_hn=b_hn, w_hh=job.w_hh, w_hh_packed=w_packed, hbuf=hbuf, h=job.h,
+        c=job.c if job.c is not None else empty2,
+        cpart=workspace("pipe c", (B, H), dtype) if mode == "LSTM" else empty2, out=job.out,
+        col0=job.col0, ring=workspace("pipe ring", (2, per_chunk * B, G * H), dtype),
+        hg=workspace("pipe hg", (B, G * H), dtype) if mode == "GRU" else empty2,
+        chunk_steps=per_chunk), helper)

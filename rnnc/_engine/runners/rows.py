@@ -25,13 +25,14 @@ def forward(plan, job):
     try:
         _forward(plan, job, helper)
     finally:
-        if helper:
+        if helper is not None:
             threads.split_end()
     return None
 
 
 def _forward(plan, job, helper):
-    """Rows [0, rows0) on this thread, the others on the helper when `helper`."""
+    """Rows [0, rows0) on this thread, the others on the helper when `helper` (a Helper, or
+    None)."""
     dtype, d, packs = plan.dtype, job.d, job.packs
     B, H = job.h.shape
     I = job.w_ih.shape[1]
@@ -53,27 +54,25 @@ def _forward(plan, job, helper):
                                    cols, dtype)
         kept = [(panels("packed", p, I), panels("packed hh", p, H)) if gru
                 else panels("packed", p, K_all) for p in range(2)]
-    gru_args = {}
-    if gru:
-        # Each part's workspace for the state's product and its folded biases.
-        has_bias = job.b_ih.size
-        gru_args = dict(packed_hh0=kept[0][1], packed_hh1=kept[1][1],
-                        hg0=workspace(f"rows hg {d}", (rows0, G), dtype),
-                        hg1=workspace(f"rows hg {d} 1", (B - rows0, G), dtype),
-                        bias0=workspace(f"rows bias {d}", (G if has_bias else 0,), dtype),
-                        bias1=workspace(f"rows bias {d} 1", (G if has_bias else 0,), dtype))
-    K.rows_forward_py(plan.kernel_code, job.x, sizes0, sizes1, job.layout.offsets, job.reverse,
-                      job.w_ih, job.w_hh, job.b_ih, job.b_hh, kept[0][0] if gru else kept[0],
-                      kept[1][0] if gru else kept[1], prepared, job.h,
-                      job.c if lstm else empty2, job.out, job.col0, rows0,
-                      workspace(f"rows xh {d}", (rows0, K_all), dtype) if not gru else empty2,
-                      workspace(f"rows xh {d} 1", (B - rows0, K_all), dtype)
-                      if not gru else empty2,
-                      workspace(f"rows gates {d}", (rows0, G), dtype),
-                      workspace(f"rows gates {d} 1", (B - rows0, G), dtype),
-                      workspace(f"rows c {d}", (rows0, H), dtype) if lstm else empty2,
-                      workspace(f"rows c {d} 1", (B - rows0, H), dtype) if lstm else empty2,
-                      helper, **gru_args)
+    rows = K.RowsJob(mode=plan.kernel_code, x=job.x, offsets=job.layout.offsets,
+                     reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, b_ih=job.b_ih,
+                     b_hh=job.b_hh, prepared=prepared, h=job.h, c=job.c if lstm else empty2,
+                     out=job.out, col0=job.col0, rows0=rows0)
+    has_bias = job.b_ih.size
+    for p, (part, sizes, n) in enumerate(((rows.part0, sizes0, rows0),
+                                          (rows.part1, sizes1, B - rows0))):
+        tail = "" if p == 0 else " 1"
+        part.batch_sizes = sizes
+        part.packed = kept[p][0] if gru else kept[p]
+        part.xh = workspace(f"rows xh {d}{tail}", (n, K_all), dtype) if not gru else empty2
+        part.gates = workspace(f"rows gates {d}{tail}", (n, G), dtype)
+        part.cwork = workspace(f"rows c {d}{tail}", (n, H), dtype) if lstm else empty2
+        if gru:
+            # Each part's workspace for the state's product and its folded biases.
+            part.packed_hh = kept[p][1]
+            part.hg = workspace(f"rows hg {d}{tail}", (n, G), dtype)
+            part.bias = workspace(f"rows bias {d}{tail}", (G if has_bias else 0,), dtype)
+    K.rows_forward_py(rows, helper)
     if packs is not None and not prepared:
         packs.update(zip(keys, kept))       # only once filled: another thread may read them
 

@@ -27,16 +27,17 @@ def forward(plan, job):
     if plan.training:
         return _train_forward(plan, job)
     # Waits for another call using the helper: running alone instead would round differently.
-    if not threads.split_begin(wait=True):      # no helper thread could be started
+    helper = threads.split_begin(wait=True)
+    if helper is None:      # no helper thread could be started
         return (fused if plan.alone == FUSED else kernel).forward(plan, job)
     try:
-        _forward(plan, job)
+        _forward(plan, job, helper)
     finally:
         threads.split_end()
     return None
 
 
-def _forward(plan, job):
+def _forward(plan, job, helper):
     mode, dtype = plan.mode, plan.dtype
     G, H = plan.gates, plan.hidden_size
     B = job.h.shape[0]
@@ -78,18 +79,20 @@ def _forward(plan, job):
             xg=workspace(f"split xg {p}", (plan.chunk_steps * B, G * nu), dtype),
             hg=workspace(f"split hg {p}", (B, G * nu), dtype) if mode == "GRU" else empty2,
             xh=workspace(f"split xh {p}", (B, K_all), dtype) if fused else empty2)
-    a, b = args[0], args[1]
     layout = job.layout
+    split = K.SplitJob(
+        mode=plan.kernel_code, x=job.x, batch_sizes=layout.batch_sizes, offsets=layout.offsets,
+        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, half=half, hbuf=hbuf, h=job.h,
+        c=job.c if job.c is not None else empty2, out=job.out, col0=job.col0,
+        chunk_steps=plan.chunk_steps, bar=new_barrier(), prepared=not new,
+        ih_per_panel=per_panel)
+    for part, p in ((split.part0, 0), (split.part1, 1)):
+        for name, value in args[p].items():
+            setattr(part, name, value)
     # On the small-batch kernel the parts never call BLAS (products and projections are
     # packed): holding BLAS at one thread is then not needed.
     with threads.blas_one_thread() if not small else contextlib.nullcontext():
-        K.split_forward_py(plan.kernel_code, job.x, layout.batch_sizes, layout.offsets,
-                           job.reverse, job.w_ih, job.w_hh, half, a["bias"], b["bias"],
-                           a["b_hn"], b["b_hn"], a["w_ih"], b["w_ih"], a["w_hh"], b["w_hh"],
-                           a["packed"], b["packed"], a["ih_packed"], b["ih_packed"], hbuf, job.h,
-                           job.c if job.c is not None else empty2, a["cpart"], b["cpart"],
-                           job.out, job.col0, a["xg"], b["xg"], a["hg"], b["hg"], a["xh"],
-                           b["xh"], plan.chunk_steps, new_barrier(), not new, per_panel)
+        K.split_forward_py(split, helper)
     if packs is not None:
         packs.update(new)       # only once filled: another thread may read them next
 
@@ -143,13 +146,15 @@ def _train_forward(plan, job):
         else:
             w_ih_p, w_hh_p = w_ih_perm[rows], w_hh_perm[rows]
             ih_packed = hh_packed = empty(dtype, 3)
-        parts.append((
-            job.x, job.layout.batch_sizes, job.layout.offsets, job.reverse, w_ih_p, ih_packed,
-            bias[rows] if bias.size else bias, w_hh_p, hh_packed, u0, nu, hbuf, job.h, job.c,
-            workspace(f"split train c {p}", (B, nu), dtype), job.out, job.col0, act, xh, x0,
-            x1, c_prev, bar, 2))
-    threads.run_pair(lambda: K.lstm_train_forward_part_py(*parts[0]),
-                     lambda: K.lstm_train_forward_part_py(*parts[1]))
+        parts.append(K.TrainForwardPart(
+            x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+            reverse=job.reverse, w_ih=w_ih_p, w_ih_packed=ih_packed,
+            bias=bias[rows] if bias.size else bias, w_hh=w_hh_p, w_hh_packed=hh_packed, u0=u0,
+            nu=nu, hbuf=hbuf, h=job.h, c=job.c,
+            cpart=workspace(f"split train c {p}", (B, nu), dtype), out=job.out, col0=job.col0,
+            act=act, xh=xh, xrow0=x0, xrow1=x1, c_prev=c_prev, bar=bar, n_threads=2))
+    threads.run_pair(lambda: K.lstm_train_forward_part_py(parts[0]),
+                     lambda: K.lstm_train_forward_part_py(parts[1]))
     return act, xh, c_prev, (w_ih_perm, w_hh_perm)
 
 
@@ -167,14 +172,15 @@ def backward(plan, job):
             w_cols, packed = empty(dtype, 2), pack_panels(cols.T, f"split train bwd {p}")
         else:
             w_cols, packed = np.ascontiguousarray(cols), empty(dtype, 3)
-        parts.append((
-            job.layout.batch_sizes, job.layout.offsets, job.reverse, w_ih_perm, w_cols, packed,
-            u0, nu, row0, row1, act, xh, c_prev, job.dout, job.col0, job.dh, job.dc,
-            workspace(f"split train dh {p}", (B, nu), dtype),
-            workspace(f"split train dc {p}", (B, nu), dtype),
-            job.dx, job.add_dx, job.dw_ih, job.dw_hh, job.db_ih, job.db_hh,
-            workspace(f"split train acc {p}", (4 * nu,), dtype),
-            workspace(f"split train wtmp {p}", (4 * nu, I + H), dtype),
-            workspace(f"split train tc {p}", (nu,), dtype), bar, 2))
-    threads.run_pair(lambda: K.lstm_backward_part_py(*parts[0]),
-                     lambda: K.lstm_backward_part_py(*parts[1]))
+        parts.append(K.BackwardPart(
+            batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets, reverse=job.reverse,
+            w_ih_perm=w_ih_perm, w_hh_cols=w_cols, w_hh_packed=packed, u0=u0, nu=nu, row0=row0,
+            row1=row1, act=act, xh=xh, c_prev=c_prev, dout=job.dout, col0=job.col0, dh=job.dh,
+            dc=job.dc, dhp=workspace(f"split train dh {p}", (B, nu), dtype),
+            dcp=workspace(f"split train dc {p}", (B, nu), dtype),
+            dx=job.dx, add_dx=job.add_dx, dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih,
+            db_hh=job.db_hh, acc=workspace(f"split train acc {p}", (4 * nu,), dtype),
+            wtmp=workspace(f"split train wtmp {p}", (4 * nu, I + H), dtype),
+            tc_row=workspace(f"split train tc {p}", (nu,), dtype), bar=bar, n_threads=2))
+    threads.run_pair(lambda: K.lstm_backward_part_py(parts[0]),
+                     lambda: K.lstm_backward_part_py(parts[1]))
