@@ -114,38 +114,54 @@ def blas_one_thread():
                     limiter.restore_original_limits()
 
 
-# [executor, threadpoolctl controller, pid]: one helper thread per process. A forked child
-# inherits the executor object but not its thread, so it makes its own.
-_HELPER = []
-_helper_lock = threading.Lock()
-
-
-def _helper():
-    with _helper_lock:
-        if not _HELPER or _HELPER[2] != os.getpid():
-            from concurrent.futures import ThreadPoolExecutor
-            from threadpoolctl import ThreadpoolController
-            _HELPER[:] = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnc"),
-                          ThreadpoolController(), os.getpid()]
-        return _HELPER
+_controllers = []     # threadpoolctl's controller of the loaded libraries, made once
+_controller_lock = threading.Lock()
 
 
 def _controller():
-    return _helper()[1]
+    with _controller_lock:
+        if not _controllers:
+            from threadpoolctl import ThreadpoolController
+            _controllers.append(ThreadpoolController())
+        return _controllers[0]
 
 
 def run_pair(first, second):
     """first() on the calling thread and second() on rnnc's helper thread, concurrently, with
-    BLAS held at one thread each; returns when both are done. Both must release the GIL.
-    second is submitted before first starts, so a kernel pair that waits for each other at a
-    barrier never finds its partner missing."""
-    helper = _helper()[0]
-    with blas_one_thread():
-        other = helper.submit(second)
+    BLAS held at one thread each; returns when both are done. Both must release the GIL while
+    they wait for each other: second is posted before first starts, so a pair of kernels
+    that wait for each other at a barrier never finds its partner missing. The helper is the
+    compiled one (split_begin); where no helper thread can be started, second runs on a
+    Python thread of its own."""
+    helper = split_begin(wait=True)
+    try:
+        with blas_one_thread():
+            if helper is not None:
+                helper.run_pair(first, second)
+            else:
+                _run_pair_python(first, second)
+    finally:
+        if helper is not None:
+            split_end()
+
+
+def _run_pair_python(first, second):
+    errors = []
+
+    def run():
         try:
-            first()
-        finally:
-            other.result()
+            second()
+        except BaseException as exc:    # noqa: BLE001 - re-raised on the caller's thread
+            errors.append(exc)
+
+    other = threading.Thread(target=run, name="rnnc-pair")
+    other.start()
+    try:
+        first()
+    finally:
+        other.join()
+    if errors:
+        raise errors[0]
 
 
 # The compiled helper thread of rnnc/_kernels/_parallel_forward.pyx (a Helper: the thread and

@@ -128,8 +128,8 @@ def recurrent_panels(mode, reset_after, w_hh, small, d, backward, packs=None, na
 
 def folded_biases(mode, b_ih, b_hh, H):
     """(the biases added with the input projection, GRU's b_hn or zero-size) of the split and
-    pipelined kernels (rnnc/_kernels/_parallel_forward.pyx): b_ih + b_hh, but for GRU b_ih + b_hh of the
-    r and z gates only, since b_hn goes inside r * (.); zero-size without biases."""
+    pipelined kernels (rnnc/_kernels/_parallel_forward.pyx): b_ih + b_hh, but for GRU b_ih +
+    b_hh of the r and z gates only, since b_hn goes inside r * (.); zero-size without biases."""
     if not b_ih.size:
         return b_ih, b_ih
     if mode != "GRU":

@@ -27,6 +27,11 @@ here.
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
+cdef extern from "Python.h" nogil:
+    ctypedef int PyGILState_STATE
+    PyGILState_STATE PyGILState_Ensure()
+    void* PyEval_SaveThread()
+
 from rnnc._kernels._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels,
                                   recurrent_gemm, small_gemm, small_gemm_packing)
 from rnnc._kernels._cell_math cimport (gru_pointwise_reset_after, gru_pointwise_reset_after_ld,
@@ -540,6 +545,7 @@ cdef enum:
     JOB_SPLIT = 0
     JOB_AHEAD = 1
     JOB_ROWS = 2
+    JOB_PYTHON = 3      # a Python callable (Helper.run_pair), run with the GIL
 
 
 cdef struct HelperState:
@@ -548,12 +554,32 @@ cdef struct HelperState:
     Ahead* job_ahead
     RowJob rows_job
     int job_kind
+    void* owner             # the Helper (borrowed): JOB_PYTHON's callable and its error
+    bint has_thread_state   # the helper thread has a Python thread state of its own
+
+
+cdef class Helper
+
+
+cdef void run_python(HelperState* s) noexcept nogil:
+    """Call the owner's callable with the GIL. The thread keeps one Python thread state for
+    its life (made on its first Python job, the GIL then released), so that what Python keeps
+    per thread (threading.local scratch buffers) lasts from one job to the next."""
+    cdef PyGILState_STATE ignored
+    if not s.has_thread_state:
+        ignored = PyGILState_Ensure()
+        PyEval_SaveThread()
+        s.has_thread_state = True
+    with gil:
+        (<Helper>s.owner).call_job()
 
 
 cdef void helper_job(void* arg) noexcept nogil:
     cdef HelperState* s = <HelperState*>arg
     if s.job_kind == JOB_ROWS:
         take_rows(&s.rows_job, 1)
+    elif s.job_kind == JOB_PYTHON:
+        run_python(s)
     elif s.job_kind == JOB_AHEAD:
         if s.job_ahead.is_double:
             project_ahead(s.job_ahead, <double>0)
@@ -567,10 +593,42 @@ cdef class Helper:
     """A compiled helper thread (rnnc/_kernels/_worker.h) and the job descriptions it runs.
     Started by ready(); one caller at a time may use it (rnnc/_engine/threads.py lends it)."""
     cdef HelperState s
+    cdef object job             # JOB_PYTHON: the callable, and what it raised
+    cdef object error
 
     def __cinit__(self):
         memset(&self.s, 0, sizeof(HelperState))
         self.s.job_kind = JOB_SPLIT
+        self.s.owner = <void*>self
+
+    cdef void call_job(self) noexcept:
+        try:
+            self.job()
+        except BaseException as exc:    # re-raised by run_pair on the caller's thread
+            self.error = exc
+
+    def run_pair(self, first, second):
+        """first() on the calling thread and second() on the helper thread, concurrently;
+        returns when both are done, raising what either raised. The caller holds the helper
+        and its thread runs (ready()). second is posted before first starts, so a pair of
+        kernels that wait for each other at a barrier never finds its partner missing; both
+        must release the GIL while they wait."""
+        running_state(self, "run_pair")
+        with nogil:
+            rnnc_worker_wait(self.s.worker)     # done with earlier posts (a row split's)
+        self.job, self.error = second, None
+        self.s.job_kind = JOB_PYTHON
+        try:
+            with nogil:
+                rnnc_worker_post(self.s.worker)
+            first()
+        finally:
+            with nogil:
+                rnnc_worker_wait(self.s.worker)
+            self.job = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
     def ready(self):
         """Start the helper thread if it is not running (first use, or a copy made by fork);
