@@ -31,6 +31,7 @@ COMPILE_ARGS = (["-O3"] if not DEBUG else ["-O0", "-g"]) + ["-fno-trapping-math"
 
 MODULES = [
     "rnnc._kernels._blas",
+    "rnnc._kernels._layer_job",
     "rnnc._kernels._rnn_kernel",
     "rnnc._kernels._gru_kernel",
     "rnnc._kernels._lstm_kernel",

@@ -241,14 +241,15 @@ def run_step(mode, params, x, h, c=None, *, nonlinearity="tanh", reset_after=Tru
     steps = _ONE_STEP.get(B)
     if steps is None:
         steps = _ONE_STEP[B] = (np.array([B], dtype=np.intp), np.zeros(1, dtype=np.intp))
-    empty2, empty3 = empty(dtype, 2), empty(dtype, 3)
-    out = workspace("cell out", (B, H), dtype)
+    f = K.LayerForward(x=x, batch_sizes=steps[0], offsets=steps[1], w_ih=w_ih, w_hh=w_hh,
+                       b_ih=b_ih, b_hh=b_hh, h=h_new, out=workspace("cell out", (B, H), dtype),
+                       xg=xg, chunk_steps=1)
     if mode == "GRU":
-        K.gru_forward(x, *steps, False, reset_after, w_ih, w_hh, b_ih, b_hh, h_new, out, 0, xg,
-                      workspace("cell hg", (B, G * H), dtype),
-                      workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype), 1,
-                      empty2, empty2, empty3, empty3, empty3)
+        f.reset_after = reset_after
+        f.hg = workspace("cell hg", (B, G * H), dtype)
+        f.rh = workspace("cell rh", (B, H) if not reset_after else (1, 1), dtype)
+        K.gru_forward(f)
     else:
-        K.rnn_forward(x, *steps, False, nonlinearity == "relu", w_ih, w_hh, b_ih, b_hh, h_new,
-                      out, 0, xg, 1, empty2, empty3, empty3)
+        f.relu = nonlinearity == "relu"
+        K.rnn_forward(f)
     return h_new, None

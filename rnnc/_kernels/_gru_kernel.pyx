@@ -17,6 +17,8 @@ from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._kernels._cell_math cimport (gru_pointwise_reset_after, gru_reset_gate_before,
                               gru_update_before, gru_pointwise_backward_after,
                               gru_pointwise_backward_before_n, gru_pointwise_backward_before_r)
+from rnnc._kernels._layer_job cimport (LayerBackward, LayerForward, check_chunk_steps,
+                                      is_double)
 from rnnc._kernels._sequence cimport (add_column_sums, check_one_panel, chunk_bounds,
                              input_side_backward, project_inputs)
 
@@ -143,28 +145,51 @@ cdef void gru_sequence_backward(
             add_column_sums(act, G, N, G, db_hh)
 
 
-def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                const Py_ssize_t[::1] offsets, bint reverse, bint reset_after,
-                const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                const floating[::1] b_ih, const floating[::1] b_hh,
-                floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
-                floating[:, ::1] xg, floating[:, ::1] hg, floating[:, ::1] rh,
-                Py_ssize_t chunk_steps, floating[:, ::1] h_prev, floating[:, ::1] hn_keep,
-                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hn_packed,
-                const floating[:, :, ::1] w_ih_packed, bint ih_per_panel=False):
+def gru_forward(LayerForward job not None):
     """Run one GRU layer in one direction over a packed sequence (rnnc/_engine/runners/kernel.py).
 
-    Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
-    A non-empty h_prev (training) receives the state before each step, hn_keep W_hn h + b_hn
-    (reset_after), and xg (then (N, 3H), chunk_steps = T) the activations r, z, n.
-    Non-empty w_hh_packed / w_ih_packed (W^T in the small-batch kernel's panels) select that
-    kernel for the recurrent / input product; with reset_after=False w_hh_packed holds
-    [W_hr; W_hz]^T and w_hn_packed W_hn^T (the two products of a step).
+    Reads x, batch_sizes, offsets, reverse, reset_after, w_ih, w_hh, b_ih, b_hh, h, out, col0,
+    xg, hg, rh, chunk_steps, h_prev, hn_keep, w_hh_packed, w_hn_packed, w_ih_packed and
+    ih_per_panel (rnnc/_kernels/_layer_job.pyx). No b_ih/b_hh means no bias. h and the
+    columns [col0, col0 + H) of out are written. An h_prev (training) receives the state
+    before each step, hn_keep W_hn h + b_hn (reset_after), and xg (then (N, 3H),
+    chunk_steps = T) the activations r, z, n. w_hh_packed / w_ih_packed (W^T in the
+    small-batch kernel's panels) select that kernel for the recurrent / input product; with
+    reset_after=False w_hh_packed holds [W_hr; W_hz]^T and w_hn_packed W_hn^T (the two
+    products of a step).
     """
+    check_chunk_steps(job, "gru_forward")
+    if is_double(job.x):
+        forward(job, <double>0)
+    else:
+        forward(job, <float>0)
+
+
+cdef int forward(LayerForward job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[::1] b_ih = job.b_ih
+    cdef const floating[::1] b_hh = job.b_hh
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] xg = job.xg
+    cdef floating[:, ::1] hg = job.hg
+    cdef floating[:, ::1] rh = job.rh
+    cdef floating[:, ::1] h_prev = job.h_prev
+    cdef floating[:, ::1] hn_keep = job.hn_keep
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef const floating[:, :, ::1] w_hn_packed = job.w_hn_packed
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef bint reverse = job.reverse, reset_after = job.reset_after
+    cdef bint ih_per_panel = job.ih_per_panel
+    cdef Py_ssize_t col0 = job.col0, chunk_steps = job.chunk_steps
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1]
     if T == 0 or x.shape[0] == 0 or h.shape[0] == 0:
-        return
+        return 0
     cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
@@ -179,30 +204,52 @@ def gru_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                      reverse, reset_after, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], &hg[0, 0], &rh[0, 0],
                      chunk_steps, hp, hk, wp, wnp, wip, ih_per_panel)
+    return 0
 
 
-def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                 const Py_ssize_t[::1] offsets, bint reverse, bint reset_after,
-                 const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                 floating[:, ::1] act, const floating[:, ::1] h_prev, floating[:, ::1] hn,
-                 const floating[:, ::1] dout, Py_ssize_t col0, floating[:, ::1] dh,
-                 floating[:, ::1] dx, bint add_dx,
-                 floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] work,
-                 floating[::1] db_acc, const floating[:, :, ::1] w_hh_packed,
-                 const floating[:, :, ::1] w_hn_packed):
+def gru_backward(LayerBackward job not None):
     """BPTT through one GRU layer and direction after a training forward.
 
-    act (N, 3H) holds the kept activations and is overwritten; hn (N, H) holds W_hn h + b_hn
-    (reset_after) or is workspace. dh holds the gradient of h_n and receives that of h_0.
-    work (B, 3H) and db_acc (4H,) are workspace. Non-empty w_hh_packed (W_hh in the
-    small-batch kernel's panels; [W_hr; W_hz] when not reset_after) and w_hn_packed (W_hn, not
-    reset_after) select that kernel for the recurrent products.
+    Reads x, batch_sizes, offsets, reverse, reset_after, w_ih, w_hh, act, h_prev, hn, dout,
+    col0, dh, dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, work, db_acc, w_hh_packed and
+    w_hn_packed (rnnc/_kernels/_layer_job.pyx). act (N, 3H) holds the kept activations and is
+    overwritten; hn (N, H) holds W_hn h + b_hn (reset_after) or is workspace. dh holds the
+    gradient of h_n and receives that of h_0. work (B, 3H) and db_acc (4H,) are workspace.
+    w_hh_packed (W_hh in the small-batch kernel's panels; [W_hr; W_hz] when not reset_after)
+    and w_hn_packed (W_hn, not reset_after) select that kernel for the recurrent products.
     """
+    if is_double(job.x):
+        backward(job, <double>0)
+    else:
+        backward(job, <float>0)
+
+
+cdef int backward(LayerBackward job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef floating[:, ::1] act = job.act
+    cdef const floating[:, ::1] h_prev = job.h_prev
+    cdef floating[:, ::1] hn = job.hn
+    cdef const floating[:, ::1] dout = job.dout
+    cdef floating[:, ::1] dh = job.dh
+    cdef floating[:, ::1] dx = job.dx
+    cdef floating[:, ::1] dw_ih = job.dw_ih
+    cdef floating[:, ::1] dw_hh = job.dw_hh
+    cdef floating[::1] db_ih = job.db_ih
+    cdef floating[::1] db_hh = job.db_hh
+    cdef floating[:, ::1] work = job.work
+    cdef floating[::1] db_acc = job.db_acc
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef const floating[:, :, ::1] w_hn_packed = job.w_hn_packed
+    cdef bint reverse = job.reverse, reset_after = job.reset_after, add_dx = job.add_dx
+    cdef Py_ssize_t col0 = job.col0
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dh.shape[1]
     if T == 0 or x.shape[0] == 0 or dh.shape[0] == 0:
-        return
+        return 0
     cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
     cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
@@ -214,3 +261,4 @@ def gru_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                               dout.shape[1], &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
                               &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0],
                               &db_acc[0], wp, wnp)
+    return 0

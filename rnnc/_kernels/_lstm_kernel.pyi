@@ -1,31 +1,10 @@
 import numpy as np
 from numpy.typing import NDArray
 
-def lstm_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
-                 offsets: NDArray[np.intp], reverse: bool,
-                 w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
-                 b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
-                 w_hr: NDArray[np.floating], h: NDArray[np.floating], c: NDArray[np.floating],
-                 out: NDArray[np.floating], col0: int, xg: NDArray[np.floating],
-                 hbuf: NDArray[np.floating], chunk_steps: int, h_prev: NDArray[np.floating],
-                 c_prev: NDArray[np.floating], w_hh_packed: NDArray[np.floating],
-                 w_hr_packed: NDArray[np.floating],
-                 w_ih_packed: NDArray[np.floating], ih_per_panel: bool = ...) -> None: ...
+from rnnc._kernels._layer_job import LayerBackward, LayerForward
 
-def lstm_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
-                  offsets: NDArray[np.intp], reverse: bool,
-                  w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
-                  w_hr: NDArray[np.floating], act: NDArray[np.floating],
-                  h_prev: NDArray[np.floating], c_prev: NDArray[np.floating],
-                  dout: NDArray[np.floating], col0: int, dh: NDArray[np.floating],
-                  dc: NDArray[np.floating], dx: NDArray[np.floating], add_dx: bool,
-                  dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
-                  db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
-                  dw_hr: NDArray[np.floating], dhh: NDArray[np.floating],
-                  hbuf_all: NDArray[np.floating], dhp_all: NDArray[np.floating],
-                  tc_row: NDArray[np.floating], db_acc: NDArray[np.floating],
-                  w_hh_packed: NDArray[np.floating],
-                  w_hr_packed: NDArray[np.floating]) -> None: ...
+def lstm_forward(job: LayerForward) -> None: ...
+def lstm_backward(job: LayerBackward) -> None: ...
 
 def lstm_fused_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
                        offsets: NDArray[np.intp], reverse: bool,

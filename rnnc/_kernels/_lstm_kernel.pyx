@@ -20,6 +20,8 @@ from libc.string cimport memcpy
 from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn, small_gemm
 from rnnc._kernels._cell_math cimport lstm_pointwise, lstm_pointwise_backward
 from rnnc._kernels._fused cimport FUSED_LSTM, fused_sequence, pack_fused
+from rnnc._kernels._layer_job cimport (LayerBackward, LayerForward, check_chunk_steps,
+                                      is_double)
 from rnnc._kernels._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds, copy_rows,
                              input_side_backward, project_inputs)
 
@@ -242,30 +244,50 @@ cdef inline floating* ptr1_or_null(floating[::1] a) noexcept:
     return &a[0] if a.shape[0] > 0 else NULL
 
 
-def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                 const Py_ssize_t[::1] offsets, bint reverse,
-                 const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                 const floating[::1] b_ih, const floating[::1] b_hh,
-                 const floating[:, ::1] w_hr,
-                 floating[:, ::1] h, floating[:, ::1] c,
-                 floating[:, ::1] out, Py_ssize_t col0,
-                 floating[:, ::1] xg, floating[:, ::1] hbuf, Py_ssize_t chunk_steps,
-                 floating[:, ::1] h_prev, floating[:, ::1] c_prev,
-                 const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed,
-                 const floating[:, :, ::1] w_ih_packed, bint ih_per_panel=False):
+def lstm_forward(LayerForward job not None):
     """Run one LSTM layer in one direction over a packed sequence (rnnc/_engine/runners/kernel.py).
 
-    Zero-size b_ih/b_hh mean no bias; a zero-size w_hr means no projection. h, c and the
-    columns [col0, col0 + P) of out are written. Non-empty h_prev/c_prev (training) receive the
+    Reads x, batch_sizes, offsets, reverse, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, out, col0, xg,
+    hbuf, chunk_steps, h_prev, c_prev, w_hh_packed, w_hr_packed, w_ih_packed and ih_per_panel
+    (rnnc/_kernels/_layer_job.pyx). No b_ih/b_hh means no bias; no w_hr no projection. h, c
+    and the columns [col0, col0 + P) of out are written. h_prev/c_prev (training) receive the
     states before each step, and xg (then (N, 4H), chunk_steps = T) the gate activations.
-    A non-empty w_hh_packed selects the small-batch recurrent kernel (and a non-empty
-    w_hr_packed, W_hr^T in panels, the same for the projection; a non-empty w_ih_packed,
-    W_ih^T in panels, for the input projection).
+    A w_hh_packed selects the small-batch recurrent kernel (and a w_hr_packed, W_hr^T in
+    panels, the same for the projection; a w_ih_packed, W_ih^T in panels, for the input
+    projection).
     """
+    check_chunk_steps(job, "lstm_forward")
+    if is_double(job.x):
+        forward(job, <double>0)
+    else:
+        forward(job, <float>0)
+
+
+cdef int forward(LayerForward job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[::1] b_ih = job.b_ih
+    cdef const floating[::1] b_hh = job.b_hh
+    cdef const floating[:, ::1] w_hr = job.w_hr
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] c = job.c
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] xg = job.xg
+    cdef floating[:, ::1] hbuf = job.hbuf
+    cdef floating[:, ::1] h_prev = job.h_prev
+    cdef floating[:, ::1] c_prev = job.c_prev
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef const floating[:, :, ::1] w_hr_packed = job.w_hr_packed
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef bint reverse = job.reverse, ih_per_panel = job.ih_per_panel
+    cdef Py_ssize_t col0 = job.col0, chunk_steps = job.chunk_steps
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = c.shape[1], P = h.shape[1]
     if T == 0 or x.shape[0] == 0 or h.shape[0] == 0:
-        return
+        return 0
     cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef const floating* wr = &w_hr[0, 0] if w_hr.shape[0] > 0 else NULL
@@ -282,6 +304,7 @@ def lstm_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                       reverse, &w_ih[0, 0], &w_hh[0, 0], bi, bh, wr, H, P,
                       &h[0, 0], &c[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], hb,
                       chunk_steps, hp, cp, wp, wrp, wip, ih_per_panel)
+    return 0
 
 
 def lstm_fused_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
@@ -437,32 +460,57 @@ def lstm_fused_backward_weights_py(const floating[:, ::1] xh, const floating[:, 
                                     &dw_hh[0, 0], dbi, dbh, r0, r1, g0, g1, wip)
 
 
-def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                  const Py_ssize_t[::1] offsets, bint reverse,
-                  const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                  const floating[:, ::1] w_hr,
-                  floating[:, ::1] act, const floating[:, ::1] h_prev,
-                  const floating[:, ::1] c_prev,
-                  const floating[:, ::1] dout, Py_ssize_t col0,
-                  floating[:, ::1] dh, floating[:, ::1] dc,
-                  floating[:, ::1] dx, bint add_dx,
-                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                  floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dw_hr,
-                  floating[:, ::1] dhh, floating[:, ::1] hbuf_all, floating[:, ::1] dhp_all,
-                  floating[::1] tc_row, floating[::1] db_acc,
-                  const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_hr_packed):
+def lstm_backward(LayerBackward job not None):
     """BPTT through one LSTM layer and direction after a training forward (the runner:
     rnnc/_engine/runners/kernel.py).
 
+    Reads x, batch_sizes, offsets, reverse, w_ih, w_hh, w_hr, act, h_prev, c_prev, dout,
+    col0, dh, dc, dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dhh, hbuf_all, dhp_all,
+    tc_row, db_acc, w_hh_packed and w_hr_packed (rnnc/_kernels/_layer_job.pyx).
     act (N, 4H) holds the kept gate activations and is overwritten with dA. dh/dc hold the
     gradients of the final states and receive those of the initial states. Weight gradients are
-    written (db_* added to); dx is written, or added to when add_dx. Zero-size db_*/dw_hr mean
-    no bias / no projection. tc_row (H,) and db_acc (4H,) are workspace.
+    written (db_* added to); dx is written, or added to when add_dx. No db_*/dw_hr means
+    no bias / no projection. tc_row (H,) and db_acc (4H,) are workspace, and with a
+    projection dhh, hbuf_all and dhp_all.
     """
+    if is_double(job.x):
+        backward(job, <double>0)
+    else:
+        backward(job, <float>0)
+
+
+cdef int backward(LayerBackward job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[:, ::1] w_hr = job.w_hr
+    cdef floating[:, ::1] act = job.act
+    cdef const floating[:, ::1] h_prev = job.h_prev
+    cdef const floating[:, ::1] c_prev = job.c_prev
+    cdef const floating[:, ::1] dout = job.dout
+    cdef floating[:, ::1] dh = job.dh
+    cdef floating[:, ::1] dc = job.dc
+    cdef floating[:, ::1] dx = job.dx
+    cdef floating[:, ::1] dw_ih = job.dw_ih
+    cdef floating[:, ::1] dw_hh = job.dw_hh
+    cdef floating[::1] db_ih = job.db_ih
+    cdef floating[::1] db_hh = job.db_hh
+    cdef floating[:, ::1] dw_hr = job.dw_hr
+    cdef floating[:, ::1] dhh = job.dhh
+    cdef floating[:, ::1] hbuf_all = job.hbuf_all
+    cdef floating[:, ::1] dhp_all = job.dhp_all
+    cdef floating[::1] tc_row = job.tc_row
+    cdef floating[::1] db_acc = job.db_acc
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef const floating[:, :, ::1] w_hr_packed = job.w_hr_packed
+    cdef bint reverse = job.reverse, add_dx = job.add_dx
+    cdef Py_ssize_t col0 = job.col0
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dc.shape[1], P = dh.shape[1]
     if T == 0 or x.shape[0] == 0 or dh.shape[0] == 0:
-        return
+        return 0
     cdef const floating* wr = &w_hr[0, 0] if w_hr.shape[0] > 0 else NULL
     cdef floating* dbi = ptr1_or_null(db_ih)
     cdef floating* dbh = ptr1_or_null(db_hh)
@@ -479,3 +527,4 @@ def lstm_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                                &dout[0, col0], dout.shape[1], &dh[0, 0], &dc[0, 0],
                                &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
                                dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], &db_acc[0], wp, wrp)
+    return 0

@@ -1,22 +1,4 @@
-import numpy as np
-from numpy.typing import NDArray
+from rnnc._kernels._layer_job import LayerBackward, LayerForward
 
-def rnn_forward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
-                offsets: NDArray[np.intp], reverse: bool, use_relu: bool,
-                w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
-                b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
-                h: NDArray[np.floating], out: NDArray[np.floating], col0: int,
-                xg: NDArray[np.floating], chunk_steps: int,
-                h_prev: NDArray[np.floating],
-                w_hh_packed: NDArray[np.floating],
-                w_ih_packed: NDArray[np.floating], ih_per_panel: bool = ...) -> None: ...
-
-def rnn_backward(x: NDArray[np.floating], batch_sizes: NDArray[np.intp],
-                 offsets: NDArray[np.intp], reverse: bool, use_relu: bool,
-                 w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
-                 act: NDArray[np.floating], h_prev: NDArray[np.floating],
-                 dout: NDArray[np.floating], col0: int, dh: NDArray[np.floating],
-                 dx: NDArray[np.floating], add_dx: bool,
-                 dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
-                 db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
-                 db_acc: NDArray[np.floating], w_hh_packed: NDArray[np.floating]) -> None: ...
+def rnn_forward(job: LayerForward) -> None: ...
+def rnn_backward(job: LayerBackward) -> None: ...

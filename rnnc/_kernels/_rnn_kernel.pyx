@@ -12,6 +12,8 @@ from libc.string cimport memcpy
 
 from rnnc._kernels._blas cimport gemm, recurrent_gemm, recurrent_gemm_nn
 from rnnc._kernels._cell_math cimport rnn_pointwise, rnn_pointwise_backward
+from rnnc._kernels._layer_job cimport (LayerBackward, LayerForward, check_chunk_steps,
+                                      is_double)
 from rnnc._kernels._sequence cimport (add_bias_grads, check_one_panel, chunk_bounds,
                              input_side_backward, project_inputs)
 
@@ -92,26 +94,44 @@ cdef void rnn_sequence_backward(
         add_bias_grads(acc, 1, H, db_ih, db_hh)
 
 
-def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                const Py_ssize_t[::1] offsets, bint reverse, bint use_relu,
-                const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                const floating[::1] b_ih, const floating[::1] b_hh,
-                floating[:, ::1] h, floating[:, ::1] out, Py_ssize_t col0,
-                floating[:, ::1] xg, Py_ssize_t chunk_steps, floating[:, ::1] h_prev,
-                const floating[:, :, ::1] w_hh_packed, const floating[:, :, ::1] w_ih_packed,
-                bint ih_per_panel=False):
+def rnn_forward(LayerForward job not None):
     """Run one Elman RNN layer in one direction over a packed sequence (the runner:
-    rnnc/_engine/runners/kernel.py).
+    rnnc/_engine/runners/kernel.py); job.relu selects relu over tanh.
 
-    Zero-size b_ih/b_hh mean no bias. h and the columns [col0, col0 + H) of out are written.
-    A non-empty h_prev (training) receives the state before each step, and xg (then (N, H),
-    chunk_steps = T) the activations. Non-empty w_hh_packed / w_ih_packed (W^T in the
-    small-batch kernel's panels) select that kernel for the recurrent / input product.
+    Reads x, batch_sizes, offsets, reverse, w_ih, w_hh, b_ih, b_hh, h, out, col0, xg,
+    chunk_steps, h_prev, w_hh_packed, w_ih_packed and ih_per_panel (rnnc/_kernels/_layer_job.pyx).
+    No b_ih/b_hh means no bias. h and the columns [col0, col0 + H) of out are written.
+    An h_prev (training) receives the state before each step, and xg (then (N, H),
+    chunk_steps = T) the activations. w_hh_packed / w_ih_packed (W^T in the small-batch
+    kernel's panels) select that kernel for the recurrent / input product.
     """
+    check_chunk_steps(job, "rnn_forward")
+    if is_double(job.x):
+        forward(job, <double>0)
+    else:
+        forward(job, <float>0)
+
+
+cdef int forward(LayerForward job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[::1] b_ih = job.b_ih
+    cdef const floating[::1] b_hh = job.b_hh
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] xg = job.xg
+    cdef floating[:, ::1] h_prev = job.h_prev
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef bint reverse = job.reverse, use_relu = job.relu, ih_per_panel = job.ih_per_panel
+    cdef Py_ssize_t col0 = job.col0, chunk_steps = job.chunk_steps
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = h.shape[1]
     if T == 0 or x.shape[0] == 0 or h.shape[0] == 0:
-        return
+        return 0
     cdef const floating* bi = &b_ih[0] if b_ih.shape[0] > 0 else NULL
     cdef const floating* bh = &b_hh[0] if b_hh.shape[0] > 0 else NULL
     cdef floating* hp = &h_prev[0, 0] if h_prev.shape[0] > 0 else NULL
@@ -124,26 +144,46 @@ def rnn_forward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                      reverse, use_relu, &w_ih[0, 0], &w_hh[0, 0], bi, bh, H,
                      &h[0, 0], &out[0, col0], out.shape[1], &xg[0, 0], chunk_steps, hp, wp, wip,
                      ih_per_panel)
+    return 0
 
 
-def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
-                 const Py_ssize_t[::1] offsets, bint reverse, bint use_relu,
-                 const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                 floating[:, ::1] act, const floating[:, ::1] h_prev,
-                 const floating[:, ::1] dout, Py_ssize_t col0, floating[:, ::1] dh,
-                 floating[:, ::1] dx, bint add_dx,
-                 floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db_ih, floating[::1] db_hh, floating[::1] db_acc,
-                 const floating[:, :, ::1] w_hh_packed):
+def rnn_backward(LayerBackward job not None):
     """BPTT through one Elman RNN layer and direction after a training forward.
 
+    Reads x, batch_sizes, offsets, reverse, relu, w_ih, w_hh, act, h_prev, dout, col0, dh, dx,
+    add_dx, dw_ih, dw_hh, db_ih, db_hh, db_acc and w_hh_packed (rnnc/_kernels/_layer_job.pyx).
     act (N, H) holds the kept activations and is overwritten with dA; dh holds the gradient of
-    h_n and receives that of h_0. Zero-size db_* mean no bias; db_acc (H,) is workspace.
+    h_n and receives that of h_0. No db_* means no bias; db_acc (H,) is workspace.
     """
+    if is_double(job.x):
+        backward(job, <double>0)
+    else:
+        backward(job, <float>0)
+
+
+cdef int backward(LayerBackward job, floating kind) except -1:
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef floating[:, ::1] act = job.act
+    cdef const floating[:, ::1] h_prev = job.h_prev
+    cdef const floating[:, ::1] dout = job.dout
+    cdef floating[:, ::1] dh = job.dh
+    cdef floating[:, ::1] dx = job.dx
+    cdef floating[:, ::1] dw_ih = job.dw_ih
+    cdef floating[:, ::1] dw_hh = job.dw_hh
+    cdef floating[::1] db_ih = job.db_ih
+    cdef floating[::1] db_hh = job.db_hh
+    cdef floating[::1] db_acc = job.db_acc
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef bint reverse = job.reverse, use_relu = job.relu, add_dx = job.add_dx
+    cdef Py_ssize_t col0 = job.col0
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dh.shape[1]
     if T == 0 or x.shape[0] == 0 or dh.shape[0] == 0:
-        return
+        return 0
     cdef floating* dbi = &db_ih[0] if db_ih.shape[0] > 0 else NULL
     cdef floating* dbh = &db_hh[0] if db_hh.shape[0] > 0 else NULL
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
@@ -153,3 +193,4 @@ def rnn_backward(const floating[:, ::1] x, const Py_ssize_t[::1] batch_sizes,
                               &act[0, 0], &h_prev[0, 0], &dout[0, col0], dout.shape[1],
                               &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
                               &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &db_acc[0], wp)
+    return 0

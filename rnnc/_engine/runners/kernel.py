@@ -5,8 +5,7 @@ the input projection too (packed_projection)."""
 import numpy as np
 
 from rnnc._engine.kernels import K
-from rnnc._engine.workspace import (empty, pack_panels, panel_workspace, recurrent_panels,
-                                    workspace)
+from rnnc._engine.workspace import pack_panels, panel_workspace, recurrent_panels, workspace
 
 
 def forward(plan, job):
@@ -15,39 +14,46 @@ def forward(plan, job):
     G, P = plan.gates * H, job.h.shape[1]
     n_rows, I = job.x.shape
     train = plan.training
-    empty2, empty3 = empty(dtype, 2), empty(dtype, 3)
     w_packed, w_hn_packed = recurrent_panels(mode, plan.reset_after, job.w_hh, plan.small_gemm,
                                              d, False, job.packs, job.name)
     per_panel = plan.packed_projection and plan.ih_per_panel
-    w_ih_packed = empty3
+    w_ih_packed = None
     if plan.packed_projection:
         w_ih_packed = (panel_workspace(f"panel ih {d}", K.panel_width(dtype), I, dtype)
                        if per_panel else
                        pack_panels(job.w_ih, f"packed ih {d}", job.packs, (*job.name, "ih")))
-    h_prev = np.empty((n_rows, P), dtype=dtype) if train else empty2
+    h_prev = np.empty((n_rows, P), dtype=dtype) if train else None
     xg = (np.empty((n_rows, G), dtype=dtype) if train
           else workspace(f"xg {d}", (plan.chunk_steps * B, G), dtype))
-    args = (job.x, job.layout.batch_sizes, job.layout.offsets, job.reverse)
+    f = K.LayerForward(x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+                       reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, b_ih=job.b_ih,
+                       b_hh=job.b_hh, h=job.h, out=job.out, col0=job.col0, xg=xg,
+                       chunk_steps=plan.chunk_steps, h_prev=h_prev, w_hh_packed=w_packed,
+                       w_ih_packed=w_ih_packed, ih_per_panel=per_panel)
     if mode == "LSTM":
-        hbuf = np.empty((B, H), dtype=dtype) if plan.proj_size else empty2
-        c_prev = np.empty((n_rows, H), dtype=dtype) if train else empty2
-        w_hr_packed = (pack_panels(job.w_hr, f"packed hr {d}", job.packs, (*job.name, "hr"))
-                       if plan.small_gemm and job.w_hr.size else empty3)
-        K.lstm_forward(*args, job.w_ih, job.w_hh, job.b_ih, job.b_hh, job.w_hr, job.h, job.c,
-                       job.out, job.col0, xg, hbuf, plan.chunk_steps, h_prev, c_prev, w_packed,
-                       w_hr_packed, w_ih_packed, per_panel)
-        extra = c_prev
+        f.w_hr = job.w_hr
+        f.c = job.c
+        if plan.proj_size:
+            f.hbuf = np.empty((B, H), dtype=dtype)
+        if train:
+            f.c_prev = np.empty((n_rows, H), dtype=dtype)
+        if plan.small_gemm and job.w_hr.size:
+            f.w_hr_packed = pack_panels(job.w_hr, f"packed hr {d}", job.packs,
+                                        (*job.name, "hr"))
+        K.lstm_forward(f)
+        extra = f.c_prev
     elif mode == "GRU":
-        hn = np.empty((n_rows, H), dtype=dtype) if train and plan.reset_after else empty2
-        hg = np.empty((B, G), dtype=dtype)
-        rh = np.empty((B, H) if not plan.reset_after else (1, 1), dtype=dtype)
-        K.gru_forward(*args, plan.reset_after, job.w_ih, job.w_hh, job.b_ih, job.b_hh, job.h,
-                      job.out, job.col0, xg, hg, rh, plan.chunk_steps, h_prev, hn, w_packed,
-                      w_hn_packed, w_ih_packed, per_panel)
-        extra = hn
+        f.reset_after = plan.reset_after
+        if train and plan.reset_after:
+            f.hn_keep = np.empty((n_rows, H), dtype=dtype)
+        f.hg = np.empty((B, G), dtype=dtype)
+        f.rh = np.empty((B, H) if not plan.reset_after else (1, 1), dtype=dtype)
+        f.w_hn_packed = w_hn_packed
+        K.gru_forward(f)
+        extra = f.hn_keep
     else:
-        K.rnn_forward(*args, plan.relu, job.w_ih, job.w_hh, job.b_ih, job.b_hh, job.h, job.out,
-                      job.col0, xg, plan.chunk_steps, h_prev, w_packed, w_ih_packed, per_panel)
+        f.relu = plan.relu
+        K.rnn_forward(f)
         extra = None
     return (xg, h_prev, extra) if train else None
 
@@ -59,30 +65,34 @@ def backward(plan, job):
     B, H = job.dh.shape[0], plan.hidden_size
     P = job.dh.shape[1]
     n_rows = job.x.shape[0]
-    empty2, empty3 = empty(dtype, 2), empty(dtype, 3)
     act, h_prev, extra = job.kept
     w_packed, w_hn_packed = recurrent_panels(mode, plan.reset_after, job.w_hh, plan.small_gemm,
                                              d, True)
-    db_acc = np.empty(H if mode == "RNN" else 4 * H, dtype=dtype)
-    args = (job.x, job.layout.batch_sizes, job.layout.offsets, job.reverse)
+    b = K.LayerBackward(x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+                        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, act=act,
+                        h_prev=h_prev, dout=job.dout, col0=job.col0, dh=job.dh, dx=job.dx,
+                        add_dx=job.add_dx, dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih,
+                        db_hh=job.db_hh, w_hh_packed=w_packed,
+                        db_acc=np.empty(H if mode == "RNN" else 4 * H, dtype=dtype))
     if mode == "LSTM":
-        proj = P != H
-        K.lstm_backward(*args, job.w_ih, job.w_hh, job.w_hr, act, h_prev, extra, job.dout,
-                        job.col0, job.dh, job.dc, job.dx, job.add_dx, job.dw_ih, job.dw_hh,
-                        job.db_ih, job.db_hh, job.dw_hr,
-                        np.empty((B, H), dtype=dtype) if proj else empty2,
-                        np.empty((n_rows, H), dtype=dtype) if proj else empty2,
-                        np.empty((n_rows, P), dtype=dtype) if proj else empty2,
-                        np.empty(H, dtype=dtype), db_acc, w_packed,
-                        pack_panels(job.w_hr.T, f"packed hr {d}")
-                        if plan.small_gemm and job.w_hr.size else empty3)
+        b.w_hr = job.w_hr
+        b.c_prev = extra
+        b.dc = job.dc
+        b.dw_hr = job.dw_hr
+        if P != H:      # projection
+            b.dhh = np.empty((B, H), dtype=dtype)
+            b.hbuf_all = np.empty((n_rows, H), dtype=dtype)
+            b.dhp_all = np.empty((n_rows, P), dtype=dtype)
+        b.tc_row = np.empty(H, dtype=dtype)
+        if plan.small_gemm and job.w_hr.size:
+            b.w_hr_packed = pack_panels(job.w_hr.T, f"packed hr {d}")
+        K.lstm_backward(b)
     elif mode == "GRU":
-        hn = extra if plan.reset_after else np.empty((n_rows, H), dtype=dtype)
-        K.gru_backward(*args, plan.reset_after, job.w_ih, job.w_hh, act, h_prev, hn, job.dout,
-                       job.col0, job.dh, job.dx, job.add_dx, job.dw_ih, job.dw_hh, job.db_ih,
-                       job.db_hh, np.empty((B, 3 * H), dtype=dtype), db_acc, w_packed,
-                       w_hn_packed)
+        b.reset_after = plan.reset_after
+        b.hn = extra if plan.reset_after else np.empty((n_rows, H), dtype=dtype)
+        b.work = np.empty((B, 3 * H), dtype=dtype)
+        b.w_hn_packed = w_hn_packed
+        K.gru_backward(b)
     else:
-        K.rnn_backward(*args, plan.relu, job.w_ih, job.w_hh, act, h_prev, job.dout, job.col0,
-                       job.dh, job.dx, job.add_dx, job.dw_ih, job.dw_hh, job.db_ih, job.db_hh,
-                       db_acc, w_packed)
+        b.relu = plan.relu
+        K.rnn_backward(b)
