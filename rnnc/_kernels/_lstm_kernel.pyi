@@ -23,17 +23,7 @@ def lstm_fused_train_forward(xh: NDArray[np.floating], batch_sizes: NDArray[np.i
                              c: NDArray[np.floating], out: NDArray[np.floating], col0: int,
                              act: NDArray[np.floating], c_prev: NDArray[np.floating]) -> None: ...
 
-def lstm_fused_backward(xh: NDArray[np.floating], batch_sizes: NDArray[np.intp],
-                        offsets: NDArray[np.intp], reverse: bool, w_ih: NDArray[np.floating],
-                        w_hh: NDArray[np.floating], act: NDArray[np.floating],
-                        c_prev: NDArray[np.floating], dout: NDArray[np.floating], col0: int,
-                        dh: NDArray[np.floating], dc: NDArray[np.floating],
-                        dx: NDArray[np.floating], add_dx: bool, dw_cat: NDArray[np.floating],
-                        dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
-                        db_ih: NDArray[np.floating], db_hh: NDArray[np.floating],
-                        tc_row: NDArray[np.floating],
-                        w_hh_packed: NDArray[np.floating],
-                        w_ih_packed: NDArray[np.floating]) -> None: ...
+def lstm_fused_backward(job: LayerBackward) -> None: ...
 
 def pack_fused_into(w_ih: NDArray[np.floating], w_hh: NDArray[np.floating],
                     b_ih: NDArray[np.floating], b_hh: NDArray[np.floating],
@@ -47,10 +37,5 @@ def lstm_fused_backward_steps_py(batch_sizes: NDArray[np.intp], offsets: NDArray
                                  tc_row: NDArray[np.floating],
                                  w_hh_packed: NDArray[np.floating]) -> None: ...
 
-def lstm_fused_backward_weights_py(xh: NDArray[np.floating], w_ih: NDArray[np.floating],
-                                   act: NDArray[np.floating], dx: NDArray[np.floating],
-                                   add_dx: bool, dw_cat: NDArray[np.floating],
-                                   dw_ih: NDArray[np.floating], dw_hh: NDArray[np.floating],
-                                   db_ih: NDArray[np.floating],
-                                   db_hh: NDArray[np.floating], r0: int, r1: int, g0: int,
-                                   g1: int, w_ih_packed: NDArray[np.floating]) -> None: ...
+def lstm_fused_backward_weights_py(job: LayerBackward, r0: int, r1: int, g0: int,
+                                   g1: int) -> None: ...

@@ -386,24 +386,45 @@ def lstm_fused_train_forward(floating[:, ::1] xh, const Py_ssize_t[::1] batch_si
                                   &out[0, col0], out.shape[1], &act[0, 0], &c_prev[0, 0])
 
 
-def lstm_fused_backward(const floating[:, ::1] xh, const Py_ssize_t[::1] batch_sizes,
-                        const Py_ssize_t[::1] offsets, bint reverse,
-                        const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                        floating[:, ::1] act, const floating[:, ::1] c_prev,
-                        const floating[:, ::1] dout, Py_ssize_t col0,
-                        floating[:, ::1] dh, floating[:, ::1] dc,
-                        floating[:, ::1] dx, bint add_dx,
-                        floating[:, ::1] dw_cat, floating[:, ::1] dw_ih,
-                        floating[:, ::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
-                        floating[::1] tc_row, const floating[:, :, ::1] w_hh_packed,
-                        const floating[:, :, ::1] w_ih_packed):
-    """BPTT after lstm_fused_train_forward (same arguments as lstm_backward, with xh in place
-    of x and h_prev); dw_cat (4H, I + H + 1) is workspace; w_ih_packed: W_ih^T in panels for
-    the input gradient on the small-batch kernel, or zero-size (BLAS)."""
+def lstm_fused_backward(LayerBackward job not None):
+    """BPTT after lstm_fused_train_forward: as lstm_backward, with xh in place of x and
+    h_prev and no projection. Reads xh, batch_sizes, offsets, reverse, w_ih, w_hh, act,
+    c_prev, dout, col0, dh, dc, dx, add_dx, dw_cat, dw_ih, dw_hh, db_ih, db_hh, tc_row,
+    w_hh_packed and w_ih_packed (rnnc/_kernels/_layer_job.pyx); dw_cat (4H, I + H + 1) is
+    workspace; w_ih_packed: W_ih^T in panels for the input gradient on the small-batch
+    kernel, or none (BLAS)."""
+    if is_double(job.xh):
+        fused_backward(job, <double>0)
+    else:
+        fused_backward(job, <float>0)
+
+
+cdef int fused_backward(LayerBackward job, floating kind) except -1:
+    cdef const floating[:, ::1] xh = job.xh
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef floating[:, ::1] act = job.act
+    cdef const floating[:, ::1] c_prev = job.c_prev
+    cdef const floating[:, ::1] dout = job.dout
+    cdef floating[:, ::1] dh = job.dh
+    cdef floating[:, ::1] dc = job.dc
+    cdef floating[:, ::1] dx = job.dx
+    cdef floating[:, ::1] dw_cat = job.dw_cat
+    cdef floating[:, ::1] dw_ih = job.dw_ih
+    cdef floating[:, ::1] dw_hh = job.dw_hh
+    cdef floating[::1] db_ih = job.db_ih
+    cdef floating[::1] db_hh = job.db_hh
+    cdef floating[::1] tc_row = job.tc_row
+    cdef const floating[:, :, ::1] w_hh_packed = job.w_hh_packed
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef bint reverse = job.reverse, add_dx = job.add_dx
+    cdef Py_ssize_t col0 = job.col0
     cdef Py_ssize_t T = batch_sizes.shape[0]
     cdef Py_ssize_t H = dc.shape[1], I = xh.shape[1] - H - 1
     if T == 0 or xh.shape[0] == 0:
-        return
+        return 0
     cdef floating* dbi = ptr1_or_null(db_ih)
     cdef floating* dbh = ptr1_or_null(db_hh)
     cdef const floating* wp = &w_hh_packed[0, 0, 0] if w_hh_packed.shape[0] > 0 else NULL
@@ -415,6 +436,7 @@ def lstm_fused_backward(const floating[:, ::1] xh, const Py_ssize_t[::1] batch_s
                                      &dc[0, 0], &dx[0, 0], dx.shape[1], add_dx, &dw_cat[0, 0],
                                      &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &tc_row[0], wp,
                                      wip)
+    return 0
 
 
 def lstm_fused_backward_steps_py(const Py_ssize_t[::1] batch_sizes,
@@ -436,21 +458,35 @@ def lstm_fused_backward_steps_py(const Py_ssize_t[::1] batch_sizes,
                                   &dh[0, 0], &dc[0, 0], &tc_row[0], wp)
 
 
-def lstm_fused_backward_weights_py(const floating[:, ::1] xh, const floating[:, ::1] w_ih,
-                                   const floating[:, ::1] act, floating[:, ::1] dx,
-                                   bint add_dx, floating[:, ::1] dw_cat,
-                                   floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                                   floating[::1] db_ih, floating[::1] db_hh,
-                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0, Py_ssize_t g1,
-                                   const floating[:, :, ::1] w_ih_packed):
+def lstm_fused_backward_weights_py(LayerBackward job not None, Py_ssize_t r0, Py_ssize_t r1,
+                                   Py_ssize_t g0, Py_ssize_t g1):
     """The GEMMs that end lstm_fused_backward (lstm_fused_backward_weights), after
     lstm_fused_backward_steps_py has turned every part's rows of act into dA: rows [r0, r1)
-    of dx and gate rows [g0, g1) of the weight and bias gradients. w_ih_packed: as in
-    lstm_fused_backward."""
+    of dx and gate rows [g0, g1) of the weight and bias gradients. Reads xh, w_ih, act, dx,
+    add_dx, dw_cat, dw_ih, dw_hh, db_ih, db_hh and w_ih_packed, as lstm_fused_backward."""
+    if is_double(job.xh):
+        fused_backward_weights(job, r0, r1, g0, g1, <double>0)
+    else:
+        fused_backward_weights(job, r0, r1, g0, g1, <float>0)
+
+
+cdef int fused_backward_weights(LayerBackward job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0,
+                                Py_ssize_t g1, floating kind) except -1:
+    cdef const floating[:, ::1] xh = job.xh
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] act = job.act
+    cdef floating[:, ::1] dx = job.dx
+    cdef floating[:, ::1] dw_cat = job.dw_cat
+    cdef floating[:, ::1] dw_ih = job.dw_ih
+    cdef floating[:, ::1] dw_hh = job.dw_hh
+    cdef floating[::1] db_ih = job.db_ih
+    cdef floating[::1] db_hh = job.db_hh
+    cdef const floating[:, :, ::1] w_ih_packed = job.w_ih_packed
+    cdef bint add_dx = job.add_dx
     cdef Py_ssize_t N = xh.shape[0], G = act.shape[1]
     cdef Py_ssize_t H = G // 4, I = w_ih.shape[1]
     if N == 0:
-        return
+        return 0
     cdef floating* dbi = ptr1_or_null(db_ih)
     cdef floating* dbh = ptr1_or_null(db_hh)
     cdef const floating* wip = &w_ih_packed[0, 0, 0] if w_ih_packed.shape[0] > 0 else NULL
@@ -458,6 +494,7 @@ def lstm_fused_backward_weights_py(const floating[:, ::1] xh, const floating[:, 
         lstm_fused_backward_weights(&xh[0, 0], N, &w_ih[0, 0], I, H, &act[0, 0], &dx[0, 0],
                                     dx.shape[1], add_dx, &dw_cat[0, 0], &dw_ih[0, 0],
                                     &dw_hh[0, 0], dbi, dbh, r0, r1, g0, g1, wip)
+    return 0
 
 
 def lstm_backward(LayerBackward job not None):

@@ -4,7 +4,7 @@ forward keeps [x | h_prev | 1] for the fused backward."""
 import numpy as np
 
 from rnnc._engine.kernels import K
-from rnnc._engine.workspace import empty, fused_weights, kept, pack_panels, workspace
+from rnnc._engine.workspace import fused_weights, kept, pack_panels, workspace
 
 
 def forward(plan, job):
@@ -43,11 +43,12 @@ def backward(plan, job):
     dtype, d = plan.dtype, job.d
     act, xh, c_prev = job.kept
     H = plan.hidden_size
-    empty3 = empty(dtype, 3)
     small = plan.small_gemm
-    K.lstm_fused_backward(xh, job.layout.batch_sizes, job.layout.offsets, job.reverse, job.w_ih,
-                          job.w_hh, act, c_prev, job.dout, job.col0, job.dh, job.dc, job.dx,
-                          job.add_dx, np.empty((4 * H, xh.shape[1]), dtype=dtype), job.dw_ih,
-                          job.dw_hh, job.db_ih, job.db_hh, np.empty(H, dtype=dtype),
-                          pack_panels(job.w_hh.T, f"packed {d}") if small else empty3,
-                          pack_panels(job.w_ih.T, f"packed ih {d}") if small else empty3)
+    K.lstm_fused_backward(K.LayerBackward(
+        xh=xh, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, act=act, c_prev=c_prev,
+        dout=job.dout, col0=job.col0, dh=job.dh, dc=job.dc, dx=job.dx, add_dx=job.add_dx,
+        dw_cat=np.empty((4 * H, xh.shape[1]), dtype=dtype), dw_ih=job.dw_ih, dw_hh=job.dw_hh,
+        db_ih=job.db_ih, db_hh=job.db_hh, tc_row=np.empty(H, dtype=dtype),
+        w_hh_packed=pack_panels(job.w_hh.T, f"packed {d}") if small else None,
+        w_ih_packed=pack_panels(job.w_ih.T, f"packed ih {d}") if small else None))

@@ -163,8 +163,9 @@ def backward(plan, job):
     def share(p):
         # Each packs its own W_ih^T for its rows of dx.
         packed = (pack_panels(job.w_ih.T, f"rows train ih {p}") if small else empty(dtype, 3))
-        K.lstm_fused_backward_weights_py(xh, job.w_ih, act, job.dx, job.add_dx, dw_cat,
-                                         job.dw_ih, job.dw_hh, job.db_ih, job.db_hh,
-                                         *shares[p], packed)
+        K.lstm_fused_backward_weights_py(
+            K.LayerBackward(xh=xh, w_ih=job.w_ih, act=act, dx=job.dx, add_dx=job.add_dx,
+                            dw_cat=dw_cat, dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih,
+                            db_hh=job.db_hh, w_ih_packed=packed), *shares[p])
 
     threads.run_pair(lambda: share(0), lambda: share(1))
