@@ -64,20 +64,41 @@ def check_seed(seed, name="seed"):
 
 
 def memory_limit():
-    """Bytes of memory this process may still take: the kernel's estimate of what is available
-    for new allocations without swapping (MemAvailable), else the machine's physical memory;
-    None where neither can be read."""
+    """Bytes of memory this process may still take: the least of the kernel's estimate of what
+    is available without swapping (MemAvailable, else the physical memory), the room left
+    under the process's address-space limit (RLIMIT_AS) and under its cgroup's memory.max;
+    None where none can be read."""
+    limits = []
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    limits.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
+    if not limits:
+        try:
+            limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            pass
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            cap = f.read().strip()
+        if cap != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                limits.append(max(0, int(cap) - int(f.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
 
 
 def check_memory(nbytes, what):

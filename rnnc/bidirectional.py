@@ -209,7 +209,7 @@ class Bidirectional:
         parts = {"forward_layer": {}, "backward_layer": {}}
         unexpected = []
         for key in state_dict.keys():
-            prefix, _, name = key.partition(".")
+            prefix, _, name = key.partition(".") if isinstance(key, str) else (None, "", "")
             if prefix in parts and name:
                 parts[prefix][name] = state_dict[key]
             else:

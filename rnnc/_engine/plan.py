@@ -171,7 +171,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     one_thread = concurrent or threads == 1
     small = f.get("small_gemm", small_gemm_fits(dtype, B, steps, concurrent, threads))
     parts_small = f.get("parts_small_gemm", small_gemm_fits(dtype, B, steps, True, threads))
-    chunk_steps = f.get("chunk_steps", steps if training
+    chunk_steps = f.get("chunk_steps", max(1, steps) if training
                         else max(1, min(steps, CHUNK_ELEMENTS // (B * G * H))))
     # W_ih is read once when one chunk covers the sequence: packed as the product goes,
     # unless a frozen module keeps it packed whole.
@@ -206,7 +206,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         strategy = one
     forced_strategy = f.get("strategy")
     if forced_strategy and _possible(forced_strategy, mode, H, B, proj_size, gru_ok, training,
-                                     small, parts_small):
+                                     small, parts_small, concurrent):
         strategy = forced_strategy
 
     pipeline = min(chunk_steps, -(-steps // PIPELINE_CHUNKS)) if strategy == PIPELINED else 0
@@ -238,10 +238,12 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         units_in_place=in_place)
 
 
-def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small):
+def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small,
+              concurrent):
     """Whether the kernels can run a layer with this strategy (a test may force one where it
-    can: tests/conftest.py, force_plan)."""
-    if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok):
+    can: tests/conftest.py, force_plan). The strategies that use the helper thread cannot run
+    while the directions run concurrently: the helper runs the second direction."""
+    if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok or concurrent):
         return False
     if strategy == UNITS:
         return H >= 32 and (mode == "LSTM" or not training)
