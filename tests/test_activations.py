@@ -1,16 +1,16 @@
 """Accuracy of the kernels' activation functions against float64 NumPy.
 
-float32 sigmoid/tanh run vectorised (rnnc/_simd_math.h); the stated bound is a relative error of
-at most 1e-6 wherever the exact result is a normal float32 (in practice ~3e-7, about 4 ulps).
-float64 runs the same formulas as the scalar libm-based code (vectorised with AVX-512, exp and
-expm1 to about an ulp): within 3 ulp of the exact function, as accurate as the libm form.
-rnnc._linear_kernel.activate applies the same in-place array functions that the recurrent
-kernels use.
+float32 sigmoid/tanh run vectorised (rnnc/_kernels/_simd_math.h); the stated bound is a
+relative error of at most 1e-6 wherever the exact result is a normal float32 (in practice
+~3e-7, about 4 ulps). float64 runs the same formulas as the scalar libm-based code (vectorised
+with AVX-512, exp and expm1 to about an ulp): within 3 ulp of the exact function, as accurate
+as the libm form. rnnc._kernels._linear_kernel.activate applies the same in-place array
+functions that the recurrent kernels use.
 """
 import numpy as np
 import pytest
 
-from rnnc._linear_kernel import ACTIVATIONS, activate
+from rnnc._kernels._linear_kernel import ACTIVATIONS, activate
 
 BOUND = {np.float32: 1e-6, np.float64: 1e-15}
 TINY = {np.float32: np.finfo(np.float32).tiny, np.float64: np.finfo(np.float64).tiny}

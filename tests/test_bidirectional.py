@@ -254,9 +254,9 @@ def test_bad_arguments():
 
 
 def test_compiled_run_stack_refuses_reverse_all_with_bidirectional():
-    """rnnc._stack.run_stack has "the same signature and semantics as
+    """rnnc._engine.stack.run_stack has "the same signature and semantics as
     rnnc.reference.run_stack", which refuses reverse_all=True with bidirectional=True."""
-    from rnnc import _stack
+    from rnnc._engine import stack
 
     layer = rnnc.GRU(2, 3, bidirectional=True, dtype=np.float64, seed=0)
     x = np.zeros((2, 1, 2))
@@ -265,7 +265,7 @@ def test_compiled_run_stack_refuses_reverse_all_with_bidirectional():
         rnnc.reference.run_stack("GRU", layer.state_dict(), x, h0, bidirectional=True,
                                  reverse_all=True)
     with pytest.raises(ValueError):
-        _stack.run_stack("GRU", layer.state_dict(), x, h0, bidirectional=True,
+        stack.run_stack("GRU", layer.state_dict(), x, h0, bidirectional=True,
                          reverse_all=True)
 
 

@@ -1,4 +1,4 @@
-"""The row-major GEMM shim (rnnc/_blas.pyx) against NumPy.
+"""The row-major GEMM shim (rnnc/_kernels/_blas.pyx) against NumPy.
 
 ``gemm_py(A, B, C, trans_a, trans_b, alpha, beta)`` computes
 C = alpha * op(A) @ op(B) + beta * C in place on C-contiguous arrays, op(X) = X^T when trans_x.
@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rnnc._blas import gemm_py
+from rnnc._kernels._blas import gemm_py
 
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = list(itertools.product([False, True], repeat=2))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import rnnc
-import rnnc._stack as _stack
 from rnnc import reference as ref
+from rnnc._engine.plan import make_plan
 
 TOL = {np.float64: dict(rtol=1e-11, atol=1e-11), np.float32: dict(rtol=2e-5, atol=2e-5)}
 DTYPES = [np.float64, np.float32]
@@ -680,8 +680,9 @@ def test_bidirectional_wrapper_layouts():
 # A moderately large case, and the chunking of the input projection
 # ==========================================================================================
 
-def _chunk_steps(B, G, H_, T):
-    return max(1, min(T, _stack.CHUNK_ELEMENTS // (B * G * H_)))
+def _chunk_steps(mode, I_, H_, B, T):
+    """Steps of each input-projection chunk of an inference layer (rnnc/_engine/plan.py)."""
+    return make_plan(mode, I_, H_, 0, True, False, B, T, np.float64, False, False).chunk_steps
 
 
 def test_large_lstm_matches_reference():
@@ -691,7 +692,7 @@ def test_large_lstm_matches_reference():
     r = ref.LSTM(Il, Hl, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
     r.load_state_dict(m.state_dict())
     # This case must cross the chunking of the input projection (several chunks per layer).
-    assert _chunk_steps(B, 4, Hl, T) < T // 2
+    assert _chunk_steps("LSTM", Il, Hl, B, T) < T // 2
     x = rng.standard_normal((T, B, Il))
     lengths = rng.integers(0, T + 1, size=B)
     lengths[[0, 5]] = T
@@ -709,7 +710,7 @@ def test_large_lstm_matches_reference():
 @pytest.mark.parametrize("mode,kw", CONFIGS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
-def test_chunking_does_not_change_results(monkeypatch, mode, kw, dtype, with_lengths):
+def test_chunking_does_not_change_results(force_plan, mode, kw, dtype, with_lengths):
     """Tiny chunks (one step per projection GEMM, or 7 steps: not a divisor of T) give the
     results of the unchunked run.
 
@@ -723,12 +724,11 @@ def test_chunking_does_not_change_results(monkeypatch, mode, kw, dtype, with_len
     x = rand(rng, (T, B, I), dtype)
     lengths = np.array([40, 3, 0, 40, 17, 39]) if with_lengths else None
     hx = initial_state(m, B, rng)
-    G = _stack.GATES[mode]
-    assert _chunk_steps(B, G, H, T) == T          # the default runs unchunked here
+    assert _chunk_steps(mode, I, H, B, T) == T          # the default runs unchunked here
     base = run(m, x, hx, lengths)
     tol = dict(rtol=1e-13, atol=1e-13) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
-    for elements in [1, 7 * B * G * H]:
-        monkeypatch.setattr(_stack, "CHUNK_ELEMENTS", elements)
+    for chunk_steps in [1, 7]:
+        force_plan(chunk_steps=chunk_steps)
         got = run(m, x, hx, lengths)
         for g, b in zip(got, base):
             if g is not None:
@@ -738,7 +738,7 @@ def test_chunking_does_not_change_results(monkeypatch, mode, kw, dtype, with_len
             assert np.all(got[0][pad] == 0)
 
 
-def test_chunking_large_lstm_matches_reference(monkeypatch):
+def test_chunking_large_lstm_matches_reference(force_plan):
     """The large bidirectional case with 5-step chunks still matches the reference."""
     rng = np.random.default_rng(26)
     T, B = 60, 9
@@ -747,7 +747,7 @@ def test_chunking_large_lstm_matches_reference(monkeypatch):
     r = ref.LSTM(I, 17, num_layers=2, bidirectional=True, proj_size=6, dtype=np.float64,
                  seed=1)
     r.load_state_dict(m.state_dict())
-    monkeypatch.setattr(_stack, "CHUNK_ELEMENTS", 5 * B * 4 * 17)
+    force_plan(chunk_steps=5)
     x = rng.standard_normal((T, B, I))
     lengths = np.array([60, 0, 13, 59, 1, 60, 30, 5, 44])
     out, (h_n, c_n) = m(x, lengths=lengths)

@@ -9,7 +9,6 @@ import pytest
 
 import rnnc
 import rnnc.reference
-from rnnc import _stack
 
 from conftest import (DTYPES, MODES, TOL, VARIANT_IDS, VARIANTS, assert_close, assert_same_result,
                       assert_states_close, make_pair, nan_padded, random_initial_state,
@@ -417,10 +416,10 @@ def test_empty_time_and_batch(variant, dtype, bidirectional, rng):
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["full", "varlen"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("chunk", ["1", "64", "3steps"])
+@pytest.mark.parametrize("chunk_steps", [1, 2, 7])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_long_sequences_cross_chunk_boundaries(variant, chunk, bidirectional, varlen,
-                                               monkeypatch, rng):
+def test_long_sequences_cross_chunk_boundaries(variant, chunk_steps, bidirectional, varlen,
+                                               force_plan, rng):
     dtype = np.float64
     T, B, I, H = 23, 3, 2, 3
     mod, ref = build(variant, I, H, rng, num_layers=2, bidirectional=bidirectional,
@@ -429,10 +428,7 @@ def test_long_sequences_cross_chunk_boundaries(variant, chunk, bidirectional, va
     hx = random_initial_state(rng, mod, B, dtype)
     lengths = np.array([17, 23, 8]) if varlen else None
     unchunked = mod(x, hx, lengths)
-    G = GATES[variant[0]]
-    elements = {"1": 1, "64": 64, "3steps": 3 * B * G * H}[chunk]
-    monkeypatch.setattr(_stack, "CHUNK_ELEMENTS", elements)
-    assert elements // (B * G * H) < 8      # several chunks, last one partial
+    force_plan(chunk_steps=chunk_steps)     # several chunks, the last one partial
     out, state = mod(nan_padded(x, lengths), hx, lengths)
     r_out, r_state = ref(x, hx, lengths)
     assert_close(out, r_out, dtype)

@@ -9,16 +9,16 @@ import pytest
 
 import rnnc
 
-COMPILED = ["_blas", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel",
+COMPILED = ["_blas", "_layer_job", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel",
             "_parallel_forward", "_parallel_train", "_stream_kernel"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", COMPILED)
 def test_compiled_module_is_an_extension_with_a_matching_stub(name):
-    mod = importlib.import_module(f"rnnc.{name}")
+    mod = importlib.import_module(f"rnnc._kernels.{name}")
     assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
-    stub = pathlib.Path(rnnc.__file__).parent / f"{name}.pyi"
+    stub = pathlib.Path(rnnc.__file__).parent / "_kernels" / f"{name}.pyi"
     assert stub.exists(), f"{stub} is not installed"
     declared = {n.name for n in ast.parse(stub.read_text()).body
                 if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
@@ -58,7 +58,8 @@ def test_readme_examples_run_and_show_what_they_say():
 
 
 def test_linear_activation_codes_match_the_kernel():
-    from rnnc import _linear_kernel, linear
+    from rnnc import linear
+    from rnnc._kernels import _linear_kernel
     assert linear.ACTIVATIONS == _linear_kernel.ACTIVATIONS
 
 

@@ -1,4 +1,4 @@
-"""Check rnnc/reference_backward.py (the NumPy BPTT oracle) independently.
+"""Check rnnc/reference/backward.py (the NumPy BPTT oracle) independently.
 
 (a) against central finite differences of reference.run_stack, element by element, in float64,
     for every mode / option (tanh, relu, GRU reset_after True/False, LSTM with and without
@@ -22,7 +22,7 @@ import pytest
 # Import the working tree's rnnc (installed in editable mode in the dev venv).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from rnnc import reference as ref  # noqa: E402
-from rnnc import reference_backward as refb  # noqa: E402
+from rnnc.reference import backward as refb  # noqa: E402
 
 # The oracle must be warning-free, including with NaN/inf padding.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")

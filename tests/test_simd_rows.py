@@ -1,10 +1,10 @@
-"""The float32 backward runs the fused, vectorised rows of rnnc/_simd_math.h
+"""The float32 backward runs the fused, vectorised rows of rnnc/_kernels/_simd_math.h
 (rnnc_{lstm,gru,rnn}_row_backward_f32, which also sum the bias gradients); float64 runs the
-Cython loops of rnnc/_cell_math.pxd. Both must give the same gradients: here float32 is checked
-against float64 on the same weights and inputs, with hidden sizes that run whole vectors (16
-floats with AVX-512, 8 with AVX2) and remainders, every option that selects a different row
-variant (bias or not, projection, output gradient), and variable lengths. The tolerance is
-float32 rounding through a few steps of BPTT."""
+Cython loops of rnnc/_kernels/_cell_math.pxd. Both must give the same gradients: here float32
+is checked against float64 on the same weights and inputs, with hidden sizes that run whole
+vectors (16 floats with AVX-512, 8 with AVX2) and remainders, every option that selects a
+different row variant (bias or not, projection, output gradient), and variable lengths. The
+tolerance is float32 rounding through a few steps of BPTT."""
 import numpy as np
 import pytest
 

@@ -1,18 +1,26 @@
-"""The packed small-batch recurrent kernels (rnnc/_small_gemm.h) against BLAS and the reference.
+"""The packed small-batch recurrent kernels (rnnc/_kernels/_small_gemm.h) against BLAS and the
+reference.
 
-Layers with a small batch and a few steps use them where the CPU has AVX-512 (float32: panels of
-64 columns, float64: 32); forcing them off must give the same results to the dtype's rounding.
-Shapes cover column counts that are not multiples of the panels and row counts that are not
-multiples of the 4-row tiles. The float64 tests check that the kernel really ran (the packed
-weights they saw), forward and backward, one thread and the 2-thread split.
+Layers use them where the CPU has AVX-512 (float32: panels of 64 columns, float64: 32) and the
+plan says so (rnnc/_engine/plan.py, small_gemm; which layers: tests/test_plan.py); forcing
+them off (conftest.force_plan) must give the same results to the dtype's rounding. Shapes
+cover column counts that are not multiples of the panels and row counts that are not multiples
+of the 4-row tiles. The float64 tests check that the kernel really ran (the packed weights they
+saw), forward and backward, one thread and the 2-thread split.
 """
 import numpy as np
 import pytest
 
 import rnnc
-from rnnc import _stack, reference
-from rnnc import reference_backward as refb
-from rnnc._blas import has_small_gemm, pack_panels_into, panel_width, recurrent_gemm_py
+from rnnc import reference
+from rnnc._engine import workspace
+from rnnc._engine.runners import kernel, rows, units
+from rnnc._engine.workspace import pack_panels
+from rnnc._kernels._blas import has_small_gemm, pack_panels_into, panel_width, recurrent_gemm_py
+from rnnc.reference import backward as refb
+
+# Every product on BLAS: what a CPU without AVX-512 runs.
+BLAS_ONLY = dict(small_gemm=False, parts_small_gemm=False)
 
 needs_kernel = pytest.mark.skipif(not has_small_gemm(), reason="no AVX-512: BLAS only")
 
@@ -34,13 +42,13 @@ def flat(result):
                                      ("RNN", {}), ("LSTM", {"bidirectional": True})])
 @pytest.mark.parametrize("B,H", [(1, 1), (1, 33), (2, 1), (3, 7), (4, 16), (5, 63), (17, 65),
                                  (2, 130)])
-def test_small_kernel_matches_blas_and_reference(monkeypatch, mode, kw, B, H):
+def test_small_kernel_matches_blas_and_reference(force_plan, mode, kw, B, H):
     if kw.get("proj_size", 0) >= H:
         pytest.skip("proj_size must be < hidden_size")
     T = 6
     lengths = np.arange(B) % T + 1
     m, x, fast = run(mode, B, H, T, lengths, **kw)
-    monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
+    force_plan(**BLAS_ONLY)
     blas = m(x, lengths=lengths)
     ref = getattr(reference, mode)(5, H, dtype=np.float32, **kw)
     ref.load_state_dict(m.state_dict())
@@ -48,14 +56,6 @@ def test_small_kernel_matches_blas_and_reference(monkeypatch, mode, kw, B, H):
     for a, b, r in zip(flat(fast), flat(blas), flat(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
-
-
-def test_kernel_is_used_where_available():
-    # On a CPU without AVX-512 the layers fall back to BLAS, and this reports False.
-    assert isinstance(has_small_gemm(), bool)
-    for dtype in (np.float32, np.float64):
-        assert _stack._use_small_gemm(np.dtype(dtype), 1, 100) is has_small_gemm()
-        assert _stack._use_small_gemm(np.dtype(dtype), 1, 2) is False
 
 
 def test_in_place_weight_updates_are_seen():
@@ -71,7 +71,7 @@ def test_in_place_weight_updates_are_seen():
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("B,H", [(1, 9), (3, 7), (5, 65), (16, 40)])
-def test_backward_small_kernel_matches_blas(monkeypatch, mode, B, H):
+def test_backward_small_kernel_matches_blas(force_plan, mode, B, H):
     rng = np.random.default_rng(7)
     m = getattr(rnnc, mode)(5, H, num_layers=2, bidirectional=True, dtype=np.float32, seed=1)
     x = rng.standard_normal((6, B, 5)).astype(np.float32)
@@ -86,26 +86,11 @@ def test_backward_small_kernel_matches_blas(monkeypatch, mode, B, H):
         return dx, gr
 
     dx_fast, g_fast = grads()
-    monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
+    force_plan(**BLAS_ONLY)
     dx_blas, g_blas = grads()
     np.testing.assert_allclose(dx_fast, dx_blas, rtol=1e-4, atol=1e-5)
     for k in g_fast:
         np.testing.assert_allclose(g_fast[k], g_blas[k], rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_rule(monkeypatch, dtype):
-    dtype = np.dtype(dtype)
-    assert not _stack._use_small_gemm(dtype, 0, 100)
-    assert not _stack._use_small_gemm(np.dtype(np.float16), 1, 100)
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
-    assert _stack._use_small_gemm(dtype, 64, 100) is has_small_gemm()
-    assert _stack._use_small_gemm(dtype, 4096, 100) is has_small_gemm()  # any batch, 1 thread
-    assert not _stack._use_small_gemm(dtype, 64, 3)                     # too few steps
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 2)
-    assert _stack._use_small_gemm(dtype, 16, 100) is has_small_gemm()
-    assert not _stack._use_small_gemm(dtype, 17, 100)
-    assert _stack._use_small_gemm(dtype, 300, 100, one_thread=True) is has_small_gemm()
 
 
 def _panels_numpy(w):
@@ -133,7 +118,7 @@ def test_pack_panels_matches_numpy(dtype, N, K):
     # strided views (the portable packer) and a reversed one (negative strides).
     w = np.random.default_rng(N * K).standard_normal((N, K)).astype(dtype)
     for view in (w, np.ascontiguousarray(w.T).T, w[:, ::2], w.T, w[::-1], w[:, ::-1]):
-        packed = _stack.pack_panels(view)
+        packed = pack_panels(view)
         assert packed.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(packed, _panels_numpy(view))
 
@@ -151,7 +136,7 @@ def test_pack_panels_large(dtype, transposed):
     view = w.T if transposed else w
     expected = _panels_numpy(view)
     assert expected.nbytes >= 8 << 20
-    packed = _stack.pack_panels(view, "test large")
+    packed = pack_panels(view, "test large")
     assert packed.ctypes.data % 64 == 0
     np.testing.assert_array_equal(packed, expected)
     buf = np.full(expected.size + 16, np.nan, dtype=dtype)
@@ -187,7 +172,7 @@ def test_recurrent_gemm_matches_blas_and_numpy(dtype, M, N, K):
     w = rng.standard_normal((N, K)).astype(dtype)
     c0 = rng.standard_normal((M, N)).astype(dtype)
     tol = F64_TOL if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
-    packed = _stack.pack_panels(w)
+    packed = pack_panels(w)
     for beta in (False, True):
         expected = h.astype(np.float64) @ w.astype(np.float64).T + (c0 if beta else 0)
         got = {}
@@ -207,7 +192,7 @@ def test_recurrent_gemm_reads_the_panels(dtype):
     h = rng.standard_normal((5, 40)).astype(dtype)
     w = rng.standard_normal((70, 40)).astype(dtype)
     c = np.empty((5, 70), dtype=dtype)
-    recurrent_gemm_py(h, w, _stack.pack_panels(2 * w), c)
+    recurrent_gemm_py(h, w, pack_panels(2 * w), c)
     scale = 2 if has_small_gemm() else 1
     np.testing.assert_allclose(c, scale * (h.astype(np.float64) @ w.astype(np.float64).T),
                                rtol=1e-5, atol=1e-4)
@@ -223,19 +208,18 @@ def test_recurrent_gemm_py_checks_shapes():
 
 @pytest.fixture
 def packs(monkeypatch):
-    """Lets the kernel take batches up to 128 at any thread count, and records the dtype of
-    every set of packed weights the layers make (proof that the kernel path ran)."""
-    monkeypatch.setattr(_stack, "SMALL_GEMM_MAX_BATCH", {1: 128})
-    monkeypatch.setattr(_stack, "SMALL_GEMM_MAX_BATCH_THREADED", 128)
+    """Records the dtype of every set of packed weights the layers make (proof that the kernel
+    path ran): the panel buffers of rnnc/_engine/workspace.py, wherever they are asked for."""
     seen = []
-    real = _stack.panel_workspace
+    real = workspace.panel_workspace
 
     def spy(*args, **kwargs):
         packed = real(*args, **kwargs)
         seen.append(packed.dtype)
         return packed
 
-    monkeypatch.setattr(_stack, "panel_workspace", spy)
+    for module in (workspace, kernel, rows, units):
+        monkeypatch.setattr(module, "panel_workspace", spy)
     return seen
 
 
@@ -263,14 +247,14 @@ F64_SHAPES = [(1, 1), (1, 33), (2, 31), (3, 7), (4, 32), (5, 63), (8, 100), (17,
 @needs_kernel
 @pytest.mark.parametrize("mode,kw", F64_LAYERS)
 @pytest.mark.parametrize("B,H", F64_SHAPES)
-def test_float64_forward_matches_blas_and_reference(monkeypatch, packs, mode, kw, B, H):
+def test_float64_forward_matches_blas_and_reference(force_plan, packs, mode, kw, B, H):
     if kw.get("proj_size", 0) >= H:
         pytest.skip("proj_size must be < hidden_size")
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)   # no split, no threads
+    force_plan(threads=1)       # no split, no threads: the kernel takes any batch
     m, x, lengths, hx = _f64_case(mode, B, H, 6, kw, B * 100 + H)
     fast = m(x, hx, lengths=lengths)
     assert packs and set(packs) == {np.dtype(np.float64)}
-    monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
+    force_plan(threads=1, **BLAS_ONLY)
     blas = m(x, hx, lengths=lengths)
     ref = getattr(reference, mode)(5, H, dtype=np.float64, **kw)
     ref.load_state_dict(m.state_dict())
@@ -284,10 +268,10 @@ def test_float64_forward_matches_blas_and_reference(monkeypatch, packs, mode, kw
 @pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
                                      ("GRU", {"reset_after": False}), ("RNN", {})])
 @pytest.mark.parametrize("B,H", [(1, 9), (3, 7), (5, 65), (16, 40), (37, 33), (70, 31)])
-def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, kw, B, H):
+def test_float64_backward_matches_blas_and_reference(force_plan, packs, mode, kw, B, H):
     # Two bidirectional layers: the backward multiplies dA @ W_hh with W_hh^T packed (the
     # copying packer), every step of every direction.
-    monkeypatch.setattr(_stack, "cached_num_threads", lambda: 1)
+    force_plan(threads=1)
     kw = dict(kw, num_layers=2, bidirectional=True)
     m, x, lengths, hx = _f64_case(mode, B, H, 6, kw, B * 100 + H + 1)
     P = kw.get("proj_size") or H
@@ -308,15 +292,11 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
     # LSTM product, whose backward also packs W_ih^T for the input gradient), W_hh backward;
     # with proj_size W_hr forward and backward too; GRU with reset_after=False packs
     # [W_hr; W_hz] and W_hn apart, forward and backward
-    expected = 0
-    for I in (5, 2 * P):
-        fused = (mode == "LSTM" and not kw.get("proj_size")
-                 and _stack._fused_fits(B, 4 * H * (I + H + 1)))
-        expected += 2 * (3 + (2 if kw.get("proj_size") else 0)
-                         + (2 if kw.get("reset_after") is False else 0))
+    expected = 2 * 2 * (3 + (2 if kw.get("proj_size") else 0)
+                        + (2 if kw.get("reset_after") is False else 0))
     assert len(packs) == expected
     assert set(packs) == {np.dtype(np.float64)}
-    monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
+    force_plan(threads=1, **BLAS_ONLY)
     blas, g_blas = grads()
     params = m.state_dict()
     h0, c0 = hx if mode == "LSTM" else (hx, None)
@@ -341,21 +321,21 @@ def test_float64_backward_matches_blas_and_reference(monkeypatch, packs, mode, k
     ("GRU", 33, 70, 2, False),
     ("RNN", 128, 9, 1, False),
     ("RNN", 100, 64, 1, True)])
-def test_float64_split_matches_blas_and_reference(force_split, monkeypatch, packs, mode, H, B,
-                                                  layers, bidir):
-    # The 2-thread split (rnnc/_parallel_forward.pyx), forced (conftest.force_split): each
-    # thread runs the kernel on its units' rows of W_hh (each part packs them into a buffer
-    # from rnnc._stack.panel_workspace).
-    splits = force_split
+def test_float64_split_matches_blas_and_reference(force_plan, packs, mode, H, B, layers,
+                                                  bidir):
+    # The 2-thread split by units (rnnc/_kernels/_parallel_forward.pyx), forced: each thread
+    # runs the kernel on its units' rows of W_hh (each part packs them into a buffer from
+    # rnnc/_engine/workspace.py, panel_workspace).
+    splits = force_plan(strategy="units", threads=2)
     kw = {"num_layers": layers, "bidirectional": bidir}
     m, x, lengths, hx = _f64_case(mode, B, H, 7, kw, B * 100 + H + 2)
     fast = m(x, hx, lengths=lengths)
     D = 2 if bidir else 1
-    assert len(splits) == D * layers
+    assert splits == [("units", False, "forward")] * (D * layers)
     assert len(packs) >= 2 * D * layers and set(packs) == {np.dtype(np.float64)}
-    monkeypatch.setattr(_stack, "_SMALL_GEMM", [False])
+    force_plan(strategy="units", threads=2, **BLAS_ONLY)
     blas = m(x, hx, lengths=lengths)
-    assert len(splits) == 2 * D * layers
+    assert splits == [("units", False, "forward")] * (2 * D * layers)
     ref = getattr(reference, mode)(5, H, dtype=np.float64, **kw)
     ref.load_state_dict(m.state_dict())
     for a, b, r in zip(flat(fast), flat(blas), flat(ref(x, hx, lengths=lengths))):

@@ -80,12 +80,12 @@ def test_stream_num_layers(mode, kwargs, dtype, num_layers, rng):
 
 
 @pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
-def test_stream_blas_path_matches_small_batch_kernel(mode, kwargs, rng, monkeypatch):
-    # float32 batches up to 64 use the packed kernel where the CPU has it; this forces BLAS.
+def test_stream_blas_path_matches_small_batch_kernel(mode, kwargs, rng, force_plan):
+    # float32 streams use the packed kernel where the CPU has it; this forces BLAS.
     mod, ref = make_layers(mode, kwargs, 6, 40, rng, num_layers=2)
     x = rng.standard_normal((5, 3, 6)).astype(np.float32)
     small = stream_through(mod.stream(3), x)
-    monkeypatch.setattr(rnnc.stream, "SMALL_GEMM_MAX_BATCH", 0)
+    force_plan(small_gemm=False)
     s = mod.stream(3)
     assert "w_ih_packed" not in s._layers[0]
     blas = stream_through(s, x)
@@ -361,7 +361,7 @@ def test_a_busy_stream_refuses_a_second_user():
 
 
 def test_the_kernel_checks_its_buffers():
-    from rnnc._stream_kernel import StreamKernel
+    from rnnc._kernels._stream_kernel import StreamKernel
     k = StreamKernel()
     with pytest.raises(RuntimeError, match="before bind"):
         k.step(np.zeros((1, 3), np.float32))
@@ -382,8 +382,8 @@ def test_stream_repr():
 
 
 def test_stub_declares_the_compiled_class():
-    from rnnc import _stream_kernel
-    stub = pathlib.Path(rnnc.__file__).parent / "_stream_kernel.pyi"
+    from rnnc._kernels import _stream_kernel
+    stub = pathlib.Path(rnnc.__file__).parent / "_kernels" / "_stream_kernel.pyi"
     tree = ast.parse(stub.read_text())
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     assert set(classes) == {"StreamKernel"}
@@ -400,26 +400,29 @@ def test_stub_declares_the_compiled_class():
 # Steps split between the calling thread and the stream's helper thread
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def split(monkeypatch):
-    """Streams made while this fixture is active split every step (2 threads), whatever the
-    machine and the layer size; those without a split form (projection, GRU
-    reset_after=False) stay on one thread."""
-    import rnnc._threads
-    monkeypatch.setattr(rnnc.stream, "SPLIT_MIN_WORK", 0)
-    monkeypatch.setattr(rnnc._threads, "cached_num_threads", lambda: 2)
+def split(force_plan):
+    """Streams made while this fixture is active split every step (as at 2 threads), whatever
+    the machine and the layer size (only layers with a split form: no projection, GRU in
+    PyTorch's form)."""
+    force_plan(threads=2, split_units=True)
+
+
+def splittable(mod):
+    return not mod.proj_size and (mod.mode != "GRU" or mod.reset_after)
 
 
 @pytest.mark.parametrize("B", [1, 3, 70])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
-def test_split_stream_matches_layer_and_reference(split, mode, kwargs, dtype, B, rng):
+def test_split_stream_matches_layer_and_reference(force_plan, mode, kwargs, dtype, B, rng):
     H = 40      # halves of 16 and 24 units
     mod, ref = make_layers(mode, kwargs, 5, H, rng, num_layers=2, dtype=dtype)
+    # Forms without a split stay on one thread (B 70: large enough to split otherwise).
+    force_plan(threads=2, **({"split_units": True} if splittable(mod) else {}))
     x = rng.standard_normal((6, B, 5)).astype(dtype)
     hx = random_initial_state(rng, mod, B, dtype)
     s = mod.stream(batch_size=B)
-    splittable = not mod.proj_size and (mode != "GRU" or mod.reset_after)
-    assert s.threads == (2 if splittable else 1)
+    assert s.threads == (2 if splittable(mod) else 1)
     s.reset(*(hx if isinstance(hx, tuple) else (hx,)))
     ys = stream_through(s, x)
     out, state = mod(x, hx)
@@ -431,18 +434,16 @@ def test_split_stream_matches_layer_and_reference(split, mode, kwargs, dtype, B,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
-def test_split_stream_gives_the_one_thread_bits(monkeypatch, mode, kwargs, dtype, rng):
+def test_split_stream_gives_the_one_thread_bits(force_plan, mode, kwargs, dtype, rng):
     # Each half of a split step sums its units' products in the one-thread step's order.
-    import rnnc._threads
     mod, _ = make_layers(mode, kwargs, 9, 40, rng, num_layers=2, dtype=dtype)
     x = rng.standard_normal((7, 3, 9)).astype(dtype)
+    force_plan(threads=1)
     one = mod.stream(batch_size=3)
     assert one.threads == 1
-    monkeypatch.setattr(rnnc.stream, "SPLIT_MIN_WORK", 0)
-    monkeypatch.setattr(rnnc._threads, "cached_num_threads", lambda: 2)
+    force_plan(threads=2, **({"split_units": True} if splittable(mod) else {}))
     two = mod.stream(batch_size=3)
-    assert two.threads == (2 if not mod.proj_size and (mode != "GRU" or mod.reset_after)
-                           else 1)
+    assert two.threads == (2 if splittable(mod) else 1)
     np.testing.assert_array_equal(stream_through(two, x), stream_through(one, x))
     states = [(s.state if isinstance(s.state, tuple) else (s.state,)) for s in (two, one)]
     for a, b in zip(*states):

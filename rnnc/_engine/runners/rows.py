@@ -9,8 +9,10 @@ helper has not started it, so the results never depend on the helper.
 
 LSTM training: each part runs the fused forward, then the time loop of the fused backward, on
 its rows (run_pair); the backward's GEMMs over all rows then run in two shares. The parts start
-at a multiple of the kernel's row tiles (layout.row_split), so states and state gradients are
-the one-thread kernels' bit for bit; the weight gradients may round differently.
+at a multiple of the kernel's row tiles (layout.row_split), so the outputs, the final states
+and a layer's own state gradients are the one-thread kernels' bit for bit; the input and
+weight gradients (two shares of rows that need not fall on row tiles) may round differently,
+and with them the layers below.
 """
 from rnnc._engine import threads
 from rnnc._engine.kernels import K
