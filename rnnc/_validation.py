@@ -101,9 +101,18 @@ def memory_limit():
     return min(limits) if limits else None
 
 
+_SMALL = []     # bytes below which no limit is read: an eighth of the least limit seen first
+
+
 def check_memory(nbytes, what):
     """Refuse up front (ValueError) what needs more memory than the machine can give, instead
-    of allocating for a long time before a MemoryError (or the kernel's OOM killer)."""
+    of allocating for a long time before a MemoryError (or the kernel's OOM killer). Reading
+    the limits costs tens of microseconds, so requests far below them are let through."""
+    if not _SMALL:
+        first = memory_limit()
+        _SMALL.append(first // 8 if first is not None else 0)
+    if nbytes < _SMALL[0]:
+        return
     limit = memory_limit()
     if limit is not None and nbytes > limit:
         raise ValueError(f"{what} needs {_human(nbytes)} of memory; {_human(limit)} is "

@@ -1,7 +1,7 @@
 """Stacked recurrent layers with the semantics of torch.nn.RNN / GRU / LSTM.
 
 The classes validate and normalise their inputs once, then hand C-contiguous arrays to a
-backend ``run_stack`` (compiled: rnnc._stack; NumPy reference: rnnc.reference).
+backend ``run_stack`` (compiled: rnnc._engine.stack; NumPy reference: rnnc.reference).
 """
 import numbers
 

@@ -31,7 +31,7 @@ class _TrainCache:
 def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
                     bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
                     reverse_all=False, dropout=0.0, rng=None):
-    """Training forward with the compiled backend's conventions (rnnc._stack.run_stack_train):
+    """Training forward with the compiled backend's conventions (rnnc._engine.stack.run_stack_train):
     inverted-dropout masks on the input of every layer but the first, drawn from ``rng`` in
     the same order and layout, so one seed gives the same masks in both."""
     T, B = x.shape[:2]
@@ -53,7 +53,7 @@ def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
 
 
 def run_stack_backward_cache(cache, grad_out, grad_h_n=None, grad_c_n=None):
-    """Backward from a ``run_stack_train`` cache (rnnc._stack.run_stack_backward's API)."""
+    """Backward from a ``run_stack_train`` cache (rnnc._engine.stack.run_stack_backward's API)."""
     return _backward.run_stack_backward(
         cache.mode, cache.params, cache.x, cache.h0, cache.c0, cache.lengths, grad_out,
         grad_h_n, grad_c_n, dropout_masks=cache.dropout_masks, **cache.opts)

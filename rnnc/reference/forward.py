@@ -193,7 +193,7 @@ def prepare_stack_args(mode, params, x, h0, c0, lengths, num_layers, bidirection
     """Check run_stack's arguments and fill in the defaults (zero states, full lengths).
 
     Returns x, h0, c0 (None unless LSTM), lengths (int64) and the sizes (T, B, D, H, P).
-    Shared with rnnc.reference_backward, which takes the same arguments.
+    Shared with rnnc.reference.backward, which takes the same arguments.
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
