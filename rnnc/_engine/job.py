@@ -14,9 +14,11 @@ class LayerJob:
     __slots__ = ("x", "layout", "reverse", "d", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "h", "c",
                  "out", "col0", "packs", "name")
 
-    def __init__(self, **fields):
-        for k, v in fields.items():
-            setattr(self, k, v)
+    def __init__(self, x, layout, reverse, d, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, out, col0,
+                 packs, name):
+        self.x, self.layout, self.reverse, self.d = x, layout, reverse, d
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.w_hr = w_ih, w_hh, b_ih, b_hh, w_hr
+        self.h, self.c, self.out, self.col0, self.packs, self.name = h, c, out, col0, packs, name
 
 
 class BackwardJob:

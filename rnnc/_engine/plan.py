@@ -31,7 +31,6 @@ one CPU only; the measurements and the alternatives tried are in
 benchmarks/results/tuning.md.
 """
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -144,20 +143,31 @@ def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirection
               steps, dtype, training, frozen, threads=None, nonlinearity="tanh"):
     """The plan of one layer: input_size is the layer's own (D * P above the first), steps the
     number of steps it runs (the longest length), threads rnnc's setting (None: the current
-    one). Cached: a call of the same shape reuses it."""
+    one). Made once per problem and kept: a call of the same shape reuses it."""
     if threads is None:
-        threads = dict(_forced).get("threads") or cached_num_threads()
-    return _make_plan(mode, input_size, hidden_size, proj_size, bool(reset_after),
-                      nonlinearity == "relu" and mode == "RNN", bool(bidirectional), batch,
-                      steps, np.dtype(dtype), bool(training), bool(frozen), threads, _forced)
+        threads = cached_num_threads()
+    key = (mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch, steps,
+           dtype, training, frozen, threads, nonlinearity, _forced)
+    plan = _PLANS.get(key)
+    if plan is None:
+        forced = dict(_forced)
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()
+        plan = _PLANS[key] = _make_plan(
+            mode, input_size, hidden_size, proj_size, bool(reset_after),
+            nonlinearity == "relu" and mode == "RNN", bool(bidirectional), batch, steps,
+            np.dtype(dtype), bool(training), bool(frozen), forced.get("threads", threads),
+            _forced)
+    return plan
 
+
+_PLANS = {}     # made plans by problem (a dict: an lru_cache's bookkeeping costs a small call)
 
 # Tests force decisions here (tests/conftest.py, force_plan): (field, value) pairs of
 # LayerPlan (or StreamPlan), and "threads", which every plan then assumes.
 _forced = ()
 
 
-@functools.lru_cache(maxsize=512)
 def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps, dtype,
                training, frozen, threads, forced):
     f = dict(forced)
