@@ -50,9 +50,10 @@ def get_num_threads():
 
 
 def cached_num_threads():
-    """get_num_threads() without its cost (~1 ms): the value set through set_num_threads, or
-    read once. Threads changed behind rnnc's back (threadpoolctl, environment) after the first
-    read are not seen; this only steers a speed heuristic, never a result."""
+    """get_num_threads() without its cost (a threadpoolctl query): the value set through
+    set_num_threads, or read once. Threads changed behind rnnc's back (threadpoolctl,
+    environment) after the first read are not seen; this only steers the plans, never a
+    result."""
     if not _known:
         _known.append(get_num_threads())
     return _known[0]

@@ -68,7 +68,7 @@ def workspace(key, shape, dtype):
     entry = buffers.get(key)
     if entry is None or entry[0].dtype != dtype or entry[0].size < n + 64:
         buf = np.empty(n + 64, dtype=dtype)
-        # The offset to the first 64-byte boundary, found once (ndarray.ctypes costs ~1.5 us).
+        # The offset to the first 64-byte boundary, found once (ndarray.ctypes is slow).
         entry = buffers[key] = (buf, (-buf.ctypes.data % 64) // buf.itemsize)
     buf, skip = entry
     return buf[skip:skip + n].reshape(shape)
