@@ -34,7 +34,8 @@ CASES = [
 TRAIN = [
     ("LSTM", 128, 128, 16, 100, {}), ("LSTM", 256, 256, 8, 50, {}), ("LSTM", 256, 256, 4, 100, {}),
     ("GRU", 128, 128, 16, 50, {}), ("RNN", 64, 64, 8, 50, {}), ("LSTM", 64, 64, 4, 40, {}),
-    ("LSTM", 32, 256, 16, 20, dict(bidirectional=True)), ("LSTM", 64, 128, 8, 30, dict(proj_size=32)),
+    ("LSTM", 32, 256, 16, 20, dict(bidirectional=True)),
+    ("LSTM", 64, 128, 8, 30, dict(proj_size=32)),
     ("GRU", 64, 64, 3, 30, dict(num_layers=2, bidirectional=True, reset_after=False)),
 ]
 STREAMS = [("LSTM", 128, 128, 1), ("GRU", 128, 256, 1), ("LSTM", 64, 64, 3), ("RNN", 64, 128, 2)]

@@ -8,7 +8,10 @@ lengths, a stream step, a training step; the median over >= 0.4 s of calls per c
 Alternate the builds over a few rounds (benchmarks/results/engine_ab_amd-epyc.md shows how)
 and compare the best of the rounds; name the CPU with the results.
 """
-import json, sys, time
+import json
+import sys
+import time
+
 import numpy as np
 import rnnc
 
@@ -28,7 +31,9 @@ def timeit(fn, budget=0.4, min_reps=5):
     times = []
     start = time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - start < budget:
-        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
         if len(times) > 2000:
             break
     return float(np.median(times))
@@ -50,7 +55,8 @@ def main():
             m.freeze()
             out[name + " frozen"] = timeit(lambda: m(x))
         elif kind == "varlen":
-            n = rng.integers(1, T + 1, size=B); n[0] = T
+            n = rng.integers(1, T + 1, size=B)
+            n[0] = T
             out[name] = timeit(lambda: m(x, lengths=n))
         elif kind == "stream":
             s = m.stream(batch_size=1)

@@ -16,7 +16,6 @@ from rnnc import cells as _cells
 from rnnc import linear as _linear
 from rnnc import recurrent as _recurrent
 from rnnc._dropout import dropout_mask
-from rnnc._validation import describe
 from rnnc.reference import backward as _backward
 from rnnc.reference.forward import gru_cell, lstm_cell, rnn_cell, run_stack, sigmoid
 
@@ -31,9 +30,10 @@ class _TrainCache:
 def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
                     bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
                     reverse_all=False, dropout=0.0, rng=None):
-    """Training forward with the compiled backend's conventions (rnnc._engine.stack.run_stack_train):
-    inverted-dropout masks on the input of every layer but the first, drawn from ``rng`` in
-    the same order and layout, so one seed gives the same masks in both."""
+    """Training forward with the compiled backend's conventions
+    (rnnc._engine.stack.run_stack_train): inverted-dropout masks on the input of every layer
+    but the first, drawn from ``rng`` in the same order and layout, so one seed gives the same
+    masks in both."""
     T, B = x.shape[:2]
     D = 2 if bidirectional else 1
     H = params["weight_hh_l0"].shape[0] // {"RNN": 1, "GRU": 3, "LSTM": 4}[mode]

@@ -107,7 +107,7 @@ def _parts(split):
 def _train_forward(plan, job):
     """Returns (act, [x | h_prev | 1], c_prev, the row split) for backward."""
     dtype = plan.dtype
-    (N, I), (B, H) = job.x.shape, job.h.shape
+    (N, I), H = job.x.shape, job.h.shape[1]
     K_all = I + H + 1
     split = job.layout.row_split()
     rows0 = split[0]
