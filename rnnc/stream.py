@@ -7,6 +7,7 @@ workspace) and fills them; the step itself is the compiled ``StreamKernel.step``
 """
 import numpy as np
 
+from rnnc._engine.layout import gate_rows
 from rnnc._engine.plan import GATES, make_stream_plan
 from rnnc._engine.workspace import aligned_empty, panel_workspace
 from rnnc._kernels._stream_kernel import StreamKernel
@@ -148,7 +149,7 @@ class Stream(StreamKernel):
         parts = []
         for u0, nu in ((0, half), (half, H - half)):
             buf = dict(u0=u0, nu=nu,
-                       rows=(np.arange(G1)[:, None] * H + np.arange(u0, u0 + nu)).ravel(),
+                       rows=gate_rows(G1, H, u0, nu),
                        w_ih=_empty((G1 * nu, layer_in), dtype),
                        w_hh=_empty((G1 * nu, H), dtype),
                        bias=_empty((G1 * nu,), dtype) if m.bias else None,

@@ -83,3 +83,9 @@ def _row_boundary(sorted_lengths):
     done = np.cumsum(sorted_lengths)
     cuts = np.arange(ROW_TILE, len(sorted_lengths), ROW_TILE)
     return int(cuts[np.argmin(np.maximum(done[cuts - 1], done[-1] - done[cuts - 1]))])
+
+
+def gate_rows(G, H, u0, nu):
+    """Rows of a (G * H, K) gate-major weight that feed hidden units [u0, u0 + nu): each gate's
+    block of those units, gate after gate (a split part's share of the weights)."""
+    return (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()

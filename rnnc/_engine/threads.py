@@ -73,8 +73,14 @@ def _reset_after_fork():
     global _hold_lock, _split_lock
     _hold_lock = threading.Lock()
     _split_lock = threading.Lock()     # its holder's thread is not in the child
+    _hold["count"] = 0
+    _end_hold()
+
+
+def _end_hold():
+    """Restore the setting the hold found, or apply the one asked for during it."""
     limiter, wanted = _hold["limiter"], _hold["wanted"]
-    _hold.update(count=0, limiter=None, wanted=None)
+    _hold.update(limiter=None, wanted=None)
     if wanted is not None:
         threadpool_limits(limits=wanted, user_api="blas")
     elif limiter is not None:
@@ -107,12 +113,7 @@ def blas_one_thread():
         with _hold_lock:
             _hold["count"] -= 1
             if _hold["count"] == 0:
-                limiter, wanted = _hold["limiter"], _hold["wanted"]
-                _hold.update(limiter=None, wanted=None)
-                if wanted is not None:
-                    threadpool_limits(limits=wanted, user_api="blas")
-                else:
-                    limiter.restore_original_limits()
+                _end_hold()
 
 
 _controllers = []     # threadpoolctl's controller of the loaded libraries, made once

@@ -17,6 +17,7 @@ import numpy as np
 
 from rnnc._engine import threads
 from rnnc._engine.kernels import K
+from rnnc._engine.layout import gate_rows
 from rnnc._engine.plan import FUSED
 from rnnc._engine.runners import fused, kernel
 from rnnc._engine.workspace import (aligned_empty, empty, folded_biases, new_barrier,
@@ -55,7 +56,7 @@ def _forward(plan, job, helper):
     width = K.panel_width(dtype)
     args, kept, new = {}, {}, {}
     for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
-        rows = (np.arange(G)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
+        rows = gate_rows(G, H, u0, nu)
         gather_hh, in_place = plan.units_gather_hh[p], plan.units_in_place[p]
         key = (*job.name, "split", p, small, fused, packed_ih, in_place, gather_hh)
         kept[p] = packs.get(key) if packs is not None else None
@@ -106,8 +107,7 @@ def _parts(plan):
 @functools.lru_cache(maxsize=16)
 def _part_order(H, half):
     """Gate rows (4H) in part order: [part 0: i f g o of its units | part 1: ...]."""
-    order = np.concatenate([(np.arange(4)[:, None] * H + np.arange(u0, u0 + nu)).ravel()
-                            for u0, nu in ((0, half), (half, H - half))])
+    order = np.concatenate([gate_rows(4, H, u0, nu) for u0, nu in ((0, half), (half, H - half))])
     order.flags.writeable = False   # shared by every call (cached)
     return order
 
