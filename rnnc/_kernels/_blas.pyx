@@ -143,3 +143,6 @@ def pack_panels_into(const floating[:, :] w, floating[:, :, ::1] out):
             rnnc_pack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0], 0)
         else:
             rnnc_dpack_panels(N, K, &w[0, 0], sn, sk, &out[0, 0, 0], 0)
+
+
+include "_configure.pxi"

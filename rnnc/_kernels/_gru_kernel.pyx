@@ -262,3 +262,6 @@ cdef int backward(LayerBackward job, floating kind) except -1:
                               &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &work[0, 0],
                               &db_acc[0], wp, wnp)
     return 0
+
+
+include "_configure.pxi"

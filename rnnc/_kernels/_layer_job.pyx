@@ -48,3 +48,6 @@ cdef class LayerBackward(_Described):
     projection dhh (B, H), hbuf_all (N, H), dhp_all (N, P); GRU work (B, 3H); fused LSTM
     dw_cat (4H, I + H + 1). w_hh_packed, w_hr_packed, w_hn_packed, w_ih_packed (fused LSTM,
     for dx): the weights in the small-batch kernel's panels, or none (BLAS)."""
+
+
+include "_configure.pxi"

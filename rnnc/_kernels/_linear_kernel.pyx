@@ -92,3 +92,6 @@ def activate(floating[:, ::1] y, int act):
         return
     with nogil:
         activate_rows(&y[0, 0], y.shape[0], y.shape[1], act)
+
+
+include "_configure.pxi"

@@ -565,3 +565,6 @@ cdef int backward(LayerBackward job, floating kind) except -1:
                                &dx[0, 0], dx.shape[1], add_dx, &dw_ih[0, 0], &dw_hh[0, 0],
                                dbi, dbh, dwr, dhh_p, hb, dhp, &tc_row[0], &db_acc[0], wp, wrp)
     return 0
+
+
+include "_configure.pxi"

@@ -1059,3 +1059,6 @@ def rows_forward_py(RowsJob job not None, Helper helper):
         take_rows(q, 0)
         rnnc_count_wait(&q.done[0], g)
         rnnc_count_wait(&q.done[1], g)
+
+
+include "_configure.pxi"

@@ -345,3 +345,6 @@ def lstm_backward_part_py(BackwardPart part not None):
         backward_part(part, <double>0)
     else:
         backward_part(part, <float>0)
+
+
+include "_configure.pxi"

@@ -194,3 +194,6 @@ cdef int backward(LayerBackward job, floating kind) except -1:
                               &dh[0, 0], &dx[0, 0], dx.shape[1], add_dx,
                               &dw_ih[0, 0], &dw_hh[0, 0], dbi, dbh, &db_acc[0], wp)
     return 0
+
+
+include "_configure.pxi"

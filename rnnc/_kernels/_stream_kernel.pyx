@@ -654,3 +654,6 @@ cdef class StreamKernel:
             raise ValueError("out must be a writeable, aligned, C-contiguous array in native "
                              f"byte order, got flags {out.flags!r}")
         return ya
+
+
+include "_configure.pxi"
