@@ -1,7 +1,8 @@
 """Command line: ``python -m rnnc`` (check every class against the NumPy reference and time
 both), ``python -m rnnc demo`` (train RNN, GRU and LSTM on the adding problem),
 ``python -m rnnc bench`` (quick benchmark against PyTorch and ONNX Runtime) and
-``python -m rnnc info`` (version, BLAS, threads)."""
+``python -m rnnc info`` (version, CPU, instruction set, caches, BLAS, threads and the
+kernels chosen)."""
 import argparse
 import platform
 import sys
@@ -110,9 +111,18 @@ def check(T=50, B=16, I=32, H=64, repeats=3, out=sys.stdout):
 
 def info(out=sys.stdout):
     import scipy
+    from rnnc._engine import machine, plan
     print(f"rnnc {rnnc.__version__} at {rnnc.__file__}", file=out)
     print(f"python {platform.python_version()}, numpy {np.__version__}, "
           f"scipy {scipy.__version__}, {platform.machine()}", file=out)
+    m = machine.current()
+    print(f"CPU: {m.model} ({m.cpus} CPU(s) for this process)", file=out)
+    cap = f", capped by {machine.ENV_ISA}={m.cap}" if m.cap else ""
+    print(f"ISA: {m.isa} in use (CPU runs {m.supported}{cap})", file=out)
+    print(f"caches: L1d {_kib(m.l1d)}, L2 {_kib(m.l2)} per core, L3 {_kib(m.l3)} "
+          f"(from {m.source})", file=out)
+    threads = rnnc.get_num_threads()
+    print(f"threads: {threads} (rnnc.set_num_threads)", file=out)
     libs = blas_libraries()
     if not libs:
         print("BLAS: not reported by threadpoolctl", file=out)
@@ -121,6 +131,12 @@ def info(out=sys.stdout):
         print(f"BLAS {who}: {lib.get('internal_api')} {lib.get('version')} "
               f"[{lib.get('architecture')}], {lib.get('num_threads')} thread(s), "
               f"{lib.get('filepath')}", file=out)
+    for line in plan.describe_kernels(threads):
+        print(line, file=out)
+
+
+def _kib(n):
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10} KiB"
 
 
 def main(argv=None):
@@ -153,7 +169,8 @@ def main(argv=None):
     bench.add_argument("--out", metavar="DIR",
                        help="also write quick.md, quick.json and quick.png (needs matplotlib) "
                             "to DIR")
-    sub.add_parser("info", help="version, BLAS library and thread count")
+    sub.add_parser("info", help="version, CPU, instruction set, caches, BLAS, threads "
+                                   "and the kernels chosen")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()

@@ -34,6 +34,7 @@ import dataclasses
 
 import numpy as np
 
+from rnnc._engine import machine
 from rnnc._engine.kernels import K
 from rnnc._engine.threads import cached_num_threads
 from rnnc._engine.workspace import aligned_empty
@@ -147,7 +148,7 @@ def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirection
     if threads is None:
         threads = cached_num_threads()
     key = (mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch, steps,
-           dtype, training, frozen, threads, nonlinearity, _forced)
+           dtype, training, frozen, threads, nonlinearity, _forced, machine.current().key)
     plan = _PLANS.get(key)
     if plan is None:
         forced = dict(_forced)
@@ -282,3 +283,26 @@ def make_stream_plan(mode, input_size, hidden_size, proj_size, reset_after, batc
                   and (mode != "GRU" or reset_after)
                   and batch * G * (input_size + H) >= STREAM_SPLIT_MIN_WORK)
     return StreamPlan(small_gemm=small, split_units=split, half=split_half(H) if split else 0)
+
+
+# Shapes whose plans `python -m rnnc info` shows: (mode, batch, hidden, steps, bidirectional).
+_SHOWN = (("LSTM", 1, 256, 100, False), ("GRU", 16, 128, 100, False),
+          ("LSTM", 64, 512, 50, False), ("LSTM", 16, 256, 100, True))
+
+
+def describe_kernels(threads):
+    """Lines for `python -m rnnc info`: which products run on which kernel, and the plans of a
+    few layers (inference, float32) at `threads` threads."""
+    isa = machine.current().isa
+    if K.has_small_gemm():
+        lines = [f"kernels: packed small-batch products on rnnc's {isa} kernel "
+                 "(rnnc/_kernels/_small_gemm.h), BLAS for the rest"]
+    else:
+        lines = [f"kernels: every product on BLAS (ISA {isa}: no packed kernel)"]
+    for mode, B, H, T, bi in _SHOWN:
+        p = make_plan(mode, H, H, 0, True, bi, B, T, np.float32, False, False, threads=threads)
+        how = p.strategy + (", directions concurrent" if p.directions_concurrent else "")
+        packed = p.parts_small_gemm if p.strategy in (UNITS, ROWS) else p.small_gemm
+        how += ", packed kernel" if packed else ", BLAS"
+        lines.append(f"  {'bidirectional ' if bi else ''}{mode} B{B} H{H} T{T}: {how}")
+    return lines
