@@ -4,13 +4,18 @@ The compiled classes (rnnc.RNN, ...) are checked against the NumPy reference cla
 (rnnc.reference.RNN, ...), which share their API and parameter handling but compute everything
 with plain NumPy loops. ``make_pair`` builds one of each with identical weights.
 """
+import os
 import zlib
 
-import numpy as np
-import pytest
+# The plans' rules, not measurements, unless a test asks (tests/test_tune.py): the rules are
+# what tests/test_plan.py checks, and measuring would make the suite's plans depend on the load.
+os.environ.setdefault("RNNC_TUNE", "0")
 
-import rnnc
-import rnnc.reference
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import rnnc  # noqa: E402
+import rnnc.reference  # noqa: E402
 
 DTYPES = [np.float64, np.float32]
 

@@ -34,7 +34,7 @@ import dataclasses
 
 import numpy as np
 
-from rnnc._engine import machine
+from rnnc._engine import machine, tune
 from rnnc._engine.kernels import K
 from rnnc._engine.threads import cached_num_threads
 from rnnc._engine.workspace import aligned_empty
@@ -154,11 +154,15 @@ def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirection
         forced = dict(_forced)
         if len(_PLANS) >= 1024:
             _PLANS.clear()
-        plan = _PLANS[key] = _make_plan(
-            mode, input_size, hidden_size, proj_size, bool(reset_after),
-            nonlinearity == "relu" and mode == "RNN", bool(bidirectional), batch, steps,
-            np.dtype(dtype), bool(training), bool(frozen), forced.get("threads", threads),
-            _forced)
+        problem = (mode, input_size, hidden_size, proj_size, bool(reset_after),
+                   nonlinearity == "relu" and mode == "RNN", bool(bidirectional), batch, steps,
+                   np.dtype(dtype), bool(training), bool(frozen),
+                   forced.get("threads", threads))
+        if training or _forced or not tune.enabled():
+            plan = _make_plan(*problem, _forced)
+        else:
+            plan = _measured_plan(*problem)
+        _PLANS[key] = plan
     return plan
 
 
@@ -249,6 +253,62 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         units_in_place=in_place)
 
 
+def _choices(problem):
+    """The plans that can run an inference layer, the rules' own first: each strategy
+    _possible here, on the packed kernel or BLAS, with two directions concurrent or not."""
+    (mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps, dtype, training,
+     frozen, threads) = problem
+    plans = [_make_plan(*problem, ())]
+    concurrent = (False, True) if bidirectional and threads >= 2 else (False,)
+    smalls = (True, False) if K.has_small_gemm() else (False,)
+    strategies = (KERNEL, FUSED, ROWS, UNITS, PIPELINED) if threads >= 2 else (KERNEL, FUSED)
+    for both in concurrent:
+        for strategy in strategies:
+            # Only the one-thread strategies run their products on either; the others'
+            # parts take the packed kernel where the CPU has it.
+            for small in smalls if strategy == KERNEL else smalls[:1]:
+                forced = (("directions_concurrent", both), ("small_gemm", small),
+                          ("strategy", strategy))
+                plan = _make_plan(*problem, forced)
+                if plan.strategy == strategy and plan not in plans:
+                    plans.append(plan)
+    return plans
+
+
+def _choice(plan):
+    return {"strategy": plan.strategy, "small_gemm": plan.small_gemm,
+            "directions_concurrent": plan.directions_concurrent}
+
+
+def _measured_plan(*problem):
+    """The fastest of _choices(problem) on this machine (rnnc/_engine/tune.py): remembered,
+    or measured now on a few steps of random data."""
+    (mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps, dtype, training,
+     frozen, threads) = problem
+    plans = _choices(problem)
+    D = 2 if bidirectional else 1
+    step_flops = 2.0 * D * B * GATES[mode] * H * (I + (proj_size or H))
+    if len(plans) == 1 or step_flops > tune.MAX_TRIAL_STEP_FLOPS:
+        return plans[0]
+    from rnnc import __version__
+    m = machine.current()
+    path = tune.cache_path(m.slug, __version__)
+    text = "|".join(str(v) for v in (*problem, m.isa, m.l1d, m.l2, m.l3))
+    choices = [_choice(p) for p in plans]
+    with tune.lock:
+        choice = tune.remembered(path, text)
+        if choice not in choices:
+            from rnnc._engine.stack import trial      # stack.py imports this module
+            T = tune.trial_steps(steps, step_flops)
+            rng = np.random.default_rng(0)
+            runs = [trial(_make_plan(*problem[:8], T, *problem[9:], tuple(c.items())),
+                          mode, I, H, proj_size, reset_after, relu, bidirectional, B, T,
+                          dtype, rng) for c in choices]
+            choice = choices[tune.fastest(runs)]
+            tune.remember(path, text, choice, {"cpu": m.model, "rnnc": __version__})
+    return plans[choices.index(choice)]
+
+
 def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small,
               concurrent):
     """Whether the kernels can run a layer with this strategy (a test may force one where it
@@ -299,6 +359,14 @@ def describe_kernels(threads):
                  "(rnnc/_kernels/_small_gemm.h), BLAS for the rest"]
     else:
         lines = [f"kernels: every product on BLAS (ISA {isa}: no packed kernel)"]
+    if tune.enabled():
+        from rnnc import __version__
+        path = tune.cache_path(machine.current().slug, __version__)
+        where = f"remembered in {path}" if path else "kept in memory (RNNC_TUNE_CACHE=0)"
+        lines.append(f"plans: measured at first use and {where}; RNNC_TUNE=0 for the rules "
+                     "alone")
+    else:
+        lines.append("plans: the rules of rnnc/_engine/plan.py (RNNC_TUNE=0)")
     for mode, B, H, T, bi in _SHOWN:
         p = make_plan(mode, H, H, 0, True, bi, B, T, np.float32, False, False, threads=threads)
         how = p.strategy + (", directions concurrent" if p.directions_concurrent else "")

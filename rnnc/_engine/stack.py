@@ -67,7 +67,8 @@ def _run_directions(run, D, concurrent):
 
 
 def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
-         reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None, packs=None):
+         reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None, packs=None,
+         plans=None):
     if reverse_all and bidirectional:
         raise ValueError("reverse_all=True requires bidirectional=False")
     T, B, I = x.shape
@@ -96,9 +97,10 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
     layer_in = layout.pack(x)
     n_rows = layout.n_rows
     steps = len(layout.batch_sizes)
-    plans = [make_plan(mode, I if k == 0 else D * P, H, proj_size, reset_after, bidirectional,
-                       B, steps, dtype, train, packs is not None, nonlinearity=nonlinearity)
-             for k in range(num_layers)]
+    if plans is None:
+        plans = [make_plan(mode, I if k == 0 else D * P, H, proj_size, reset_after,
+                           bidirectional, B, steps, dtype, train, packs is not None,
+                           nonlinearity=nonlinearity) for k in range(num_layers)]
     check_blas_size(max(n_rows, plans[0].chunk_steps * B), "rows of one input-projection GEMM")
     check_blas_size(D * P, "output width")
     empty1, empty2 = empty(dtype, 1), empty(dtype, 2)
@@ -142,6 +144,31 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
         if c_n is not None:
             c_n[:, layout.perm] = c_state
     return layout.unpack(layer_in, T, B), h_n, c_n, cache
+
+
+def trial(plan, mode, input_size, hidden_size, proj_size, reset_after, relu, bidirectional,
+          batch, steps, dtype, rng):
+    """A callable that runs one layer (inference) with `plan` on random data of these shapes:
+    a candidate's turn when plans are measured (rnnc/_engine/plan.py, _measured_plan)."""
+    G, H, P = GATES[mode], hidden_size, proj_size or hidden_size
+    D = 2 if bidirectional else 1
+
+    def uniform(*shape):
+        return rng.uniform(-0.5, 0.5, shape).astype(dtype)
+
+    params = {}
+    for sfx in ("", "_reverse")[:D]:
+        params.update({f"weight_ih_l0{sfx}": uniform(G * H, input_size),
+                       f"weight_hh_l0{sfx}": uniform(G * H, P),
+                       f"bias_ih_l0{sfx}": uniform(G * H), f"bias_hh_l0{sfx}": uniform(G * H)})
+        if proj_size:
+            params[f"weight_hr_l0{sfx}"] = uniform(P, H)
+    x = uniform(steps, batch, input_size)
+    h0 = np.zeros((D, batch, P), dtype=dtype)
+    c0 = np.zeros((D, batch, H), dtype=dtype) if mode == "LSTM" else None
+    nonlinearity = "relu" if relu else "tanh"
+    return lambda: _run(mode, params, x, h0, c0, None, 1, bidirectional, nonlinearity,
+                        reset_after, proj_size, False, train=False, plans=[plan])
 
 
 def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):

@@ -1,0 +1,113 @@
+"""Choices measured on the machine that runs rnnc.
+
+Where strategies compete for an inference layer (own packed kernel or BLAS, split by rows or
+hidden units or not at all, projection ahead, two directions concurrent or not), the rules of
+rnnc/_engine/plan.py name a first choice and the others that can run the layer; at the first
+call of a problem (cell, shapes, dtype, threads, instruction set, caches) each candidate runs
+the layer on a few steps of random data of the problem's shapes, in turns, and the fastest is
+kept (the rules' choice unless another is faster by more than ``MARGIN``). Problems whose
+single step is larger than ``MAX_TRIAL_STEP_FLOPS`` keep the rules' choice: there a trial
+would cost more than it could save, and the split is clear from the work alone.
+
+Reproducibility: a plan is made once per problem and process and kept, so every call gives the
+same bits. Candidates may round differently (BLAS sums in another order than rnnc's kernel),
+so the choice is remembered on disk, in ``$XDG_CACHE_HOME/rnnc`` (else ``~/.cache/rnnc``), one
+file per CPU model and rnnc version: later runs on the machine find it and make the same plans
+without measuring. ``RNNC_TUNE=0`` turns measuring off: the rules alone, documented in
+plan.py, the same plans everywhere the instruction set and caches are the same.
+``RNNC_TUNE_CACHE=0`` keeps choices in memory only; ``RNNC_TUNE_CACHE=<folder>`` moves the file.
+"""
+import json
+import os
+import threading
+import time
+
+ENV_TUNE = "RNNC_TUNE"
+ENV_CACHE = "RNNC_TUNE_CACHE"
+MARGIN = 0.03               # another candidate must beat the rules' choice by this fraction
+ROUNDS = 2                  # timed turns of every candidate (after one untimed)
+TRIAL_FLOPS = 1e8           # a trial runs about this many flops (at least MIN_TRIAL_STEPS)
+MIN_TRIAL_STEPS = 4
+MAX_TRIAL_STEP_FLOPS = 2e9  # larger steps keep the rules' choice
+
+lock = threading.RLock()    # one measurement at a time: concurrent first calls wait for it
+_store = {"path": None, "choices": None}
+
+
+def enabled(environ=None):
+    value = (os.environ if environ is None else environ).get(ENV_TUNE, "1").strip().lower()
+    if value in ("1", "on", "yes", "true", ""):
+        return True
+    if value in ("0", "off", "no", "false"):
+        return False
+    raise ValueError(f"{ENV_TUNE} must be 0 (rules only) or 1 (measure), got {value!r}")
+
+
+def cache_path(model_slug, version, environ=None):
+    """The file of remembered choices, or None when they stay in memory."""
+    environ = os.environ if environ is None else environ
+    folder = environ.get(ENV_CACHE, "").strip()
+    if folder.lower() in ("0", "off", "no", "false"):
+        return None
+    if not folder:
+        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "rnnc")
+    return os.path.join(folder, f"tune-{model_slug}-{version}.json")
+
+
+def remembered(path, key):
+    """The choice stored for `key` (a string) in the file at `path`, or None."""
+    if path is None:
+        return None
+    if _store["path"] != path:
+        choices = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if isinstance(data, dict) and isinstance(data.get("choices"), dict):
+                choices = data["choices"]
+        except (OSError, ValueError):
+            pass
+        _store.update(path=path, choices=choices)
+    return _store["choices"].get(key)
+
+
+def remember(path, key, choice, about):
+    """Store `choice` (a JSON-able dict) for `key`; a folder that cannot be written leaves the
+    choice in memory only (the plan cache keeps it for this process)."""
+    if path is None:
+        return
+    remembered(path, key)
+    _store["choices"][key] = choice
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"about": about, "choices": _store["choices"]}, f, indent=1,
+                      sort_keys=True)
+        os.replace(tmp, path)      # atomic: a concurrent reader sees the old or the new file
+    except OSError:
+        pass
+
+
+def fastest(trials, rounds=ROUNDS, clock=time.perf_counter):
+    """Index of the fastest of `trials` (callables), the first one unless another is faster
+    by more than MARGIN; each runs once untimed, then `rounds` timed turns in rotation, and
+    its best turn counts (the least disturbed by the rest of the machine)."""
+    if len(trials) == 1:
+        return 0
+    best = [float("inf")] * len(trials)
+    for r in range(rounds + 1):
+        for i, trial in enumerate(trials):
+            t0 = clock()
+            trial()
+            if r:
+                best[i] = min(best[i], clock() - t0)
+    pick = min(range(len(trials)), key=best.__getitem__)
+    return pick if best[pick] < best[0] * (1 - MARGIN) else 0
+
+
+def trial_steps(steps, step_flops):
+    """Steps a trial runs: enough for TRIAL_FLOPS, at least MIN_TRIAL_STEPS, at most steps."""
+    want = max(MIN_TRIAL_STEPS, int(TRIAL_FLOPS // max(step_flops, 1.0)))
+    return max(1, min(steps, want))
