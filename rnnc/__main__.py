@@ -111,7 +111,7 @@ def check(T=50, B=16, I=32, H=64, repeats=3, out=sys.stdout):
 
 def info(out=sys.stdout):
     import scipy
-    from rnnc._engine import machine, plan
+    from rnnc._engine import machine, plan, stack
     print(f"rnnc {rnnc.__version__} at {rnnc.__file__}", file=out)
     print(f"python {platform.python_version()}, numpy {np.__version__}, "
           f"scipy {scipy.__version__}, {platform.machine()}", file=out)
@@ -131,7 +131,7 @@ def info(out=sys.stdout):
         print(f"BLAS {who}: {lib.get('internal_api')} {lib.get('version')} "
               f"[{lib.get('architecture')}], {lib.get('num_threads')} thread(s), "
               f"{lib.get('filepath')}", file=out)
-    for line in plan.describe_kernels(threads):
+    for line in plan.describe_kernels(threads, stack.trial):
         print(line, file=out)
 
 

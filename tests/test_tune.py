@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnnc
-from rnnc._engine import plan, tune
+from rnnc._engine import plan, stack, tune
 
 # A problem with several candidates at 2 threads: (mode, input, hidden, proj, reset_after,
 # bidirectional, batch, steps, dtype, training, frozen).
@@ -80,7 +80,7 @@ def test_rules_alone_without_measuring(monkeypatch):
     monkeypatch.setenv("RNNC_TUNE", "0")
     monkeypatch.setattr(tune, "fastest", lambda *a, **k: pytest.fail("measured"))
     plan._PLANS.clear()
-    made = plan.make_plan(*PROBLEM, threads=2)
+    made = plan.make_plan(*PROBLEM, threads=2, trial=stack.trial)
     assert made == plan._make_plan(*INNER, ())
     plan._PLANS.clear()
 
@@ -93,7 +93,7 @@ def test_candidates_start_with_the_rules_choice():
 
 
 def test_measured_choice_is_remembered_and_reused(measuring, monkeypatch):
-    made = plan.make_plan(*PROBLEM, threads=2)
+    made = plan.make_plan(*PROBLEM, threads=2, trial=stack.trial)
     assert made in plan._choices(INNER)
     [path] = measuring.glob("tune-*.json")
     data = json.loads(path.read_text())
@@ -105,11 +105,11 @@ def test_measured_choice_is_remembered_and_reused(measuring, monkeypatch):
     plan._PLANS.clear()
     monkeypatch.setattr(tune, "_store", {"path": None, "choices": None})
     monkeypatch.setattr(tune, "fastest", lambda *a, **k: pytest.fail("measured again"))
-    assert plan.make_plan(*PROBLEM, threads=2) == made
+    assert plan.make_plan(*PROBLEM, threads=2, trial=stack.trial) == made
 
 
 def test_a_choice_that_is_no_candidate_is_measured_again(measuring, monkeypatch):
-    plan.make_plan(*PROBLEM, threads=2)
+    plan.make_plan(*PROBLEM, threads=2, trial=stack.trial)
     [path] = measuring.glob("tune-*.json")
     data = json.loads(path.read_text())
     key = next(iter(data["choices"]))
@@ -119,15 +119,15 @@ def test_a_choice_that_is_no_candidate_is_measured_again(measuring, monkeypatch)
     monkeypatch.setattr(tune, "_store", {"path": None, "choices": None})
     calls = []
     monkeypatch.setattr(tune, "fastest", lambda trials, **k: calls.append(len(trials)) or 0)
-    made = plan.make_plan(*PROBLEM, threads=2)
+    made = plan.make_plan(*PROBLEM, threads=2, trial=stack.trial)
     assert calls and made == plan._choices(INNER)[0]
 
 
 def test_unreadable_or_unwritable_cache_keeps_choices_in_memory(measuring, monkeypatch):
     (measuring / "tune-bad.json").write_text("{not json")
     monkeypatch.setenv("RNNC_TUNE_CACHE", str(measuring / "tune-bad.json" / "below"))
-    made = plan.make_plan(*PROBLEM, threads=2)
-    assert plan.make_plan(*PROBLEM, threads=2) is made
+    made = plan.make_plan(*PROBLEM, threads=2, trial=stack.trial)
+    assert plan.make_plan(*PROBLEM, threads=2, trial=stack.trial) is made
 
 
 def test_measured_plans_compute_the_reference(measuring):

@@ -141,14 +141,18 @@ def split_half(H):
 
 
 def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch,
-              steps, dtype, training, frozen, threads=None, nonlinearity="tanh"):
+              steps, dtype, training, frozen, threads=None, nonlinearity="tanh", trial=None):
     """The plan of one layer: input_size is the layer's own (D * P above the first), steps the
     number of steps it runs (the longest length), threads rnnc's setting (None: the current
-    one). Made once per problem and kept: a call of the same shape reuses it."""
+    one). Made once per problem and kept: a call of the same shape reuses it. trial: where
+    strategies compete and RNNC_TUNE allows, the plan is the fastest candidate as timed by
+    trial(plan, problem..., rng) -> callable (rnnc/_engine/stack.py, trial), unless a choice
+    is remembered; without trial, the remembered choice or the rules'."""
     if threads is None:
         threads = cached_num_threads()
     key = (mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch, steps,
-           dtype, training, frozen, threads, nonlinearity, _forced, machine.current().key)
+           dtype, training, frozen, threads, nonlinearity, _forced, machine.current().key,
+           trial is None)
     plan = _PLANS.get(key)
     if plan is None:
         forced = dict(_forced)
@@ -161,7 +165,7 @@ def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirection
         if training or _forced or not tune.enabled():
             plan = _make_plan(*problem, _forced)
         else:
-            plan = _measured_plan(*problem)
+            plan = _measured_plan(problem, trial)
         _PLANS[key] = plan
     return plan
 
@@ -280,9 +284,9 @@ def _choice(plan):
             "directions_concurrent": plan.directions_concurrent}
 
 
-def _measured_plan(*problem):
+def _measured_plan(problem, trial):
     """The fastest of _choices(problem) on this machine (rnnc/_engine/tune.py): remembered,
-    or measured now on a few steps of random data."""
+    or measured now on a few steps of random data (the rules' choice without trial)."""
     (mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps, dtype, training,
      frozen, threads) = problem
     plans = _choices(problem)
@@ -298,7 +302,8 @@ def _measured_plan(*problem):
     with tune.lock:
         choice = tune.remembered(path, text)
         if choice not in choices:
-            from rnnc._engine.stack import trial      # stack.py imports this module
+            if trial is None:
+                return plans[0]
             T = tune.trial_steps(steps, step_flops)
             rng = np.random.default_rng(0)
             runs = [trial(_make_plan(*problem[:8], T, *problem[9:], tuple(c.items())),
@@ -350,9 +355,9 @@ _SHOWN = (("LSTM", 1, 256, 100, False), ("GRU", 16, 128, 100, False),
           ("LSTM", 64, 512, 50, False), ("LSTM", 16, 256, 100, True))
 
 
-def describe_kernels(threads):
+def describe_kernels(threads, trial):
     """Lines for `python -m rnnc info`: which products run on which kernel, and the plans of a
-    few layers (inference, float32) at `threads` threads."""
+    few layers (inference, float32) at `threads` threads (measured with trial)."""
     isa = machine.current().isa
     if K.has_small_gemm():
         lines = [f"kernels: packed small-batch products on rnnc's {isa} kernel "
@@ -368,7 +373,8 @@ def describe_kernels(threads):
     else:
         lines.append("plans: the rules of rnnc/_engine/plan.py (RNNC_TUNE=0)")
     for mode, B, H, T, bi in _SHOWN:
-        p = make_plan(mode, H, H, 0, True, bi, B, T, np.float32, False, False, threads=threads)
+        p = make_plan(mode, H, H, 0, True, bi, B, T, np.float32, False, False, threads=threads,
+                      trial=trial)
         how = p.strategy + (", directions concurrent" if p.directions_concurrent else "")
         packed = p.parts_small_gemm if p.strategy in (UNITS, ROWS) else p.small_gemm
         how += ", packed kernel" if packed else ", BLAS"

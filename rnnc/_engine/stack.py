@@ -100,7 +100,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
     if plans is None:
         plans = [make_plan(mode, I if k == 0 else D * P, H, proj_size, reset_after,
                            bidirectional, B, steps, dtype, train, packs is not None,
-                           nonlinearity=nonlinearity) for k in range(num_layers)]
+                           nonlinearity=nonlinearity, trial=trial) for k in range(num_layers)]
     check_blas_size(max(n_rows, plans[0].chunk_steps * B), "rows of one input-projection GEMM")
     check_blas_size(D * P, "output width")
     empty1, empty2 = empty(dtype, 1), empty(dtype, 2)
