@@ -22,8 +22,12 @@ ratios loaded / idle. The mean is what a loop of calls pays: a thread that waits
 descheduled partner stalls one call in several for a whole scheduler tick, which the median
 hides. Target: every case within 2x of idle, in median and mean.
 
+``--products`` adds single BLAS products as rnnc calls them (rows, K) @ (N, K)^T, sized from
+this machine's L2 (rnnc/_engine/machine.py): operands of 1/4, 1, 4 and 16 times one core's L2,
+to see where a product stops being hurt by a second BLAS thread on a busy machine.
+
 Writes OUT/NAME.md and OUT/NAME.json (OUT: benchmarks/results/<CPU slug>/ in a source
-checkout; NAME: busy).
+checkout; NAME: busy_run).
 """
 import argparse
 import contextlib
@@ -99,6 +103,29 @@ def workloads(dtype="float32"):
         if name == "Linear":
             ref = build(rnnc.reference, np.dtype(dtype))
             out.append((f"{label}, NumPy reference", (lambda m=ref, call=call: call(m, x))))
+    return out
+
+
+def products(dtype="float32"):
+    """[(name, fn)]: rnnc's row-major BLAS product (the call its kernels make) on python -m
+    rnnc's Linear, then on (M, 128) @ (128, 128)^T with operands of 1/4 to 16 times one core's
+    L2."""
+    from rnnc._kernels._blas import gemm_py
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    l2 = machine.current().l2
+    shapes = [(800, 32, 64)]
+    for times in (0.25, 1, 4, 16):
+        M = max(1, int((times * l2 / dt.itemsize - 128 * 128) // 256))
+        shapes.append((M, 128, 128))
+    out = []
+    for M, K, N in shapes:
+        a = rng.standard_normal((M, K)).astype(dt)
+        w = rng.standard_normal((N, K)).astype(dt)
+        c = np.empty((M, N), dt)
+        size = (M * K + N * K + M * N) * dt.itemsize / l2
+        out.append((f"product ({M}, {K}) @ ({N}, {K})^T, {size:.2g} x L2",
+                    (lambda a=a, w=w, c=c: gemm_py(a, w, c, trans_b=True))))
     return out
 
 
@@ -218,8 +245,10 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--cases", nargs="+", metavar="SUBSTRING",
                    help="only cases whose name contains one of these (case-insensitive)")
+    p.add_argument("--products", action="store_true",
+                   help="also time single BLAS products sized from the L2 cache")
     p.add_argument("--out", help="output folder (default: benchmarks/results/<CPU slug>/)")
-    p.add_argument("--name", default="busy")
+    p.add_argument("--name", default="busy_run")
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
 
@@ -227,7 +256,7 @@ def main(argv=None):
     threads = args.threads or [str(default_threads)]
     for t in threads:
         parse_threads(t)        # a malformed count fails before anything runs
-    work = workloads(args.dtype)
+    work = workloads(args.dtype) + (products(args.dtype) if args.products else [])
     if args.cases:
         work = [(n, f) for n, f in work if any(c.lower() in n.lower() for c in args.cases)]
     started = time.time()
