@@ -4,7 +4,7 @@ A thin wrapper around the suite, rnnc/bench/suite.py (see benchmarks/suite.py --
 everything it can do):
 
     python benchmarks/bench_forward.py                  # forward grid, 1 thread, float32
-    python benchmarks/bench_forward.py --threads 2 --dtype float64 --out bench_results
+    python benchmarks/bench_forward.py --threads 2 --dtype float64   # to benchmarks/results/<cpu>/
 """
 import argparse
 import sys
@@ -20,10 +20,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, help="minimum timed calls per backend and case")
     p.add_argument("--quick", action="store_true", help="a small subset of the grid")
     p.add_argument("--no-reference", action="store_true", help="skip the slow NumPy loop")
-    p.add_argument("--out", default="bench_results", help="folder for the .md, .json, .png")
+    p.add_argument("--out", help="folder for the .md, .json, .png (default: the suite's, "
+                                 "benchmarks/results/<CPU slug>/)")
     args = p.parse_args(argv)
     forwarded = ["--kinds", "forward", "--threads", str(args.threads), "--dtype", args.dtype,
-                 "--out", args.out, "--name", f"forward_{args.dtype}_{args.threads}t"]
+                 "--name", f"forward_{args.dtype}_{args.threads}t"]
+    if args.out:
+        forwarded += ["--out", args.out]
     if args.repeats:
         forwarded += ["--min-repeats", str(args.repeats)]
     if args.quick:

@@ -5,8 +5,9 @@ lengths, a stream step, a training step; the median over >= 0.4 s of calls per c
     python -P benchmarks/compare_builds.py THREADS > new.json
     PYTHONPATH=/path/to/old/checkout python -P benchmarks/compare_builds.py THREADS > old.json
 
-Alternate the builds over a few rounds (benchmarks/results/engine_ab_amd-epyc.md shows how)
-and compare the best of the rounds; name the CPU with the results.
+Alternate the builds over a few rounds (benchmarks/results/amd-epyc/engine_ab_amd-epyc.md shows
+how) and compare the best of the rounds; results go to benchmarks/results/<cpu-slug>/, the folder
+of the CPU they were measured on (rnnc._engine.machine.current().slug).
 """
 import json
 import sys

@@ -267,7 +267,8 @@ def _panels(N, K):
 
 # Every buffer a step reads or writes starts on a cache line: NumPy's start 16 bytes past one,
 # so a 64-byte load of a packed panel spanned two lines, and the two threads of a split step
-# wrote to a shared line at the boundary between their units (benchmarks/results/tuning.md).
+# wrote to a shared line at the boundary between their units
+# (benchmarks/results/amd-epyc/tuning.md).
 _empty = aligned_empty
 
 

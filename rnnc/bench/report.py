@@ -6,10 +6,21 @@ the row's "unit" (ms, or us/step for stream cases), "unavailable" {backend: {rea
 "check" {backend: {max_error, worst_output, tolerance}} and "ratio" {peer: rnnc / peer}, and
 "rnnc_over_fastest" (and "frozen_over_fastest": rnnc-frozen, the layer after freeze()) against
 "fastest_peer".
+
+Every file starts with the same header (``header_lines``): the CPU as lscpu names it, the
+instruction set rnnc's kernels use (and the cap asked for), the cache sizes, the threads, the
+versions of everything timed and of the BLAS (threadpoolctl), the date and the exact command.
+Results are kept per CPU, in ``results_dir()``: benchmarks/results/<CPU model slug>/.
 """
 import importlib.util
 import json
+import math
 from pathlib import Path
+
+import rnnc
+
+# Where a source checkout keeps its results: one folder per CPU model (machine slug).
+RESULTS_ROOT = Path(rnnc.__file__).resolve().parents[1] / "benchmarks" / "results"
 
 PEER_ORDER = ("reference", "torch", "onnxruntime")
 RATIO = "rnnc time / fastest peer time from the same run (< 1: rnnc is faster)"
@@ -61,23 +72,57 @@ def _cell(row, backend, notes):
     return "-"
 
 
-def _header(doc):
+def results_dir(slug, root=None):
+    """The folder of one CPU's results: ROOT/<slug>, ROOT = the checkout's benchmarks/results
+    when rnnc runs from a source checkout, else ./bench_results."""
+    if root is None:
+        root = RESULTS_ROOT if RESULTS_ROOT.is_dir() else Path("bench_results")
+    return Path(root) / slug
+
+
+def _kib(n):
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n >> 10} KiB"
+
+
+def machine_line(cpu):
+    """'CPU: lscpu model name "AMD EPYC" (folder amd-epyc); ISA ...; caches ...' from the
+    "cpu" record of a result document (suite.machine_info)."""
+    isa = f"{cpu['isa']}"
+    if cpu.get("cap"):
+        isa += f" (capped by RNNC_MAX_CPU_ISA={cpu['cap']}; the CPU runs {cpu['supported']})"
+    else:
+        isa += " (the best this CPU runs; no RNNC_MAX_CPU_ISA cap)"
+    return (f"- CPU: lscpu model name \"{cpu['model']}\" (results folder "
+            f"`benchmarks/results/{cpu['slug']}/`), {cpu['cpus']} usable CPUs; instruction set "
+            f"of rnnc's kernels: {isa}; caches L1d {_kib(cpu['l1d'])} and L2 {_kib(cpu['l2'])} "
+            f"per core, L3 {_kib(cpu['l3'])} (from {cpu['source']}).")
+
+
+def header_lines(doc, title="rnnc benchmarks"):
+    """The lines every result file starts with (see the module docstring)."""
     m, libs = doc["machine"], doc["libraries"]
     v = libs["versions"]
-    lines = ["# rnnc benchmarks", ""]
+    cpu = m.get("cpu")
+    lines = [f"# {title}: {cpu['model'] if cpu else m.get('cpu_model')}", ""]
     if doc.get("note"):
         lines += [doc["note"], ""]
+    if cpu:
+        lines.append(machine_line(cpu))
     cores = f"{m.get('logical_cpus')} logical CPUs"
     if m.get("physical_cores"):
         cores += f" / {m['physical_cores']} cores"
     if m.get("affinity_cpus") and m["affinity_cpus"] != m.get("logical_cpus"):
         cores += f" ({m['affinity_cpus']} usable)"
-    la0 = ", ".join(f"{x:.2f}" for x in doc["load_average_start"])
+    la0 = ", ".join(f"{x:.2f}" for x in doc.get("load_average_start", []))
     la1 = ", ".join(f"{x:.2f}" for x in doc.get("load_average_end", []))
-    lines.append(f"- Machine: {m.get('cpu_model')}, {cores}, {m.get('memory_gb', '?')} GB, "
-                 f"{m.get('platform')}; load average (1, 5, 15 min) {la0} at start, "
-                 f"{la1} at end.")
-    lines.append("- Libraries: " + ", ".join(f"{k} {val}" for k, val in v.items())
+    lines.append(f"- Machine: {cores}, {m.get('memory_gb', '?')} GB, {m.get('platform')}; "
+                 f"load average (1, 5, 15 min) {la0} at start, {la1} at end.")
+    threads = doc.get("threads_applied") or {}
+    if threads:
+        lines.append("- Threads: " + "; ".join(
+            f"{n} asked, applied {', '.join(f'{k} {val}' for k, val in got.items())}"
+            for n, got in threads.items()) + ".")
+    lines.append("- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items())
                  + f"; Python {m.get('python')}.")
     blas = [b for b in libs.get("blas", []) if b.get("user_api") == "blas"]
     if blas:
@@ -86,12 +131,25 @@ def _header(doc):
             f"{Path(b.get('filepath', '')).name}" for b in blas) + ".")
     if "torch" in libs:
         t = libs["torch"]
+        cap = f", CPU capability {t['cpu_capability']}" if t.get("cpu_capability") else ""
         lines.append(f"- torch: oneDNN (mkldnn) available {t['mkldnn_available']}, "
-                     f"enabled {t['mkldnn_enabled']}; MKL {t['mkl_available']}; measured as "
-                     "installed (inference under torch.inference_mode()).")
+                     f"enabled {t['mkldnn_enabled']}; MKL {t['mkl_available']}{cap}; measured "
+                     "as installed (inference under torch.inference_mode()).")
     if "onnxruntime" in libs:
         lines.append(f"- onnxruntime: {libs['onnxruntime']['export']}; session "
                      f"{libs['onnxruntime']['session']}.")
+    isa = doc.get("settings", {}).get("isa")
+    if isa:
+        env = " ".join(f"{k}={val}" for k, val in isa["env"].items())
+        lines.append(f"- Instruction-set cap: {isa['name']} for every backend that has one, set "
+                     f"before any library loaded (a child process with `{env}`); "
+                     f"{isa['excluded']}")
+    lines.append(f"- Date: {doc.get('created', '?')}. Command: `{doc.get('command', '?')}`.")
+    return lines
+
+
+def _header(doc):
+    lines = header_lines(doc)
     tm = doc["settings"]["timing"]
     lines.append(f"- Timing: {tm['passes']} passes over the runners of each case in rotating "
                  f"order, each block after {tm.get('settle_time', 0):g} s idle (other "
@@ -142,6 +200,14 @@ def markdown(doc):
             + [_cell(r, b, notes) for b in ours] + [_cell(r, b, notes) for b in peers] \
             + [ratio] + extra
         lines.append("| " + " | ".join(cells) + " |")
+    for (dtype, threads), g in geometric_means(doc).items():
+        ratio = f"**{g['rnnc']:.2f}** ({g['n']} cases)" if g["n"] else "-"
+        extra = [f"**{g['frozen']:.2f}** ({g['n_frozen']} cases)" if g["n_frozen"] else "-"] \
+            if frozen else []
+        cells = ["**geometric mean**", dtype, str(threads), ""] + [""] * (len(ours) + len(peers)) \
+            + [ratio] + extra
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += _per_peer_means(doc, peers)
     lines += _varlen_table(doc, ours + peers)
     if notes:
         lines += ["", "Not available:"]
@@ -150,6 +216,45 @@ def markdown(doc):
     if other:
         lines += ["", "Notes:"] + [f"- {t}" for t in other]
     return "\n".join(lines) + "\n"
+
+
+def _geomean(values):
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
+
+
+def geometric_means(doc):
+    """{(dtype, threads): {"rnnc", "n", "frozen", "n_frozen"}}: the geometric mean over the
+    rows of that configuration of rnnc / fastest peer (and rnnc-frozen / fastest peer)."""
+    out = {}
+    for r in doc["rows"]:
+        key = (r["dtype"], r["threads"])
+        acc = out.setdefault(key, {"rnnc": [], "frozen": []})
+        if "rnnc_over_fastest" in r:
+            acc["rnnc"].append(r["rnnc_over_fastest"])
+        if "frozen_over_fastest" in r:
+            acc["frozen"].append(r["frozen_over_fastest"])
+    return {k: {"rnnc": _geomean(a["rnnc"]), "n": len(a["rnnc"]),
+                "frozen": _geomean(a["frozen"]), "n_frozen": len(a["frozen"])}
+            for k, a in out.items()}
+
+
+def _per_peer_means(doc, peers):
+    """One line per configuration: the geometric mean of rnnc / each peer over the rows where
+    both ran."""
+    lines = []
+    for dtype, threads in dict.fromkeys((r["dtype"], r["threads"]) for r in doc["rows"]):
+        rows = [r for r in doc["rows"] if (r["dtype"], r["threads"]) == (dtype, threads)]
+        parts = []
+        for peer in peers:
+            ratios = [r["ratio"][peer] for r in rows if peer in r.get("ratio", {})]
+            if ratios:
+                parts.append(f"{peer} {_geomean(ratios):.2f} ({len(ratios)} cases)")
+        if parts:
+            lines.append(f"- {dtype}, {threads} thread(s): rnnc / " + ", ".join(parts))
+    if lines:
+        lines = ["", "Geometric mean of rnnc / each peer, over the cases both ran:", ""] + lines
+    return lines
 
 
 def _varlen_table(doc, backends):

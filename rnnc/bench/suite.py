@@ -15,9 +15,21 @@ rnnc / peer ratios of medians from the same run (< 1: rnnc is faster).
     python benchmarks/suite.py --quick                 # small subset, float32, 1 thread
     python benchmarks/suite.py --threads 1 --dtype float32 --cases LSTM --out bench_results
     python -m rnnc bench                               # the --quick run, from an installed rnnc
+    python benchmarks/suite.py --isa avx2 --threads 1 --dtype float32 --kinds forward
 
 Writes OUT/NAME.md (table), OUT/NAME.json (raw numbers, machine info) and OUT/NAME.png (speed-up
-chart) with NAME = "suite" or "quick" (--name).
+chart) with NAME = "suite" or "quick" (--name; "_avx2" appended with --isa avx2). OUT defaults to
+benchmarks/results/<CPU model slug>/ in a source checkout (bench_results/<slug>/ elsewhere): results
+are kept per CPU, and every file is headed by the CPU's model name, instruction set and caches.
+
+--isa avx2 compares the backends as on a CPU without AVX-512: rnnc with RNNC_MAX_CPU_ISA=avx2,
+PyTorch with ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2,
+the OpenBLAS that rnnc and NumPy call with OPENBLAS_CORETYPE=Haswell. The libraries read these
+when they load, so the suite runs again in a child process started with them; each variable is
+read by one library only, so one child serves every backend and keeps the rotating timing and
+the agreement check of a plain run. ONNX Runtime has no such cap and is left out (the table
+says so). The child checks that every cap took effect (rnnc's machine.current().isa, torch's
+CPU capability, OpenBLAS's core type) and stops if one did not.
 """
 import argparse
 import datetime
@@ -25,6 +37,8 @@ import gc
 import math
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,10 +46,25 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnc._engine import machine
 from rnnc.bench import cases as _cases
 from rnnc.bench import peers, report
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+
+# --isa NAME: the environment that caps each library's instruction set (read when it loads).
+ISA_CAPS = {
+    "avx2": {"RNNC_MAX_CPU_ISA": "avx2",            # rnnc's kernels (rnnc/_engine/machine.py)
+             "ATEN_CPU_CAPABILITY": "avx2",         # PyTorch's own kernels
+             "ONEDNN_MAX_CPU_ISA": "AVX2",          # PyTorch's oneDNN (its RNN primitives)
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2",     # PyTorch's MKL
+             "OPENBLAS_CORETYPE": "Haswell"},       # the OpenBLAS rnnc (SciPy) and NumPy call
+}
+UNCAPPED = {"onnxruntime": "ONNX Runtime has no instruction-set cap (its MLAS kernels pick the "
+                           "CPU's best), so it is left out of a capped comparison"}
+# Environment variables that change what is measured: recorded in the command line.
+MEASURE_ENV = tuple(dict.fromkeys([*ISA_CAPS["avx2"], "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                   "MKL_NUM_THREADS"]))
 
 
 class Disagreement(AssertionError):
@@ -154,8 +183,9 @@ def _row_name(case, variant):
     return case.name
 
 
-def run_case(case, dtype, threads, backends, timing):
-    """Check and time one case; returns its table rows (two for a varlen case)."""
+def run_case(case, dtype, threads, backends, timing, excluded=None):
+    """Check and time one case; returns its table rows (two for a varlen case). ``excluded``
+    {backend: reason}: backends left out of this run, named in the table."""
     data = peers.Data(case, dtype)
     tol = TOLERANCE[dtype]
     rows = []
@@ -171,6 +201,8 @@ def run_case(case, dtype, threads, backends, timing):
         if variant == "lengths":
             row["ideal_ratio"] = float(data.lengths.sum() / (case.B * case.T))
             row["lengths"] = [int(v) for v in data.lengths]
+        for backend, reason in (excluded or {}).items():
+            row["unavailable"][backend] = {"reason": reason, "detail": "excluded"}
         expected = None
         for backend in backends:
             try:
@@ -230,9 +262,30 @@ def _ratios(row):
 # ---------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------
+def cpu_info(m=None):
+    """The CPU as rnnc's kernels see it (rnnc/_engine/machine.py): lscpu's model name, its
+    folder name (slug), the instruction set in use and the cap asked for, the caches."""
+    m = machine.current() if m is None else m
+    return {"model": m.model, "slug": m.slug, "supported": m.supported, "isa": m.isa,
+            "cap": m.cap, "l1d": m.l1d, "l2": m.l2, "l3": m.l3, "source": m.source,
+            "cpus": m.cpus}
+
+
+def command_line(argv=None, environ=None):
+    """The command as typed, to run it again: the variables of MEASURE_ENV that are set, the
+    interpreter's own arguments (-P, -m module) and the script's."""
+    argv = list(getattr(sys, "orig_argv", sys.argv) if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if argv:
+        argv[0] = Path(argv[0]).name
+    env = [f"{k}={environ[k]}" for k in MEASURE_ENV if environ.get(k)]
+    return shlex.join(env + argv)
+
+
 def machine_info():
     info = {"platform": platform.platform(), "machine": platform.machine(),
-            "python": platform.python_version(), "logical_cpus": os.cpu_count()}
+            "python": platform.python_version(), "logical_cpus": os.cpu_count(),
+            "cpu": cpu_info()}
     try:
         info["affinity_cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -276,7 +329,8 @@ def library_info():
     if peers.torch is not None:
         torch = peers.torch
         libs["torch"] = torch.__version__
-        out["torch"] = {"mkldnn_available": torch.backends.mkldnn.is_available(),
+        out["torch"] = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "mkldnn_available": torch.backends.mkldnn.is_available(),
                         "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
                         "mkl_available": torch.backends.mkl.is_available(),
                         "num_interop_threads": torch.get_num_interop_threads(),
@@ -312,15 +366,20 @@ def _fmt_progress(row):
         + ", ".join(parts) + tail
 
 
-def run(case_list, dtypes, threads_list, backends, timing, log=print, note=""):
+def run(case_list, dtypes, threads_list, backends, timing, log=print, note="", command=None,
+        isa=None):
     """Run the grid; returns the result document (see report.py). On a disagreement the
-    document is returned with "error" set (the rows measured so far are kept)."""
+    document is returned with "error" set (the rows measured so far are kept). ``isa``: the
+    record of an instruction-set cap this process runs under ({"name", "env", "excluded"}),
+    whose UNCAPPED backends are left out."""
     started = time.time()
+    excluded = {b: why for b, why in UNCAPPED.items() if isa} if isa else {}
+    backends = [b for b in backends if b not in excluded]
     doc = {"created": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": " ".join(sys.argv), "note": note,
+           "command": command or command_line(), "note": note,
            "machine": machine_info(), "libraries": library_info(),
            "settings": {"dtypes": dtypes, "threads": threads_list, "backends": backends,
-                        "timing": asdict(timing), "tolerance": TOLERANCE},
+                        "timing": asdict(timing), "tolerance": TOLERANCE, "isa": isa},
            "load_average_start": list(os.getloadavg()), "rows": [], "threads_applied": {}}
     saved = peers.get_threads()
     total = sum(len(_variants(c)) for c in case_list for d in dtypes if d in c.dtypes) \
@@ -334,7 +393,7 @@ def run(case_list, dtypes, threads_list, backends, timing, log=print, note=""):
                 for case in case_list:
                     if dtype not in case.dtypes:
                         continue
-                    rows = run_case(case, dtype, threads, backends, timing)
+                    rows = run_case(case, dtype, threads, backends, timing, excluded)
                     for row in rows:
                         done += 1
                         doc["rows"].append(row)
@@ -387,7 +446,57 @@ def quick(out=None, threads=(1,), cases=None, timing=None, log=print):
     return status
 
 
+# ---------------------------------------------------------------------------------------------
+# Instruction-set caps (--isa)
+# ---------------------------------------------------------------------------------------------
+def under_cap(name, environ=None):
+    """This process was started with every variable of ISA_CAPS[name]."""
+    environ = os.environ if environ is None else environ
+    return all(environ.get(k) == v for k, v in ISA_CAPS[name].items())
+
+
+def cap_effects():
+    """What each library runs now: {rnnc, torch, blas} (the instruction set, torch's CPU
+    capability, OpenBLAS's core types), to check that a cap took effect."""
+    import threadpoolctl
+    got = {"rnnc": machine.current().isa}
+    if peers.torch is not None:
+        got["torch"] = peers.torch.backends.cpu.get_cpu_capability()
+    import scipy.linalg  # noqa: F401 - load the BLAS rnnc calls, so threadpoolctl sees it
+    got["blas"] = sorted({str(i.get("architecture")) for i in threadpoolctl.threadpool_info()
+                          if i.get("internal_api") == "openblas"})
+    return got
+
+
+def cap_problems(name, effects):
+    """The caps of ISA_CAPS[name] that did not take effect (empty: all did)."""
+    wide = ("512", "skylakex", "cooperlake", "sapphirerapids")     # AVX-512 names
+    problems = []
+    if machine.ISAS.index(effects["rnnc"]) > machine.ISAS.index(name):
+        problems.append(f"rnnc runs {effects['rnnc']}")
+    if any(w in str(effects.get("torch", "")).lower() for w in wide):
+        problems.append(f"torch's CPU capability is {effects['torch']}")
+    for arch in effects.get("blas", []):
+        if any(w in arch.lower() for w in wide):
+            problems.append(f"OpenBLAS runs its {arch} kernels")
+    return problems
+
+
+def _run_capped(name, argv):
+    """Run this command again in a child process whose environment caps every library at
+    `name` before it loads; returns its exit status."""
+    env = {**os.environ, **ISA_CAPS[name]}
+    # The child imports the same rnnc as this process, wherever that came from.
+    here = str(Path(__import__("rnnc").__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-P", "-m", "rnnc.bench.suite", *argv, "--command", command_line()]
+    print(f"--isa {name}: running the suite in a child process with "
+          + " ".join(f"{k}={v}" for k, v in ISA_CAPS[name].items()), flush=True)
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -400,14 +509,22 @@ def main(argv=None):
     p.add_argument("--kinds", nargs="+", choices=["forward", "varlen", "stream", "train"])
     p.add_argument("--backends", nargs="+", choices=peers.BACKENDS,
                    help="backends to run (default: all installed); rnnc is always run")
-    p.add_argument("--out", default="bench_results", help="output folder (default %(default)s)")
-    p.add_argument("--name", help="file name stem (default: suite, or quick with --quick)")
+    p.add_argument("--out", help="output folder (default: benchmarks/results/<CPU slug>/ in a "
+                                 "source checkout, else bench_results/<CPU slug>/)")
+    p.add_argument("--name", help="file name stem (default: suite, or quick with --quick; "
+                                  "_avx2 appended with --isa avx2)")
+    p.add_argument("--isa", choices=sorted(ISA_CAPS),
+                   help="cap every backend's instruction set (a child process with the "
+                        "libraries' variables set; ONNX Runtime, which has none, left out)")
+    p.add_argument("--command", help=argparse.SUPPRESS)      # the parent's, under --isa
     p.add_argument("--min-time", type=float, help="seconds per runner and case")
     p.add_argument("--min-repeats", type=int, help="timed calls per runner and case")
     p.add_argument("--passes", type=int, help="rounds over the runners of a case")
     p.add_argument("--note", default="", help="a line for the report header")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     args = p.parse_args(argv)
+    if args.isa and not under_cap(args.isa) and not args.list:
+        return _run_capped(args.isa, argv)
 
     grid = _cases.QUICK if args.quick else _cases.GRID
     selected = _cases.select(grid, args.cases, args.kinds)
@@ -433,9 +550,22 @@ def main(argv=None):
     backends = [b for b in wanted if b in avail]
     print(f"{len(selected)} case(s) x {dtypes} x threads {threads}; backends {backends}",
           flush=True)
+    isa = None
+    if args.isa:
+        effects = cap_effects()
+        problems = cap_problems(args.isa, effects)
+        if problems:
+            print(f"--isa {args.isa}: the cap did not take effect: {'; '.join(problems)}",
+                  file=sys.stderr)
+            return 2
+        isa = {"name": args.isa, "env": ISA_CAPS[args.isa], "effects": effects,
+               "excluded": " ".join(f"{b} left out: {why}." for b, why in UNCAPPED.items())}
     doc = run(selected, dtypes, threads, backends, timing,
-              log=lambda s: print(s, flush=True), note=args.note)
-    return _finish(doc, args.out, args.name or ("quick" if args.quick else "suite"))
+              log=lambda s: print(s, flush=True), note=args.note, command=args.command,
+              isa=isa)
+    out = args.out or report.results_dir(machine.current().slug)
+    name = args.name or ("quick" if args.quick else "suite") + (f"_{args.isa}" if args.isa else "")
+    return _finish(doc, out, name)
 
 
 if __name__ == "__main__":
