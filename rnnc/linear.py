@@ -1,4 +1,6 @@
 """The output layer of the vanilla RNN model, y<t> = g'(W_ya a<t> + b_y)."""
+import contextlib
+
 import numpy as np
 
 from rnnc._module import Module
@@ -62,10 +64,18 @@ class Linear(Module):
         y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
         b = self._params.get("bias", np.empty(0, dtype=self.dtype))
         from rnnc._kernels._linear_kernel import linear_forward
-        linear_forward(x2, self._params["weight"], b, y, ACTIVATIONS[self.activation])
+        with self._blas_hold(x2.shape[0]):
+            linear_forward(x2, self._params["weight"], b, y, ACTIVATIONS[self.activation])
         if self.training:
             self._cache = (x2, y, lead)
         return y.reshape(lead + (self.out_features,))
+
+    def _blas_hold(self, rows):
+        """BLAS at one thread for products small enough for one core (rnnc/_engine/plan.py)."""
+        from rnnc._engine import plan, threads
+        if plan.linear_holds_blas(rows, self.in_features, self.out_features, self.dtype):
+            return threads.blas_one_thread()
+        return contextlib.nullcontext()
 
     def backward(self, grad_output, grad_h_n=None):
         """Gradients after a training-mode forward: returns ``(dx, None, grads)``.
@@ -95,9 +105,10 @@ class Linear(Module):
             dpre = y * (dy - np.sum(dy * y, axis=1, keepdims=True))
         else:
             dpre = dy
-        grads = {"weight": dpre.T @ x2}
+        with self._blas_hold(x2.shape[0]):
+            grads = {"weight": dpre.T @ x2}
+            dx = (dpre @ self._params["weight"]).reshape(lead + (self.in_features,))
         if "bias" in self._params:
             grads["bias"] = dpre.sum(axis=0)
-        dx = (dpre @ self._params["weight"]).reshape(lead + (self.in_features,))
         self._accumulate(grads)
         return dx, None, grads

@@ -128,3 +128,22 @@ def test_bad_cap_in_the_environment_is_a_clear_error():
     done = run_info(RNNC_MAX_CPU_ISA="avx1024")
     assert done.returncode != 0
     assert "RNNC_MAX_CPU_ISA must be one of" in done.stderr
+
+
+def test_products_that_fit_one_core_follow_its_l2():
+    """(800, 32) @ (32, 64) float32 needs 112 KB: one core's work with 1 MiB of L2, not
+    with 64 KiB; a product twice the L2 never is."""
+    with machine.use(l2=1 << 20):
+        assert plan.blas_fits_one_core(800, 32, 64, np.float32)
+        assert not plan.blas_fits_one_core(800, 32, 64 * 64, np.float64)
+    with machine.use(l2=64 << 10):
+        assert not plan.blas_fits_one_core(800, 32, 64, np.float32)
+
+
+def test_small_linear_leaves_the_thread_setting():
+    before = rnnc.get_num_threads()
+    layer = rnnc.Linear(32, 64, activation="softmax", dtype=np.float32, seed=0).train()
+    x = np.ones((50, 16, 32), np.float32)
+    y = layer(x)
+    layer.backward(np.ones_like(y))
+    assert rnnc.get_num_threads() == before

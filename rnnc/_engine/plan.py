@@ -134,6 +134,22 @@ def fused_fits(B, weights):
     return B >= FUSED_MIN_BATCH and weights <= min(FUSED_MAX_WEIGHTS, B * FUSED_WEIGHTS_PER_ROW)
 
 
+def blas_fits_one_core(rows, inner, cols, dtype):
+    """Whether a product (rows, inner) @ (inner, cols) is small enough for one core: its
+    operands fit in one core's L2. BLAS then runs it on one thread: its threads wait for each
+    other by spinning, and on a busy machine a partner that is not running stalls the product
+    for a scheduler tick, far longer than a second core could save on it
+    (benchmarks/results/amd-epyc/busy.md)."""
+    size = rows * inner + inner * cols + rows * cols
+    return size * np.dtype(dtype).itemsize <= machine.current().l2
+
+
+def linear_holds_blas(rows, in_features, out_features, dtype):
+    """Whether a Linear call holds BLAS at one thread (blas_fits_one_core, at 2+ threads)."""
+    return cached_num_threads() > 1 and blas_fits_one_core(rows, in_features, out_features,
+                                                           dtype)
+
+
 def split_half(H):
     """Hidden units of the first of two parts: a multiple of 16 (each part's columns of a
     shared row start on a cache line), at least 16."""
