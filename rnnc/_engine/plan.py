@@ -15,10 +15,10 @@ Strategies (``LayerPlan.strategy``):
 - ``FUSED``: LSTM (and in training only LSTM) on one product per step,
   [x | h | 1] @ [W_ih | W_hh | b]^T (rnnc/_fused.pxd), when the batch reuses the weights
   from cache.
-- ``UNITS``: the hidden units split between two threads, which meet once per step
+- ``UNITS``: the hidden units split between ``parts`` threads, which meet once per step
   (inference: rnnc/_parallel_forward.pyx; LSTM training: rnnc/_parallel_train.pyx).
-- ``ROWS``: the batch rows split between two threads, each running the one-thread kernel on
-  its rows with its own copy of the weights; they share nothing while the steps run.
+- ``ROWS``: the batch rows split between ``parts`` threads, each running the one-thread kernel
+  on its rows with its own copy of the weights; they share nothing while the steps run.
 - ``PIPELINED``: one thread runs the steps while the helper projects the next chunk's inputs.
 
 With two directions, ``directions_concurrent`` runs them on two threads instead (each then on
@@ -31,6 +31,7 @@ one CPU only; the measurements and the alternatives tried are in
 benchmarks/results/tuning.md.
 """
 import dataclasses
+from itertools import pairwise
 
 import numpy as np
 
@@ -85,11 +86,14 @@ class LayerPlan:
     chunk_steps: int                # steps whose inputs are projected at once
     pipeline_steps: int             # PIPELINED: steps of each chunk projected ahead
     parts_small_gemm: bool          # UNITS / ROWS: each part (one thread) on the packed kernel
-    half: int                       # UNITS: hidden units of part 0 (part 1 has the rest)
+    half: int                       # UNITS: hidden units of part 0 (unit_bounds[1])
     units_fused: bool               # UNITS inference: each part on the fused LSTM product
     units_packed_ih: bool           # UNITS inference: each part projects on the packed kernel
     units_gather_hh: tuple = (False, False)  # part p gathers its W_hh rows before packing
     units_in_place: tuple = (False, False)   # part p projects from W_ih's gate blocks in place
+    parts: int = 1                  # UNITS / ROWS: threads the layer splits between (each
+                                    # part one), at most rnnc's thread setting
+    unit_bounds: tuple = ()         # UNITS: part p's hidden units are [b[p], b[p + 1])
 
     @property
     def gates(self):
@@ -137,6 +141,13 @@ def split_half(H):
     """Hidden units of the first of two parts: a multiple of 16 (each part's columns of a
     shared row start on a cache line), at least 16."""
     return max(16, H // 2 // 16 * 16)
+
+
+def split_units(H, parts):
+    """The bounds of `parts` blocks of hidden units: every part's first unit a multiple of 16
+    (as split_half, which is the first bound of two parts), at least 16 units each (H must be
+    at least 16 * parts)."""
+    return (0, *(max(16 * k, H * k // parts // 16 * 16) for k in range(1, parts)), H)
 
 
 def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch,
@@ -220,7 +231,15 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         strategy = forced_strategy
 
     pipeline = min(chunk_steps, -(-steps // PIPELINE_CHUNKS)) if strategy == PIPELINED else 0
-    half = f.get("half", split_half(H)) if strategy == UNITS else 0
+    # Every thread takes a part, as far as each gets a row tile (ROWS) or 16 units (UNITS).
+    parts = 1
+    bounds = ()
+    if strategy == ROWS:
+        parts = f.get("parts", max(2, min(threads, B // ROW_TILE)))
+    elif strategy == UNITS:
+        parts = 2 if "half" in f else f.get("parts", max(2, min(threads, H // 16)))
+        bounds = (0, f["half"], H) if "half" in f else split_units(H, parts)
+    half = bounds[1] if strategy == UNITS else 0
     units_fused = units_packed_ih = False
     gather, in_place = (False, False), (False, False)
     if strategy == UNITS and not training:
@@ -228,7 +247,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         units_fused = f.get("units_fused", mode == "LSTM" and parts_small
                             and fused_fits(B, 2 * H * K_all))
         units_packed_ih = not units_fused and parts_small
-        nus = (half, H - half)
+        nus = tuple(b1 - b0 for b0, b1 in pairwise(bounds))
         # Packed straight from W_hh's gate blocks when a part fills whole panels, else from
         # its gathered rows (which the BLAS path multiplies directly).
         gather = tuple(bool((not parts_small or nu % width) and not units_fused) for nu in nus)
@@ -245,7 +264,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         packed_projection=packed_projection, ih_per_panel=per_panel, chunk_steps=chunk_steps,
         pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
         units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
-        units_in_place=in_place)
+        units_in_place=in_place, parts=parts, unit_bounds=bounds)
 
 
 def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small,
