@@ -107,6 +107,10 @@ def test_plans_split_n_ways(n):
     if units.strategy == "units":
         assert units.parts == n and units.unit_bounds == split_units(H, n)
         assert units.half == units.unit_bounds[1]
+    # Two directions at once split half of the threads each (from four threads on).
+    bi = make_plan("LSTM", 64, H, 0, True, True, B, 50, np.float32, False, False, threads=n)
+    assert bi.directions_concurrent == (n >= 2)
+    assert (bi.strategy, bi.parts) == (("rows", n // 2) if n >= 4 else ("fused", 1))
     # Fewer parts where a part would get less than a row tile or 16 units.
     few = make_plan("LSTM", 8, 48, 0, True, False, 9, 20, np.float32, False, False, threads=n)
     assert few.parts <= max(2, min(n, 9 // ROW_TILE, 48 // 16))
@@ -181,13 +185,41 @@ def test_a_worker_that_has_not_started_leaves_its_part_to_the_caller(force_plan,
         assert same_bits(got, expected)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("strategy", ["rows", "units"])
+def test_concurrent_directions_split_their_half(force_plan, setting, strategy, mode):
+    # Two directions at once: with four threads or more each has half of them, a lane of the
+    # pool's (rnnc/_engine/threads.py) to split between, and gives the split's bits; with
+    # fewer each runs on one thread.
+    m, ref = layer(mode, np.float32, True)
+    x, ln = inputs(np.float32, "varied")
+    expected = flat(ref(x, lengths=ln))
+    two, _ = run(force_plan, setting, m, x, ln, 2, strategy=strategy)
+    for n in (2, 3, 4, 5, 8):
+        setting(n)
+        ran = force_plan(threads=n, strategy=strategy, directions_concurrent=True)
+        del ran[:]
+        got = flat(m(x, lengths=ln))
+        assert_close(got, expected, np.float32)
+        if n >= 4:
+            assert ran == [(strategy, False, "forward")] * 2
+            assert same_bits(got, two)
+            assert [lane.size for lane in threads._LANES[0]] == [n // 2 - 1] * 2
+        else:
+            assert strategy not in {r[0] for r in ran}
+
+
 # -- training ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lengths", ["full", "varied"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("bidirectional", [False, True, "concurrent"],
+                         ids=["uni", "bi", "bi-concurrent"])
 @pytest.mark.parametrize("strategy", ["rows", "units"])
 def test_lstm_training_at_n_threads(force_plan, setting, strategy, bidirectional, lengths,
                                     dtype):
+    # "concurrent": the directions at once, each split between half of the threads (n >= 4).
+    concurrent = bidirectional == "concurrent"
+    bidirectional = bool(bidirectional)
     from rnnc._engine.stack import run_stack_backward, run_stack_train
     from rnnc.reference import run_stack_backward_cache as ref_backward
     from rnnc.reference import run_stack_train as ref_train
@@ -209,9 +241,9 @@ def test_lstm_training_at_n_threads(force_plan, setting, strategy, bidirectional
     r_dx, r_dh, r_dc, r_grads = ref_backward(r_cache, gout)
     expected = [r_out, r_h, r_c, r_dx, r_dh, r_dc]
     two = None
-    for n in NS:
+    for n in NS if not concurrent else (4, 5, 8):
         setting(n)
-        ran = force_plan(threads=n, strategy=strategy, directions_concurrent=False)
+        ran = force_plan(threads=n, strategy=strategy, directions_concurrent=concurrent)
         del ran[:]
         out, h, c, cache = run_stack_train("LSTM", params, x, h0, c0, ln, **kw)
         dx, dh, dc, grads = run_stack_backward(cache, gout)

@@ -22,7 +22,7 @@ Strategies (``LayerPlan.strategy``):
 - ``PIPELINED``: one thread runs the steps while the helper projects the next chunk's inputs.
 
 With two directions, ``directions_concurrent`` runs them on two threads instead (each then on
-one thread). At 2 threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``,
+one thread, or with four threads or more on half of them, which it may split between). At 2 threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``,
 a GRU B1 H256 ``UNITS``, a GRU B1 H64 ``PIPELINED``, and a bidirectional GRU B16 H256 its two
 directions concurrently, each on ``KERNEL``.
 
@@ -188,8 +188,11 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     two = threads >= 2
     step_work = B * G * H * P
     concurrent = f.get("directions_concurrent", D == 2 and step_work >= PARALLEL_MIN_WORK and two)
-    # Each direction runs on one thread when they run concurrently.
+    # Each direction runs on one thread when they run concurrently, unless there are four
+    # threads or more: each then has half of them, and may split between those (`own`).
     one_thread = concurrent or threads == 1
+    own = threads // 2 if concurrent else threads
+    split = own >= 2
     small = f.get("small_gemm", small_gemm_fits(dtype, B, steps, concurrent, threads))
     parts_small = f.get("parts_small_gemm", small_gemm_fits(dtype, B, steps, True, threads))
     chunk_steps = f.get("chunk_steps", max(1, steps) if training
@@ -202,16 +205,16 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
                   and fused_fits(B, 4 * H * K_all))
     gru_ok = mode != "GRU" or reset_after
 
-    rows = (two and not concurrent and not proj_size and parts_small and gru_ok
+    rows = (split and not proj_size and parts_small and gru_ok
             and B >= ROW_SPLIT_MIN_BATCH and (mode == "LSTM" or not training)
             and fused_fits(B // 2, G * H * K_all))
-    units = (two and not training and not concurrent and not proj_size and gru_ok
+    units = (split and not training and not proj_size and gru_ok
              and H >= max(SPLIT_MIN_HIDDEN, 32) and B * G * H * H >= SPLIT_MIN_STEP_WORK
              and steps * B * G * H * H >= SPLIT_MIN_TOTAL_WORK)
-    train_units = (training and mode == "LSTM" and two and not concurrent and not proj_size
+    train_units = (training and mode == "LSTM" and split and not proj_size
                    and H >= 32 and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK
                    and steps * B >= TRAIN_SPLIT_MIN_ROWS)
-    pipelined = (not training and not units and not one_thread and small and not proj_size
+    pipelined = (not training and not units and split and not concurrent and small and not proj_size
                  and gru_ok and steps >= PIPELINE_MIN_STEPS)
 
     one = FUSED if lstm_fused else KERNEL     # the strategy of one thread
@@ -227,7 +230,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         strategy = one
     forced_strategy = f.get("strategy")
     if forced_strategy and _possible(forced_strategy, mode, H, B, proj_size, gru_ok, training,
-                                     small, parts_small, concurrent):
+                                     small, parts_small, concurrent and not split):
         strategy = forced_strategy
 
     pipeline = min(chunk_steps, -(-steps // PIPELINE_CHUNKS)) if strategy == PIPELINED else 0
@@ -235,9 +238,9 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     parts = 1
     bounds = ()
     if strategy == ROWS:
-        parts = f.get("parts", max(2, min(threads, B // ROW_TILE)))
+        parts = f.get("parts", max(2, min(own, B // ROW_TILE)))
     elif strategy == UNITS:
-        parts = 2 if "half" in f else f.get("parts", max(2, min(threads, H // 16)))
+        parts = 2 if "half" in f else f.get("parts", max(2, min(own, H // 16)))
         bounds = (0, f["half"], H) if "half" in f else split_units(H, parts)
     half = bounds[1] if strategy == UNITS else 0
     units_fused = units_packed_ih = False
@@ -270,8 +273,9 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
 def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small,
               concurrent):
     """Whether the kernels can run a layer with this strategy (a test may force one where it
-    can: tests/conftest.py, force_plan). The strategies that use the helper thread cannot run
-    while the directions run concurrently: the helper runs the second direction."""
+    can: tests/conftest.py, force_plan). The strategies that use the pool cannot run while the
+    directions run concurrently on one thread each (fewer than four threads): the pool's
+    worker runs the second direction."""
     if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok or concurrent):
         return False
     if strategy == UNITS:

@@ -8,6 +8,7 @@ on the caller and one on each worker (the directions of a layer, the parts of a 
 split). Each split stream has a helper of its own (rnnc/_kernels/_stream_kernel.pyx). With
 set_num_threads(1) no worker is used (the pool's threads are stopped)."""
 import contextlib
+import functools
 import os
 import threading
 
@@ -33,6 +34,9 @@ def set_num_threads(n):
         try:
             if _POOL and _POOL[1] == os.getpid():
                 _POOL[0].ready(n - 1)
+            if _LANES and _LANES[1] == os.getpid():
+                for lane in _LANES[0]:
+                    lane.ready(n // 2 - 1)
         finally:
             _split_lock.release()
 
@@ -137,23 +141,30 @@ def _controller():
         return _controllers[0]
 
 
-def run_pair(first, second):
-    """run_parts([first, second])."""
-    run_parts([first, second])
+def run_pair(first, second, lanes=False):
+    """run_parts([first, second], lanes)."""
+    run_parts([first, second], lanes)
 
 
-def run_parts(callables):
+def run_parts(callables, lanes=False):
     """callables[0]() on the calling thread and callables[i]() on the pool's worker i, all
     concurrently, with BLAS held at one thread each; returns when all are done. All must
     release the GIL while they wait for each other: the workers' parts are posted before the
     first starts, so kernels that wait for each other at a barrier never find a partner
     missing. Waits for another call using the pool; where the pool's threads cannot be
-    started, the other parts run on Python threads of their own."""
+    started, the other parts run on Python threads of their own.
+
+    lanes: each callable may split its own work further (the directions of a layer, with four
+    threads or more): while it runs, split_begin on its thread lends it a pool of its own
+    (a lane), so that the parts' splits run side by side, each on its own workers."""
     if len(callables) == 1:
         callables[0]()
         return
     pool = split_begin(wait=True, parts=len(callables))
     try:
+        if pool is not None and lanes:
+            callables = [functools.partial(_in_lane, lane, fn)
+                         for lane, fn in zip(_lanes(len(callables)), callables)]
         with blas_one_thread():
             if pool is not None:
                 pool.run_parts(callables)
@@ -162,6 +173,14 @@ def run_parts(callables):
     finally:
         if pool is not None:
             split_end()
+
+
+def _in_lane(lane, fn):
+    _lane.pool = lane
+    try:
+        fn()
+    finally:
+        _lane.pool = None
 
 
 def _run_parts_python(callables):
@@ -191,6 +210,19 @@ def _run_parts_python(callables):
 # a forked child inherits the object but not its threads, so it starts its own.
 _split_lock = threading.Lock()
 _POOL = []
+# [[Pool, ...], pid]: the lanes of run_parts(lanes=True), one pool per part, lent by the call
+# that holds the main pool (so under _split_lock); _lane.pool: this thread's lane meanwhile.
+_LANES = []
+_lane = threading.local()
+
+
+def _lanes(n):
+    """n lane pools of this process (made on first use). Caller holds _split_lock."""
+    if not _LANES or _LANES[1] != os.getpid():
+        _LANES[:] = [[], os.getpid()]
+    while len(_LANES[0]) < n:
+        _LANES[0].append(K.Pool())
+    return _LANES[0][:n]
 
 
 def _pool():
@@ -206,6 +238,9 @@ def split_begin(wait=False, parts=2):
     (started or stopped to match); the caller then passes it to the kernel and calls
     split_end. Else None. wait: wait for another call to be done with it instead of answering
     None; None then only if its threads cannot be started."""
+    lane = getattr(_lane, "pool", None)
+    if lane is not None:        # this thread's own while its run_parts call lasts
+        return lane if lane.ready(parts - 1) else None
     if not _split_lock.acquire(blocking=wait):
         return None
     pool = _pool()
@@ -216,4 +251,5 @@ def split_begin(wait=False, parts=2):
 
 
 def split_end():
-    _split_lock.release()
+    if getattr(_lane, "pool", None) is None:
+        _split_lock.release()
