@@ -23,7 +23,7 @@ import rnnc
 from rnnc import reference
 from rnnc._engine import threads
 from rnnc._engine.kernels import K
-from rnnc._engine.plan import ROW_TILE, make_plan, split_units
+from rnnc._engine.plan import MAX_PARTS, ROW_TILE, make_plan, split_units
 
 pytestmark = pytest.mark.skipif(not K.has_small_gemm(),
                                 reason="the row split needs the packed small-batch kernel")
@@ -111,6 +111,10 @@ def test_plans_split_n_ways(n):
     bi = make_plan("LSTM", 64, H, 0, True, True, B, 50, np.float32, False, False, threads=n)
     assert bi.directions_concurrent == (n >= 2)
     assert (bi.strategy, bi.parts) == (("rows", n // 2) if n >= 4 else ("fused", 1))
+    # At most MAX_PARTS parts, whatever the setting.
+    many = make_plan("GRU", 64, 4096, 0, True, False, 1, 50, np.float32, False, False,
+                     threads=100)
+    assert many.strategy != "units" or many.parts == MAX_PARTS
     # Fewer parts where a part would get less than a row tile or 16 units.
     few = make_plan("LSTM", 8, 48, 0, True, False, 9, 20, np.float32, False, False, threads=n)
     assert few.parts <= max(2, min(n, 9 // ROW_TILE, 48 // 16))

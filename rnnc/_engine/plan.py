@@ -19,12 +19,14 @@ Strategies (``LayerPlan.strategy``):
   (inference: rnnc/_parallel_forward.pyx; LSTM training: rnnc/_parallel_train.pyx).
 - ``ROWS``: the batch rows split between ``parts`` threads, each running the one-thread kernel
   on its rows with its own copy of the weights; they share nothing while the steps run.
-- ``PIPELINED``: one thread runs the steps while the helper projects the next chunk's inputs.
+- ``PIPELINED``: one thread runs the steps while a pool worker projects the next chunk's
+  inputs.
 
 With two directions, ``directions_concurrent`` runs them on two threads instead (each then on
-one thread, or with four threads or more on half of them, which it may split between). At 2 threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``,
-a GRU B1 H256 ``UNITS``, a GRU B1 H64 ``PIPELINED``, and a bidirectional GRU B16 H256 its two
-directions concurrently, each on ``KERNEL``.
+one thread, or with four threads or more on half of them, which it may split between). At 2
+threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``, a GRU B1 H256
+``UNITS``, a GRU B1 H64 ``PIPELINED``, and a bidirectional GRU B16 H256 its two directions
+concurrently, each on ``KERNEL``.
 
 The constants below are the thresholds of these choices, one line each. They were measured on
 one CPU only; the measurements and the alternatives tried are in
@@ -58,6 +60,7 @@ FUSED_MAX_WEIGHTS = 2_200_000       # most elements of [W_ih | W_hh | b] for it 
 FUSED_WEIGHTS_PER_ROW = 150_000     # and at most this many per batch row
 ROW_TILE = 4                        # rows of the packed kernel's tiles (rnnc/_small_gemm.h)
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE  # fewest rows to split by rows: a tile each
+MAX_PARTS = 64                      # most parts of a split (the pool's, _parallel_forward.pyx)
 PIPELINE_CHUNKS = 8                 # chunks of a projection-ahead layer (the first is not hidden)
 PIPELINE_MIN_STEPS = 16             # fewest steps to project ahead
 TRAIN_SPLIT_MIN_STEP_WORK = 1 << 19  # training split by units: one step's work, and
@@ -78,7 +81,7 @@ class LayerPlan:
     frozen: bool                    # the weights' packed forms are kept across calls
     threads: int                    # rnnc's thread setting the plan was made for
     strategy: str                   # KERNEL | FUSED | UNITS | ROWS | PIPELINED
-    alone: str                      # UNITS: what runs if the helper thread cannot start
+    alone: str                      # UNITS: what runs if the pool's threads cannot start
     directions_concurrent: bool     # two directions, one thread each
     small_gemm: bool                # the recurrent product (and backward's) on the packed kernel
     packed_projection: bool         # KERNEL: the input projection on the packed kernel too
@@ -105,7 +108,7 @@ class LayerPlan:
         return {"RNN": 0, "GRU": 2, "LSTM": 3}[self.mode] + (self.mode == "RNN" and self.relu)
 
     def new_output(self, shape):
-        """The layer's output buffer: 64-byte aligned where two threads write parts of its
+        """The layer's output buffer: 64-byte aligned where threads write parts of its
         rows (the parts' columns or rows then start on cache lines of their own)."""
         if self.strategy in (UNITS, ROWS):
             return aligned_empty(shape, self.dtype)
@@ -191,7 +194,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     # Each direction runs on one thread when they run concurrently, unless there are four
     # threads or more: each then has half of them, and may split between those (`own`).
     one_thread = concurrent or threads == 1
-    own = threads // 2 if concurrent else threads
+    own = min(MAX_PARTS, threads // 2 if concurrent else threads)
     split = own >= 2
     small = f.get("small_gemm", small_gemm_fits(dtype, B, steps, concurrent, threads))
     parts_small = f.get("parts_small_gemm", small_gemm_fits(dtype, B, steps, True, threads))

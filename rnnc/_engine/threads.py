@@ -113,7 +113,7 @@ def _set_blas_threads(n):
 
 @contextlib.contextmanager
 def blas_one_thread():
-    """A context in which BLAS runs on one thread (for kernels that run on two threads of
+    """A context in which BLAS runs on one thread (for kernels that run on several threads of
     rnnc's own, each calling BLAS). Safe to enter from several threads at once: the process's
     setting is restored when the last of them leaves."""
     with _hold_lock:

@@ -21,8 +21,8 @@ LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product
 
 Part 0 runs on the calling thread, part i on worker thread i of a Pool (rnnc/_kernels/_worker.h
 threads, one pool per process, sized by rnnc/_engine/threads.py); each part gathers and packs
-its own weight rows before its time loop (prepare_and_run). The GIL is released for the whole sequence; nothing is allocated
-here.
+its own weight rows before its time loop (prepare_and_run). The GIL is released for the whole
+sequence; nothing is allocated here.
 """
 from cython cimport floating
 from libc.string cimport memcpy, memset
@@ -561,7 +561,7 @@ cdef void take_rows(RowJob* job, int first) noexcept nogil:
 # the posted workers run (set before posting): their split parts (parts[i]), the projection
 # ahead (job_ahead, worker 1) or the parts of a row split (rows_job). A row-split call may
 # return before a worker has run its job: a call that posts another kind first waits for every
-# worker to be done with every earlier post (wait_all), since those read their job's
+# worker to be done with every earlier post (wait_workers), since those read their job's
 # description without a queue.
 cdef enum:
     JOB_SPLIT = 0
@@ -812,15 +812,15 @@ cdef class SplitPart(_Described):
 
 cdef class SplitJob(_Described):
     """A layer and direction split by units (split_forward_py) into n parts: units
-    [bounds[i], bounds[i + 1]) are parts[i]'s (bounds rise from 0 to H). mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM. x (N, I)
-    the packed input, batch_sizes and offsets its layout, w_ih (G*H, I) and w_hh (G*H, H) the
-    layer's weights, hbuf (2, B, H) both = h on entry, h (B, H) and c (B, H, LSTM; else
-    zero-size) the state in/out, out the output at columns col0, bar a zeroed int32 barrier.
-    prepared: the parts' w_ih, w_hh, packed and ih_packed already hold what this call would
-    fill (kept from an earlier call on the same weights); the parts skip filling them.
-    ih_per_panel: each part's ih_packed is one panel's buffer, (1, I, W), which the projection
-    fills panel by panel as it goes (one chunk of steps: W_ih is read once); not with
-    prepared."""
+    [bounds[i], bounds[i + 1]) are parts[i]'s (bounds rise from 0 to H). mode: 0 RNN tanh,
+    1 RNN relu, 2 GRU (reset_after), 3 LSTM. x (N, I) the packed input, batch_sizes and
+    offsets its layout, w_ih (G*H, I) and w_hh (G*H, H) the layer's weights, hbuf (2, B, H)
+    both = h on entry, h (B, H) and c (B, H, LSTM; else zero-size) the state in/out, out the
+    output at columns col0, bar a zeroed int32 barrier. prepared: the parts' w_ih, w_hh,
+    packed and ih_packed already hold what this call would fill (kept from an earlier call on
+    the same weights); the parts skip filling them. ih_per_panel: each part's ih_packed is one
+    panel's buffer, (1, I, W), which the projection fills panel by panel as it goes (one chunk
+    of steps: W_ih is read once); not with prepared."""
     cdef public int mode
     cdef public object x, batch_sizes, offsets, w_ih, w_hh, hbuf, h, c, out, bar
     cdef public bint reverse, prepared, ih_per_panel
@@ -857,9 +857,10 @@ cdef class RowsPart(_Described):
 
 cdef class RowsJob(_Described):
     """A layer and direction split by batch rows (rows_forward_py) into n parts: rows
-    [bounds[i], bounds[i + 1]) are parts[i]'s (bounds rise from 0 to B). Arrays as lstm_fused_forward's, plus the layer's weights
-    (zero-size b_ih / b_hh: none); c zero-size for GRU and RNN. prepared: the parts' packed
-    copies hold the weights already (kept from an earlier call by a frozen module)."""
+    [bounds[i], bounds[i + 1]) are parts[i]'s (bounds rise from 0 to B). Arrays as
+    lstm_fused_forward's, plus the layer's weights (zero-size b_ih / b_hh: none); c zero-size
+    for GRU and RNN. prepared: the parts' packed copies hold the weights already (kept from an
+    earlier call by a frozen module)."""
     cdef public int mode
     cdef public object x, offsets, w_ih, w_hh, b_ih, b_hh, h, c, out
     cdef public bint reverse, prepared
