@@ -224,7 +224,7 @@ def no_helper(monkeypatch):
     """The compiled helper thread unavailable (held by another call): the split layers then
     run both parts on the calling thread (units: its one-thread strategy), and pairs of
     callables (concurrent directions) a Python thread."""
-    monkeypatch.setattr(threads, "split_begin", lambda wait=False: None)
+    monkeypatch.setattr(threads, "split_begin", lambda wait=False, parts=2: None)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -652,27 +652,34 @@ def test_row_boundary_balances_the_steps(lengths, rows0):
 
 
 @pytest.mark.parametrize("lengths", [None, [3, 9, 9, 0, 9, 5, 9, 1, 2, 9]])
-def test_row_split_of_a_layout(lengths):
-    # Rows [0, rows0) and [rows0, B) of the packed (sorted) batch, step by step.
+@pytest.mark.parametrize("parts", [2, 3, 5])
+def test_row_split_of_a_layout(lengths, parts):
+    # Rows [bounds[p], bounds[p + 1]) of the packed (sorted) batch, step by step; B = 10 has
+    # 3 row tiles, so 5 parts are 3.
     T, B = 9, 10
     layout = PackedLayout(T, B, None if lengths is None else np.array(lengths, np.intp))
-    rows0, sizes0, sizes1 = layout.row_split()
-    assert rows0 % ROW_TILE == 0 and 0 < rows0 < B
-    np.testing.assert_array_equal(sizes0, np.minimum(layout.batch_sizes, rows0))
-    np.testing.assert_array_equal(sizes0 + sizes1, layout.batch_sizes)
+    bounds, sizes = layout.row_split(parts)
+    assert len(bounds) == min(parts, 3) + 1 == len(sizes) + 1
+    assert bounds[0] == 0 and bounds[-1] == B and all(np.diff(bounds) > 0)
+    assert all(b % ROW_TILE == 0 for b in bounds[:-1])
+    for p, s in enumerate(sizes):
+        np.testing.assert_array_equal(
+            s, np.clip(layout.batch_sizes - bounds[p], 0, bounds[p + 1] - bounds[p]))
+    np.testing.assert_array_equal(sum(sizes), layout.batch_sizes)
 
 
 # -- the strategies' kernels check what they are handed -----------------------------------------
 def test_split_kernel_needs_two_nonempty_parts():
     # A part without units would divide by zero: the kernel refuses it (the plan never splits
     # fewer than 32 units: test_layers_a_strategy_cannot_run_keep_their_own).
-    from rnnc._kernels._parallel_forward import Helper, SplitJob, split_forward_py
-    for half in (0, 16):
-        with pytest.raises(ValueError, match=r"half must be in \(0, 16\)"):
-            split_forward_py(SplitJob(h=np.zeros((2, 16)), half=half), Helper())
+    from rnnc._kernels._parallel_forward import Pool, SplitJob, SplitPart, split_forward_py
+    two = [SplitPart(), SplitPart()]
+    for bounds in ((0, 0, 16), (0, 16, 16), (0, 8), (1, 8, 16), (0, 8, 15)):
+        with pytest.raises(ValueError, match=r"bounds must rise from 0 to 16 \(hidden_size\)"):
+            split_forward_py(SplitJob(h=np.zeros((2, 16)), bounds=bounds, parts=two), Pool())
     with pytest.raises(ValueError, match="prepared"):
-        split_forward_py(SplitJob(h=np.zeros((2, 16)), half=8, ih_per_panel=True,
-                                  prepared=True), Helper())
+        split_forward_py(SplitJob(h=np.zeros((2, 16)), bounds=(0, 8, 16), parts=two,
+                                  ih_per_panel=True, prepared=True), Pool())
 
 
 def _rows_job(mode, rows0, gru_buffers):
@@ -694,13 +701,13 @@ def _rows_job(mode, rows0, gru_buffers):
                    w_ih=np.zeros((G, I), f), w_hh=np.zeros((G, H), f), b_ih=np.zeros(0, f),
                    b_hh=np.zeros(0, f), prepared=False, h=np.zeros((B, H), f),
                    c=none2 if mode == 2 else np.zeros((B, H), f), out=np.zeros((2 * B, H), f),
-                   col0=0, rows0=rows0, part0=parts[0], part1=parts[1])
+                   col0=0, bounds=(0, rows0, B), parts=parts)
 
 
 def test_rows_kernel_checks_its_split():
     from rnnc._kernels._parallel_forward import rows_forward_py
     for rows0 in (0, 8):
-        with pytest.raises(ValueError, match=r"rows0 must be in \(0, 8\)"):
+        with pytest.raises(ValueError, match=r"bounds must rise from 0 to 8 \(the batch\)"):
             rows_forward_py(_rows_job(3, rows0, False), None)
     with pytest.raises(ValueError, match="GRU needs each part's packed_hh, hg and bias"):
         rows_forward_py(_rows_job(2, 4, False), None)

@@ -7,6 +7,6 @@
 - runners/: one module per strategy, forward (and backward where training uses it).
 - job.py: the arrays of one layer and direction handed to a runner (LayerJob, BackwardJob).
 - layout.py: the packed layout of a variable-length batch; workspace.py: buffers and packed
-  weights; threads.py: rnnc's threads and BLAS's, and the one helper thread; kernels.py: the
+  weights; threads.py: rnnc's threads and BLAS's, and the pool of worker threads; kernels.py: the
   compiled kernels (rnnc/_kernels/), imported on first use.
 """

@@ -7,8 +7,15 @@ class _Kernels:
     function costs ~0.7 us a call even when the module is loaded."""
 
     def __getattr__(self, name):
-        from rnnc._kernels import (_blas, _gru_kernel, _layer_job, _lstm_kernel,
-                                   _parallel_forward, _parallel_train, _rnn_kernel)
+        from rnnc._kernels import (
+            _blas,
+            _gru_kernel,
+            _layer_job,
+            _lstm_kernel,
+            _parallel_forward,
+            _parallel_train,
+            _rnn_kernel,
+        )
         for module in (_lstm_kernel, _gru_kernel, _rnn_kernel, _layer_job, _blas,
                        _parallel_forward, _parallel_train):
             if hasattr(module, name):

@@ -4,6 +4,8 @@ The batch is sorted by decreasing length (as torch.nn.utils.rnn.pack_padded_sequ
 the sequences still running at step t are a prefix of it; the kernels read step t's rows at
 offsets[t], batch_sizes[t] of them (rnnc/_kernels/_sequence.pxd).
 """
+from itertools import pairwise
+
 import numpy as np
 
 from rnnc._engine.plan import ROW_TILE
@@ -50,18 +52,23 @@ class PackedLayout:
         j_of_row = np.arange(self.n_rows, dtype=np.intp) - self.offsets[t_of_row]
         self.rows = t_of_row * batch + self.perm[j_of_row]
 
-    def row_split(self):
-        """(rows0, batch sizes of rows [0, rows0), of rows [rows0, B)) at every step: the
-        parts of a layer split by batch rows (rnnc/_kernels/_parallel_forward.pyx, rows_forward_py).
-        rows0 is a multiple of ROW_TILE (the parts then compute the one-thread kernel's bits)
-        that shares the steps to run most evenly (the first rows are the longest)."""
+    def row_split(self, parts=2):
+        """(bounds, sizes) of a layer split by batch rows into `parts` parts
+        (rnnc/_kernels/_parallel_forward.pyx, rows_forward_py): part p has the rows
+        [bounds[p], bounds[p + 1]) of the packed (sorted) batch, sizes[p] of them active at
+        every step. Every part starts at a multiple of ROW_TILE (the parts then compute the
+        one-thread kernel's bits), at bounds that share the steps to run most evenly (the
+        first rows are the longest); fewer parts where the batch has fewer row tiles."""
+        steps = len(self.batch_sizes)
+        batch = int(self.batch_sizes[0])
+        lengths = (np.full(batch, steps, dtype=np.intp) if self.perm is None
+                   else self.sorted_lengths)
+        bounds = _row_bounds(lengths, parts)
         if self.perm is None:
-            steps, batch = len(self.batch_sizes), int(self.batch_sizes[0])
-            rows0 = _row_boundary(np.full(batch, steps, dtype=np.intp))
-            return (rows0, _full_layout(steps, rows0)[0], _full_layout(steps, batch - rows0)[0])
-        rows0 = _row_boundary(self.sorted_lengths)
-        return (rows0, np.minimum(self.batch_sizes, rows0),
-                np.maximum(self.batch_sizes - rows0, 0))
+            return bounds, [_full_layout(steps, b1 - b0)[0]
+                            for b0, b1 in pairwise(bounds)]
+        return bounds, [np.clip(self.batch_sizes - b0, 0, b1 - b0)
+                        for b0, b1 in pairwise(bounds)]
 
     def pack(self, x):
         """(T, B, F) -> (N, F) packed rows (a view when every sequence is full length)."""
@@ -80,9 +87,24 @@ class PackedLayout:
 def _row_boundary(sorted_lengths):
     """The multiple of ROW_TILE in (0, B) that splits the steps of the rows (sorted by
     decreasing length) most evenly between rows [0, rows0) and [rows0, B)."""
+    return _row_bounds(sorted_lengths, 2)[1]
+
+
+def _row_bounds(sorted_lengths, parts):
+    """(0, the parts' first rows after the first, B): multiples of ROW_TILE, rising, each cut
+    where the steps done so far come closest to their share of all the steps (sorted by
+    decreasing length: the first rows are the longest). At most as many parts as the batch has
+    row tiles (the last may be partial)."""
+    B = len(sorted_lengths)
+    parts = max(1, min(parts, -(-B // ROW_TILE)))
     done = np.cumsum(sorted_lengths)
-    cuts = np.arange(ROW_TILE, len(sorted_lengths), ROW_TILE)
-    return int(cuts[np.argmin(np.maximum(done[cuts - 1], done[-1] - done[cuts - 1]))])
+    last = (B - 1) // ROW_TILE * ROW_TILE      # the last part's first row, at the latest
+    bounds = [0]
+    for k in range(1, parts):
+        cuts = np.arange(bounds[-1] + ROW_TILE, last - ROW_TILE * (parts - 1 - k) + 1, ROW_TILE)
+        share = done[-1] * k / parts
+        bounds.append(int(cuts[np.argmin(np.abs(done[cuts - 1] - share))]))
+    return (*bounds, B)
 
 
 def gate_rows(G, H, u0, nu):

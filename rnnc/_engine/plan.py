@@ -15,22 +15,25 @@ Strategies (``LayerPlan.strategy``):
 - ``FUSED``: LSTM (and in training only LSTM) on one product per step,
   [x | h | 1] @ [W_ih | W_hh | b]^T (rnnc/_fused.pxd), when the batch reuses the weights
   from cache.
-- ``UNITS``: the hidden units split between two threads, which meet once per step
+- ``UNITS``: the hidden units split between ``parts`` threads, which meet once per step
   (inference: rnnc/_parallel_forward.pyx; LSTM training: rnnc/_parallel_train.pyx).
-- ``ROWS``: the batch rows split between two threads, each running the one-thread kernel on
-  its rows with its own copy of the weights; they share nothing while the steps run.
-- ``PIPELINED``: one thread runs the steps while the helper projects the next chunk's inputs.
+- ``ROWS``: the batch rows split between ``parts`` threads, each running the one-thread kernel
+  on its rows with its own copy of the weights; they share nothing while the steps run.
+- ``PIPELINED``: one thread runs the steps while a pool worker projects the next chunk's
+  inputs.
 
 With two directions, ``directions_concurrent`` runs them on two threads instead (each then on
-one thread). At 2 threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``,
-a GRU B1 H256 ``UNITS``, a GRU B1 H64 ``PIPELINED``, and a bidirectional GRU B16 H256 its two
-directions concurrently, each on ``KERNEL``.
+one thread, or with four threads or more on half of them, which it may split between). At 2
+threads, for example, a GRU layer B16 H128 T100 in inference runs ``ROWS``, a GRU B1 H256
+``UNITS``, a GRU B1 H64 ``PIPELINED``, and a bidirectional GRU B16 H256 its two directions
+concurrently, each on ``KERNEL``.
 
 The constants below are the thresholds of these choices, one line each. They were measured on
 one CPU only; the measurements and the alternatives tried are in
 benchmarks/results/tuning.md.
 """
 import dataclasses
+from itertools import pairwise
 
 import numpy as np
 
@@ -58,6 +61,7 @@ FUSED_MAX_WEIGHTS = 2_200_000       # most elements of [W_ih | W_hh | b] for it 
 FUSED_WEIGHTS_PER_ROW = 150_000     # and at most this many per batch row
 ROW_TILE = 4                        # rows of the packed kernel's tiles (rnnc/_small_gemm.h)
 ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE  # fewest rows to split by rows: a tile each
+MAX_PARTS = 64                      # most parts of a split (the pool's, _parallel_forward.pyx)
 PIPELINE_CHUNKS = 8                 # chunks of a projection-ahead layer (the first is not hidden)
 PIPELINE_MIN_STEPS = 16             # fewest steps to project ahead
 TRAIN_SPLIT_MIN_STEP_WORK = 1 << 19  # training split by units: one step's work, and
@@ -78,7 +82,7 @@ class LayerPlan:
     frozen: bool                    # the weights' packed forms are kept across calls
     threads: int                    # rnnc's thread setting the plan was made for
     strategy: str                   # KERNEL | FUSED | UNITS | ROWS | PIPELINED
-    alone: str                      # UNITS: what runs if the helper thread cannot start
+    alone: str                      # UNITS: what runs if the pool's threads cannot start
     directions_concurrent: bool     # two directions, one thread each
     small_gemm: bool                # the recurrent product (and backward's) on the packed kernel
     packed_projection: bool         # KERNEL: the input projection on the packed kernel too
@@ -86,11 +90,14 @@ class LayerPlan:
     chunk_steps: int                # steps whose inputs are projected at once
     pipeline_steps: int             # PIPELINED: steps of each chunk projected ahead
     parts_small_gemm: bool          # UNITS / ROWS: each part (one thread) on the packed kernel
-    half: int                       # UNITS: hidden units of part 0 (part 1 has the rest)
+    half: int                       # UNITS: hidden units of part 0 (unit_bounds[1])
     units_fused: bool               # UNITS inference: each part on the fused LSTM product
     units_packed_ih: bool           # UNITS inference: each part projects on the packed kernel
     units_gather_hh: tuple = (False, False)  # part p gathers its W_hh rows before packing
     units_in_place: tuple = (False, False)   # part p projects from W_ih's gate blocks in place
+    parts: int = 1                  # UNITS / ROWS: threads the layer splits between (each
+                                    # part one), at most rnnc's thread setting
+    unit_bounds: tuple = ()         # UNITS: part p's hidden units are [b[p], b[p + 1])
 
     @property
     def gates(self):
@@ -102,7 +109,7 @@ class LayerPlan:
         return {"RNN": 0, "GRU": 2, "LSTM": 3}[self.mode] + (self.mode == "RNN" and self.relu)
 
     def new_output(self, shape):
-        """The layer's output buffer: 64-byte aligned where two threads write parts of its
+        """The layer's output buffer: 64-byte aligned where threads write parts of its
         rows (the parts' columns or rows then start on cache lines of their own)."""
         if self.strategy in (UNITS, ROWS):
             return aligned_empty(shape, self.dtype)
@@ -156,6 +163,13 @@ def split_half(H):
     return max(16, H // 2 // 16 * 16)
 
 
+def split_units(H, parts):
+    """The bounds of `parts` blocks of hidden units: every part's first unit a multiple of 16
+    (as split_half, which is the first bound of two parts), at least 16 units each (H must be
+    at least 16 * parts)."""
+    return (0, *(max(16 * k, H * k // parts // 16 * 16) for k in range(1, parts)), H)
+
+
 def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch,
               steps, dtype, training, frozen, threads=None, nonlinearity="tanh", trial=None):
     """The plan of one layer: input_size is the layer's own (D * P above the first), steps the
@@ -202,8 +216,11 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     two = threads >= 2
     step_work = B * G * H * P
     concurrent = f.get("directions_concurrent", D == 2 and step_work >= PARALLEL_MIN_WORK and two)
-    # Each direction runs on one thread when they run concurrently.
+    # Each direction runs on one thread when they run concurrently, unless there are four
+    # threads or more: each then has half of them, and may split between those (`own`).
     one_thread = concurrent or threads == 1
+    own = min(MAX_PARTS, threads // 2 if concurrent else threads)
+    split = own >= 2
     small = f.get("small_gemm", small_gemm_fits(dtype, B, steps, concurrent, threads))
     parts_small = f.get("parts_small_gemm", small_gemm_fits(dtype, B, steps, True, threads))
     chunk_steps = f.get("chunk_steps", max(1, steps) if training
@@ -216,16 +233,16 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
                   and fused_fits(B, 4 * H * K_all))
     gru_ok = mode != "GRU" or reset_after
 
-    rows = (two and not concurrent and not proj_size and parts_small and gru_ok
+    rows = (split and not proj_size and parts_small and gru_ok
             and B >= ROW_SPLIT_MIN_BATCH and (mode == "LSTM" or not training)
             and fused_fits(B // 2, G * H * K_all))
-    units = (two and not training and not concurrent and not proj_size and gru_ok
+    units = (split and not training and not proj_size and gru_ok
              and H >= max(SPLIT_MIN_HIDDEN, 32) and B * G * H * H >= SPLIT_MIN_STEP_WORK
              and steps * B * G * H * H >= SPLIT_MIN_TOTAL_WORK)
-    train_units = (training and mode == "LSTM" and two and not concurrent and not proj_size
+    train_units = (training and mode == "LSTM" and split and not proj_size
                    and H >= 32 and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK
                    and steps * B >= TRAIN_SPLIT_MIN_ROWS)
-    pipelined = (not training and not units and not one_thread and small and not proj_size
+    pipelined = (not training and not units and split and not concurrent and small and not proj_size
                  and gru_ok and steps >= PIPELINE_MIN_STEPS)
 
     one = FUSED if lstm_fused else KERNEL     # the strategy of one thread
@@ -241,11 +258,19 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         strategy = one
     forced_strategy = f.get("strategy")
     if forced_strategy and _possible(forced_strategy, mode, H, B, proj_size, gru_ok, training,
-                                     small, parts_small, concurrent):
+                                     small, parts_small, concurrent and not split):
         strategy = forced_strategy
 
     pipeline = min(chunk_steps, -(-steps // PIPELINE_CHUNKS)) if strategy == PIPELINED else 0
-    half = f.get("half", split_half(H)) if strategy == UNITS else 0
+    # Every thread takes a part, as far as each gets a row tile (ROWS) or 16 units (UNITS).
+    parts = 1
+    bounds = ()
+    if strategy == ROWS:
+        parts = f.get("parts", max(2, min(own, B // ROW_TILE)))
+    elif strategy == UNITS:
+        parts = 2 if "half" in f else f.get("parts", max(2, min(own, H // 16)))
+        bounds = (0, f["half"], H) if "half" in f else split_units(H, parts)
+    half = bounds[1] if strategy == UNITS else 0
     units_fused = units_packed_ih = False
     gather, in_place = (False, False), (False, False)
     if strategy == UNITS and not training:
@@ -253,7 +278,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         units_fused = f.get("units_fused", mode == "LSTM" and parts_small
                             and fused_fits(B, 2 * H * K_all))
         units_packed_ih = not units_fused and parts_small
-        nus = (half, H - half)
+        nus = tuple(b1 - b0 for b0, b1 in pairwise(bounds))
         # Packed straight from W_hh's gate blocks when a part fills whole panels, else from
         # its gathered rows (which the BLAS path multiplies directly).
         gather = tuple(bool((not parts_small or nu % width) and not units_fused) for nu in nus)
@@ -270,7 +295,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         packed_projection=packed_projection, ih_per_panel=per_panel, chunk_steps=chunk_steps,
         pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
         units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
-        units_in_place=in_place)
+        units_in_place=in_place, parts=parts, unit_bounds=bounds)
 
 
 def _choices(problem):
@@ -333,8 +358,9 @@ def _measured_plan(problem, trial):
 def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_small,
               concurrent):
     """Whether the kernels can run a layer with this strategy (a test may force one where it
-    can: tests/conftest.py, force_plan). The strategies that use the helper thread cannot run
-    while the directions run concurrently: the helper runs the second direction."""
+    can: tests/conftest.py, force_plan). The strategies that use the pool cannot run while the
+    directions run concurrently on one thread each (fewer than four threads): the pool's
+    worker runs the second direction."""
     if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok or concurrent):
         return False
     if strategy == UNITS:

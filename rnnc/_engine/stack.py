@@ -6,8 +6,9 @@ classes of rnnc.recurrent call one or the other. Per call: lay the batch out in 
 packed form (sorted by decreasing length, rnnc/_engine/layout.py), make each layer's plan
 (rnnc/_engine/plan.py), and for each layer and direction hand the runner the plan names its
 arrays (rnnc/_engine/runners/); the two directions run one after the other, or on two threads
-where the plan says. Results are scattered back to the caller's batch order. A training call
-keeps the plans and what each runner returned, and the backward runs the same runners.
+where the plan says (each split further with four threads or more). Results are scattered back
+to the caller's batch order. A training call keeps the plans and what each runner returned,
+and the backward runs the same runners.
 """
 import numpy as np
 
@@ -56,11 +57,13 @@ class _Cache:
 
 
 def _run_directions(run, D, concurrent):
-    """run(0) (and run(1)), concurrently when the plan says: both kernels release the GIL."""
+    """run(0) (and run(1)), concurrently when the plan says: both kernels release the GIL.
+    Each direction then has a lane of rnnc's threads of its own to split between (with four
+    threads or more; rnnc/_engine/threads.py, run_parts)."""
     if D == 1:
         run(0)
     elif concurrent:
-        run_pair(lambda: run(0), lambda: run(1))
+        run_pair(lambda: run(0), lambda: run(1), lanes=True)
     else:
         run(0)
         run(1)

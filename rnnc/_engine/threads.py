@@ -1,12 +1,14 @@
 """rnnc's threads. They are the BLAS library's (the one scipy.linalg.cython_blas calls for the
-kernels, and NumPy's for the few NumPy products in the Python layer), plus helper threads of
-rnnc's own that run the second part of a layer while BLAS is held at one thread: this module
-owns them all. run_pair runs two callables, one on the caller and one on the helper (the
-directions of a layer, the parts of a training split); split_begin / split_end lend the
-compiled helper of rnnc/_kernels/_parallel_forward.pyx to one inference call at a time; each
-split stream has a helper of its own (rnnc/_kernels/_stream_kernel.pyx). With
-set_num_threads(1) no helper is used."""
+kernels, and NumPy's for the few NumPy products in the Python layer), plus a pool of worker
+threads of rnnc's own that run the other parts of a layer split n ways while BLAS is held at
+one thread: this module owns them all. With set_num_threads(n) the pool (a Pool of
+rnnc/_kernels/_parallel_forward.pyx) has n - 1 workers, grown or shrunk at the next call that
+uses it; split_begin / split_end lend it to one call at a time; run_parts runs n callables, one
+on the caller and one on each worker (the directions of a layer, the parts of a training
+split). Each split stream has a helper of its own (rnnc/_kernels/_stream_kernel.pyx). With
+set_num_threads(1) no worker is used (the pool's threads are stopped)."""
 import contextlib
+import functools
 import os
 import threading
 
@@ -26,6 +28,17 @@ def set_num_threads(n):
     with _hold_lock:
         _set_blas_threads(n)
         _known[:] = [n]
+    # Resize the pool now if no call is using it (else the next call that uses it does), so
+    # that threads not wanted any more stop at once.
+    if _split_lock.acquire(blocking=False):
+        try:
+            if _POOL and _POOL[1] == os.getpid():
+                _POOL[0].ready(n - 1)
+            if _LANES and _LANES[1] == os.getpid():
+                for lane in _LANES[0]:
+                    lane.ready(n // 2 - 1)
+        finally:
+            _split_lock.release()
 
 
 def blas_libraries():
@@ -100,7 +113,7 @@ def _set_blas_threads(n):
 
 @contextlib.contextmanager
 def blas_one_thread():
-    """A context in which BLAS runs on one thread (for kernels that run on two threads of
+    """A context in which BLAS runs on one thread (for kernels that run on several threads of
     rnnc's own, each calling BLAS). Safe to enter from several threads at once: the process's
     setting is restored when the last of them leaves."""
     with _hold_lock:
@@ -128,71 +141,115 @@ def _controller():
         return _controllers[0]
 
 
-def run_pair(first, second):
-    """first() on the calling thread and second() on rnnc's helper thread, concurrently, with
-    BLAS held at one thread each; returns when both are done. Both must release the GIL while
-    they wait for each other: second is posted before first starts, so a pair of kernels
-    that wait for each other at a barrier never finds its partner missing. The helper is the
-    compiled one (split_begin); where no helper thread can be started, second runs on a
-    Python thread of its own."""
-    helper = split_begin(wait=True)
+def run_pair(first, second, lanes=False):
+    """run_parts([first, second], lanes)."""
+    run_parts([first, second], lanes)
+
+
+def run_parts(callables, lanes=False):
+    """callables[0]() on the calling thread and callables[i]() on the pool's worker i, all
+    concurrently, with BLAS held at one thread each; returns when all are done. All must
+    release the GIL while they wait for each other: the workers' parts are posted before the
+    first starts, so kernels that wait for each other at a barrier never find a partner
+    missing. Waits for another call using the pool; where the pool's threads cannot be
+    started, the other parts run on Python threads of their own.
+
+    lanes: each callable may split its own work further (the directions of a layer, with four
+    threads or more): while it runs, split_begin on its thread lends it a pool of its own
+    (a lane), so that the parts' splits run side by side, each on its own workers."""
+    if len(callables) == 1:
+        callables[0]()
+        return
+    pool = split_begin(wait=True, parts=len(callables))
     try:
+        if pool is not None and lanes:
+            callables = [functools.partial(_in_lane, lane, fn)
+                         for lane, fn in zip(_lanes(len(callables)), callables)]
         with blas_one_thread():
-            if helper is not None:
-                helper.run_pair(first, second)
+            if pool is not None:
+                pool.run_parts(callables)
             else:
-                _run_pair_python(first, second)
+                _run_parts_python(callables)
     finally:
-        if helper is not None:
+        if pool is not None:
             split_end()
 
 
-def _run_pair_python(first, second):
+def _in_lane(lane, fn):
+    _lane.pool = lane
+    try:
+        fn()
+    finally:
+        _lane.pool = None
+
+
+def _run_parts_python(callables):
     errors = []
 
-    def run():
+    def run(fn):
         try:
-            second()
+            fn()
         except BaseException as exc:    # noqa: BLE001 - re-raised on the caller's thread
             errors.append(exc)
 
-    other = threading.Thread(target=run, name="rnnc-pair")
-    other.start()
+    others = [threading.Thread(target=run, args=(fn,), name="rnnc-part")
+              for fn in callables[1:]]
+    for other in others:
+        other.start()
     try:
-        first()
+        callables[0]()
     finally:
-        other.join()
+        for other in others:
+            other.join()
     if errors:
         raise errors[0]
 
 
-# The compiled helper thread of rnnc/_kernels/_parallel_forward.pyx (a Helper: the thread and
-# the job descriptions it runs) serves one layer call at a time. [Helper, pid]: one per
-# process; a forked child inherits the object but not its thread, so it makes its own.
+# The compiled worker threads of rnnc/_kernels/_parallel_forward.pyx (a Pool: the threads and
+# the job descriptions they run) serve one layer call at a time. [Pool, pid]: one per process;
+# a forked child inherits the object but not its threads, so it starts its own.
 _split_lock = threading.Lock()
-_SPLIT_HELPER = []
+_POOL = []
+# [[Pool, ...], pid]: the lanes of run_parts(lanes=True), one pool per part, lent by the call
+# that holds the main pool (so under _split_lock); _lane.pool: this thread's lane meanwhile.
+_LANES = []
+_lane = threading.local()
 
 
-def _split_helper():
-    """This process's Helper (made on first use). Caller holds _split_lock."""
-    if not _SPLIT_HELPER or _SPLIT_HELPER[1] != os.getpid():
-        _SPLIT_HELPER[:] = [K.Helper(), os.getpid()]
-    return _SPLIT_HELPER[0]
+def _lanes(n):
+    """n lane pools of this process (made on first use). Caller holds _split_lock."""
+    if not _LANES or _LANES[1] != os.getpid():
+        _LANES[:] = [[], os.getpid()]
+    while len(_LANES[0]) < n:
+        _LANES[0].append(K.Pool())
+    return _LANES[0][:n]
 
 
-def split_begin(wait=False):
-    """The compiled helper (rnnc/_kernels/_parallel_forward.pyx, Helper) if this call may use
-    it now: it is running and no other call is using it; the caller then passes it to the
-    kernel and calls split_end. Else None. wait: wait for another call to be done with it
-    instead of answering None; None then only if no helper thread can be started."""
+def _pool():
+    """This process's Pool (made on first use). Caller holds _split_lock."""
+    if not _POOL or _POOL[1] != os.getpid():
+        _POOL[:] = [K.Pool(), os.getpid()]
+    return _POOL[0]
+
+
+def split_begin(wait=False, parts=2):
+    """The compiled pool (rnnc/_kernels/_parallel_forward.pyx, Pool) if this call may use it
+    now: no other call is using it, and it runs max(rnnc's threads, parts) - 1 workers
+    (started or stopped to match); the caller then passes it to the kernel and calls
+    split_end. Else None. wait: wait for another call to be done with it instead of answering
+    None; None then only if its threads cannot be started."""
+    lane = getattr(_lane, "pool", None)
+    if lane is not None:        # this thread's own while its run_parts call lasts
+        return lane if lane.ready(parts - 1) else None
     if not _split_lock.acquire(blocking=wait):
         return None
-    helper = _split_helper()
-    if helper.ready():
-        return helper
+    pool = _pool()
+    if pool.ready(max(cached_num_threads(), parts) - 1):
+        return pool
     _split_lock.release()
     return None
 
 
 def split_end():
-    _split_lock.release()
+    if getattr(_lane, "pool", None) is None:
+        _split_lock.release()

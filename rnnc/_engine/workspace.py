@@ -32,7 +32,7 @@ def aligned(buf, shape):
 
 
 def aligned_empty(shape, dtype):
-    """np.empty, 64-byte aligned. The two threads of a split layer write to the same rows of
+    """np.empty, 64-byte aligned. The threads of a split layer write to the same rows of
     the shared buffers, each its own columns: with the rows and the parts' column blocks on
     cache-line boundaries they never write to the same line (NumPy's large arrays start 16
     bytes past a page boundary; the lines shared at the part boundary made the pointwise passes
@@ -42,7 +42,7 @@ def aligned_empty(shape, dtype):
 
 def new_barrier():
     """The words of a spinning barrier (rnnc/_kernels/_barrier.h), zeroed, on a cache line of their
-    own: one per split layer call, shared by its two parts."""
+    own: one per split layer call, shared by its parts."""
     return aligned(np.zeros(64, dtype=np.int32), (16,))
 
 

@@ -1,9 +1,14 @@
 import numpy as np
 from numpy.typing import NDArray
 
-class Helper:
+from collections.abc import Callable, Sequence
+
+class Pool:
     def __init__(self) -> None: ...
-    def ready(self) -> bool: ...
+    def ready(self, workers: int = 1) -> bool: ...
+    def run_parts(self, callables: Sequence[Callable[[], object]]) -> None: ...
+    @property
+    def size(self) -> int: ...
     @property
     def running(self) -> bool: ...
 
@@ -28,7 +33,7 @@ class SplitJob:
     reverse: bool
     w_ih: NDArray[np.floating]
     w_hh: NDArray[np.floating]
-    half: int
+    bounds: Sequence[int]
     hbuf: NDArray[np.floating]
     h: NDArray[np.floating]
     c: NDArray[np.floating]
@@ -38,8 +43,7 @@ class SplitJob:
     bar: NDArray[np.int32]
     prepared: bool
     ih_per_panel: bool
-    part0: SplitPart
-    part1: SplitPart
+    parts: list[SplitPart]
     def __init__(self, **fields: object) -> None: ...
 
 class AheadJob:
@@ -90,13 +94,12 @@ class RowsJob:
     c: NDArray[np.floating]
     out: NDArray[np.floating]
     col0: int
-    rows0: int
-    part0: RowsPart
-    part1: RowsPart
+    bounds: Sequence[int]
+    parts: list[RowsPart]
     def __init__(self, **fields: object) -> None: ...
 
-def split_forward_py(job: SplitJob, helper: Helper) -> None: ...
+def split_forward_py(job: SplitJob, pool: Pool) -> None: ...
 
-def pipelined_forward_py(job: AheadJob, helper: Helper | None) -> None: ...
+def pipelined_forward_py(job: AheadJob, pool: Pool | None) -> None: ...
 
-def rows_forward_py(job: RowsJob, helper: Helper | None) -> None: ...
+def rows_forward_py(job: RowsJob, pool: Pool | None) -> None: ...

@@ -1,4 +1,4 @@
-"""Inference forward of one layer and direction, split across two threads: by hidden units
+"""Inference forward of one layer and direction, split across n threads: by hidden units
 (below), or by batch rows (rows_forward_py, further down: LSTM and RNN on the fused product, GRU
 with reset_after on gru_rows_sequence).
 
@@ -8,10 +8,10 @@ the recurrent product (the whole previous state times its rows of W_hh), applies
 to its units and writes their part of the new state and the output. Nothing but the state is
 shared, so the threads meet once per time step (rnnc/_kernels/_barrier.h), after which every
 thread reads the whole new state. Two state buffers alternate (read one, write the other), so
-that a thread may write step t's state while the other still reads step t-1's.
+that a thread may write step t's state while the others still read step t-1's.
 
 Why: at small batches the recurrent product is a stream through the weights, and splitting the
-weight rows puts half of them in each core's cache (LSTM H1024: 16 MB of W_hh split in two)
+weight rows puts a share of them in each core's cache (LSTM H1024: 16 MB of W_hh split in two)
 where multi-threaded BLAS splits one small product per step and pays a fork/join each time.
 
 Covers RNN, GRU (reset_after=True) and LSTM without projection; the layer's other forms, and
@@ -19,17 +19,23 @@ training (which keeps per-step caches in the unsplit layout), use the one-thread
 LSTM part may compute its gate columns of x W_ih^T + h W_hh^T + b as one product per step
 (forward_part_fused; rnnc/_engine/plan.py decides as for the one-thread fused kernel).
 
-The second part runs on a helper thread (rnnc/_kernels/_worker.h) owned by a Helper, one per
-process (rnnc/_engine/threads.py); each part gathers and packs its own weight rows before its
-time loop (prepare_and_run). The GIL is released for the whole sequence; nothing is allocated
-here.
+Part 0 runs on the calling thread, part i on worker thread i of a Pool (rnnc/_kernels/_worker.h
+threads, one pool per process, sized by rnnc/_engine/threads.py); each part gathers and packs
+its own weight rows before its time loop (prepare_and_run). The GIL is released for the whole
+sequence; nothing is allocated here.
 """
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
 cdef extern from "Python.h" nogil:
     ctypedef int PyGILState_STATE
+    ctypedef struct PyThreadState:
+        pass
+    PyGILState_STATE PyGILState_UNLOCKED
     PyGILState_STATE PyGILState_Ensure()
+    void PyGILState_Release(PyGILState_STATE state)
+    PyThreadState* PyGILState_GetThisThreadState()
+    void PyEval_RestoreThread(PyThreadState* tstate)
     void* PyEval_SaveThread()
 
 from rnnc._kernels._blas cimport (RNNC_DGEMM_PANEL, RNNC_SGEMM_PANEL, gemm, pack_panels,
@@ -52,6 +58,12 @@ cdef enum:
     RNN_RELU = 1
     GRU = 2
     LSTM = 3
+
+
+# Most parts a layer splits into (rnnc's own threads: the caller and MAX_PARTS - 1 workers);
+# the job descriptions of every part live in the pool, without allocation.
+cdef enum:
+    MAX_PARTS = 64
 
 
 cdef inline void project_part(
@@ -273,12 +285,12 @@ cdef void forward_part_fused(
 
 
 # ---------------------------------------------------------------------------------------------
-# Both parts in one call: part 0 on the calling thread, part 1 on a Helper's thread
-# (rnnc/_kernels/_worker.h) that spins between jobs, then sleeps: posting to it costs far less
+# Every part in one call: part 0 on the calling thread, part i on the Pool's worker i
+# (rnnc/_kernels/_worker.h), which spins between jobs, then sleeps: posting to it costs far less
 # than handing a part to a Python thread pool (benchmarks/results/tuning.md). Each part also
 # prepares its own weights (gathers its rows of W_ih, packs its rows of W_hh) before its time
-# loop, so that this per-call work is shared by both threads instead of done by the caller
-# before either starts (LSTM H1024: 32 MB of copies a call).
+# loop, so that this per-call work is shared by the threads instead of done by the caller
+# before any starts (LSTM H1024: 32 MB of copies a call).
 # ---------------------------------------------------------------------------------------------
 cdef struct Part:
     int mode
@@ -312,6 +324,7 @@ cdef struct Part:
                                # (G*nu, I + H + 1) [W_ih | W_hh | b] rows; else NULL
     Py_ssize_t chunk_steps
     int* bar
+    int n_threads              # parts that meet at bar
     bint prepared              # w_ih / w_hh / the panels already hold this part's weights (a
                                # frozen module's, rnnc/_engine/workspace.py): nothing to gather
 
@@ -355,7 +368,8 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
         forward_part_fused(<const floating*>p.x, p.ldx, I, p.batch_sizes, p.offsets, p.T,
                            p.reverse, packed, H, u0, nu, p.B, <floating*>p.hbuf,
                            <floating*>p.h, <floating*>p.c, <floating*>p.cpart,
-                           <floating*>p.out, p.ldo, <floating*>p.xh, <floating*>p.xg, p.bar, 2)
+                           <floating*>p.out, p.ldo, <floating*>p.xh, <floating*>p.xg, p.bar,
+                           p.n_threads)
         return
     # Every gate block's rows of this part's units are contiguous: one copy per gate (W_ih's
     # only when the projection does not read them in place, w_ih == NULL).
@@ -374,7 +388,7 @@ cdef void prepare_and_run(Part* p, floating kind) noexcept nogil:
                  <const floating*>p.b_hn,
                  w_hh, packed, G, H, u0, nu, p.B, <floating*>p.hbuf, <floating*>p.h,
                  <floating*>p.c, <floating*>p.cpart, <floating*>p.out, p.ldo,
-                 <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, 2, NULL,
+                 <floating*>p.xg, <floating*>p.hg, p.chunk_steps, p.bar, p.n_threads, NULL,
                  p.ih_per_panel)
 
 
@@ -388,27 +402,27 @@ cdef void run_part(Part* p) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # Split by batch rows. An LSTM or RNN layer on the fused product (fused_sequence), or a GRU
 # (gru_rows_sequence: its n gate needs the state's product apart), with a batch of at least two
-# row tiles runs its first rows and its last rows as two sequences of their own: rows never
+# row tiles runs blocks of its rows (n parts) as sequences of their own: rows never
 # meet, so the threads share nothing while the steps run -- no barrier, no state crossing
 # between the cores each step -- and each reads all the weights from its own cache (the fused
 # product's weights fit it; rnnc/_engine/plan.py decides). So a part's time does not depend on
 # how far apart the two cores are, where a split by units pays that distance every step
 # (benchmarks/results/tuning.md). Each part runs fused_sequence on its rows: the caller's
-# offsets with the part's first row and its own batch sizes. With the split at a multiple of 4
-# rows (the kernel's row tiles) both parts give the bits of the one-thread kernel (GRU: where
-# each step's rows fill whole tiles, see gru_rows_sequence).
+# offsets with the part's first row and its own batch sizes. With every part starting at a
+# multiple of 4 rows (the kernel's row tiles) the parts give the bits of the one-thread kernel
+# (GRU: where each step's rows fill whole tiles, see gru_rows_sequence).
 #
-# A call does not wait for the helper to start. Each part is claimed by whichever thread gets
-# to it first (`taken`): the caller starts with part 0, the helper with part 1 (so each part and
-# its buffers stay with one core from call to call, which is faster than parts changing threads;
-# benchmarks/results/tuning.md), and the caller goes on to part 1 if the helper has not claimed
-# it. It waits only for a part the helper claimed. So a sleeping helper (slow to wake,
-# rnnc/_kernels/_worker.h) is posted all the same: it takes part 1 if it wakes in time, and
-# otherwise finds nothing left, by which time the call may have returned. That is why the
-# helper's job lives in its Helper and not on the caller's stack, and why claims name a
-# generation (one a
-# call): a helper that wakes during a later call can only claim that call's parts, whose
-# descriptions are complete before the generation opens (`open`).
+# A call does not wait for a worker to start. Each part is claimed by whichever thread gets to
+# it first (`taken`): the caller starts with part 0, worker i with part i (so each part and its
+# buffers stay with one core from call to call, which is faster than parts changing threads;
+# benchmarks/results/tuning.md), and each goes on to the parts after its own that nobody has
+# claimed. The caller waits only for parts a worker claimed. So a sleeping worker (slow to
+# wake, rnnc/_kernels/_worker.h) is posted all the same: it takes a part if it wakes in time,
+# and otherwise finds nothing left, by which time the call may have returned. That is why the
+# job lives in the Pool and not on the caller's stack, and why claims name a generation (one a
+# call): a worker that wakes during a later call can only claim that call's parts, whose
+# descriptions are complete before the generation opens (`open`). Which thread ran a part
+# never changes its bits.
 # ---------------------------------------------------------------------------------------------
 cdef struct Rows:
     int mode                        # LSTM, GRU (reset_after), RNN_TANH or RNN_RELU
@@ -442,10 +456,13 @@ cdef struct Rows:
 
 
 cdef struct RowJob:
-    Rows parts[2]
+    Rows parts[MAX_PARTS]
+    long n_parts                    # parts of the open generation
     long open                       # the generation whose parts may be claimed
-    long taken[2]                   # the last generation of which each part was claimed
-    long done[2]                    # the last generation of which each part is done
+    long taken[MAX_PARTS]           # the last generation of which each part was claimed
+    long done[MAX_PARTS]            # the last generation of which each part is done (parts
+                                    # a generation does not have: claimed and done at its
+                                    # opening, so a late worker can never claim them)
 
 
 cdef void gru_rows_sequence(
@@ -520,12 +537,13 @@ cdef void run_rows(Rows* p, floating kind) noexcept nogil:
 
 
 cdef void take_rows(RowJob* job, int first) noexcept nogil:
-    """Run the parts of the open generation that no thread has claimed, part `first` first
-    (both threads call this)."""
+    """Run the parts of the open generation that no thread has claimed, part `first` first,
+    then the ones after it (every thread of the split calls this)."""
     cdef long g = rnnc_count_load(&job.open)
-    cdef int i, p
-    for i in range(2):
-        p = first ^ i
+    cdef long n = rnnc_count_load(&job.n_parts)
+    cdef long i, p
+    for i in range(n):
+        p = (first + i) % n
         if rnnc_count_claim(&job.taken[p], g - 1):
             if job.parts[p].is_double:
                 run_rows(&job.parts[p], <double>0)
@@ -534,134 +552,231 @@ cdef void take_rows(RowJob* job, int first) noexcept nogil:
             rnnc_count_publish(&job.done[p], g)
 
 
-# One helper thread and the job descriptions it runs, owned by a Helper; rnnc/_engine/threads.py
-# makes one per process and lends it to one call at a time (split_begin, a lock), and the entry
-# points below take it as an argument. job_kind says which job the helper runs when posted (set
-# before posting): a split part (parts[1]), the projection ahead (job_ahead) or the parts of a
-# row split (rows_job). A row-split call may return before the helper has run its job: a call
-# that posts another kind first waits for the helper to be done with every earlier post
-# (rnnc_worker_wait), since those read their job's description without a queue.
+# A pool of worker threads and the job descriptions they run, owned by a Pool;
+# rnnc/_engine/threads.py makes one per process, sizes it to rnnc's thread setting and lends it
+# to one call at a time (split_begin, a lock); the entry points below take it as an argument.
+# Worker i (1 <= i < n) runs part i of an n-part job; the caller runs part 0. Each worker is a
+# rnnc_worker of its own (rnnc/_kernels/_worker.h: spins briefly after a job, then sleeps), so
+# a job posts to exactly the workers it needs and the others stay asleep. job_kind says what
+# the posted workers run (set before posting): their split parts (parts[i]), the projection
+# ahead (job_ahead, worker 1) or the parts of a row split (rows_job). A row-split call may
+# return before a worker has run its job: a call that posts another kind first waits for every
+# worker to be done with every earlier post (wait_workers), since those read their job's
+# description without a queue.
 cdef enum:
     JOB_SPLIT = 0
     JOB_AHEAD = 1
     JOB_ROWS = 2
-    JOB_PYTHON = 3      # a Python callable (Helper.run_pair), run with the GIL
+    JOB_PYTHON = 3      # a Python callable per part (Pool.run_parts), run with the GIL
 
 
-cdef struct HelperState:
-    rnnc_worker* worker
-    Part parts[2]
+cdef struct Slot:
+    rnnc_worker* worker     # NULL: no thread in this slot
+    void* pool              # the PoolState the worker serves
+    int index               # the part it runs
+    bint has_thread_state   # the worker has a Python thread state of its own
+    bint retire             # its next job: drop its Python thread state (it is being stopped)
+
+
+cdef struct PoolState:
+    int n_workers                   # slots [1, n_workers] hold running workers
+    Slot slots[MAX_PARTS]           # slot 0 unused: part 0 is the caller's
+    Part parts[MAX_PARTS]
     Ahead* job_ahead
     RowJob rows_job
     int job_kind
-    void* owner             # the Helper (borrowed): JOB_PYTHON's callable and its error
-    bint has_thread_state   # the helper thread has a Python thread state of its own
+    void* owner             # the Pool (borrowed): JOB_PYTHON's callables and their errors
 
 
-cdef class Helper
+cdef class Pool
 
 
-cdef void run_python(HelperState* s) noexcept nogil:
-    """Call the owner's callable with the GIL. The thread keeps one Python thread state for
-    its life (made on its first Python job, the GIL then released), so that what Python keeps
-    per thread (threading.local scratch buffers) lasts from one job to the next."""
+cdef void wait_workers(PoolState* s, int first, int last) noexcept nogil:
+    """Wait until workers [first, last] are done with every post."""
+    cdef int i
+    for i in range(first, last + 1):
+        rnnc_worker_wait(s.slots[i].worker)
+
+
+cdef void post_workers(PoolState* s, int n_parts) noexcept nogil:
+    """Post the job to the workers of parts [1, n_parts)."""
+    cdef int i
+    for i in range(1, n_parts):
+        rnnc_worker_post(s.slots[i].worker)
+
+
+cdef void retire_python(Slot* slot) noexcept nogil:
+    """Drop this worker's Python thread state (made by run_python) before its thread ends:
+    take the GIL with it, then release the state's last hold, which deletes it."""
+    cdef PyThreadState* tstate
+    if slot.has_thread_state:
+        tstate = PyGILState_GetThisThreadState()
+        PyEval_RestoreThread(tstate)
+        PyGILState_Release(PyGILState_UNLOCKED)
+        slot.has_thread_state = False
+
+
+cdef void run_python(PoolState* s, Slot* slot) noexcept nogil:
+    """Call the owner's callable of this worker's part with the GIL. The thread keeps one
+    Python thread state for its life (made on its first Python job, the GIL then released), so
+    that what Python keeps per thread (threading.local scratch buffers) lasts from one job to
+    the next."""
     cdef PyGILState_STATE ignored
-    if not s.has_thread_state:
+    if not slot.has_thread_state:
         ignored = PyGILState_Ensure()
         PyEval_SaveThread()
-        s.has_thread_state = True
+        slot.has_thread_state = True
     with gil:
-        (<Helper>s.owner).call_job()
+        (<Pool>s.owner).call_job(slot.index)
 
 
-cdef void helper_job(void* arg) noexcept nogil:
-    cdef HelperState* s = <HelperState*>arg
-    if s.job_kind == JOB_ROWS:
-        take_rows(&s.rows_job, 1)
+cdef void worker_job(void* arg) noexcept nogil:
+    cdef Slot* slot = <Slot*>arg
+    cdef PoolState* s = <PoolState*>slot.pool
+    if slot.retire:
+        retire_python(slot)
+    elif s.job_kind == JOB_ROWS:
+        take_rows(&s.rows_job, slot.index)
     elif s.job_kind == JOB_PYTHON:
-        run_python(s)
+        run_python(s, slot)
     elif s.job_kind == JOB_AHEAD:
         if s.job_ahead.is_double:
             project_ahead(s.job_ahead, <double>0)
         else:
             project_ahead(s.job_ahead, <float>0)
     else:
-        run_part(&s.parts[1])
+        run_part(&s.parts[slot.index])
 
 
-cdef class Helper:
-    """A compiled helper thread (rnnc/_kernels/_worker.h) and the job descriptions it runs.
-    Started by ready(); one caller at a time may use it (rnnc/_engine/threads.py lends it)."""
-    cdef HelperState s
-    cdef object job             # JOB_PYTHON: the callable, and what it raised
-    cdef object error
+cdef class Pool:
+    """Compiled worker threads (rnnc/_kernels/_worker.h) and the job descriptions they run.
+    Sized by ready(); one caller at a time may use it (rnnc/_engine/threads.py lends it)."""
+    cdef PoolState s
+    cdef list jobs              # JOB_PYTHON: the callables of parts 1.., and what they raised
+    cdef list errors
 
     def __cinit__(self):
-        memset(&self.s, 0, sizeof(HelperState))
+        memset(&self.s, 0, sizeof(PoolState))
         self.s.job_kind = JOB_SPLIT
         self.s.owner = <void*>self
+        self.jobs = []
+        self.errors = []
 
-    cdef void call_job(self) noexcept:
+    cdef void call_job(self, int index) noexcept:
         try:
-            self.job()
-        except BaseException as exc:    # re-raised by run_pair on the caller's thread
-            self.error = exc
+            self.jobs[index]()
+        except BaseException as exc:    # re-raised by run_parts on the caller's thread
+            self.errors[index] = exc
 
-    def run_pair(self, first, second):
-        """first() on the calling thread and second() on the helper thread, concurrently;
-        returns when both are done, raising what either raised. The caller holds the helper
-        and its thread runs (ready()). second is posted before first starts, so a pair of
-        kernels that wait for each other at a barrier never finds its partner missing; both
-        must release the GIL while they wait."""
-        running_state(self, "run_pair")
+    def run_parts(self, callables):
+        """callables[0]() on the calling thread and callables[i]() on worker i, concurrently;
+        returns when all are done, raising what the first of them raised. The caller holds
+        the pool, and it has a worker for each part but the first (ready()). The workers'
+        parts are posted before the first starts, so kernels that wait for each other at a
+        barrier never find a partner missing; all must release the GIL while they wait."""
+        cdef int n = len(callables)
+        running_state(self, n - 1, "run_parts")
         with nogil:
-            rnnc_worker_wait(self.s.worker)     # done with earlier posts (a row split's)
-        self.job, self.error = second, None
+            wait_workers(&self.s, 1, self.s.n_workers)   # done with earlier posts (rows')
+        self.jobs = list(callables)
+        self.errors = [None] * n
         self.s.job_kind = JOB_PYTHON
         try:
             with nogil:
-                rnnc_worker_post(self.s.worker)
-            first()
+                post_workers(&self.s, n)
+            callables[0]()
         finally:
             with nogil:
-                rnnc_worker_wait(self.s.worker)
-            self.job = None
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+                wait_workers(&self.s, 1, n - 1)
+            errors = [e for e in self.errors if e is not None]
+            self.jobs, self.errors = [], []
+        if errors:
+            raise errors[0]
 
-    def ready(self):
-        """Start the helper thread if it is not running (first use, or a copy made by fork);
-        False if it cannot be started (the caller then runs the layer on one thread)."""
-        if self.s.worker != NULL and rnnc_worker_alive(self.s.worker):
-            return True
-        if self.s.worker != NULL:     # a forked copy: rnnc_worker_stop only frees it
-            rnnc_worker_stop(self.s.worker)
-        self.s.worker = rnnc_worker_start(helper_job, &self.s)
-        return self.s.worker != NULL
+    def ready(self, int workers=1):
+        """Run exactly `workers` worker threads (at most MAX_PARTS - 1): start the missing
+        ones (first use, more threads, a copy made by fork, whose threads are not in this
+        process) and stop the others. False if one could not be started (the caller then
+        runs the layer on one thread)."""
+        cdef int i, n = max(0, min(workers, MAX_PARTS - 1))
+        cdef Slot* slot
+        for i in range(1, MAX_PARTS):       # a forked copy: its workers are only freed
+            slot = &self.s.slots[i]
+            if slot.worker != NULL and not rnnc_worker_alive(slot.worker):
+                rnnc_worker_stop(slot.worker)
+                slot.worker = NULL
+                slot.has_thread_state = False
+        for i in range(n + 1, MAX_PARTS):
+            self._stop(i)
+        self.s.n_workers = 0
+        for i in range(1, n + 1):
+            slot = &self.s.slots[i]
+            if slot.worker == NULL:
+                slot.pool = <void*>&self.s
+                slot.index = i
+                slot.has_thread_state = slot.retire = False
+                slot.worker = rnnc_worker_start(worker_job, slot)
+                if slot.worker == NULL:
+                    return False
+            self.s.n_workers = i
+        return True
+
+    cdef void _stop(self, int i):
+        """Stop worker i after its posts: it first drops its Python thread state (the GIL is
+        released while it does)."""
+        cdef Slot* slot = &self.s.slots[i]
+        if slot.worker == NULL:
+            return
+        with nogil:
+            rnnc_worker_wait(slot.worker)
+            if slot.has_thread_state:
+                slot.retire = True
+                rnnc_worker_post(slot.worker)
+                rnnc_worker_wait(slot.worker)
+            rnnc_worker_stop(slot.worker)
+        slot.worker = NULL
+        slot.retire = slot.has_thread_state = False
+
+    @property
+    def size(self):
+        """Worker threads running in this process."""
+        cdef int i, n = 0
+        for i in range(1, MAX_PARTS):
+            if self.s.slots[i].worker != NULL and rnnc_worker_alive(self.s.slots[i].worker):
+                n += 1
+        return n
 
     @property
     def running(self):
-        """The helper thread runs in this process."""
-        return self.s.worker != NULL and rnnc_worker_alive(self.s.worker) != 0
+        """A worker thread runs in this process."""
+        return self.size > 0
 
     def __dealloc__(self):
-        # The thread reads this object's descriptions: done with every post, then stopped.
-        if self.s.worker == NULL:
-            return
-        with nogil:
-            if rnnc_worker_alive(self.s.worker):
-                rnnc_worker_wait(self.s.worker)
-            rnnc_worker_stop(self.s.worker)
-        self.s.worker = NULL
+        # The threads read this object's descriptions: done with every post, then stopped.
+        cdef int i
+        for i in range(1, MAX_PARTS):
+            if self.s.slots[i].worker == NULL:
+                continue
+            with nogil:
+                if rnnc_worker_alive(self.s.slots[i].worker):
+                    rnnc_worker_wait(self.s.slots[i].worker)
+                rnnc_worker_stop(self.s.slots[i].worker)
+            self.s.slots[i].worker = NULL
 
 
-cdef HelperState* running_state(Helper helper, str name) except NULL:
-    """helper's state, which the caller holds; its thread must be running."""
-    if helper.s.worker == NULL or not rnnc_worker_alive(helper.s.worker):
-        raise RuntimeError(f"{name}: the helper thread is not running (call its ready() "
-                           "first)")
-    return &helper.s
+cdef PoolState* running_state(Pool pool, int workers, str name) except NULL:
+    """pool's state, which the caller holds; it must run at least `workers` workers."""
+    cdef int i
+    if workers > MAX_PARTS - 1:
+        raise ValueError(f"{name}: at most {MAX_PARTS} parts, got {workers + 1}")
+    if pool.s.n_workers < workers:
+        raise RuntimeError(f"{name}: the pool runs {pool.s.n_workers} worker threads, "
+                           f"{workers} needed (call its ready() first)")
+    for i in range(1, workers + 1):
+        if not rnnc_worker_alive(pool.s.slots[i].worker):
+            raise RuntimeError(f"{name}: the pool's worker threads are not running (call "
+                               "its ready() first)")
+    return &pool.s
 
 
 cdef inline void* data_or_null(const char* data, Py_ssize_t size) noexcept:
@@ -696,25 +811,24 @@ cdef class SplitPart(_Described):
 
 
 cdef class SplitJob(_Described):
-    """A layer and direction split by units (split_forward_py): units [0, half) are part0's,
-    [half, H) part1's. mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM. x (N, I)
-    the packed input, batch_sizes and offsets its layout, w_ih (G*H, I) and w_hh (G*H, H) the
-    layer's weights, hbuf (2, B, H) both = h on entry, h (B, H) and c (B, H, LSTM; else
-    zero-size) the state in/out, out the output at columns col0, bar a zeroed int32 barrier.
-    prepared: the parts' w_ih, w_hh, packed and ih_packed already hold what this call would
-    fill (kept from an earlier call on the same weights); the parts skip filling them.
-    ih_per_panel: each part's ih_packed is one panel's buffer, (1, I, W), which the projection
-    fills panel by panel as it goes (one chunk of steps: W_ih is read once); not with
-    prepared."""
+    """A layer and direction split by units (split_forward_py) into n parts: units
+    [bounds[i], bounds[i + 1]) are parts[i]'s (bounds rise from 0 to H). mode: 0 RNN tanh,
+    1 RNN relu, 2 GRU (reset_after), 3 LSTM. x (N, I) the packed input, batch_sizes and
+    offsets its layout, w_ih (G*H, I) and w_hh (G*H, H) the layer's weights, hbuf (2, B, H)
+    both = h on entry, h (B, H) and c (B, H, LSTM; else zero-size) the state in/out, out the
+    output at columns col0, bar a zeroed int32 barrier. prepared: the parts' w_ih, w_hh,
+    packed and ih_packed already hold what this call would fill (kept from an earlier call on
+    the same weights); the parts skip filling them. ih_per_panel: each part's ih_packed is one
+    panel's buffer, (1, I, W), which the projection fills panel by panel as it goes (one chunk
+    of steps: W_ih is read once); not with prepared."""
     cdef public int mode
     cdef public object x, batch_sizes, offsets, w_ih, w_hh, hbuf, h, c, out, bar
     cdef public bint reverse, prepared, ih_per_panel
-    cdef public Py_ssize_t half, col0, chunk_steps
-    cdef public SplitPart part0, part1
+    cdef public Py_ssize_t col0, chunk_steps
+    cdef public object bounds, parts
 
     def __init__(self, **fields):
-        self.part0 = SplitPart()
-        self.part1 = SplitPart()
+        self.bounds, self.parts = (), []
         _Described.__init__(self, **fields)
 
 
@@ -742,19 +856,19 @@ cdef class RowsPart(_Described):
 
 
 cdef class RowsJob(_Described):
-    """A layer and direction split by batch rows (rows_forward_py): rows [0, rows0) are
-    part0's, [rows0, B) part1's. Arrays as lstm_fused_forward's, plus the layer's weights
-    (zero-size b_ih / b_hh: none); c zero-size for GRU and RNN. prepared: the parts' packed
-    copies hold the weights already (kept from an earlier call by a frozen module)."""
+    """A layer and direction split by batch rows (rows_forward_py) into n parts: rows
+    [bounds[i], bounds[i + 1]) are parts[i]'s (bounds rise from 0 to B). Arrays as
+    lstm_fused_forward's, plus the layer's weights (zero-size b_ih / b_hh: none); c zero-size
+    for GRU and RNN. prepared: the parts' packed copies hold the weights already (kept from an
+    earlier call by a frozen module)."""
     cdef public int mode
     cdef public object x, offsets, w_ih, w_hh, b_ih, b_hh, h, c, out
     cdef public bint reverse, prepared
-    cdef public Py_ssize_t col0, rows0
-    cdef public RowsPart part0, part1
+    cdef public Py_ssize_t col0
+    cdef public object bounds, parts
 
     def __init__(self, **fields):
-        self.part0 = RowsPart()
-        self.part1 = RowsPart()
+        self.bounds, self.parts = (), []
         _Described.__init__(self, **fields)
 
 
@@ -763,7 +877,7 @@ cdef inline bint is_double(object array):
 
 
 cdef int describe_part(Part* q, SplitJob job, SplitPart part, Py_ssize_t u0, Py_ssize_t nu,
-                       floating kind) except -1:
+                       int n_threads, floating kind) except -1:
     cdef const floating[:, ::1] x = job.x
     cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
     cdef const Py_ssize_t[::1] offsets = job.offsets
@@ -821,40 +935,52 @@ cdef int describe_part(Part* q, SplitJob job, SplitPart part, Py_ssize_t u0, Py_
     q.xh = data_or_null(<const char*>xh._data, xh.shape[0])
     q.chunk_steps = job.chunk_steps
     q.bar = &bar[0]
+    q.n_threads = n_threads
     return 0
 
 
-def split_forward_py(SplitJob job not None, Helper helper not None):
-    """One layer and direction, inference, part0's units on this thread and part1's on the
-    helper, which the caller holds (its ready() must have returned True). rnnc._engine.runners.units
-    validates and allocates everything (see SplitJob and SplitPart). The job's arrays must
-    stay unchanged until the call returns."""
-    cdef Py_ssize_t H = job.h.shape[1], half = job.half
-    if not 0 < half < H:    # each part needs units: one without would divide by zero
-        raise ValueError(f"split_forward_py: half must be in (0, {H}) (hidden_size), got "
-                         f"{half}")
+cdef list checked_bounds(object bounds, Py_ssize_t end, Py_ssize_t n_parts, str name,
+                         str what):
+    """bounds as ints, checked: they rise from 0 to end, one part between each two."""
+    cdef list b = [int(v) for v in bounds]
+    if (len(b) < 2 or len(b) != n_parts + 1 or b[0] != 0 or b[len(b) - 1] != end
+            or any(b[i] >= b[i + 1] for i in range(len(b) - 1))):
+        raise ValueError(f"{name}: bounds must rise from 0 to {end} ({what}), one part between "
+                         f"each two; got {b} for {n_parts} parts")
+    return b
+
+
+def split_forward_py(SplitJob job not None, Pool pool not None):
+    """One layer and direction, inference, split by units: part 0 on this thread and part i on
+    the pool's worker i, which the caller holds (its ready() must have returned True for at
+    least n - 1 workers). rnnc._engine.runners.units validates and allocates everything (see
+    SplitJob and SplitPart). The job's arrays must stay unchanged until the call returns."""
+    cdef Py_ssize_t H = job.h.shape[1]
+    cdef list bounds = checked_bounds(job.bounds, H, len(job.parts), "split_forward_py",
+                                      "hidden_size")
+    cdef int n = len(bounds) - 1, i
     if job.ih_per_panel and job.prepared:
         raise ValueError("split_forward_py: ih_per_panel packs W_ih as it goes; prepared "
                          "weights are packed already")
     if job.batch_sizes.shape[0] == 0 or job.x.shape[0] == 0 or job.h.shape[0] == 0:
         return
-    cdef HelperState* s = running_state(helper, "split_forward_py")
-    cdef Part parts[2]      # described (and checked) before the helper's are touched
-    if is_double(job.x):
-        describe_part(&parts[0], job, job.part0, 0, half, <double>0)
-        describe_part(&parts[1], job, job.part1, half, H - half, <double>0)
-    else:
-        describe_part(&parts[0], job, job.part0, 0, half, <float>0)
-        describe_part(&parts[1], job, job.part1, half, H - half, <float>0)
+    cdef PoolState* s = running_state(pool, n - 1, "split_forward_py")
     with nogil:
-        rnnc_worker_wait(s.worker)  # done with earlier posts (a row split's may be pending)
+        wait_workers(s, 1, s.n_workers)   # done with earlier posts (a row split's may be pending)
+    cdef Py_ssize_t u0, nu
+    cdef bint double = is_double(job.x)
+    cdef SplitPart part
+    for i in range(n):      # no worker reads the parts until they are posted
+        u0, nu, part = bounds[i], bounds[i + 1] - bounds[i], job.parts[i]
+        if double:
+            describe_part(&s.parts[i], job, part, u0, nu, n, <double>0)
+        else:
+            describe_part(&s.parts[i], job, part, u0, nu, n, <float>0)
     s.job_kind = JOB_SPLIT
-    s.parts[0] = parts[0]
-    s.parts[1] = parts[1]
     with nogil:
-        rnnc_worker_post(s.worker)
+        post_workers(s, n)
         run_part(&s.parts[0])
-        rnnc_worker_wait(s.worker)
+        wait_workers(s, 1, n - 1)
 
 
 cdef int describe_ahead(Ahead* a, AheadJob job, floating kind) except -1:
@@ -888,9 +1014,9 @@ cdef int describe_ahead(Ahead* a, AheadJob job, floating kind) except -1:
     return 0
 
 
-cdef int run_ahead(Ahead* a, AheadJob job, HelperState* s, floating kind) except -1:
-    """pipelined_forward_py's time loop on this thread, a described; s: the helper's state,
-    or NULL (no helper)."""
+cdef int run_ahead(Ahead* a, AheadJob job, PoolState* s, floating kind) except -1:
+    """pipelined_forward_py's time loop on this thread, a described; s: the pool's state (its
+    worker 1 projects ahead), or NULL (no pool)."""
     cdef const floating[:, ::1] x = job.x
     cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
     cdef const Py_ssize_t[::1] offsets = job.offsets
@@ -917,42 +1043,43 @@ cdef int run_ahead(Ahead* a, AheadJob job, HelperState* s, floating kind) except
     # Only an awake helper gets the job (waking a sleeping one can take longer than this layer,
     # rnnc/_kernels/_worker.h); a sleeping one is woken for the calls that follow, and this
     # call projects every chunk.
-    cdef bint post = s != NULL and rnnc_worker_awake(s.worker)
+    cdef bint post = s != NULL and rnnc_worker_awake(s.slots[1].worker)
     if s != NULL and not post:
-        rnnc_worker_wake(s.worker)
-    if post:                # only the caller that holds the helper touches its job
+        rnnc_worker_wake(s.slots[1].worker)
+    if post:                # only the caller that holds the pool touches its job
         with nogil:
-            rnnc_worker_wait(s.worker)  # done with earlier posts (a row split's may be pending)
+            wait_workers(s, 1, s.n_workers)   # done with earlier posts (a row split's)
         s.job_kind = JOB_AHEAD
         s.job_ahead = a
     with nogil:
         if post:
-            rnnc_worker_post(s.worker)
+            post_workers(s, 2)
         forward_part(mode, &x[0, 0], x.shape[1], x.shape[1], &batch_sizes[0], &offsets[0], a.T,
                      reverse, &w_ih[0, 0], 0, &w_ih_packed[0, 0, 0], <const floating*>a.bias,
                      pb_hn, &w_hh[0, 0], &w_hh_packed[0, 0, 0], G, H, 0, H, h.shape[0],
                      &hbuf[0, 0, 0], &h[0, 0], pc, pcpart, &out[0, col0], out.shape[1],
                      <floating*>NULL, phg, chunk_steps, <int*>NULL, 1, a)
         if post:
-            rnnc_worker_wait(s.worker)
+            wait_workers(s, 1, 1)
     if post:
         s.job_ahead = NULL
     return 0
 
 
-def pipelined_forward_py(AheadJob job not None, Helper helper):
-    """One layer and direction, inference, on this thread, with the helper projecting the next
-    chunk of steps' inputs ahead (see Ahead) when a helper is given (the caller holds it: its
-    ready() returned True) and it is awake; None, or else this thread projects every chunk,
+def pipelined_forward_py(AheadJob job not None, Pool pool):
+    """One layer and direction, inference, on this thread, with the pool's worker 1 projecting
+    the next chunk of steps' inputs ahead (see Ahead) when a pool is given (the caller holds
+    it: its ready() returned True) and the worker is awake; None, or else this thread projects
+    every chunk,
     which gives the same results. See AheadJob for the arrays.
     mode: 0 RNN tanh, 1 RNN relu, 2 GRU (reset_after), 3 LSTM (no projection)."""
     if job.batch_sizes.shape[0] == 0 or job.x.shape[0] == 0 or job.h.shape[0] == 0:
         return
     if job.w_ih_packed.shape[0] == 0 or job.w_hh_packed.shape[0] == 0:
         raise ValueError("pipelined_forward_py: w_ih_packed and w_hh_packed are required")
-    cdef HelperState* s = NULL
-    if helper is not None:
-        s = running_state(helper, "pipelined_forward_py")
+    cdef PoolState* s = NULL
+    if pool is not None:
+        s = running_state(pool, 1, "pipelined_forward_py")
     cdef Ahead ahead
     if is_double(job.x):
         describe_ahead(&ahead, job, <double>0)
@@ -1018,47 +1145,55 @@ cdef int describe_rows(Rows* q, RowsJob job, RowsPart part, Py_ssize_t row0, Py_
     return 0
 
 
-def rows_forward_py(RowsJob job not None, Helper helper):
+def rows_forward_py(RowsJob job not None, Pool pool):
     """One LSTM (mode 3), GRU (2, reset_after) or RNN (0 tanh, 1 relu) layer and direction,
-    inference without projection, its batch rows [0, rows0) and [rows0, B) run as two
-    sequences: part0 on this thread, part1 on the helper when one is given (the caller holds
-    it: its ready() returned True) and the helper claims it in time, else (or with None) on
-    this thread too; the results are the same (see RowJob). See RowsJob and RowsPart for the
-    arrays. GRU (gru_rows_sequence): each part's packed holds W_ih^T's panels and packed_hh
-    W_hh^T's; its xh, c and cwork are zero-size."""
-    cdef Py_ssize_t B = job.h.shape[0], T = job.part0.batch_sizes.shape[0], rows0 = job.rows0
-    if T == 0 or job.x.shape[0] == 0 or B == 0:
+    inference without projection, its batch rows split into n parts (job.bounds) run as
+    sequences of their own: part 0 on this thread, part i on the pool's worker i when a pool
+    is given (the caller holds it) and the worker claims it in time, else (or with None, or
+    beyond the pool's workers) on this thread too; the results are the same (see RowJob). See
+    RowsJob and RowsPart for the arrays. GRU (gru_rows_sequence): each part's packed holds
+    W_ih^T's panels and packed_hh W_hh^T's; its xh, c and cwork are zero-size."""
+    cdef Py_ssize_t B = job.h.shape[0]
+    cdef list bounds = checked_bounds(job.bounds, B, len(job.parts), "rows_forward_py",
+                                      "the batch")
+    cdef int n = len(bounds) - 1, i
+    if n > MAX_PARTS:
+        raise ValueError(f"rows_forward_py: at most {MAX_PARTS} parts, got {n}")
+    if job.parts[0].batch_sizes.shape[0] == 0 or job.x.shape[0] == 0:
         return
-    if not 0 < rows0 < B:
-        raise ValueError(f"rows_forward_py: rows0 must be in (0, {B}) (the batch), got {rows0}")
-    cdef HelperState* s = NULL
-    if helper is not None:
-        s = running_state(helper, "rows_forward_py")
-    cdef Rows parts[2]      # described (and checked) before the queue's are touched
-    if is_double(job.x):
-        describe_rows(&parts[0], job, job.part0, 0, rows0, <double>0)
-        describe_rows(&parts[1], job, job.part1, rows0, B - rows0, <double>0)
-    else:
-        describe_rows(&parts[0], job, job.part0, 0, rows0, <float>0)
-        describe_rows(&parts[1], job, job.part1, rows0, B - rows0, <float>0)
-    cdef RowJob alone           # without the helper: this call's own queue
+    cdef PoolState* s = NULL
+    if pool is not None:
+        s = running_state(pool, 0, "rows_forward_py")
+    cdef RowJob alone           # without the pool: this call's own queue
     cdef RowJob* q = &s.rows_job if s != NULL else &alone
     cdef long g
     if s == NULL:
-        alone.open = alone.taken[0] = alone.taken[1] = alone.done[0] = alone.done[1] = 0
-    # The previous generation is closed (both parts claimed and done): nobody reads the parts.
+        memset(&alone, 0, sizeof(RowJob))
+    # The previous generation is closed (all its parts claimed and done): nobody reads the
+    # parts until the next opens, and none can be claimed before.
     g = q.open + 1
-    q.parts[0] = parts[0]
-    q.parts[1] = parts[1]
+    cdef Py_ssize_t row0, nrows
+    cdef bint double = is_double(job.x)
+    cdef RowsPart part
+    for i in range(n):
+        row0, nrows, part = bounds[i], bounds[i + 1] - bounds[i], job.parts[i]
+        if double:
+            describe_rows(&q.parts[i], job, part, row0, nrows, <double>0)
+        else:
+            describe_rows(&q.parts[i], job, part, row0, nrows, <float>0)
+    for i in range(n, MAX_PARTS):
+        rnnc_count_publish(&q.taken[i], g)
+        rnnc_count_publish(&q.done[i], g)
+    rnnc_count_publish(&q.n_parts, n)
     rnnc_count_publish(&q.open, g)
     if s != NULL:
         s.job_kind = JOB_ROWS
     with nogil:
         if s != NULL:
-            rnnc_worker_post(s.worker)
+            post_workers(s, min(n, s.n_workers + 1))
         take_rows(q, 0)
-        rnnc_count_wait(&q.done[0], g)
-        rnnc_count_wait(&q.done[1], g)
+        for i in range(n):
+            rnnc_count_wait(&q.done[i], g)
 
 
 include "_configure.pxi"

@@ -23,9 +23,11 @@ then each computes its columns of the gradient of the previous state, dh[:, unit
 order, which only this thread reads at the next step. One barrier per step: the next step
 writes other rows of the shared buffer. After the last step every thread has all of dA and
 computes its share of the large GEMMs: [dW_ih | dW_hh] for its units' rows (one GEMM with
-[x | h_prev]) and the input gradient for half of the rows, with BLAS at one thread each.
+[x | h_prev]) and the input gradient for its share of the rows, with BLAS at one thread each.
 
-Part order is a permutation of the gate rows, [part 0: i f g o | part 1: i f g o]; the caller
+Any number of threads may split a layer (n_threads, each with its units and its share of the
+rows; rnnc/_engine/runners/units.py runs them on rnnc's pool). Part order is a permutation of
+the gate rows, [part 0: i f g o | part 1: i f g o | ...]; the caller
 (rnnc/_engine/runners/units.py) hands over the weights in that order and the kernels write the
 weight and bias gradients back in the parameters' order. The GIL is released for the whole
 sequence; nothing is allocated here.

@@ -1,5 +1,6 @@
-/* A helper thread owned by one object (a stream, rnnc/_kernels/_stream_kernel.pyx) that runs the
- * same job again and again, each time the owner posts it, one short step apart.
+/* A helper thread owned by one object (a stream, rnnc/_kernels/_stream_kernel.pyx, or a worker
+ * slot of the pool of rnnc/_kernels/_parallel_forward.pyx) that runs the same job again and
+ * again, each time the owner posts it, one short step apart.
  *
  * Why not a thread pool or a Python thread: handing work to a Python thread costs many times a
  * streamed layer's time step (benchmarks/results/tuning.md). Here the owner publishes a sequence

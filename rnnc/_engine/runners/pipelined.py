@@ -1,24 +1,23 @@
-"""PIPELINED: a layer too small to split runs its steps on the calling thread while the helper
-thread projects the inputs of the next chunk of steps (rnnc/_kernels/_parallel_forward.pyx,
-pipelined_forward_py). Chunks are taken from one queue by either thread, so a helper that
+"""PIPELINED: a layer too small to split runs its steps on the calling thread while the pool's
+first worker projects the inputs of the next chunk of steps (rnnc/_kernels/_parallel_forward.pyx,
+pipelined_forward_py). Chunks are taken from one queue by either thread, so a worker that
 starts late or never only costs time: the results do not depend on it. Inference only."""
 from rnnc._engine import threads
 from rnnc._engine.kernels import K
-from rnnc._engine.workspace import (empty, folded_biases, pack_panels, recurrent_panels,
-                                    workspace)
+from rnnc._engine.workspace import empty, folded_biases, pack_panels, recurrent_panels, workspace
 
 
 def forward(plan, job):
-    helper = threads.split_begin()
+    pool = threads.split_begin()
     try:
-        _forward(plan, job, helper)
+        _forward(plan, job, pool)
     finally:
-        if helper is not None:
+        if pool is not None:
             threads.split_end()
     return None
 
 
-def _forward(plan, job, helper):
+def _forward(plan, job, pool):
     mode, dtype, d = plan.mode, plan.dtype, job.d
     G, H = plan.gates, plan.hidden_size
     B = job.h.shape[0]
@@ -38,4 +37,4 @@ def _forward(plan, job, helper):
         cpart=workspace("pipe c", (B, H), dtype) if mode == "LSTM" else empty2, out=job.out,
         col0=job.col0, ring=workspace("pipe ring", (2, per_chunk * B, G * H), dtype),
         hg=workspace("pipe hg", (B, G * H), dtype) if mode == "GRU" else empty2,
-        chunk_steps=per_chunk), helper)
+        chunk_steps=per_chunk), pool)

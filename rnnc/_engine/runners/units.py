@@ -1,5 +1,6 @@
-"""UNITS: a layer's hidden units split between the calling thread and a helper thread, which
-meet once per step to exchange the new state.
+"""UNITS: a layer's hidden units split into plan.parts blocks (plan.unit_bounds), one on the
+calling thread and the others on the pool's workers (rnnc/_engine/threads.py), which meet once
+per step at an n-party barrier to exchange the new state.
 
 Inference (rnnc/_kernels/_parallel_forward.pyx, split_forward_py): each part projects its own
 gate columns and computes its columns of the recurrent product, on its own copy of its weight
@@ -7,11 +8,12 @@ rows (packed by the part, or kept by a frozen module). LSTM training
 (rnnc/_kernels/_parallel_train.pyx): the same split, with the weights in part order for the
 whole call, and a backward split the same way.
 
-Everything is allocated before either part starts: the parts wait for each other every step,
-so neither may fail alone.
+Everything is allocated before any part starts: the parts wait for each other every step, so
+none may fail alone.
 """
 import contextlib
 import functools
+from itertools import pairwise
 
 import numpy as np
 
@@ -20,29 +22,35 @@ from rnnc._engine.kernels import K
 from rnnc._engine.layout import gate_rows
 from rnnc._engine.plan import FUSED
 from rnnc._engine.runners import fused, kernel
-from rnnc._engine.workspace import (aligned_empty, empty, folded_biases, new_barrier,
-                                    pack_panels, panel_workspace, workspace)
+from rnnc._engine.workspace import (
+    aligned_empty,
+    empty,
+    folded_biases,
+    new_barrier,
+    pack_panels,
+    panel_workspace,
+    workspace,
+)
 
 
 def forward(plan, job):
     if plan.training:
         return _train_forward(plan, job)
-    # Waits for another call using the helper: running alone instead would round differently.
-    helper = threads.split_begin(wait=True)
-    if helper is None:      # no helper thread could be started
+    # Waits for another call using the pool: running alone instead would round differently.
+    pool = threads.split_begin(wait=True, parts=plan.parts)
+    if pool is None:      # no worker thread could be started
         return (fused if plan.alone == FUSED else kernel).forward(plan, job)
     try:
-        _forward(plan, job, helper)
+        _forward(plan, job, pool)
     finally:
         threads.split_end()
     return None
 
 
-def _forward(plan, job, helper):
+def _forward(plan, job, pool):
     mode, dtype = plan.mode, plan.dtype
     G, H = plan.gates, plan.hidden_size
     B = job.h.shape[0]
-    half = plan.half
     bias, b_hn = folded_biases(mode, job.b_ih, job.b_hh, H)
     hbuf = workspace("split h", (2, B, H), dtype)
     hbuf[0] = job.h
@@ -55,7 +63,7 @@ def _forward(plan, job, helper):
     packs = job.packs
     width = K.panel_width(dtype)
     args, kept, new = {}, {}, {}
-    for p, (u0, nu) in enumerate(((0, half), (half, H - half))):
+    for p, (u0, nu) in enumerate(_parts(plan)):
         rows = gate_rows(G, H, u0, nu)
         gather_hh, in_place = plan.units_gather_hh[p], plan.units_in_place[p]
         key = (*job.name, "split", p, small, fused, packed_ih, in_place, gather_hh)
@@ -83,17 +91,14 @@ def _forward(plan, job, helper):
     layout = job.layout
     split = K.SplitJob(
         mode=plan.kernel_code, x=job.x, batch_sizes=layout.batch_sizes, offsets=layout.offsets,
-        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, half=half, hbuf=hbuf, h=job.h,
-        c=job.c if job.c is not None else empty2, out=job.out, col0=job.col0,
+        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, bounds=plan.unit_bounds, hbuf=hbuf,
+        h=job.h, c=job.c if job.c is not None else empty2, out=job.out, col0=job.col0,
         chunk_steps=plan.chunk_steps, bar=new_barrier(), prepared=not new,
-        ih_per_panel=per_panel)
-    for part, p in ((split.part0, 0), (split.part1, 1)):
-        for name, value in args[p].items():
-            setattr(part, name, value)
+        ih_per_panel=per_panel, parts=[K.SplitPart(**args[p]) for p in range(plan.parts)])
     # On the small-batch kernel the parts never call BLAS (products and projections are
     # packed): holding BLAS at one thread is then not needed.
     with threads.blas_one_thread() if not small else contextlib.nullcontext():
-        K.split_forward_py(split, helper)
+        K.split_forward_py(split, pool)
     if packs is not None:
         packs.update(new)       # only once filled: another thread may read them next
 
@@ -101,21 +106,22 @@ def _forward(plan, job, helper):
 # -- LSTM training ---------------------------------------------------------------------------
 def _parts(plan):
     """(u0, nu) of each part."""
-    return ((0, plan.half), (plan.half, plan.hidden_size - plan.half))
+    b = plan.unit_bounds
+    return tuple((b0, b1 - b0) for b0, b1 in pairwise(b))
 
 
 @functools.lru_cache(maxsize=16)
-def _part_order(H, half):
-    """Gate rows (4H) in part order: [part 0: i f g o of its units | part 1: ...]."""
-    order = np.concatenate([gate_rows(4, H, u0, nu) for u0, nu in ((0, half), (half, H - half))])
+def _part_order(H, bounds):
+    """Gate rows (4H) in part order: [part 0: i f g o of its units | part 1: ... | ...]."""
+    order = np.concatenate([gate_rows(4, H, b0, b1 - b0) for b0, b1 in pairwise(bounds)])
     order.flags.writeable = False   # shared by every call (cached)
     return order
 
 
-def _halves(N):
-    """Rows [0, N) in two halves, one per part: of the input copied into [x | h_prev] in the
-    forward, of the input gradient in the backward."""
-    return ((0, N // 2), (N // 2, N))
+def _shares(N, parts):
+    """Rows [0, N) in `parts` shares, one per part: of the input copied into [x | h_prev] in
+    the forward, of the input gradient in the backward."""
+    return tuple((N * p // parts, N * (p + 1) // parts) for p in range(parts))
 
 
 def _train_forward(plan, job):
@@ -125,7 +131,7 @@ def _train_forward(plan, job):
     dtype = plan.dtype
     (N, I), (B, H) = job.x.shape, job.h.shape
     small = plan.parts_small_gemm
-    perm = _part_order(H, plan.half)
+    perm = _part_order(H, plan.unit_bounds)
     w_ih_perm = job.w_ih[perm]
     w_hh_perm = job.w_hh[perm]
     bias = (job.b_ih + job.b_hh)[perm] if job.b_ih.size else empty(dtype, 1)
@@ -137,7 +143,7 @@ def _train_forward(plan, job):
     hbuf[1] = job.h
     bar = new_barrier()
     parts = []
-    for p, ((u0, nu), (x0, x1)) in enumerate(zip(_parts(plan), _halves(N))):
+    for p, ((u0, nu), (x0, x1)) in enumerate(zip(_parts(plan), _shares(N, plan.parts))):
         rows = slice(4 * u0, 4 * (u0 + nu))
         if small:
             w_ih_p, w_hh_p = w_ih_perm[rows], empty(dtype, 2)
@@ -152,9 +158,8 @@ def _train_forward(plan, job):
             bias=bias[rows] if bias.size else bias, w_hh=w_hh_p, w_hh_packed=hh_packed, u0=u0,
             nu=nu, hbuf=hbuf, h=job.h, c=job.c,
             cpart=workspace(f"split train c {p}", (B, nu), dtype), out=job.out, col0=job.col0,
-            act=act, xh=xh, xrow0=x0, xrow1=x1, c_prev=c_prev, bar=bar, n_threads=2))
-    threads.run_pair(lambda: K.lstm_train_forward_part_py(parts[0]),
-                     lambda: K.lstm_train_forward_part_py(parts[1]))
+            act=act, xh=xh, xrow0=x0, xrow1=x1, c_prev=c_prev, bar=bar, n_threads=plan.parts))
+    threads.run_parts([lambda part=part: K.lstm_train_forward_part_py(part) for part in parts])
     return act, xh, c_prev, (w_ih_perm, w_hh_perm)
 
 
@@ -166,7 +171,7 @@ def backward(plan, job):
     N, I = xh.shape[0], xh.shape[1] - H
     bar = new_barrier()
     parts = []
-    for p, ((u0, nu), (row0, row1)) in enumerate(zip(_parts(plan), _halves(N))):
+    for p, ((u0, nu), (row0, row1)) in enumerate(zip(_parts(plan), _shares(N, plan.parts))):
         cols = w_hh_perm[:, u0:u0 + nu]
         if plan.parts_small_gemm:
             w_cols, packed = empty(dtype, 2), pack_panels(cols.T, f"split train bwd {p}")
@@ -181,6 +186,6 @@ def backward(plan, job):
             dx=job.dx, add_dx=job.add_dx, dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih,
             db_hh=job.db_hh, acc=workspace(f"split train acc {p}", (4 * nu,), dtype),
             wtmp=workspace(f"split train wtmp {p}", (4 * nu, I + H), dtype),
-            tc_row=workspace(f"split train tc {p}", (nu,), dtype), bar=bar, n_threads=2))
-    threads.run_pair(lambda: K.lstm_backward_part_py(parts[0]),
-                     lambda: K.lstm_backward_part_py(parts[1]))
+            tc_row=workspace(f"split train tc {p}", (nu,), dtype), bar=bar,
+            n_threads=plan.parts))
+    threads.run_parts([lambda part=part: K.lstm_backward_part_py(part) for part in parts])
