@@ -147,3 +147,14 @@ def test_small_linear_leaves_the_thread_setting():
     y = layer(x)
     layer.backward(np.ones_like(y))
     assert rnnc.get_num_threads() == before
+
+
+def test_small_blas_layers_hold_blas_at_one_thread_by_l2():
+    """A GRU in the original formulation runs its products on BLAS; at 2 threads they run on
+    one BLAS thread when they fit one core's L2."""
+    args = ("GRU", 32, 64, 0, False, False, 16, 50, np.float32, False, False)
+    with machine.use(l2=1 << 20):
+        assert plan.make_plan(*args, threads=2).hold_blas
+        assert not plan.make_plan(*args, threads=1).hold_blas
+    with machine.use(l2=16 << 10):
+        assert not plan.make_plan(*args, threads=2).hold_blas

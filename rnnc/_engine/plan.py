@@ -98,6 +98,7 @@ class LayerPlan:
     parts: int = 1                  # UNITS / ROWS: threads the layer splits between (each
                                     # part one), at most rnnc's thread setting
     unit_bounds: tuple = ()         # UNITS: part p's hidden units are [b[p], b[p + 1])
+    hold_blas: bool = False         # BLAS held at one thread for the layer (small products)
 
     @property
     def gates(self):
@@ -288,6 +289,17 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
                               or (units_packed_ih and nu % width == 0)) for nu in nus)
     packed_projection = f.get("packed_projection", small and (
         one_thread or chunk_steps * B * G * H * I <= PACKED_PROJECTION_MAX_THREADED_WORK))
+    # The layer's BLAS products (a one-thread strategy at 2+ threads lets BLAS split them)
+    # run on one BLAS thread when each is small enough for one core (blas_fits_one_core).
+    blas = []
+    if strategy in (KERNEL, PIPELINED) and two and not concurrent and not training:
+        if not packed_projection:
+            blas.append((chunk_steps * B, I, G * H))
+        if not small:
+            blas.append((B, P, G * H))
+        if proj_size:
+            blas.append((B, H, P))
+    hold = f.get("hold_blas", bool(blas) and all(blas_fits_one_core(*p, dtype) for p in blas))
     return LayerPlan(
         mode=mode, hidden_size=H, proj_size=proj_size, reset_after=reset_after, relu=relu,
         dtype=dtype, training=training, frozen=frozen, threads=threads,
@@ -295,7 +307,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         packed_projection=packed_projection, ih_per_panel=per_panel, chunk_steps=chunk_steps,
         pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
         units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
-        units_in_place=in_place, parts=parts, unit_bounds=bounds)
+        units_in_place=in_place, parts=parts, unit_bounds=bounds, hold_blas=hold)
 
 
 def _choices(problem):

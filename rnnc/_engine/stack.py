@@ -10,6 +10,8 @@ where the plan says (each split further with four threads or more). Results are 
 to the caller's batch order. A training call keeps the plans and what each runner returned,
 and the backward runs the same runners.
 """
+import contextlib
+
 import numpy as np
 
 from rnnc._dropout import dropout_mask
@@ -18,7 +20,7 @@ from rnnc._engine.kernels import K
 from rnnc._engine.layout import PackedLayout
 from rnnc._engine.plan import GATES, make_plan
 from rnnc._engine.runners import RUNNERS
-from rnnc._engine.threads import run_pair
+from rnnc._engine.threads import blas_one_thread, run_pair
 from rnnc._engine.workspace import empty, workspace
 from rnnc._validation import check_blas_size
 
@@ -139,7 +141,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
             if train:
                 cache.kept[k][d] = kept
 
-        _run_directions(direction, D, plan.directions_concurrent)
+        with blas_one_thread() if plan.hold_blas else contextlib.nullcontext():
+            _run_directions(direction, D, plan.directions_concurrent)
         layer_in = out
 
     if layout.perm is not None:
