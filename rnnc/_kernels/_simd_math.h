@@ -1,8 +1,9 @@
 /* Vectorisable float32 exp-based activations, applied in place to contiguous arrays.
  *
  * Written as plain, branch-free loops so the compiler vectorises them; on x86-64 each function
- * is compiled for AVX-512, AVX2 and the baseline and the best one is picked at load time
- * (target_clones: runtime CPU dispatch). The kernels are built with -fno-trapping-math, which lets
+ * is compiled for AVX-512, AVX2 + FMA and the baseline and the one of the level in use
+ * (rnnc_cpu_isa(), _cpu.h) runs; the forward rows also have AVX-512 versions written with
+ * intrinsics (below). The kernels are built with -fno-trapping-math, which lets
  * the compiler evaluate both sides of a select; it changes no value (IEEE results, NaN and inf
  * as usual), unlike -ffast-math. Accuracy (checked by tests/test_activations.py against
  * float64 NumPy): within a few float32 ulps (relative error <= 1e-6) wherever the result is a
@@ -20,10 +21,36 @@
 #include <string.h>
 #include <stddef.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(RNNC_NO_DISPATCH)
-#define RNNC_DISPATCH __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#include "_cpu.h"
+
+/* The plain loops below are compiled once per instruction-set level of _cpu.h, by
+ * RNNC_AT_LEVELS: NAME_avx512 (AVX-512F), NAME_avx2 (AVX2 + FMA) and NAME_baseline (the
+ * compiler's default target), each from the same body; the dispatchers further down pick one by
+ * rnnc_cpu_isa() at every call, so that RNNC_MAX_CPU_ISA (and rnnc._engine.machine.use) decide
+ * which code runs. (GCC's target_clones picked by the CPU alone, at load time.) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
+#define RNNC_LEVEL_DISPATCH 1
+#define RNNC_AT_LEVELS(NAME, PARAMS, ...)                                                     \
+    __attribute__((target("avx512f"))) static void NAME##_avx512 PARAMS { __VA_ARGS__ }     \
+    __attribute__((target("avx2,fma"))) static void NAME##_avx2 PARAMS { __VA_ARGS__ }      \
+    static void NAME##_baseline PARAMS { __VA_ARGS__ }
+/* The loops whose AVX-512 version is written with intrinsics further down: two levels. */
+#define RNNC_BELOW_AVX512(NAME, PARAMS, ...)                                                  \
+    __attribute__((target("avx2,fma"))) static void NAME##_avx2 PARAMS { __VA_ARGS__ }      \
+    static void NAME##_baseline PARAMS { __VA_ARGS__ }
+/* Calls NAME_<level> ARGS for the level in use. */
+#define RNNC_CALL_AT_LEVEL(NAME, ARGS)                                                        \
+    do {                                                                                      \
+        switch (rnnc_cpu_isa()) {                                                             \
+            case RNNC_ISA_AVX512: NAME##_avx512 ARGS; break;                                  \
+            case RNNC_ISA_AVX2: NAME##_avx2 ARGS; break;                                      \
+            default: NAME##_baseline ARGS; break;                                             \
+        }                                                                                     \
+    } while (0)
 #else
-#define RNNC_DISPATCH
+#define RNNC_AT_LEVELS(NAME, PARAMS, ...) static void NAME##_baseline PARAMS { __VA_ARGS__ }
+#define RNNC_BELOW_AVX512(NAME, PARAMS, ...) static void NAME##_baseline PARAMS { __VA_ARGS__ }
+#define RNNC_CALL_AT_LEVEL(NAME, ARGS) NAME##_baseline ARGS
 #endif
 
 __attribute__((always_inline))
@@ -95,25 +122,23 @@ static inline float rnnc_tanhf_body(float v) {
     return a >= RNNC_TANH_ONE ? one : (a < RNNC_TANH_TINY ? v : r);
 }
 
-RNNC_DISPATCH
-static void rnnc_sigmoid_f32_generic(float* x, ptrdiff_t n) {
+RNNC_BELOW_AVX512(rnnc_sigmoid_f32_loop, (float* x, ptrdiff_t n),
     for (ptrdiff_t i = 0; i < n; i++)
         x[i] = rnnc_sigmoidf_body(x[i]);
-}
+)
 
-RNNC_DISPATCH
-static void rnnc_tanh_f32_generic(float* x, ptrdiff_t n) {
+RNNC_BELOW_AVX512(rnnc_tanh_f32_loop, (float* x, ptrdiff_t n),
     for (ptrdiff_t i = 0; i < n; i++)
         x[i] = rnnc_tanhf_body(x[i]);
-}
+)
 
 /* One batch row of an LSTM step in one vectorised pass (separate passes over the gate blocks
  * cost a call and a trip through memory each). g (4H): pre-activations i, f, g, o in,
  * activations out (kept for training); c (H) updated; h and out (H) receive o * tanh(c')
  * (out may be h). */
-RNNC_DISPATCH
-static void rnnc_lstm_row_f32_generic(ptrdiff_t H, float* restrict g, float* restrict c,
-                              float* restrict h, float* out) {
+__attribute__((always_inline))
+static inline void rnnc_lstm_row_body(ptrdiff_t H, float* restrict g, float* restrict c,
+                                      float* restrict h, float* out) {
     for (ptrdiff_t j = 0; j < H; j++) {
         float i_ = rnnc_sigmoidf_body(g[j]);
         float f_ = rnnc_sigmoidf_body(g[H + j]);
@@ -132,6 +157,11 @@ static void rnnc_lstm_row_f32_generic(ptrdiff_t H, float* restrict g, float* res
         for (ptrdiff_t j = 0; j < H; j++)
             out[j] = h[j];
 }
+
+RNNC_BELOW_AVX512(rnnc_lstm_row_f32_loop, (ptrdiff_t H, float* g, float* c, float* h,
+                                           float* out),
+    rnnc_lstm_row_body(H, g, c, h, out);
+)
 
 /* One batch row of a GRU step, PyTorch's form n = tanh(x_n + r * (h W_hn^T + b_hn)), in one
  * pass. x (3H): input parts of r, z, n in (biases folded), activations out; hg (3H): the
@@ -158,9 +188,9 @@ static inline void rnnc_gru_row_body(ptrdiff_t H, float* restrict x, const float
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, const float* b_hn,
-                             const float* h_old, float* h_new, float* out, float* hn_keep) {
+RNNC_BELOW_AVX512(rnnc_gru_row_f32_loop, (ptrdiff_t H, float* x, const float* hg,
+                                          const float* b_hn, const float* h_old, float* h_new,
+                                          float* out, float* hn_keep),
     if (b_hn && hn_keep)
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 1, 1);
     else if (b_hn)
@@ -169,7 +199,7 @@ static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, con
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 1);
     else
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 0);
-}
+)
 
 /* ---------------------------------------------------------------------------------------------
  * AVX-512 versions of the forward activations and rows, written with intrinsics, 16 lanes a
@@ -186,7 +216,6 @@ static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, con
  * ------------------------------------------------------------------------------------------- */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
-#include "_cpu.h"
 #define RNNC_AVX512_ROWS 1
 
 #define RNNC_AVX512_INLINE __attribute__((target("avx512f"), always_inline)) static inline
@@ -391,7 +420,7 @@ static void rnnc_tanh_f64_avx512(double* x, ptrdiff_t n) {
 #endif
 
 
-/* float64 (see above): 1 when done, 0 without AVX-512 (the caller then loops over the scalar
+/* float64 (see above): 1 when done, 0 below AVX-512 (the caller then loops over the scalar
  * functions of rnnc/_kernels/_activations.pxd, the same formulas with libm's exp / expm1). */
 static inline int rnnc_sigmoid_f64(double* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
@@ -415,48 +444,35 @@ static inline int rnnc_tanh_f64(double* x, ptrdiff_t n) {
     return 0;
 }
 
-/* The activations and rows the kernels call: AVX-512 when the CPU has it, else the
- * auto-vectorised loops (AVX2 or baseline by target_clones). */
-static inline void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
+/* The activations and rows the kernels call, for the level in use: AVX-512 intrinsics, else
+ * the loops above compiled for AVX2 + FMA or the baseline. */
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_sigmoid_f32_avx512(x, n);
-        return;
-    }
+#define RNNC_ROW_AT_LEVEL(NAME, ARGS) RNNC_CALL_AT_LEVEL(NAME, ARGS)
+#else
+#define RNNC_ROW_AT_LEVEL(NAME, ARGS) NAME##_baseline ARGS
 #endif
-    rnnc_sigmoid_f32_generic(x, n);
+/* The AVX-512 level of these loops: the versions written with intrinsics. */
+#define rnnc_sigmoid_f32_loop_avx512 rnnc_sigmoid_f32_avx512
+#define rnnc_tanh_f32_loop_avx512 rnnc_tanh_f32_avx512
+#define rnnc_lstm_row_f32_loop_avx512 rnnc_lstm_row_f32_avx512
+#define rnnc_gru_row_f32_loop_avx512 rnnc_gru_row_f32_avx512
+
+static inline void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
+    RNNC_ROW_AT_LEVEL(rnnc_sigmoid_f32_loop, (x, n));
 }
 
 static inline void rnnc_tanh_f32(float* x, ptrdiff_t n) {
-#ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_tanh_f32_avx512(x, n);
-        return;
-    }
-#endif
-    rnnc_tanh_f32_generic(x, n);
+    RNNC_ROW_AT_LEVEL(rnnc_tanh_f32_loop, (x, n));
 }
 
 static inline void rnnc_lstm_row_f32(ptrdiff_t H, float* g, float* c, float* h, float* out) {
-#ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_lstm_row_f32_avx512(H, g, c, h, out);
-        return;
-    }
-#endif
-    rnnc_lstm_row_f32_generic(H, g, c, h, out);
+    RNNC_ROW_AT_LEVEL(rnnc_lstm_row_f32_loop, (H, g, c, h, out));
 }
 
 static inline void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, const float* b_hn,
                                     const float* h_old, float* h_new, float* out,
                                     float* hn_keep) {
-#ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_gru_row_f32_avx512(H, x, hg, b_hn, h_old, h_new, out, hn_keep);
-        return;
-    }
-#endif
-    rnnc_gru_row_f32_generic(H, x, hg, b_hn, h_old, h_new, out, hn_keep);
+    RNNC_ROW_AT_LEVEL(rnnc_gru_row_f32_loop, (H, x, hg, b_hn, h_old, h_new, out, hn_keep));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -512,10 +528,9 @@ static inline void rnnc_lstm_row_backward_body(
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_prev, float* dc,
-                                       const float* dhh, const float* dout, float* hbuf,
-                                       float* db) {
+RNNC_AT_LEVELS(rnnc_lstm_row_backward_f32_loop,
+               (ptrdiff_t H, float* a, const float* c_prev, float* dc, const float* dhh,
+                const float* dout, float* hbuf, float* db),
     if (hbuf) {         /* projection: dout is already in dhh */
         if (db)
             rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 1, 1);
@@ -532,6 +547,12 @@ static void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_pre
         else
             rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 0, 0);
     }
+)
+
+static inline void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_prev,
+                                              float* dc, const float* dhh, const float* dout,
+                                              float* hbuf, float* db) {
+    RNNC_CALL_AT_LEVEL(rnnc_lstm_row_backward_f32_loop, (H, a, c_prev, dc, dhh, dout, hbuf, db));
 }
 
 /* GRU, PyTorch's form (reset_after). a (3H): r, z, n in, dA w.r.t. the input projection out;
@@ -568,13 +589,19 @@ static inline void rnnc_gru_row_backward_body(
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_gru_row_backward_f32(ptrdiff_t H, float* a, float* hn, const float* h_prev,
-                                      float* dh, const float* dout, float* dgh, float* db) {
+RNNC_AT_LEVELS(rnnc_gru_row_backward_f32_loop,
+               (ptrdiff_t H, float* a, float* hn, const float* h_prev, float* dh,
+                const float* dout, float* dgh, float* db),
     if (db)
         rnnc_gru_row_backward_body(H, a, hn, h_prev, dh, dout, dgh, db, 1);
     else
         rnnc_gru_row_backward_body(H, a, hn, h_prev, dh, dout, dgh, db, 0);
+)
+
+static inline void rnnc_gru_row_backward_f32(ptrdiff_t H, float* a, float* hn,
+                                             const float* h_prev, float* dh, const float* dout,
+                                             float* dgh, float* db) {
+    RNNC_CALL_AT_LEVEL(rnnc_gru_row_backward_f32_loop, (H, a, hn, h_prev, dh, dout, dgh, db));
 }
 
 /* Elman RNN. a (H): activations in, dA out; dh (H) from the future; dout (H);
@@ -595,9 +622,8 @@ static inline void rnnc_rnn_row_backward_body(
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const float* dh,
-                                      const float* dout, float* db) {
+RNNC_AT_LEVELS(rnnc_rnn_row_backward_f32_loop,
+               (ptrdiff_t H, int relu, float* a, const float* dh, const float* dout, float* db),
     if (relu) {
         if (db)
             rnnc_rnn_row_backward_body(H, a, dh, dout, db, 1, 1);
@@ -609,6 +635,11 @@ static void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const flo
         else
             rnnc_rnn_row_backward_body(H, a, dh, dout, db, 0, 0);
     }
+)
+
+static inline void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const float* dh,
+                                             const float* dout, float* db) {
+    RNNC_CALL_AT_LEVEL(rnnc_rnn_row_backward_f32_loop, (H, relu, a, dh, dout, db));
 }
 
 #endif
