@@ -88,6 +88,23 @@ def test_packed_product_matches_numpy(isa, dtype, rng):
                         assert np.all(err <= bound), (M, N, K, beta, float((err / bound).max()))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_packing_matches_numpy(isa, dtype, rng):
+    # (N, K) with k contiguous (the transposing packers), n contiguous, and a pack large enough
+    # for streaming stores (8 MB).
+    for N, K in [(1, 1), (7, 9), (64, 16), (65, 33), (130, 300), (2048, 1030)]:
+        w = rng.standard_normal((N, K)).astype(dtype)
+        W = panel_width(dtype)
+        padded = np.zeros((-(-N // W) * W, K), dtype)
+        padded[:N] = w
+        expected = padded.reshape(-1, W, K).transpose(0, 2, 1)
+        for source in (w, np.asfortranarray(w)):
+            with at(isa=isa):
+                got = packed(source)
+            np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("isa", KERNEL_ISAS)
 def test_bias_product_is_bias_then_accumulate_bit_for_bit(isa, rng):
     with at(isa=isa):

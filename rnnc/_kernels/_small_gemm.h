@@ -640,6 +640,56 @@ static void rnnc_dgemm_small_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     RNNC_SMALL_GEMM_DRIVE(double, RNNC_DGEMM_PANEL, rnnc_dgemm_panel_avx2,
                           M, N, K, A, lda, Bp, beta, init, C, ldc, flip);
 }
+
+/* rnnc_pack_panels_scalar's layout when k is contiguous in w (the forward pass's W_hh), with
+ * AVX 8 x 8 transposes for the whole blocks: the scalar loops were 2-3 times slower for
+ * float32 (benchmarks/results/amd-epyc/isa_kernels.md); streaming stores as in
+ * rnnc_pack_panels_avx512. */
+__attribute__((target("avx2,fma")))
+static void rnnc_pack_panels_avx2(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
+                                  float* out, ptrdiff_t of_bytes) {
+    ptrdiff_t N8 = N / 8 * 8, K8 = K / 8 * 8;
+    ptrdiff_t bytes = (N + 63) / 64 * 64 * K * (ptrdiff_t)sizeof(float);
+    int nt = (bytes > of_bytes ? bytes : of_bytes) >= RNNC_PACK_STREAM_BYTES
+             && ((size_t)out & 63) == 0;
+    for (ptrdiff_t n0 = 0; n0 < N8; n0 += 8) {
+        float* o = out + (n0 / 64) * K * 64 + n0 % 64;
+        const float* src = w + n0 * sn;
+        for (ptrdiff_t k0 = 0; k0 < K8; k0 += 8) {
+            __m256 r[8], t[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sn + k0);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int i = 0; i < 4; i++) {   /* columns i and i + 4 of the 8 rows */
+                t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+                t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+            }
+            for (int i = 0; i < 8; i++) {
+                if (nt)
+                    _mm256_stream_ps(o + (k0 + i) * 64, t[i]);
+                else
+                    _mm256_storeu_ps(o + (k0 + i) * 64, t[i]);
+            }
+        }
+        for (ptrdiff_t k = K8; k < K; k++)
+            for (ptrdiff_t i = 0; i < 8; i++)
+                o[k * 64 + i] = src[i * sn + k];
+    }
+    for (ptrdiff_t n = N8; n < (N + 63) / 64 * 64; n++) {
+        float* o = out + (n / 64) * K * 64 + n % 64;
+        for (ptrdiff_t k = 0; k < K; k++)
+            o[k * 64] = n < N ? w[n * sn + k] : 0.0f;
+    }
+    if (nt) _mm_sfence();   /* streaming stores are weakly ordered: publish them */
+}
 #define RNNC_SMALL_GEMM_KERNELS 1
 #endif
 
@@ -707,8 +757,12 @@ static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double*
 static void rnnc_pack_panels(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
                              ptrdiff_t sk, float* out, ptrdiff_t of_bytes) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
-    if (sk == 1 && rnnc_cpu_has_avx512()) {
+    if (sk == 1 && rnnc_cpu_isa() == RNNC_ISA_AVX512) {
         rnnc_pack_panels_avx512(N, K, w, sn, out, of_bytes);
+        return;
+    }
+    if (sk == 1 && rnnc_cpu_isa() == RNNC_ISA_AVX2) {
+        rnnc_pack_panels_avx2(N, K, w, sn, out, of_bytes);
         return;
     }
 #endif
