@@ -3,6 +3,7 @@ and without the L2 blocking of their loops: one LSTM layer (I = H, T = 50 steps,
 one thread, float32 and float64.
 
     PYTHONPATH=. python -P benchmarks/isa_kernels.py --out benchmarks/results/<cpu-slug>/isa_kernels.json
+    python benchmarks/isa_kernels.py --tables benchmarks/results/<cpu-slug>/isa_kernels.json
 
 Variants, all in one process and interleaved (each round times every variant of a shape once,
 in a rotating order; the table gives the median over rounds), switched by
@@ -36,9 +37,11 @@ def variants(dtype):
     return out + [("baseline", dict(isa="baseline"))]
 
 
-def time_call(m, x, budget):
-    """Seconds per call: as many calls as fill `budget` seconds (at least 1), after one warm-up."""
-    m(x)
+def time_call(m, x, budget, warm):
+    """Seconds per call: as many calls as fill `budget` seconds (at least 1), after one warm-up
+    call when `warm`."""
+    if warm:
+        m(x)
     n, start = 0, time.perf_counter()
     while True:
         m(x)
@@ -46,6 +49,36 @@ def time_call(m, x, budget):
         elapsed = time.perf_counter() - start
         if elapsed >= budget:
             return elapsed / n
+
+
+def tables(path):
+    """Markdown tables of a results file: ms and GFLOP/s per variant, and float32 / float64."""
+    with open(path) as f:
+        data = json.load(f)
+    rows = data["rows"]
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    by = {(r["dtype"], r["H"], r["B"], r["variant"]): r for r in rows}
+    shapes = list(dict.fromkeys((r["H"], r["B"]) for r in rows))
+    lines = []
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        lines += [f"### {dtype}: ms per layer call (GFLOP/s)", "",
+                  "| H | B | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for H, B in shapes:
+            cells = [f"{by[dtype, H, B, n]['ms']:.3g} ({by[dtype, H, B, n]['gflops']:.3g})"
+                     if (dtype, H, B, n) in by else "" for n in names]
+            lines.append(f"| {H} | {B} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if {"float32", "float64"} <= {r["dtype"] for r in rows}:
+        kept = [n for n in names if "unblocked" not in n]
+        lines += ["### float32 time / float64 time (< 1: float32 faster)", "",
+                  "| H | B | " + " | ".join(kept) + " |", "|---|---|" + "---|" * len(kept)]
+        for H, B in shapes:
+            cells = [f"{by['float32', H, B, n]['ms'] / by['float64', H, B, n]['ms']:.2f}"
+                     for n in kept]
+            lines.append(f"| {H} | {B} | " + " | ".join(cells) + " |")
+        lines.append("")
+    print("\n".join(lines))
 
 
 def main(argv=None):
@@ -57,7 +90,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--budget", type=float, default=0.05, help="seconds of calls per timing")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--tables", metavar="JSON", help="print the tables of a results file, only")
     args = p.parse_args(argv)
+    if args.tables:
+        return tables(args.tables)
     rnnc.set_num_threads(1)
     m0 = machine.current()
     print(f"# {m0.model}: {m0.supported}, L1d {m0.l1d >> 10} KiB, L2 {m0.l2 >> 10} KiB, "
@@ -77,7 +113,7 @@ def main(argv=None):
                     for name, kw in vs[r % len(vs):] + vs[:r % len(vs)]:
                         with machine.use(**kw):
                             plan._PLANS.clear()     # plans made at another setting
-                            times[name].append(time_call(m, x, args.budget))
+                            times[name].append(time_call(m, x, args.budget, warm=r == 0))
                 plan._PLANS.clear()
                 for name, _ in vs:
                     t = float(np.median(times[name]))

@@ -492,8 +492,9 @@ static void rnnc_dgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 /* ---- AVX2 + FMA ------------------------------------------------------------------------------
  * The same products on the same panels with 16 ymm registers: a panel row is 8 ymm (8 float32
  * or 4 float64 each), too many to hold 4 rows' accumulators, so a panel is walked in strips of
- * NV ymm columns with MR x NV accumulators: 4 x 2 for 3 or 4 rows, 2 x 4 for 2 rows, 1 x 8 for
- * one (eight independent FMA chains in each case, enough to hide the FMA latency). Every
+ * NV ymm columns with MR x NV accumulators: for 3 or 4 rows, strips of 3, 3 and 2 ymm (12 FMA
+ * chains with 3 loads and 4 broadcasts for 16 registers; 4 x 2 had only the 8 chains that just
+ * cover the FMA latency, and stalled), 2 x 4 for 2 rows, 1 x 8 for one. Every
  * element is one FMA chain over k in order, whatever MR and NV: each row's result is the same
  * whichever tile it falls in. The strips past the last column of a partial panel are skipped;
  * partial vectors use masked loads and stores (the packed panels themselves are zero-padded). */
@@ -549,13 +550,17 @@ RNNC_AVX2 void rnnc_sgemm_panel_avx2(int mr, ptrdiff_t K, const float* const a[4
                                      const float* b, ptrdiff_t nr, int beta,
                                      const float* init, float* const c_rows[4]) {
     switch (mr) {
-        case 4:
-            for (ptrdiff_t col = 0; col < nr; col += 16)
-                rnnc_sgemm_strip_avx2(4, 2, K, a, b + col, nr - col, beta, init, c_rows, col);
+        case 4:     /* strips of 24, 24 and 16 columns */
+            for (ptrdiff_t col = 0; col < nr && col < 48; col += 24)
+                rnnc_sgemm_strip_avx2(4, 3, K, a, b + col, nr - col, beta, init, c_rows, col);
+            if (nr > 48)
+                rnnc_sgemm_strip_avx2(4, 2, K, a, b + 48, nr - 48, beta, init, c_rows, 48);
             break;
         case 3:
-            for (ptrdiff_t col = 0; col < nr; col += 16)
-                rnnc_sgemm_strip_avx2(3, 2, K, a, b + col, nr - col, beta, init, c_rows, col);
+            for (ptrdiff_t col = 0; col < nr && col < 48; col += 24)
+                rnnc_sgemm_strip_avx2(3, 3, K, a, b + col, nr - col, beta, init, c_rows, col);
+            if (nr > 48)
+                rnnc_sgemm_strip_avx2(3, 2, K, a, b + 48, nr - 48, beta, init, c_rows, 48);
             break;
         case 2:
             for (ptrdiff_t col = 0; col < nr; col += 32)
@@ -613,13 +618,17 @@ RNNC_AVX2 void rnnc_dgemm_panel_avx2(int mr, ptrdiff_t K, const double* const a[
                                      const double* init, double* const c_rows[4]) {
     (void)init;
     switch (mr) {
-        case 4:
-            for (ptrdiff_t col = 0; col < nr; col += 8)
-                rnnc_dgemm_strip_avx2(4, 2, K, a, b + col, nr - col, beta, c_rows, col);
+        case 4:     /* strips of 12, 12 and 8 columns */
+            for (ptrdiff_t col = 0; col < nr && col < 24; col += 12)
+                rnnc_dgemm_strip_avx2(4, 3, K, a, b + col, nr - col, beta, c_rows, col);
+            if (nr > 24)
+                rnnc_dgemm_strip_avx2(4, 2, K, a, b + 24, nr - 24, beta, c_rows, 24);
             break;
         case 3:
-            for (ptrdiff_t col = 0; col < nr; col += 8)
-                rnnc_dgemm_strip_avx2(3, 2, K, a, b + col, nr - col, beta, c_rows, col);
+            for (ptrdiff_t col = 0; col < nr && col < 24; col += 12)
+                rnnc_dgemm_strip_avx2(3, 3, K, a, b + col, nr - col, beta, c_rows, col);
+            if (nr > 24)
+                rnnc_dgemm_strip_avx2(3, 2, K, a, b + 24, nr - 24, beta, c_rows, 24);
             break;
         case 2:
             for (ptrdiff_t col = 0; col < nr; col += 16)
