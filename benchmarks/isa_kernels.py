@@ -2,7 +2,8 @@
 and without the L2 blocking of their loops: one LSTM layer (I = H, T = 50 steps, inference) on
 one thread, float32 and float64.
 
-    PYTHONPATH=. python -P benchmarks/isa_kernels.py --out benchmarks/results/<cpu-slug>/isa_kernels.json
+    PYTHONPATH=. python -P benchmarks/isa_kernels.py \
+        --out benchmarks/results/<cpu-slug>/isa_kernels.json
     python benchmarks/isa_kernels.py --tables benchmarks/results/<cpu-slug>/isa_kernels.json
 
 Variants, all in one process and interleaved (each round times every variant of a shape once,
@@ -13,6 +14,8 @@ rnnc._engine.machine.use:
                    panels (an L2 of 2^40 bytes makes one block), float64 panels outer (an L2
                    of 1 byte makes blocks of one panel);
   baseline         no kernel of rnnc's own: BLAS (and the portable activation loops).
+OpenBLAS picks its own kernels by CPU, whatever RNNC_MAX_CPU_ISA says: OPENBLAS_CORETYPE=Haswell
+in the environment gives the BLAS an AVX2-only CPU would run.
 """
 import argparse
 import json
@@ -32,9 +35,9 @@ def variants(dtype):
     out = []
     for isa in ("avx512", "avx2"):
         if machine.ISAS.index(isa) <= supported:
-            out += [(f"{isa} blocked", dict(isa=isa)),
-                    (f"{isa} unblocked", dict(isa=isa, l2=UNBLOCKED_L2[dtype]))]
-    return out + [("baseline", dict(isa="baseline"))]
+            out += [(f"{isa} blocked", {"isa": isa}),
+                    (f"{isa} unblocked", {"isa": isa, "l2": UNBLOCKED_L2[dtype]})]
+    return out + [("baseline", {"isa": "baseline"})]
 
 
 def time_call(m, x, budget, warm):
@@ -89,6 +92,7 @@ def main(argv=None):
     p.add_argument("--batch", default="1,16,64,256")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--budget", type=float, default=0.05, help="seconds of calls per timing")
+    p.add_argument("--variants", help="comma-separated variant names to run (default: all)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--tables", metavar="JSON", help="print the tables of a results file, only")
     args = p.parse_args(argv)
@@ -106,7 +110,8 @@ def main(argv=None):
                 rng = np.random.default_rng(H + B)
                 m = rnnc.LSTM(H, H, dtype=dtype, seed=H)
                 x = rng.standard_normal((T, B, H)).astype(dtype)
-                vs = variants(dtype)
+                vs = [v for v in variants(dtype)
+                      if not args.variants or v[0] in args.variants.split(",")]
                 times = {name: [] for name, _ in vs}
                 flops = 2.0 * T * B * 4 * H * (H + H)
                 for r in range(args.rounds):
@@ -117,15 +122,15 @@ def main(argv=None):
                 plan._PLANS.clear()
                 for name, _ in vs:
                     t = float(np.median(times[name]))
-                    rows.append(dict(dtype=dtype, H=H, B=B, variant=name, ms=t * 1e3,
-                                     gflops=flops / t / 1e9, spread=float(
-                                         (max(times[name]) - min(times[name])) / t)))
+                    rows.append({"dtype": dtype, "H": H, "B": B, "variant": name, "ms": t * 1e3,
+                                     "gflops": flops / t / 1e9, "spread": float(
+                                         (max(times[name]) - min(times[name])) / t)})
                 print(f"{dtype} H{H} B{B}: " + ", ".join(
                     f"{r['variant']} {r['ms']:.2f} ms" for r in rows[-len(vs):]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(model=m0.model, l1d=m0.l1d, l2=m0.l2, l3=m0.l3, T=T,
-                           rounds=args.rounds, rows=rows), f, indent=1)
+            json.dump({"model": m0.model, "l1d": m0.l1d, "l2": m0.l2, "l3": m0.l3, "T": T,
+                           "rounds": args.rounds, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

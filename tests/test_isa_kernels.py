@@ -18,8 +18,13 @@ import pytest
 import rnnc
 from rnnc import reference
 from rnnc._engine import machine, plan
-from rnnc._kernels._blas import (has_small_gemm, pack_panels_into, panel_width,
-                                 small_gemm_blocking, small_gemm_py)
+from rnnc._kernels._blas import (
+    has_small_gemm,
+    pack_panels_into,
+    panel_width,
+    small_gemm_blocking,
+    small_gemm_py,
+)
 from rnnc._kernels._linear_kernel import ACTIVATIONS, activate
 from rnnc.reference import backward as refb
 
@@ -237,7 +242,7 @@ LAYERS = [("RNN", {}), ("RNN", {"nonlinearity": "relu", "bidirectional": True}),
           ("GRU", {}), ("GRU", {"bidirectional": True}), ("LSTM", {}),
           ("LSTM", {"bidirectional": True, "num_layers": 2}), ("LSTM", {"proj_size": 5})]
 LAYER_IDS = ["RNN", "RNN-relu-bi", "GRU", "GRU-bi", "LSTM", "LSTM-bi-2", "LSTM-proj"]
-TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
+TOL = {np.float32: {"rtol": 2e-5, "atol": 2e-5}, np.float64: {"rtol": 1e-11, "atol": 1e-11}}
 
 
 def _layer_case(mode, kw, dtype, B, H, T, seed):
@@ -297,9 +302,11 @@ def test_training_backward_matches_reference(isa, mode, kw, dtype):
     rdx, rdh0, rdc0, rgrads = refb.run_stack_backward(
         mode, m.state_dict(), x.astype(np.float64), h0.astype(np.float64),
         None if c0 is None else c0.astype(np.float64), lengths, g.astype(np.float64), **kw)
-    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else TOL[dtype]
+    tol = {"rtol": 2e-4, "atol": 2e-4} if dtype == np.float32 else TOL[dtype]
     np.testing.assert_allclose(dx, rdx, **tol)
     np.testing.assert_allclose(_flat(dhx)[0], rdh0, **tol)
+    if mode == "LSTM":
+        np.testing.assert_allclose(dhx[1], rdc0, **tol)
     assert set(grads) == set(rgrads)
     for k in grads:
         np.testing.assert_allclose(grads[k], rgrads[k], err_msg=k, **tol)
