@@ -29,7 +29,6 @@
  * rnnc_cpu_isa() at every call, so that RNNC_MAX_CPU_ISA (and rnnc._engine.machine.use) decide
  * which code runs. (GCC's target_clones picked by the CPU alone, at load time.) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
-#define RNNC_LEVEL_DISPATCH 1
 #define RNNC_AT_LEVELS(NAME, PARAMS, ...)                                                     \
     __attribute__((target("avx512f"))) static void NAME##_avx512 PARAMS { __VA_ARGS__ }     \
     __attribute__((target("avx2,fma"))) static void NAME##_avx2 PARAMS { __VA_ARGS__ }      \
