@@ -68,7 +68,7 @@ def tables(path):
                   "| H | B | " + " | ".join(names) + " |",
                   "|---|---|" + "---|" * len(names)]
         for H, B in shapes:
-            cells = [f"{by[dtype, H, B, n]['ms']:.3g} ({by[dtype, H, B, n]['gflops']:.3g})"
+            cells = [f"{by[dtype, H, B, n]['ms']:.4g} ({by[dtype, H, B, n]['gflops']:.3g})"
                      if (dtype, H, B, n) in by else "" for n in names]
             lines.append(f"| {H} | {B} | " + " | ".join(cells) + " |")
         lines.append("")
