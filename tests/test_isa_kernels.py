@@ -238,6 +238,25 @@ def test_activations_match_float64_numpy(isa, name, dtype):
     assert np.isnan(nan).all()
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_float64_activations_are_the_same_bits_at_avx2_and_avx512(name):
+    # The AVX2 versions build 2^n in two exact factors instead of vscalefpd: the same
+    # roundings, including the overflow, underflow and subnormal ranges.
+    if "avx512" not in ISAS:
+        pytest.skip("needs an AVX-512 CPU")
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-s, s, 1001) for s in (1e-300, 1e-8, 0.3, 5, 50, 400, 760)]
+                       + [np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 709.78, -709.78,
+                                    745.1, -745.1, -708.39, 5e-324])])
+    results = []
+    for isa in ("avx512", "avx2"):
+        y = x.reshape(1, -1).copy()
+        with at(isa=isa):
+            activate(y, ACTIVATIONS[name])
+        results.append(y)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 LAYERS = [("RNN", {}), ("RNN", {"nonlinearity": "relu", "bidirectional": True}),
           ("GRU", {}), ("GRU", {"bidirectional": True}), ("LSTM", {}),
           ("LSTM", {"bidirectional": True, "num_layers": 2}), ("LSTM", {"proj_size": 5})]

@@ -416,16 +416,101 @@ static void rnnc_tanh_f64_avx512(double* x, ptrdiff_t n) {
         _mm512_mask_storeu_pd(x + j, m, t);
     }
 }
+
+/* The same float64 functions with AVX2 + FMA, 4 lanes a vector, bit for bit the AVX-512 ones
+ * (tests/test_isa_kernels.py): the same reduction and polynomial; v * 2^n, without vscalefpd,
+ * as (v * 2^n1) * 2^n2 with n1 = floor(n / 2) (rnnc_scale4), each factor a normal double built
+ * in the exponent bits: the first product is exact, the second rounds once, as vscalefpd does,
+ * and gives inf and 0 / subnormals past the limits. The last partial vector goes through a copy
+ * (AVX2 has no masked arithmetic). libm's scalar exp and expm1, which the AVX2 level used
+ * before, took 4.5 and 11 ns an element (benchmarks/results/amd-epyc/isa_kernels.md). */
+#define RNNC_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+
+RNNC_AVX2_INLINE __m256d rnnc_expm1_reduced4(__m256d r) {
+    __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 479001600.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+    return _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
+}
+
+RNNC_AVX2_INLINE __m256d rnnc_reduce4(__m256d x, __m256d* r) {
+    x = _mm256_max_pd(_mm256_set1_pd(-746.0), _mm256_min_pd(_mm256_set1_pd(710.0), x));
+    __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256d t = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), x);
+    *r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), t);
+    return n;
+}
+
+/* v * 2^n, rounded once (v * 2^n1 is exact: |v| is within [0.5, 2] and n1 >= -538). */
+RNNC_AVX2_INLINE __m256d rnnc_scale4(__m256d v, __m256d n) {
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0 + 1023.0);
+    __m256d n1 = _mm256_round_pd(_mm256_mul_pd(n, _mm256_set1_pd(0.5)),
+                                 _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m256d s1 = _mm256_castsi256_pd(_mm256_slli_epi64(
+        _mm256_castpd_si256(_mm256_add_pd(n1, magic)), 52));
+    __m256d s2 = _mm256_castsi256_pd(_mm256_slli_epi64(
+        _mm256_castpd_si256(_mm256_add_pd(_mm256_sub_pd(n, n1), magic)), 52));
+    return _mm256_mul_pd(_mm256_mul_pd(v, s1), s2);
+}
+
+__attribute__((target("avx2,fma")))
+static void rnnc_sigmoid_f64_avx2(double* x, ptrdiff_t n) {
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (ptrdiff_t j = 0; j < n; j += 4) {
+        double tail[4] = {0, 0, 0, 0};
+        double* p = n - j >= 4 ? x + j : tail;
+        if (p == tail) memcpy(tail, x + j, (size_t)(n - j) * sizeof(double));
+        __m256d r;
+        __m256d k = rnnc_reduce4(_mm256_sub_pd(_mm256_setzero_pd(), _mm256_loadu_pd(p)), &r);
+        __m256d e = rnnc_scale4(_mm256_add_pd(one, rnnc_expm1_reduced4(r)), k);
+        _mm256_storeu_pd(p, _mm256_div_pd(one, _mm256_add_pd(one, e)));
+        if (p == tail) memcpy(x + j, tail, (size_t)(n - j) * sizeof(double));
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void rnnc_tanh_f64_avx2(double* x, ptrdiff_t n) {
+    const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ull);
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (ptrdiff_t j = 0; j < n; j += 4) {
+        double tail[4] = {0, 0, 0, 0};
+        double* p = n - j >= 4 ? x + j : tail;
+        if (p == tail) memcpy(tail, x + j, (size_t)(n - j) * sizeof(double));
+        __m256i vi = _mm256_castpd_si256(_mm256_loadu_pd(p));
+        __m256d a = _mm256_castsi256_pd(_mm256_andnot_si256(sign, vi));
+        __m256d r;
+        __m256d k = rnnc_reduce4(_mm256_mul_pd(a, _mm256_set1_pd(-2.0)), &r);
+        __m256d t2 = rnnc_scale4(one, k);                                     /* 2^k */
+        __m256d e = _mm256_fmadd_pd(t2, rnnc_expm1_reduced4(r), _mm256_sub_pd(t2, one));
+        __m256d t = _mm256_div_pd(_mm256_sub_pd(_mm256_setzero_pd(), e),
+                                  _mm256_add_pd(e, _mm256_set1_pd(2.0)));
+        t = _mm256_castsi256_pd(_mm256_or_si256(_mm256_castpd_si256(t),
+                                                _mm256_and_si256(sign, vi)));
+        _mm256_storeu_pd(p, t);
+        if (p == tail) memcpy(x + j, tail, (size_t)(n - j) * sizeof(double));
+    }
+}
 #endif
 
 
-/* float64 (see above): 1 when done, 0 below AVX-512 (the caller then loops over the scalar
- * functions of rnnc/_kernels/_activations.pxd, the same formulas with libm's exp / expm1). */
+/* float64 (see above): 1 when done, 0 at the baseline level (the caller then loops over the
+ * scalar functions of rnnc/_kernels/_activations.pxd, the same formulas with libm's exp /
+ * expm1). */
 static inline int rnnc_sigmoid_f64(double* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_sigmoid_f64_avx512(x, n);
-        return 1;
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512: rnnc_sigmoid_f64_avx512(x, n); return 1;
+        case RNNC_ISA_AVX2: rnnc_sigmoid_f64_avx2(x, n); return 1;
     }
 #endif
     (void)x; (void)n;
@@ -434,9 +519,9 @@ static inline int rnnc_sigmoid_f64(double* x, ptrdiff_t n) {
 
 static inline int rnnc_tanh_f64(double* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_tanh_f64_avx512(x, n);
-        return 1;
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512: rnnc_tanh_f64_avx512(x, n); return 1;
+        case RNNC_ISA_AVX2: rnnc_tanh_f64_avx2(x, n); return 1;
     }
 #endif
     (void)x; (void)n;
