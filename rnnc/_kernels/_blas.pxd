@@ -24,6 +24,7 @@ cdef extern from "_small_gemm.h" nogil:
     int rnnc_sgemm_small_bias(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
                               Py_ssize_t lda, const float* Bp, const float* bias, float* C,
                               Py_ssize_t ldc, int flip)
+    Py_ssize_t rnnc_small_gemm_block_panels(Py_ssize_t K, Py_ssize_t row_bytes, Py_ssize_t l2)
     void rnnc_pack_panels(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t sn,
                           Py_ssize_t sk, float* out, Py_ssize_t of_bytes)
     void rnnc_dpack_panels(Py_ssize_t N, Py_ssize_t K, const double* w, Py_ssize_t sn,
@@ -47,7 +48,8 @@ cdef inline bint small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              floating beta, floating* C, Py_ssize_t ldc,
                              bint flip=False) noexcept nogil:
     """C (M, N) = beta * C + a @ (the packed operand) with the kernel of _small_gemm.h for this
-    dtype; False (nothing done) without packed weights or AVX-512: the caller uses BLAS.
+    dtype; False (nothing done) without packed weights or at the baseline instruction set: the
+    caller uses BLAS.
     flip: the parity of the time step, for a step loop (the kernel alternates the order in which
     it reads the panels, for cache reuse between steps)."""
     if w_packed == NULL:
@@ -68,7 +70,7 @@ cdef inline bint small_gemm_packing(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     it is in L2: for weights read once (the input projection of a sequence that fits in one
     chunk), where packing all of w first wrote it out and read it back through memory. The
     same sums in the same order as small_gemm on w packed whole: the same bits. False (nothing
-    done) without AVX-512: the caller uses BLAS."""
+    done) at the baseline instruction set: the caller uses BLAS."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL, q, j, n
     for q in range((N + W - 1) // W):
         j = q * W
@@ -87,8 +89,8 @@ cdef inline void recurrent_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                 bint flip=False) noexcept nogil:
     """C (M, N) = beta * C + h @ w^T: the recurrent product of one step. With packed weights
     (panels of 64 float32 or 32 float64 columns, pack_panels of rnnc/_engine/workspace.py),
-    the small-batch kernel of _small_gemm.h (no per-call weight packing); else, or without
-    AVX-512, BLAS.
+    the small-batch kernel of _small_gemm.h (no per-call weight packing); else, or at the
+    baseline instruction set, BLAS.
     flip: the parity of the step (see small_gemm)."""
     if not small_gemm(M, N, K, h, ldh, w_packed, beta, C, ldc, flip):
         gemm(False, True, M, N, K, 1, h, ldh, w, ldw, beta, C, ldc)

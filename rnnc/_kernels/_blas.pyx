@@ -11,6 +11,12 @@ from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 import numpy as np
 
 
+cdef extern from "_cpu.h" nogil:
+    ctypedef struct rnnc_machine_t:
+        Py_ssize_t l2
+    rnnc_machine_t rnnc_machine     # this module's copy of the machine (_configure.pxi sets it)
+
+
 cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                floating alpha, const floating* A, Py_ssize_t lda,
                const floating* B, Py_ssize_t ldb,
@@ -80,7 +86,7 @@ def recurrent_gemm_py(const floating[:, ::1] h, const floating[:, ::1] w,
                       const floating[:, :, ::1] w_packed, floating[:, ::1] C, bint beta=False):
     """Test hook: C (M, N) = h (M, K) @ w (N, K)^T, plus C when beta, through recurrent_gemm:
     the small-batch kernel when w_packed (= pack_panels(w) of rnnc/_engine/workspace.py) is not
-    zero-size and the CPU has AVX-512, else BLAS."""
+    zero-size and the instruction set in use has it (AVX2 or AVX-512), else BLAS."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t M = h.shape[0], K = h.shape[1], N = w.shape[0]
     if K == 0 or w.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
@@ -100,7 +106,8 @@ def recurrent_gemm_py(const floating[:, ::1] h, const floating[:, ::1] w,
 
 
 def has_small_gemm():
-    """Whether the packed small-batch kernels (float32 and float64) run on this CPU (AVX-512)."""
+    """Whether the packed small-batch kernels (float32 and float64) run at the instruction set
+    in use (rnnc._engine.machine: AVX2 + FMA or AVX-512; not at the baseline level)."""
     cdef float a = 1, b[RNNC_SGEMM_PANEL], c = 0
     cdef double ad = 1, bd[RNNC_DGEMM_PANEL], cd = 0
     cdef int i
@@ -110,6 +117,47 @@ def has_small_gemm():
         bd[i] = 0
     return bool(rnnc_sgemm_small(1, 1, 1, &a, 1, b, 0, &c, 1, 0)
                 and rnnc_dgemm_small(1, 1, 1, &ad, 1, bd, 0, &cd, 1, 0))
+
+
+def small_gemm_py(const floating[:, ::1] a, const floating[:, :, ::1] w_packed,
+                  floating[:, ::1] C, bint beta=False, const floating[::1] bias=None,
+                  bint flip=False):
+    """Test hook: C (M, N) = a (M, K) @ W^T (+ C when beta, + bias on every row when bias is
+    given, float32 only) straight through the packed kernel, W^T in w_packed's panels; `flip`
+    as a step loop gives it. Returns whether the kernel ran (False at the baseline instruction
+    set: C untouched)."""
+    cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = C.shape[1]
+    cdef int done
+    if (C.shape[0] != M or K == 0 or M == 0 or N == 0 or w_packed.shape[0] != (N + W - 1) // W
+            or w_packed.shape[1] != K or w_packed.shape[2] != W):
+        raise ValueError("small_gemm_py: incompatible shapes")
+    if bias is not None and (bias.shape[0] != N or floating is double or beta):
+        raise ValueError("small_gemm_py: bias is float32, (N,), without beta")
+    with nogil:
+        if floating is float:
+            if bias is not None:
+                done = rnnc_sgemm_small_bias(M, N, K, &a[0, 0], K, &w_packed[0, 0, 0],
+                                             &bias[0], &C[0, 0], N, flip)
+            else:
+                done = rnnc_sgemm_small(M, N, K, &a[0, 0], K, &w_packed[0, 0, 0], beta,
+                                        &C[0, 0], N, flip)
+        else:
+            done = rnnc_dgemm_small(M, N, K, &a[0, 0], K, &w_packed[0, 0, 0], beta, &C[0, 0],
+                                    N, flip)
+    return done != 0
+
+
+def small_gemm_blocking(dtype, Py_ssize_t K, l2=None):
+    """Panels of a block of the packed kernel's loops (_small_gemm.h) for a dtype and K: as
+    many as fill half of an L2 of `l2` bytes (default: the L2 the kernels are configured for,
+    rnnc._engine.machine), at least 1."""
+    cdef Py_ssize_t W = panel_width(dtype)
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize
+    cdef Py_ssize_t size = rnnc_machine.l2 if l2 is None else l2
+    if K < 1 or size < 1:
+        raise ValueError(f"small_gemm_blocking: K and l2 must be >= 1, got {K}, {size}")
+    return rnnc_small_gemm_block_panels(K, W * item, size)
 
 
 def panel_width(dtype):

@@ -1,8 +1,9 @@
 /* Vectorisable float32 exp-based activations, applied in place to contiguous arrays.
  *
  * Written as plain, branch-free loops so the compiler vectorises them; on x86-64 each function
- * is compiled for AVX-512, AVX2 and the baseline and the best one is picked at load time
- * (target_clones: runtime CPU dispatch). The kernels are built with -fno-trapping-math, which lets
+ * is compiled for AVX-512, AVX2 + FMA and the baseline and the one of the level in use
+ * (rnnc_cpu_isa(), _cpu.h) runs; the forward rows also have AVX-512 versions written with
+ * intrinsics (below). The kernels are built with -fno-trapping-math, which lets
  * the compiler evaluate both sides of a select; it changes no value (IEEE results, NaN and inf
  * as usual), unlike -ffast-math. Accuracy (checked by tests/test_activations.py against
  * float64 NumPy): within a few float32 ulps (relative error <= 1e-6) wherever the result is a
@@ -20,10 +21,35 @@
 #include <string.h>
 #include <stddef.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(RNNC_NO_DISPATCH)
-#define RNNC_DISPATCH __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#include "_cpu.h"
+
+/* The plain loops below are compiled once per instruction-set level of _cpu.h, by
+ * RNNC_AT_LEVELS: NAME_avx512 (AVX-512F), NAME_avx2 (AVX2 + FMA) and NAME_baseline (the
+ * compiler's default target), each from the same body; the dispatchers further down pick one by
+ * rnnc_cpu_isa() at every call, so that RNNC_MAX_CPU_ISA (and rnnc._engine.machine.use) decide
+ * which code runs. (GCC's target_clones picked by the CPU alone, at load time.) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
+#define RNNC_AT_LEVELS(NAME, PARAMS, ...)                                                     \
+    __attribute__((target("avx512f"))) static void NAME##_avx512 PARAMS { __VA_ARGS__ }     \
+    __attribute__((target("avx2,fma"))) static void NAME##_avx2 PARAMS { __VA_ARGS__ }      \
+    static void NAME##_baseline PARAMS { __VA_ARGS__ }
+/* The loops whose AVX-512 version is written with intrinsics further down: two levels. */
+#define RNNC_BELOW_AVX512(NAME, PARAMS, ...)                                                  \
+    __attribute__((target("avx2,fma"))) static void NAME##_avx2 PARAMS { __VA_ARGS__ }      \
+    static void NAME##_baseline PARAMS { __VA_ARGS__ }
+/* Calls NAME_<level> ARGS for the level in use. */
+#define RNNC_CALL_AT_LEVEL(NAME, ARGS)                                                        \
+    do {                                                                                      \
+        switch (rnnc_cpu_isa()) {                                                             \
+            case RNNC_ISA_AVX512: NAME##_avx512 ARGS; break;                                  \
+            case RNNC_ISA_AVX2: NAME##_avx2 ARGS; break;                                      \
+            default: NAME##_baseline ARGS; break;                                             \
+        }                                                                                     \
+    } while (0)
 #else
-#define RNNC_DISPATCH
+#define RNNC_AT_LEVELS(NAME, PARAMS, ...) static void NAME##_baseline PARAMS { __VA_ARGS__ }
+#define RNNC_BELOW_AVX512(NAME, PARAMS, ...) static void NAME##_baseline PARAMS { __VA_ARGS__ }
+#define RNNC_CALL_AT_LEVEL(NAME, ARGS) NAME##_baseline ARGS
 #endif
 
 __attribute__((always_inline))
@@ -95,25 +121,23 @@ static inline float rnnc_tanhf_body(float v) {
     return a >= RNNC_TANH_ONE ? one : (a < RNNC_TANH_TINY ? v : r);
 }
 
-RNNC_DISPATCH
-static void rnnc_sigmoid_f32_generic(float* x, ptrdiff_t n) {
+RNNC_BELOW_AVX512(rnnc_sigmoid_f32_loop, (float* x, ptrdiff_t n),
     for (ptrdiff_t i = 0; i < n; i++)
         x[i] = rnnc_sigmoidf_body(x[i]);
-}
+)
 
-RNNC_DISPATCH
-static void rnnc_tanh_f32_generic(float* x, ptrdiff_t n) {
+RNNC_BELOW_AVX512(rnnc_tanh_f32_loop, (float* x, ptrdiff_t n),
     for (ptrdiff_t i = 0; i < n; i++)
         x[i] = rnnc_tanhf_body(x[i]);
-}
+)
 
 /* One batch row of an LSTM step in one vectorised pass (separate passes over the gate blocks
  * cost a call and a trip through memory each). g (4H): pre-activations i, f, g, o in,
  * activations out (kept for training); c (H) updated; h and out (H) receive o * tanh(c')
  * (out may be h). */
-RNNC_DISPATCH
-static void rnnc_lstm_row_f32_generic(ptrdiff_t H, float* restrict g, float* restrict c,
-                              float* restrict h, float* out) {
+__attribute__((always_inline))
+static inline void rnnc_lstm_row_body(ptrdiff_t H, float* restrict g, float* restrict c,
+                                      float* restrict h, float* out) {
     for (ptrdiff_t j = 0; j < H; j++) {
         float i_ = rnnc_sigmoidf_body(g[j]);
         float f_ = rnnc_sigmoidf_body(g[H + j]);
@@ -132,6 +156,11 @@ static void rnnc_lstm_row_f32_generic(ptrdiff_t H, float* restrict g, float* res
         for (ptrdiff_t j = 0; j < H; j++)
             out[j] = h[j];
 }
+
+RNNC_BELOW_AVX512(rnnc_lstm_row_f32_loop, (ptrdiff_t H, float* g, float* c, float* h,
+                                           float* out),
+    rnnc_lstm_row_body(H, g, c, h, out);
+)
 
 /* One batch row of a GRU step, PyTorch's form n = tanh(x_n + r * (h W_hn^T + b_hn)), in one
  * pass. x (3H): input parts of r, z, n in (biases folded), activations out; hg (3H): the
@@ -158,9 +187,9 @@ static inline void rnnc_gru_row_body(ptrdiff_t H, float* restrict x, const float
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, const float* b_hn,
-                             const float* h_old, float* h_new, float* out, float* hn_keep) {
+RNNC_BELOW_AVX512(rnnc_gru_row_f32_loop, (ptrdiff_t H, float* x, const float* hg,
+                                          const float* b_hn, const float* h_old, float* h_new,
+                                          float* out, float* hn_keep),
     if (b_hn && hn_keep)
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 1, 1);
     else if (b_hn)
@@ -169,7 +198,7 @@ static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, con
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 1);
     else
         rnnc_gru_row_body(H, x, hg, b_hn, h_old, h_new, out, hn_keep, 0, 0);
-}
+)
 
 /* ---------------------------------------------------------------------------------------------
  * AVX-512 versions of the forward activations and rows, written with intrinsics, 16 lanes a
@@ -186,7 +215,6 @@ static void rnnc_gru_row_f32_generic(ptrdiff_t H, float* x, const float* hg, con
  * ------------------------------------------------------------------------------------------- */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
-#include "_cpu.h"
 #define RNNC_AVX512_ROWS 1
 
 #define RNNC_AVX512_INLINE __attribute__((target("avx512f"), always_inline)) static inline
@@ -388,16 +416,101 @@ static void rnnc_tanh_f64_avx512(double* x, ptrdiff_t n) {
         _mm512_mask_storeu_pd(x + j, m, t);
     }
 }
+
+/* The same float64 functions with AVX2 + FMA, 4 lanes a vector, bit for bit the AVX-512 ones
+ * (tests/test_isa_kernels.py): the same reduction and polynomial; v * 2^n, without vscalefpd,
+ * as (v * 2^n1) * 2^n2 with n1 = floor(n / 2) (rnnc_scale4), each factor a normal double built
+ * in the exponent bits: the first product is exact, the second rounds once, as vscalefpd does,
+ * and gives inf and 0 / subnormals past the limits. The last partial vector goes through a copy
+ * (AVX2 has no masked arithmetic). libm's scalar exp and expm1, which the AVX2 level used
+ * before, took 4.5 and 11 ns an element (benchmarks/results/amd-epyc/isa_kernels.md). */
+#define RNNC_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+
+RNNC_AVX2_INLINE __m256d rnnc_expm1_reduced4(__m256d r) {
+    __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 479001600.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+    return _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
+}
+
+RNNC_AVX2_INLINE __m256d rnnc_reduce4(__m256d x, __m256d* r) {
+    x = _mm256_max_pd(_mm256_set1_pd(-746.0), _mm256_min_pd(_mm256_set1_pd(710.0), x));
+    __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256d t = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), x);
+    *r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), t);
+    return n;
+}
+
+/* v * 2^n, rounded once (v * 2^n1 is exact: |v| is within [0.5, 2] and n1 >= -538). */
+RNNC_AVX2_INLINE __m256d rnnc_scale4(__m256d v, __m256d n) {
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0 + 1023.0);
+    __m256d n1 = _mm256_round_pd(_mm256_mul_pd(n, _mm256_set1_pd(0.5)),
+                                 _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m256d s1 = _mm256_castsi256_pd(_mm256_slli_epi64(
+        _mm256_castpd_si256(_mm256_add_pd(n1, magic)), 52));
+    __m256d s2 = _mm256_castsi256_pd(_mm256_slli_epi64(
+        _mm256_castpd_si256(_mm256_add_pd(_mm256_sub_pd(n, n1), magic)), 52));
+    return _mm256_mul_pd(_mm256_mul_pd(v, s1), s2);
+}
+
+__attribute__((target("avx2,fma")))
+static void rnnc_sigmoid_f64_avx2(double* x, ptrdiff_t n) {
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (ptrdiff_t j = 0; j < n; j += 4) {
+        double tail[4] = {0, 0, 0, 0};
+        double* p = n - j >= 4 ? x + j : tail;
+        if (p == tail) memcpy(tail, x + j, (size_t)(n - j) * sizeof(double));
+        __m256d r;
+        __m256d k = rnnc_reduce4(_mm256_sub_pd(_mm256_setzero_pd(), _mm256_loadu_pd(p)), &r);
+        __m256d e = rnnc_scale4(_mm256_add_pd(one, rnnc_expm1_reduced4(r)), k);
+        _mm256_storeu_pd(p, _mm256_div_pd(one, _mm256_add_pd(one, e)));
+        if (p == tail) memcpy(x + j, tail, (size_t)(n - j) * sizeof(double));
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void rnnc_tanh_f64_avx2(double* x, ptrdiff_t n) {
+    const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ull);
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (ptrdiff_t j = 0; j < n; j += 4) {
+        double tail[4] = {0, 0, 0, 0};
+        double* p = n - j >= 4 ? x + j : tail;
+        if (p == tail) memcpy(tail, x + j, (size_t)(n - j) * sizeof(double));
+        __m256i vi = _mm256_castpd_si256(_mm256_loadu_pd(p));
+        __m256d a = _mm256_castsi256_pd(_mm256_andnot_si256(sign, vi));
+        __m256d r;
+        __m256d k = rnnc_reduce4(_mm256_mul_pd(a, _mm256_set1_pd(-2.0)), &r);
+        __m256d t2 = rnnc_scale4(one, k);                                     /* 2^k */
+        __m256d e = _mm256_fmadd_pd(t2, rnnc_expm1_reduced4(r), _mm256_sub_pd(t2, one));
+        __m256d t = _mm256_div_pd(_mm256_sub_pd(_mm256_setzero_pd(), e),
+                                  _mm256_add_pd(e, _mm256_set1_pd(2.0)));
+        t = _mm256_castsi256_pd(_mm256_or_si256(_mm256_castpd_si256(t),
+                                                _mm256_and_si256(sign, vi)));
+        _mm256_storeu_pd(p, t);
+        if (p == tail) memcpy(x + j, tail, (size_t)(n - j) * sizeof(double));
+    }
+}
 #endif
 
 
-/* float64 (see above): 1 when done, 0 without AVX-512 (the caller then loops over the scalar
- * functions of rnnc/_kernels/_activations.pxd, the same formulas with libm's exp / expm1). */
+/* float64 (see above): 1 when done, 0 at the baseline level (the caller then loops over the
+ * scalar functions of rnnc/_kernels/_activations.pxd, the same formulas with libm's exp /
+ * expm1). */
 static inline int rnnc_sigmoid_f64(double* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_sigmoid_f64_avx512(x, n);
-        return 1;
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512: rnnc_sigmoid_f64_avx512(x, n); return 1;
+        case RNNC_ISA_AVX2: rnnc_sigmoid_f64_avx2(x, n); return 1;
     }
 #endif
     (void)x; (void)n;
@@ -406,57 +519,44 @@ static inline int rnnc_sigmoid_f64(double* x, ptrdiff_t n) {
 
 static inline int rnnc_tanh_f64(double* x, ptrdiff_t n) {
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_tanh_f64_avx512(x, n);
-        return 1;
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512: rnnc_tanh_f64_avx512(x, n); return 1;
+        case RNNC_ISA_AVX2: rnnc_tanh_f64_avx2(x, n); return 1;
     }
 #endif
     (void)x; (void)n;
     return 0;
 }
 
-/* The activations and rows the kernels call: AVX-512 when the CPU has it, else the
- * auto-vectorised loops (AVX2 or baseline by target_clones). */
-static inline void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
+/* The activations and rows the kernels call, for the level in use: AVX-512 intrinsics, else
+ * the loops above compiled for AVX2 + FMA or the baseline. */
 #ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_sigmoid_f32_avx512(x, n);
-        return;
-    }
+#define RNNC_ROW_AT_LEVEL(NAME, ARGS) RNNC_CALL_AT_LEVEL(NAME, ARGS)
+#else
+#define RNNC_ROW_AT_LEVEL(NAME, ARGS) NAME##_baseline ARGS
 #endif
-    rnnc_sigmoid_f32_generic(x, n);
+/* The AVX-512 level of these loops: the versions written with intrinsics. */
+#define rnnc_sigmoid_f32_loop_avx512 rnnc_sigmoid_f32_avx512
+#define rnnc_tanh_f32_loop_avx512 rnnc_tanh_f32_avx512
+#define rnnc_lstm_row_f32_loop_avx512 rnnc_lstm_row_f32_avx512
+#define rnnc_gru_row_f32_loop_avx512 rnnc_gru_row_f32_avx512
+
+static inline void rnnc_sigmoid_f32(float* x, ptrdiff_t n) {
+    RNNC_ROW_AT_LEVEL(rnnc_sigmoid_f32_loop, (x, n));
 }
 
 static inline void rnnc_tanh_f32(float* x, ptrdiff_t n) {
-#ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_tanh_f32_avx512(x, n);
-        return;
-    }
-#endif
-    rnnc_tanh_f32_generic(x, n);
+    RNNC_ROW_AT_LEVEL(rnnc_tanh_f32_loop, (x, n));
 }
 
 static inline void rnnc_lstm_row_f32(ptrdiff_t H, float* g, float* c, float* h, float* out) {
-#ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_lstm_row_f32_avx512(H, g, c, h, out);
-        return;
-    }
-#endif
-    rnnc_lstm_row_f32_generic(H, g, c, h, out);
+    RNNC_ROW_AT_LEVEL(rnnc_lstm_row_f32_loop, (H, g, c, h, out));
 }
 
 static inline void rnnc_gru_row_f32(ptrdiff_t H, float* x, const float* hg, const float* b_hn,
                                     const float* h_old, float* h_new, float* out,
                                     float* hn_keep) {
-#ifdef RNNC_AVX512_ROWS
-    if (rnnc_cpu_has_avx512()) {
-        rnnc_gru_row_f32_avx512(H, x, hg, b_hn, h_old, h_new, out, hn_keep);
-        return;
-    }
-#endif
-    rnnc_gru_row_f32_generic(H, x, hg, b_hn, h_old, h_new, out, hn_keep);
+    RNNC_ROW_AT_LEVEL(rnnc_gru_row_f32_loop, (H, x, hg, b_hn, h_old, h_new, out, hn_keep));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -512,10 +612,9 @@ static inline void rnnc_lstm_row_backward_body(
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_prev, float* dc,
-                                       const float* dhh, const float* dout, float* hbuf,
-                                       float* db) {
+RNNC_AT_LEVELS(rnnc_lstm_row_backward_f32_loop,
+               (ptrdiff_t H, float* a, const float* c_prev, float* dc, const float* dhh,
+                const float* dout, float* hbuf, float* db),
     if (hbuf) {         /* projection: dout is already in dhh */
         if (db)
             rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 1, 1);
@@ -532,6 +631,12 @@ static void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_pre
         else
             rnnc_lstm_row_backward_body(H, a, c_prev, dc, dhh, dout, hbuf, db, 0, 0, 0);
     }
+)
+
+static inline void rnnc_lstm_row_backward_f32(ptrdiff_t H, float* a, const float* c_prev,
+                                              float* dc, const float* dhh, const float* dout,
+                                              float* hbuf, float* db) {
+    RNNC_CALL_AT_LEVEL(rnnc_lstm_row_backward_f32_loop, (H, a, c_prev, dc, dhh, dout, hbuf, db));
 }
 
 /* GRU, PyTorch's form (reset_after). a (3H): r, z, n in, dA w.r.t. the input projection out;
@@ -568,13 +673,19 @@ static inline void rnnc_gru_row_backward_body(
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_gru_row_backward_f32(ptrdiff_t H, float* a, float* hn, const float* h_prev,
-                                      float* dh, const float* dout, float* dgh, float* db) {
+RNNC_AT_LEVELS(rnnc_gru_row_backward_f32_loop,
+               (ptrdiff_t H, float* a, float* hn, const float* h_prev, float* dh,
+                const float* dout, float* dgh, float* db),
     if (db)
         rnnc_gru_row_backward_body(H, a, hn, h_prev, dh, dout, dgh, db, 1);
     else
         rnnc_gru_row_backward_body(H, a, hn, h_prev, dh, dout, dgh, db, 0);
+)
+
+static inline void rnnc_gru_row_backward_f32(ptrdiff_t H, float* a, float* hn,
+                                             const float* h_prev, float* dh, const float* dout,
+                                             float* dgh, float* db) {
+    RNNC_CALL_AT_LEVEL(rnnc_gru_row_backward_f32_loop, (H, a, hn, h_prev, dh, dout, dgh, db));
 }
 
 /* Elman RNN. a (H): activations in, dA out; dh (H) from the future; dout (H);
@@ -595,9 +706,8 @@ static inline void rnnc_rnn_row_backward_body(
     }
 }
 
-RNNC_DISPATCH
-static void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const float* dh,
-                                      const float* dout, float* db) {
+RNNC_AT_LEVELS(rnnc_rnn_row_backward_f32_loop,
+               (ptrdiff_t H, int relu, float* a, const float* dh, const float* dout, float* db),
     if (relu) {
         if (db)
             rnnc_rnn_row_backward_body(H, a, dh, dout, db, 1, 1);
@@ -609,6 +719,11 @@ static void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const flo
         else
             rnnc_rnn_row_backward_body(H, a, dh, dout, db, 0, 0);
     }
+)
+
+static inline void rnnc_rnn_row_backward_f32(ptrdiff_t H, int relu, float* a, const float* dh,
+                                             const float* dout, float* db) {
+    RNNC_CALL_AT_LEVEL(rnnc_rnn_row_backward_f32_loop, (H, relu, a, dh, dout, db));
 }
 
 #endif

@@ -2,21 +2,79 @@
  * B is given packed: panels of W = RNNC_SGEMM_PANEL (64) float32 or RNNC_DGEMM_PANEL (32)
  * float64 columns, panel p = B[:, Wp:Wp+W] stored as (K, W) contiguous (zero-padded past N), so
  * the k loop streams through memory. Either width makes a panel row 256 bytes: four zmm
- * registers.
+ * registers, eight ymm.
  * The recurrent product of one time step: M is the (small) batch, Bt the transposed weights,
  * laid out once per call so that each k reads one contiguous row of Bt. OpenBLAS re-packs the
  * whole weight matrix on every call, which dominates for small M; this kernel reads it in place.
- * AVX-512 with runtime dispatch; returns 0 (and does nothing) where AVX-512 is not available,
- * so the caller falls back to BLAS. beta is 0 or 1. rnnc/_engine/workspace.py (pack_panels)
- * packs the weights once per call and layer (a frozen module keeps them), so in-place updates
- * of an unfrozen module's parameters are always seen.
+ * Run-time dispatch by rnnc_cpu_isa() (_cpu.h): AVX-512 and AVX2 + FMA versions of the same
+ * products on the same packed layout (packed weights serve either); at the baseline level the
+ * products return 0 (and do nothing), so the caller falls back to BLAS. beta is 0 or 1.
+ * rnnc/_engine/workspace.py (pack_panels) packs the weights once per call and layer (a frozen
+ * module keeps them), so in-place updates of an unfrozen module's parameters are always seen.
+ *
+ * Loop order (both dtypes, every ISA): blocks of panels sized from the L2 (see
+ * rnnc_small_gemm_block_panels), row tiles of 4 rows inside a block, the block's panels inside
+ * a row tile: a block is read from memory or L3 once per step and by every other row tile from
+ * L2. Looping over all the panels for each row tile re-read every weight from L3 once per 4 rows
+ * of the batch when the weights exceed L2 (an issue report on a Xeon: LSTM float32 B64 H512
+ * slower than float64). Each output element is one tile's sum over the whole of k, in the same
+ * order whatever the blocking: the results do not depend on the cache sizes, bit for bit. A row's
+ * result does not depend on the other rows either, as long as the row tiles start at multiples
+ * of 4 (the engine's row split, plan.ROW_TILE, relies on it).
  */
 #ifndef RNNC_SMALL_GEMM_H
 #define RNNC_SMALL_GEMM_H
 #include <stddef.h>
+#include "_cpu.h"
 
 #define RNNC_SGEMM_PANEL 64
 #define RNNC_DGEMM_PANEL 32
+
+/* Panels of a block of the loop order above: as many as fill half of an L2 of `l2` bytes with
+ * panels of K rows of `row_bytes` each (the other half holds the rows of A and C and what the
+ * prefetchers bring in), at least 1. A pure function of its arguments, for tests
+ * (_blas.small_gemm_blocking). */
+static inline ptrdiff_t rnnc_small_gemm_block_panels(ptrdiff_t K, ptrdiff_t row_bytes,
+                                                     ptrdiff_t l2) {
+    ptrdiff_t panel = (K > 0 ? K : 1) * (row_bytes > 0 ? row_bytes : 1);
+    ptrdiff_t n = (l2 / 2) / panel;
+    return n > 1 ? n : 1;
+}
+
+/* The blocked loops of both dtypes and every ISA, calling `tile` for each (row tile, panel).
+ * `flip` (the parity of the time step) reverses the order of the blocks and alternates the
+ * direction in which successive row tiles walk a block's panels: the panels read last by one
+ * walk are the first read by the next, from L1/L2, where walks in one direction would have
+ * evicted them before reuse; and a step starts with the block the step before ended with, still
+ * in L2. Each column's sum runs in the same order either way (same results, bit for bit). It
+ * pays at batch 1, where a step is bound by reading the weights; larger batches are bound by
+ * the FMAs (benchmarks/results/tuning.md). */
+#define RNNC_SMALL_GEMM_DRIVE(T, W, tile, M, N, K, A, lda, Bp, beta, init, C, ldc, flip)       \
+    do {                                                                                      \
+        ptrdiff_t panels_ = ((N) + (W) - 1) / (W), tiles_ = ((M) + 3) / 4;                    \
+        ptrdiff_t bp_ = rnnc_small_gemm_block_panels((K), (W) * (ptrdiff_t)sizeof(T),         \
+                                                     rnnc_machine.l2);                        \
+        ptrdiff_t blocks_ = (panels_ + bp_ - 1) / bp_;                                        \
+        for (ptrdiff_t s_ = 0; s_ < blocks_; s_++) {                                          \
+            ptrdiff_t p0_ = bp_ * ((flip) ? blocks_ - 1 - s_ : s_);                           \
+            ptrdiff_t np_ = panels_ - p0_ < bp_ ? panels_ - p0_ : bp_;                        \
+            for (ptrdiff_t t_ = 0; t_ < tiles_; t_++) {                                       \
+                ptrdiff_t i_ = 4 * t_, mr_ = (M) - i_ < 4 ? (M) - i_ : 4;                     \
+                const T* a_[4];                                                               \
+                for (int r_ = 0; r_ < 4; r_++)                                                \
+                    a_[r_] = (A) + (i_ + (r_ < mr_ ? r_ : 0)) * (lda);                        \
+                int back_ = (int)((t_ + ((flip) ? tiles_ : 0)) & 1);                          \
+                for (ptrdiff_t q_ = 0; q_ < np_; q_++) {                                      \
+                    ptrdiff_t j_ = (W) * (p0_ + (back_ ? np_ - 1 - q_ : q_));                 \
+                    T* c_[4];                                                                 \
+                    for (int r_ = 0; r_ < 4; r_++)                                            \
+                        c_[r_] = (C) + (i_ + (r_ < mr_ ? r_ : 0)) * (ldc) + j_;               \
+                    tile((int)mr_, (K), a_, (Bp) + j_ * (K), (N) - j_ < (W) ? (N) - j_ : (W), \
+                         (beta), (init) ? (init) + j_ : NULL, c_);                             \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
 
 /* The packed operand of rnnc_sgemm_small: out[p][k][i] = W[64p + i][k] for the logical
  * (N, K) matrix W whose element (n, k) sits at w[n * sn + k * sk], zero past N. When sn != 1
@@ -82,7 +140,6 @@ static void rnnc_dpack_panels_scalar(ptrdiff_t N, ptrdiff_t K, const double* w, 
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #include <immintrin.h>
-#include "_cpu.h"
 
 /* dst[c * ldd + r] = src[r * lds + c] for a 16 x 16 block: the classic three-stage
  * unpack / shuffle / lane-shuffle transpose (48 shuffles instead of 256 scalar moves). */
@@ -206,78 +263,41 @@ static inline void rnnc_sgemm_row(ptrdiff_t K, const float* a, const float* b,
         _mm512_mask_storeu_ps(c_row + 16 * q, m[q], _mm512_add_ps(c[0][q], c[1][q]));
 }
 
-/* `flip` (the parity of the time step) reverses the order of the panels on alternate passes
- * over them, here per row tile across calls: the panels read last by one pass are the first
- * read by the next, from L1/L2, where a pass in one direction would have evicted them before
- * reuse. Each column's sum runs in the same order either way (same results, bit for bit).
- * It pays at batch 1, where a step is bound by reading the weights; larger batches are bound by
- * the FMAs, not the cache (benchmarks/results/tuning.md). */
+/* One (row tile, panel) of the loops of RNNC_SMALL_GEMM_DRIVE: mr rows, nr (1..64) columns. */
+__attribute__((target("avx512f"), always_inline))
+static inline void rnnc_sgemm_panel_avx512(int mr, ptrdiff_t K, const float* const a[4],
+                                           const float* b, ptrdiff_t nr, int beta,
+                                           const float* init, float* const c_rows[4]) {
+    __mmask16 m[4];
+    for (int q = 0; q < 4; q++) {
+        ptrdiff_t left = nr - 16 * q;
+        m[q] = left >= 16 ? (__mmask16)0xFFFF
+             : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+    }
+    /* Only the rows that exist: no wasted FMAs for a batch of 1 to 3. */
+    switch (mr) {
+        case 4: rnnc_sgemm_tile(4, K, a, b, m, beta, init, c_rows); break;
+        case 3: rnnc_sgemm_tile(3, K, a, b, m, beta, init, c_rows); break;
+        case 2: rnnc_sgemm_tile(2, K, a, b, m, beta, init, c_rows); break;
+        default: rnnc_sgemm_row(K, a[0], b, m, beta, init, c_rows[0]); break;
+    }
+}
+
 __attribute__((target("avx512f")))
 static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     const float* A, ptrdiff_t lda,
                                     const float* Bp, int beta, const float* init,
                                     float* C, ptrdiff_t ldc, int flip) {
-    ptrdiff_t tiles = (M + 3) / 4, panels = (N + 63) / 64;
-    for (ptrdiff_t i = 0; i < M; i += 4) {
-        ptrdiff_t mr = M - i < 4 ? M - i : 4;
-        const float* a[4];
-        for (int r = 0; r < 4; r++)
-            a[r] = A + (i + (r < mr ? r : 0)) * lda;
-        int back = (int)((i / 4 + (flip ? tiles : 0)) & 1);
-        for (ptrdiff_t p = 0; p < panels; p++) {
-            ptrdiff_t j = 64 * (back ? panels - 1 - p : p);
-            ptrdiff_t nr = N - j < 64 ? N - j : 64;
-            __mmask16 m[4];
-            float* c_rows[4];
-            for (int q = 0; q < 4; q++) {
-                ptrdiff_t left = nr - 16 * q;
-                m[q] = left >= 16 ? (__mmask16)0xFFFF
-                     : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
-            }
-            for (int r = 0; r < 4; r++)
-                c_rows[r] = C + (i + (r < mr ? r : 0)) * ldc + j;
-            const float* b = Bp + (j / 64) * K * 64;
-            const float* in = init ? init + j : NULL;
-            /* Only the rows that exist: no wasted FMAs for a batch of 1 to 3. */
-            switch (mr) {
-                case 4: rnnc_sgemm_tile(4, K, a, b, m, beta, in, c_rows); break;
-                case 3: rnnc_sgemm_tile(3, K, a, b, m, beta, in, c_rows); break;
-                case 2: rnnc_sgemm_tile(2, K, a, b, m, beta, in, c_rows); break;
-                default: rnnc_sgemm_row(K, a[0], b, m, beta, in, c_rows[0]); break;
-            }
-        }
-    }
+    RNNC_SMALL_GEMM_DRIVE(float, RNNC_SGEMM_PANEL, rnnc_sgemm_panel_avx512,
+                          M, N, K, A, lda, Bp, beta, init, C, ldc, flip);
 }
-
-static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
-                            const float* Bp, int beta, float* C, ptrdiff_t ldc, int flip) {
-    if (!rnnc_cpu_has_avx512()) return 0;
-    rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, beta, NULL, C, ldc, flip);
-    return 1;
-}
-
-/* C (M, N) = bias + A @ B, bias (N,) added to every row: the accumulators start from it, so the
- * sums are those of C = bias then rnnc_sgemm_small with beta = 1, bit for bit, without the pass
- * that lays the bias into C first (a step of a stream, rnnc/_kernels/_stream_kernel.pyx). */
-static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
-                                        ptrdiff_t lda, const float* Bp, const float* bias,
-                                        float* C, ptrdiff_t ldc, int flip) {
-    if (!rnnc_cpu_has_avx512()) return 0;
-    rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, 0, bias, C, ldc, flip);
-    return 1;
-}
-
 
 /* ---- float64 ---------------------------------------------------------------------------------
  * The same design with 8 doubles a zmm register: panels of 32 columns keep a row of the panel at
  * 256 bytes (4 registers), so a 4-row tile still holds 16 accumulators and the batch-1 row
- * kernel still runs eight FMA chains. Differences from float32:
- * - panels outer, row tiles inner: float64 weights are twice as large (LSTM H1024: 32 MB, as
- *   large as many L3 caches), so each panel (K x 256 bytes, 256 KB at K = 1024) is read from
- *   memory once per step and then from L2 by the other row tiles, instead of once per 4 rows of
- *   the batch;
- * - the packer's transposes are 8 x 8 and masked, so edge blocks (N or K not a multiple of 8,
- *   the zero padding past N) take the same vector path instead of scalar loops. */
+ * kernel still runs eight FMA chains. The packer differs: its transposes are 8 x 8 and masked,
+ * so edge blocks (N or K not a multiple of 8, the zero padding past N) take the same vector path
+ * instead of scalar loops. */
 
 /* Packed weights of at least this many bytes are written with non-temporal (streaming) stores:
  * too large to stay cached until the first time step reads them (LSTM H1024: 32 MB), they would
@@ -439,62 +459,284 @@ static inline void rnnc_dgemm_row(ptrdiff_t K, const double* a, const double* b,
         _mm512_mask_storeu_pd(c_row + 8 * q, m[q], _mm512_add_pd(c[0][q], c[1][q]));
 }
 
-/* Panels outer, row tiles inner (see the float64 notes above): each panel comes from memory
- * once per step, then from L2 for the other row tiles. Row tiles outer, blocking k as well and
- * software prefetches were slower (benchmarks/results/tuning.md). */
+/* One (row tile, panel) of the loops of RNNC_SMALL_GEMM_DRIVE: mr rows, nr (1..32) columns. */
+__attribute__((target("avx512f"), always_inline))
+static inline void rnnc_dgemm_panel_avx512(int mr, ptrdiff_t K, const double* const a[4],
+                                           const double* b, ptrdiff_t nr, int beta,
+                                           const double* init, double* const c_rows[4]) {
+    (void)init;
+    __mmask8 m[4];
+    for (int q = 0; q < 4; q++) {
+        ptrdiff_t left = nr - 8 * q;
+        m[q] = left >= 8 ? (__mmask8)0xFF
+             : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
+    }
+    switch (mr) {
+        case 4: rnnc_dgemm_tile(4, K, a, b, m, beta, c_rows); break;
+        case 3: rnnc_dgemm_tile(3, K, a, b, m, beta, c_rows); break;
+        case 2: rnnc_dgemm_tile(2, K, a, b, m, beta, c_rows); break;
+        default: rnnc_dgemm_row(K, a[0], b, m, beta, c_rows[0]); break;
+    }
+}
+
 __attribute__((target("avx512f")))
 static void rnnc_dgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                     const double* A, ptrdiff_t lda,
                                     const double* Bp, int beta,
                                     double* C, ptrdiff_t ldc, int flip) {
-    ptrdiff_t panels = (N + 31) / 32;
-    for (ptrdiff_t p = 0; p < panels; p++) {    /* flip: see rnnc_sgemm_small_avx512 */
-        ptrdiff_t j = 32 * (flip ? panels - 1 - p : p);
-        ptrdiff_t nr = N - j < 32 ? N - j : 32;
-        __mmask8 m[4];
-        for (int q = 0; q < 4; q++) {
-            ptrdiff_t left = nr - 8 * q;
-            m[q] = left >= 8 ? (__mmask8)0xFF
-                 : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
+    const double* init = NULL;
+    RNNC_SMALL_GEMM_DRIVE(double, RNNC_DGEMM_PANEL, rnnc_dgemm_panel_avx512,
+                          M, N, K, A, lda, Bp, beta, init, C, ldc, flip);
+}
+
+/* ---- AVX2 + FMA ------------------------------------------------------------------------------
+ * The same products on the same panels with 16 ymm registers: a panel row is 8 ymm (8 float32
+ * or 4 float64 each), too many to hold 4 rows' accumulators, so a panel is walked in strips of
+ * NV ymm columns with MR x NV accumulators: for 3 or 4 rows, strips of 3, 3 and 2 ymm (12 FMA
+ * chains with 3 loads and 4 broadcasts for 16 registers; 4 x 2 had only the 8 chains that just
+ * cover the FMA latency, and stalled), 2 x 4 for 2 rows, 1 x 8 for one. Every
+ * element is one FMA chain over k in order, whatever MR and NV: each row's result is the same
+ * whichever tile it falls in. The strips past the last column of a partial panel are skipped;
+ * partial vectors use masked loads and stores (the packed panels themselves are zero-padded). */
+#define RNNC_AVX2 __attribute__((target("avx2,fma"), always_inline)) static inline
+
+/* Lanes of a vector whose first `left` lanes exist (float32: 8 lanes; float64: 4). */
+RNNC_AVX2 __m256i rnnc_mask8_avx2(ptrdiff_t left) {
+    int n = left < 0 ? 0 : left > 8 ? 8 : (int)left;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+RNNC_AVX2 __m256i rnnc_mask4_avx2(ptrdiff_t left) {
+    long long n = left < 0 ? 0 : left > 4 ? 4 : (long long)left;
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+/* One strip: MR rows of C, NV vectors of columns; b points at the strip's first column of the
+ * panel (rows 64 floats apart); left: columns of the strip that exist (> 0). */
+RNNC_AVX2 void rnnc_sgemm_strip_avx2(const int MR, const int NV, ptrdiff_t K,
+                                     const float* const a[4], const float* b, ptrdiff_t left,
+                                     int beta, const float* init, float* const c_rows[4],
+                                     ptrdiff_t col) {
+    __m256 c[4][8];
+    __m256i m[8];
+    for (int v = 0; v < NV; v++)
+        m[v] = rnnc_mask8_avx2(left - 8 * v);
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            c[r][v] = init ? _mm256_maskload_ps(init + col + 8 * v, m[v])
+                    : beta ? _mm256_maskload_ps(c_rows[r] + col + 8 * v, m[v])
+                           : _mm256_setzero_ps();
+    for (ptrdiff_t k = 0; k < K; k++, b += RNNC_SGEMM_PANEL) {
+        __m256 bv[8];
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm256_loadu_ps(b + 8 * v);
+        for (int r = 0; r < MR; r++) {
+            __m256 x = _mm256_broadcast_ss(a[r] + k);
+            for (int v = 0; v < NV; v++)
+                c[r][v] = _mm256_fmadd_ps(x, bv[v], c[r][v]);
         }
-        const double* b = Bp + (j / 32) * K * 32;
-        for (ptrdiff_t i = 0; i < M; i += 4) {
-            ptrdiff_t mr = M - i < 4 ? M - i : 4;
-            const double* a[4];
-            double* c_rows[4];
-            for (int r = 0; r < 4; r++) {
-                a[r] = A + (i + (r < mr ? r : 0)) * lda;
-                c_rows[r] = C + (i + (r < mr ? r : 0)) * ldc + j;
-            }
-            /* Only the rows that exist: no wasted FMAs for a batch of 1 to 3. */
-            switch (mr) {
-                case 4: rnnc_dgemm_tile(4, K, a, b, m, beta, c_rows); break;
-                case 3: rnnc_dgemm_tile(3, K, a, b, m, beta, c_rows); break;
-                case 2: rnnc_dgemm_tile(2, K, a, b, m, beta, c_rows); break;
-                default: rnnc_dgemm_row(K, a[0], b, m, beta, c_rows[0]); break;
-            }
+    }
+    /* Masked stores are slow on some CPUs (AMD): plain ones for whole vectors. */
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            if (left - 8 * v >= 8)
+                _mm256_storeu_ps(c_rows[r] + col + 8 * v, c[r][v]);
+            else if (left - 8 * v > 0)
+                _mm256_maskstore_ps(c_rows[r] + col + 8 * v, m[v], c[r][v]);
         }
+}
+
+RNNC_AVX2 void rnnc_sgemm_panel_avx2(int mr, ptrdiff_t K, const float* const a[4],
+                                     const float* b, ptrdiff_t nr, int beta,
+                                     const float* init, float* const c_rows[4]) {
+    switch (mr) {
+        case 4:     /* strips of 24, 24 and 16 columns */
+            for (ptrdiff_t col = 0; col < nr && col < 48; col += 24)
+                rnnc_sgemm_strip_avx2(4, 3, K, a, b + col, nr - col, beta, init, c_rows, col);
+            if (nr > 48)
+                rnnc_sgemm_strip_avx2(4, 2, K, a, b + 48, nr - 48, beta, init, c_rows, 48);
+            break;
+        case 3:
+            for (ptrdiff_t col = 0; col < nr && col < 48; col += 24)
+                rnnc_sgemm_strip_avx2(3, 3, K, a, b + col, nr - col, beta, init, c_rows, col);
+            if (nr > 48)
+                rnnc_sgemm_strip_avx2(3, 2, K, a, b + 48, nr - 48, beta, init, c_rows, 48);
+            break;
+        case 2:
+            for (ptrdiff_t col = 0; col < nr; col += 32)
+                rnnc_sgemm_strip_avx2(2, 4, K, a, b + col, nr - col, beta, init, c_rows, col);
+            break;
+        default:
+            rnnc_sgemm_strip_avx2(1, 8, K, a, b, nr, beta, init, c_rows, 0);
+            break;
     }
 }
 
-static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A,
-                            ptrdiff_t lda, const double* Bp, int beta, double* C,
-                            ptrdiff_t ldc, int flip) {
-    if (!rnnc_cpu_has_avx512()) return 0;
-    rnnc_dgemm_small_avx512(M, N, K, A, lda, Bp, beta, C, ldc, flip);
-    return 1;
+__attribute__((target("avx2,fma")))
+static void rnnc_sgemm_small_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                  const float* A, ptrdiff_t lda,
+                                  const float* Bp, int beta, const float* init,
+                                  float* C, ptrdiff_t ldc, int flip) {
+    RNNC_SMALL_GEMM_DRIVE(float, RNNC_SGEMM_PANEL, rnnc_sgemm_panel_avx2,
+                          M, N, K, A, lda, Bp, beta, init, C, ldc, flip);
 }
-#else
+
+/* float64: the same strips, 4 doubles a vector (rows of the panel 32 doubles apart). */
+RNNC_AVX2 void rnnc_dgemm_strip_avx2(const int MR, const int NV, ptrdiff_t K,
+                                     const double* const a[4], const double* b,
+                                     ptrdiff_t left, int beta, double* const c_rows[4],
+                                     ptrdiff_t col) {
+    __m256d c[4][8];
+    __m256i m[8];
+    for (int v = 0; v < NV; v++)
+        m[v] = rnnc_mask4_avx2(left - 4 * v);
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            c[r][v] = beta ? _mm256_maskload_pd(c_rows[r] + col + 4 * v, m[v])
+                           : _mm256_setzero_pd();
+    for (ptrdiff_t k = 0; k < K; k++, b += RNNC_DGEMM_PANEL) {
+        __m256d bv[8];
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm256_loadu_pd(b + 4 * v);
+        for (int r = 0; r < MR; r++) {
+            __m256d x = _mm256_broadcast_sd(a[r] + k);
+            for (int v = 0; v < NV; v++)
+                c[r][v] = _mm256_fmadd_pd(x, bv[v], c[r][v]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            if (left - 4 * v >= 4)
+                _mm256_storeu_pd(c_rows[r] + col + 4 * v, c[r][v]);
+            else if (left - 4 * v > 0)
+                _mm256_maskstore_pd(c_rows[r] + col + 4 * v, m[v], c[r][v]);
+        }
+}
+
+RNNC_AVX2 void rnnc_dgemm_panel_avx2(int mr, ptrdiff_t K, const double* const a[4],
+                                     const double* b, ptrdiff_t nr, int beta,
+                                     const double* init, double* const c_rows[4]) {
+    (void)init;
+    switch (mr) {
+        case 4:     /* strips of 12, 12 and 8 columns */
+            for (ptrdiff_t col = 0; col < nr && col < 24; col += 12)
+                rnnc_dgemm_strip_avx2(4, 3, K, a, b + col, nr - col, beta, c_rows, col);
+            if (nr > 24)
+                rnnc_dgemm_strip_avx2(4, 2, K, a, b + 24, nr - 24, beta, c_rows, 24);
+            break;
+        case 3:
+            for (ptrdiff_t col = 0; col < nr && col < 24; col += 12)
+                rnnc_dgemm_strip_avx2(3, 3, K, a, b + col, nr - col, beta, c_rows, col);
+            if (nr > 24)
+                rnnc_dgemm_strip_avx2(3, 2, K, a, b + 24, nr - 24, beta, c_rows, 24);
+            break;
+        case 2:
+            for (ptrdiff_t col = 0; col < nr; col += 16)
+                rnnc_dgemm_strip_avx2(2, 4, K, a, b + col, nr - col, beta, c_rows, col);
+            break;
+        default:
+            rnnc_dgemm_strip_avx2(1, 8, K, a, b, nr, beta, c_rows, 0);
+            break;
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void rnnc_dgemm_small_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                  const double* A, ptrdiff_t lda,
+                                  const double* Bp, int beta,
+                                  double* C, ptrdiff_t ldc, int flip) {
+    const double* init = NULL;
+    RNNC_SMALL_GEMM_DRIVE(double, RNNC_DGEMM_PANEL, rnnc_dgemm_panel_avx2,
+                          M, N, K, A, lda, Bp, beta, init, C, ldc, flip);
+}
+
+/* rnnc_pack_panels_scalar's layout when k is contiguous in w (the forward pass's W_hh), with
+ * AVX 8 x 8 transposes for the whole blocks: the scalar loops were 2-3 times slower for
+ * float32 (benchmarks/results/amd-epyc/isa_kernels.md); streaming stores as in
+ * rnnc_pack_panels_avx512. */
+__attribute__((target("avx2,fma")))
+static void rnnc_pack_panels_avx2(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
+                                  float* out, ptrdiff_t of_bytes) {
+    ptrdiff_t N8 = N / 8 * 8, K8 = K / 8 * 8;
+    ptrdiff_t bytes = (N + 63) / 64 * 64 * K * (ptrdiff_t)sizeof(float);
+    int nt = (bytes > of_bytes ? bytes : of_bytes) >= RNNC_PACK_STREAM_BYTES
+             && ((size_t)out & 63) == 0;
+    for (ptrdiff_t n0 = 0; n0 < N8; n0 += 8) {
+        float* o = out + (n0 / 64) * K * 64 + n0 % 64;
+        const float* src = w + n0 * sn;
+        for (ptrdiff_t k0 = 0; k0 < K8; k0 += 8) {
+            __m256 r[8], t[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sn + k0);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int i = 0; i < 4; i++) {   /* columns i and i + 4 of the 8 rows */
+                t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+                t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+            }
+            for (int i = 0; i < 8; i++) {
+                if (nt)
+                    _mm256_stream_ps(o + (k0 + i) * 64, t[i]);
+                else
+                    _mm256_storeu_ps(o + (k0 + i) * 64, t[i]);
+            }
+        }
+        for (ptrdiff_t k = K8; k < K; k++)
+            for (ptrdiff_t i = 0; i < 8; i++)
+                o[k * 64 + i] = src[i * sn + k];
+    }
+    for (ptrdiff_t n = N8; n < (N + 63) / 64 * 64; n++) {
+        float* o = out + (n / 64) * K * 64 + n % 64;
+        for (ptrdiff_t k = 0; k < K; k++)
+            o[k * 64] = n < N ? w[n * sn + k] : 0.0f;
+    }
+    if (nt) _mm_sfence();   /* streaming stores are weakly ordered: publish them */
+}
+#define RNNC_SMALL_GEMM_KERNELS 1
+#endif
+
+/* The products the kernels call: 1 when done, 0 (nothing done) at the baseline level, where the
+ * caller uses BLAS. */
 static int rnnc_sgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
                             const float* Bp, int beta, float* C, ptrdiff_t ldc, int flip) {
+#ifdef RNNC_SMALL_GEMM_KERNELS
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512:
+            rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, beta, NULL, C, ldc, flip);
+            return 1;
+        case RNNC_ISA_AVX2:
+            rnnc_sgemm_small_avx2(M, N, K, A, lda, Bp, beta, NULL, C, ldc, flip);
+            return 1;
+    }
+#endif
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)beta; (void)C;
     (void)ldc; (void)flip;
     return 0;
 }
 
+/* C (M, N) = bias + A @ B, bias (N,) added to every row: the accumulators start from it, so the
+ * sums are those of C = bias then rnnc_sgemm_small with beta = 1, bit for bit, without the pass
+ * that lays the bias into C first (a step of a stream, rnnc/_kernels/_stream_kernel.pyx). */
 static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* A,
                                         ptrdiff_t lda, const float* Bp, const float* bias,
                                         float* C, ptrdiff_t ldc, int flip) {
+#ifdef RNNC_SMALL_GEMM_KERNELS
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512:
+            rnnc_sgemm_small_avx512(M, N, K, A, lda, Bp, 0, bias, C, ldc, flip);
+            return 1;
+        case RNNC_ISA_AVX2:
+            rnnc_sgemm_small_avx2(M, N, K, A, lda, Bp, 0, bias, C, ldc, flip);
+            return 1;
+    }
+#endif
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)bias; (void)C;
     (void)ldc; (void)flip;
     return 0;
@@ -503,11 +745,20 @@ static inline int rnnc_sgemm_small_bias(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, c
 static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double* A,
                             ptrdiff_t lda, const double* Bp, int beta, double* C,
                             ptrdiff_t ldc, int flip) {
+#ifdef RNNC_SMALL_GEMM_KERNELS
+    switch (rnnc_cpu_isa()) {
+        case RNNC_ISA_AVX512:
+            rnnc_dgemm_small_avx512(M, N, K, A, lda, Bp, beta, C, ldc, flip);
+            return 1;
+        case RNNC_ISA_AVX2:
+            rnnc_dgemm_small_avx2(M, N, K, A, lda, Bp, beta, C, ldc, flip);
+            return 1;
+    }
+#endif
     (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Bp; (void)beta; (void)C;
     (void)ldc; (void)flip;
     return 0;
 }
-#endif
 
 /* The packed operand of rnnc_sgemm_small (see rnnc_pack_panels_scalar). `of_bytes`: the size
  * of the whole pack this call is a piece of (a split part packs its rows gate block by gate
@@ -515,8 +766,12 @@ static int rnnc_dgemm_small(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double*
 static void rnnc_pack_panels(ptrdiff_t N, ptrdiff_t K, const float* w, ptrdiff_t sn,
                              ptrdiff_t sk, float* out, ptrdiff_t of_bytes) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
-    if (sk == 1 && rnnc_cpu_has_avx512()) {
+    if (sk == 1 && rnnc_cpu_isa() == RNNC_ISA_AVX512) {
         rnnc_pack_panels_avx512(N, K, w, sn, out, of_bytes);
+        return;
+    }
+    if (sk == 1 && rnnc_cpu_isa() == RNNC_ISA_AVX2) {
+        rnnc_pack_panels_avx2(N, K, w, sn, out, of_bytes);
         return;
     }
 #endif
