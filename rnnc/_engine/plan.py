@@ -30,7 +30,7 @@ concurrently, each on ``KERNEL``.
 
 The constants below are the thresholds of these choices, one line each. They were measured on
 one CPU only; the measurements and the alternatives tried are in
-benchmarks/results/tuning.md.
+benchmarks/results/amd-epyc/tuning.md.
 """
 import dataclasses
 from itertools import pairwise

@@ -5,7 +5,8 @@
 # here use libm; the vectorised array forms have stated, tested bounds (tests/test_activations).
 #
 # Speed: glibc's tanhf/tanh go through expm1, which costs more than everything else in a small
-# LSTM step (benchmarks/results/tuning.md). tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) is
+# LSTM step (benchmarks/results/amd-epyc/tuning.md). tanh(|x|) = (1 - e) / (1 + e) with e =
+# exp(-2|x|) is
 # as accurate wherever 1 - e does not cancel:
 # - float32: evaluated in double, the cancellation costs at most ~1e-16 / |x| relative, far
 #   below float32 rounding for |x| >= 1e-6; below that tanh(x) rounds to x in float32.

@@ -36,7 +36,7 @@ cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t M, Py_ssize_t N, Py_ssize_
     if M == 1 and K > 0:
         # One row (a cell's step at batch 1): BLAS's matrix-vector product reads the weights in
         # place, where its GEMM packs them first, a large part of a short call
-        # (benchmarks/results/tuning.md).
+        # (benchmarks/results/amd-epyc/tuning.md).
         # C row = a @ op(B): in column-major terms op(B)^T a, with B (N, K) seen as (K, N)
         # when trans_b and B (K, N) seen as (N, K) otherwise.
         if trans_b:
@@ -175,7 +175,7 @@ def pack_panels_into(const floating[:, :] w, floating[:, :, ::1] out):
     """out (ceil(N / W), K, W) = w^T (w is (N, K), any strides) in the small-batch kernel's
     panel layout, zero-padded past N, with W = panel_width(dtype): 64 float32, 32 float64.
     w and out must have the same dtype. Compiled because NumPy's strided transpose copy is
-    several times slower (benchmarks/results/tuning.md)."""
+    several times slower (benchmarks/results/amd-epyc/tuning.md)."""
     cdef Py_ssize_t W = RNNC_SGEMM_PANEL if floating is float else RNNC_DGEMM_PANEL
     cdef Py_ssize_t N = w.shape[0], K = w.shape[1]
     # Strides in elements; the cast keeps negative strides negative (size_t division would not).

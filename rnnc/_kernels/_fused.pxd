@@ -32,7 +32,8 @@ cdef inline void fused_sequence(
     """Inference without projection, small batches: one product per step computes all of
     x<t> W_ih^T + h<t-1> W_hh^T + b with the small-batch kernel, instead of a GEMM over a chunk
     of steps for the inputs plus one for the state. It saves writing and re-reading the chunk's
-    projected inputs and BLAS's packing of them (benchmarks/results/tuning.md); it reads W_ih
+    projected inputs and BLAS's packing of them (benchmarks/results/amd-epyc/tuning.md); it reads
+    W_ih
     every step, so it pays only when the batch reuses each weight enough (rnnc/_engine/plan.py
     decides). The pointwise pass writes h<t> straight into xh for the next step; rows that have
     ended keep their final state there."""

@@ -162,7 +162,7 @@ cdef void lstm_fused_backward_weights(
     compute a share (rnnc/_engine/runners/rows.py)."""
     cdef Py_ssize_t K = I + H + 1, G = 4 * H
     # dx on the small-batch kernel where it runs: with W_ih packed already, it runs this product
-    # closer to the CPU's peak than OpenBLAS (benchmarks/results/tuning.md).
+    # closer to the CPU's peak than OpenBLAS (benchmarks/results/amd-epyc/tuning.md).
     if r1 > r0 and not small_gemm(r1 - r0, I, G, act + r0 * G, G, w_ih_packed,
                                   1 if add_dx else 0, dx + r0 * lddx, lddx):
         gemm(False, False, r1 - r0, I, G, 1, act + r0 * G, G, w_ih, I, 1 if add_dx else 0,
@@ -350,7 +350,8 @@ def lstm_cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     """One LSTM step (the cell, inference): h and c (B, H) are updated in place (the caller
     passes copies); gates (B, 4H) is workspace; zero-size b_ih/b_hh mean no bias. Fewer
     arguments than lstm_forward with T = 1, and no sequence to walk: a cell's call is short, so
-    converting each array argument is a noticeable part of it (benchmarks/results/tuning.md)."""
+    converting each array argument is a noticeable part of it
+    (benchmarks/results/amd-epyc/tuning.md)."""
     cdef Py_ssize_t B = h.shape[0], H = c.shape[1], I = x.shape[1], G = 4 * H, r, j
     cdef floating beta = 0
     if B == 0:

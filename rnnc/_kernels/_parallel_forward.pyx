@@ -79,7 +79,7 @@ cdef inline void project_part(
     part's packed rows; else one GEMM on the gathered rows, or one per gate block read in
     place (large weights, where the gathered copy costs a pass over them through memory; for
     small ones BLAS packing the inputs once per gate block costs more,
-    benchmarks/results/tuning.md)."""
+    benchmarks/results/amd-epyc/tuning.md)."""
     cdef Py_ssize_t g
     cdef floating beta = 0
     if gate_stride == 0:    # contiguous rows: the layer kernels' projection
@@ -109,7 +109,8 @@ cdef inline void project_part(
 # Projection ahead. A layer too small to split (one step's product too short to repay a barrier)
 # runs its time loop on the calling thread, and the helper projects the inputs of the next chunk
 # of steps meanwhile: the projection, a large share of such a layer's time, leaves the critical
-# path (pipelined_forward_py; benchmarks/results/tuning.md). Chunks go through a ring of two
+# path (pipelined_forward_py; benchmarks/results/amd-epyc/tuning.md). Chunks go through a ring of
+# two
 # buffers: chunk c may be written once the caller is done with chunk c - 2. Both threads take
 # chunks from one queue (`next`): the helper takes the next one ahead, the caller takes the
 # chunk it needs if the helper has not, and otherwise waits until the helper has written it
@@ -287,7 +288,8 @@ cdef void forward_part_fused(
 # ---------------------------------------------------------------------------------------------
 # Every part in one call: part 0 on the calling thread, part i on the Pool's worker i
 # (rnnc/_kernels/_worker.h), which spins between jobs, then sleeps: posting to it costs far less
-# than handing a part to a Python thread pool (benchmarks/results/tuning.md). Each part also
+# than handing a part to a Python thread pool (benchmarks/results/amd-epyc/tuning.md). Each part
+# also
 # prepares its own weights (gathers its rows of W_ih, packs its rows of W_hh) before its time
 # loop, so that this per-call work is shared by the threads instead of done by the caller
 # before any starts (LSTM H1024: 32 MB of copies a call).
@@ -407,7 +409,7 @@ cdef void run_part(Part* p) noexcept nogil:
 # between the cores each step -- and each reads all the weights from its own cache (the fused
 # product's weights fit it; rnnc/_engine/plan.py decides). So a part's time does not depend on
 # how far apart the two cores are, where a split by units pays that distance every step
-# (benchmarks/results/tuning.md). Each part runs fused_sequence on its rows: the caller's
+# (benchmarks/results/amd-epyc/tuning.md). Each part runs fused_sequence on its rows: the caller's
 # offsets with the part's first row and its own batch sizes. With every part starting at a
 # multiple of 4 rows (the kernel's row tiles) the parts give the bits of the one-thread kernel
 # (GRU: where each step's rows fill whole tiles, see gru_rows_sequence).
@@ -415,7 +417,8 @@ cdef void run_part(Part* p) noexcept nogil:
 # A call does not wait for a worker to start. Each part is claimed by whichever thread gets to
 # it first (`taken`): the caller starts with part 0, worker i with part i (so each part and its
 # buffers stay with one core from call to call, which is faster than parts changing threads;
-# benchmarks/results/tuning.md), and each goes on to the parts after its own that nobody has
+# benchmarks/results/amd-epyc/tuning.md), and each goes on to the parts after its own that nobody
+# has
 # claimed. The caller waits only for parts a worker claimed. So a sleeping worker (slow to
 # wake, rnnc/_kernels/_worker.h) is posted all the same: it takes a part if it wakes in time,
 # and otherwise finds nothing left, by which time the call may have returned. That is why the

@@ -77,7 +77,7 @@ cdef void lstm_train_forward_part(
     copy_rows(cpart, nu, c + u0, H, B, nu)
     # This part's gate columns of x @ W_ih^T + bias, onto bias-filled rows: with the
     # small-batch kernel, step by step (it runs closer to the CPU's peak than BLAS on the whole
-    # sequence; benchmarks/results/tuning.md); with BLAS, for all steps at once here.
+    # sequence; benchmarks/results/amd-epyc/tuning.md); with BLAS, for all steps at once here.
     if w_ih_packed == NULL:
         if bias != NULL:
             for r in range(N):
@@ -178,7 +178,7 @@ cdef void lstm_backward_part(
         gemm(False, False, row1 - row0, I, G, 1, act + row0 * G, G, w_ih_perm, I,
              1 if add_dx else 0, dx + row0 * lddx, lddx)
     # [dW_ih | dW_hh] for this part's rows in one GEMM: dA is read once, and the wider product
-    # runs faster than two narrower ones (benchmarks/results/tuning.md).
+    # runs faster than two narrower ones (benchmarks/results/amd-epyc/tuning.md).
     gemm(True, False, GN, I + H, N, 1, act + col, G, xh, I + H, 0, wtmp, I + H)
     for r in range(GN):
         j = param_row(r, H, u0, nu)

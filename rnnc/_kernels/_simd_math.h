@@ -12,7 +12,7 @@
  *   tanh: Eigen's float rational approximation, a 13/6 odd/even pair of polynomials (worst
  *   relative error 2.9e-7 with FMA, 4.1e-7 without), and +-1 from |x| >= 7.9053, where tanh
  *   rounds within 2.7e-7 of 1: no exp and one division, where an exp-based form needs two
- *   paths evaluated and blended (benchmarks/results/tuning.md).
+ *   paths evaluated and blended (benchmarks/results/amd-epyc/tuning.md).
  */
 #ifndef RNNC_SIMD_MATH_H
 #define RNNC_SIMD_MATH_H
@@ -204,7 +204,8 @@ RNNC_BELOW_AVX512(rnnc_gru_row_f32_loop, (ptrdiff_t H, float* x, const float* hg
  * AVX-512 versions of the forward activations and rows, written with intrinsics, 16 lanes a
  * vector, same formulas and the same accuracy bound (tests/test_activations.py applies them
  * through rnnc_sigmoid_f32 / rnnc_tanh_f32). What the compiler could not find on its own, and
- * what makes them faster than the auto-vectorised loops above (benchmarks/results/tuning.md):
+ * what makes them faster than the auto-vectorised loops above
+ * (benchmarks/results/amd-epyc/tuning.md):
  *   - 2^n by vscalefps, which also gives inf on overflow and 0 / subnormals on underflow, so
  *     the two-factor scaling and the integer arithmetic of rnnc_expf_body are not needed;
  *   - rounding by vrndscaleps; the reduction x - n ln2 in two FMAs;
@@ -348,7 +349,7 @@ static void rnnc_gru_row_f32_avx512(ptrdiff_t H, float* x, const float* hg, cons
  * (tests/test_activations.py enforces the bound), and NaN, +-inf, +-0 and the overflow /
  * underflow limits as the scalar forms. The kernels call these through sigmoid_inplace /
  * tanh_inplace in float64, where libm's scalar exp and expm1 were a large part of a layer's
- * time (benchmarks/results/tuning.md). */
+ * time (benchmarks/results/amd-epyc/tuning.md). */
 RNNC_AVX512_INLINE __m512d rnnc_expm1_reduced8(__m512d r) {
     __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);                 /* 1/13! */
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 479001600.0));   /* 1/12! */

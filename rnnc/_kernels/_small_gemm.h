@@ -48,7 +48,7 @@ static inline ptrdiff_t rnnc_small_gemm_block_panels(ptrdiff_t K, ptrdiff_t row_
  * evicted them before reuse; and a step starts with the block the step before ended with, still
  * in L2. Each column's sum runs in the same order either way (same results, bit for bit). It
  * pays at batch 1, where a step is bound by reading the weights; larger batches are bound by
- * the FMAs (benchmarks/results/tuning.md). */
+ * the FMAs (benchmarks/results/amd-epyc/tuning.md). */
 #define RNNC_SMALL_GEMM_DRIVE(T, W, tile, M, N, K, A, lda, Bp, beta, init, C, ldc, flip)       \
     do {                                                                                      \
         ptrdiff_t panels_ = ((N) + (W) - 1) / (W), tiles_ = ((M) + 3) / 4;                    \
@@ -176,7 +176,7 @@ static void rnnc_transpose16(const float* src, ptrdiff_t lds, float* dst, ptrdif
 /* Packed float32 weights of at least this many bytes are written with streaming stores, as the
  * float64 ones are (RNNC_DPACK_STREAM_BYTES below): too large to stay cached for the first
  * step, they would cost a read of every output line before its write
- * (benchmarks/results/tuning.md). */
+ * (benchmarks/results/amd-epyc/tuning.md). */
 #define RNNC_PACK_STREAM_BYTES ((ptrdiff_t)8 << 20)
 
 /* rnnc_pack_panels_scalar's layout. The transposing case (k contiguous in w, the forward
@@ -302,7 +302,7 @@ static void rnnc_sgemm_small_avx512(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 /* Packed weights of at least this many bytes are written with non-temporal (streaming) stores:
  * too large to stay cached until the first time step reads them (LSTM H1024: 32 MB), they would
  * cost a read of every output line before its write. Smaller outputs keep plain stores, which
- * were as fast or faster there (benchmarks/results/tuning.md). */
+ * were as fast or faster there (benchmarks/results/amd-epyc/tuning.md). */
 #define RNNC_DPACK_STREAM_BYTES ((ptrdiff_t)8 << 20)
 
 /* One 64-byte line of packed output; `nt` asks for a streaming store (dst then 64-byte aligned). */
@@ -355,7 +355,7 @@ static inline int rnnc_dpack_streams(const double* out, ptrdiff_t bytes, ptrdiff
 /* rnnc_dpack_panels_scalar's layout when k is contiguous in w (the forward pass's W_hh): per
  * group of 8 rows of w, 8 x 8 transposes along k, each writing 8 whole 64-byte lines; the
  * groups past N (up to the panel's end) write the zero padding. Reading 8 rows at a time is
- * faster than walking k across a panel's 32 rows (benchmarks/results/tuning.md). */
+ * faster than walking k across a panel's 32 rows (benchmarks/results/amd-epyc/tuning.md). */
 __attribute__((target("avx512f")))
 static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
                                                ptrdiff_t sn, double* out,
@@ -378,7 +378,7 @@ static void rnnc_dpack_panels_transpose_avx512(ptrdiff_t N, ptrdiff_t K, const d
  * also write the zero padding past N; masked-off lanes are never read, so never fault). Source
  * rows outer, so that w is read in order: panel by panel, each pass would read 256 bytes of
  * every row (8 KB apart for W_hh^T of LSTM H1024: a TLB miss per row;
- * benchmarks/results/tuning.md). */
+ * benchmarks/results/amd-epyc/tuning.md). */
 __attribute__((target("avx512f")))
 static void rnnc_dpack_panels_copy_avx512(ptrdiff_t N, ptrdiff_t K, const double* w,
                                           ptrdiff_t sk, double* out, ptrdiff_t of_bytes) {

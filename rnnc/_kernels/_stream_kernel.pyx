@@ -2,7 +2,7 @@
 
 Calling a layer with T = 1 pays on every step for what a sequence pays once: input checks and
 conversion, the packed layout, bias folding, weight packing, a dozen memoryview arguments per
-kernel call, several times the arithmetic of a small step (benchmarks/results/tuning.md). A
+kernel call, several times the arithmetic of a small step (benchmarks/results/amd-epyc/tuning.md). A
 StreamKernel is bound once to buffers that rnnc/stream.py allocates and fills (weight copies,
 packed weight panels, folded biases, states, workspace); it keeps raw pointers to them, so a step
 only checks x with NumPy's C macros, allocates the output and runs the layers with the GIL
@@ -31,7 +31,7 @@ Products: float32 on AVX-512 CPUs: the packed small-batch kernel of rnnc/_kernel
 (recurrent_gemm with packed weights); otherwise BLAS (make_stream_plan decides). At batch 1 a
 step is bound by reading the weights from L2 once (LSTM H128 I128: 512 KB); the gate math and
 the call itself (checks, output array, GIL) add little. Releasing the GIL costs a small fraction
-of a step, so it is released, as in every other kernel (benchmarks/results/tuning.md).
+of a step, so it is released, as in every other kernel (benchmarks/results/amd-epyc/tuning.md).
 """
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -118,7 +118,7 @@ cdef inline void gates_product(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const f
     """gates (B, N) = beta * gates + a @ w^T, then beta = 1. The step's first product into
     gates gets the folded bias (bias[0], then set to NULL; with beta 0): on the packed float32
     kernel its accumulators start from it, which saves a pass laying it into every row first
-    (same sums, same bits; benchmarks/results/tuning.md)."""
+    (same sums, same bits; benchmarks/results/amd-epyc/tuning.md)."""
     cdef Py_ssize_t r
     cdef const floating* b = bias[0]
     cdef floating beta_in = beta[0]

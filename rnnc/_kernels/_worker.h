@@ -3,7 +3,8 @@
  * again, each time the owner posts it, one short step apart.
  *
  * Why not a thread pool or a Python thread: handing work to a Python thread costs many times a
- * streamed layer's time step (benchmarks/results/tuning.md). Here the owner publishes a sequence
+ * streamed layer's time step (benchmarks/results/amd-epyc/tuning.md). Here the owner publishes a
+ * sequence
  * number and the helper, spinning on it, starts almost at once; after RNNC_WORKER_SPINS pauses
  * without work it sleeps on a condition variable, so an idle stream costs no CPU. The owner
  * waits for `done` by spinning (the helper's share of a step is as short as its own).
@@ -17,7 +18,8 @@
  * either the helper sees the new `seq` or the owner sees `sleeping` and signals under the mutex.
  *
  * Waking a sleeping helper can take far longer than a stream step or a small layer
- * (benchmarks/results/tuning.md). So streams and the projection ahead post only to an awake
+ * (benchmarks/results/amd-epyc/tuning.md). So streams and the projection ahead post only to an
+ * awake
  * helper (rnnc_worker_awake: spinning or working), and otherwise do the work on their own
  * thread and rnnc_worker_wake() it, which makes it spin again for the calls that follow,
  * without a job. A layer split by rows posts all the same but never waits for a helper that
@@ -55,7 +57,7 @@ typedef struct rnnc_worker {
 /* How long an idle helper spins before it sleeps, in pauses (their length depends on the CPU):
  * long enough to bridge the gap between calls that follow each other, short enough to give the
  * core back soon. Spinning much longer (so that a loop of calls that ran on one thread would
- * find it awake) made split layers slow and erratic (benchmarks/results/tuning.md). */
+ * find it awake) made split layers slow and erratic (benchmarks/results/amd-epyc/tuning.md). */
 #define RNNC_WORKER_SPINS 20000
 
 static void* rnnc_worker_main(void* p) {
