@@ -414,8 +414,11 @@ def describe_kernels(threads, trial):
     few layers (inference, float32) at `threads` threads (measured with trial)."""
     isa = machine.current().isa
     if K.has_small_gemm():
+        blocks = ", ".join(f"{K.small_gemm_blocking(np.float32, k) * K.panel_width(np.float32)}"
+                           f" columns at K={k}" for k in (256, 1024))
         lines = [f"kernels: packed small-batch products on rnnc's {isa} kernel "
-                 "(rnnc/_kernels/_small_gemm.h), BLAS for the rest"]
+                 "(rnnc/_kernels/_small_gemm.h), BLAS for the rest",
+                 f"  blocked for the L2: float32 blocks of {blocks}"]
     else:
         lines = [f"kernels: every product on BLAS (ISA {isa}: no packed kernel)"]
     if tune.enabled():
