@@ -32,7 +32,6 @@ checkout; NAME: busy_run).
 import argparse
 import contextlib
 import datetime
-import gc
 import json
 import os
 import subprocess
@@ -49,7 +48,7 @@ from rnnc import __main__ as cli
 from rnnc._engine import machine
 from rnnc.bench import cases as _cases
 from rnnc.bench import peers, report
-from rnnc.bench.suite import command_line, library_info, machine_info
+from rnnc.bench.suite import _block, command_line, library_info, machine_info
 
 TARGET = 2.0        # loaded / idle, per case
 SPIN = "while True:\n    pass\n"
@@ -129,23 +128,6 @@ def products(dtype="float32"):
     return out
 
 
-def _block(fn, min_time, min_calls, max_time):
-    fn()
-    gc.collect()
-    gc.disable()
-    try:
-        times, start = [], time.perf_counter()
-        while True:
-            t = time.perf_counter()
-            fn()
-            now = time.perf_counter()
-            times.append(now - t)
-            if (len(times) >= min_calls and now - start >= min_time) or now - start >= max_time:
-                return times
-    finally:
-        gc.enable()
-
-
 def parse_threads(text):
     """'2' -> (2, None): rnnc.set_num_threads(2); '2:1' -> (2, 1): the same, then BLAS held at
     one thread."""
@@ -168,8 +150,8 @@ def measure(work, threads_list, load, rounds, min_time, min_calls, max_time, log
                         threadpool_limits(limits=blas, user_api="blas")
                     with hold:
                         for name, fn in work:
-                            samples[(name, t)][phase] += _block(fn, min_time, min_calls,
-                                                                max_time)
+                            samples[(name, t)][phase] += _block(fn, min_calls, min_time,
+                                                                max_time, 0.0)
             finally:
                 spinners.stop()
             log(f"round {r + 1}/{rounds}: {phase} done")
