@@ -172,3 +172,21 @@ def test_a_second_run_on_the_machine_gives_the_same_bits(tmp_path):
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     assert runs[0].stdout == runs[1].stdout
     assert len(list(tmp_path.glob("tune-*.json"))) == 1
+
+
+def test_call_costs_count_at_the_problems_length():
+    """A candidate that packs its weights per call loses a short trial but wins at the
+    problem's length: its time is extrapolated from two trial lengths."""
+    clock = FakeClock()
+    lengths, steps = (4, 8), 50
+    packs_once = [clock.trial(10 + 1 * n) for n in lengths]     # 10 per call, 1 per step
+    plain = [clock.trial(2 * n) for n in lengths]                # 2 per step
+    assert tune.fastest([plain, packs_once], lengths, steps, clock=clock) == 1
+    assert tune.fastest([plain, packs_once], lengths, 5, clock=clock) == 0
+
+
+def test_trial_lengths():
+    assert tune.trial_lengths(100, 1e9) == (tune.MIN_TRIAL_STEPS, 2 * tune.MIN_TRIAL_STEPS)
+    assert tune.trial_lengths(3, 1e3) == (3,)
+    n = int(tune.TRIAL_FLOPS // 1e5)
+    assert tune.trial_lengths(10 ** 6, 1e5) == (n, 2 * n)

@@ -357,12 +357,14 @@ def _measured_plan(problem, trial):
         if choice not in choices:
             if trial is None:
                 return plans[0]
-            T = tune.trial_steps(steps, step_flops)
+            # Each candidate runs a few steps and twice as many: the difference is the cost
+            # of a step, the rest the cost of a call (packing weights, starting threads),
+            # which count at the problem's own number of steps.
+            lengths = tune.trial_lengths(steps, step_flops)
             rng = np.random.default_rng(0)
-            runs = [trial(_make_plan(*problem[:8], T, *problem[9:], tuple(c.items())),
-                          mode, I, H, proj_size, reset_after, relu, bidirectional, B, T,
-                          dtype, rng) for c in choices]
-            choice = choices[tune.fastest(runs)]
+            runs = [[trial(p, mode, I, H, proj_size, reset_after, relu, bidirectional, B, T,
+                           dtype, rng) for T in lengths] for p in plans]
+            choice = choices[tune.fastest(runs, lengths, steps)]
             tune.remember(path, text, choice, {"cpu": m.model, "rnnc": __version__})
     return plans[choices.index(choice)]
 

@@ -173,8 +173,9 @@ def trial(plan, mode, input_size, hidden_size, proj_size, reset_after, relu, bid
     h0 = np.zeros((D, batch, P), dtype=dtype)
     c0 = np.zeros((D, batch, H), dtype=dtype) if mode == "LSTM" else None
     nonlinearity = "relu" if relu else "tanh"
+    packs = {} if plan.frozen else None     # a frozen module's weights, packed on the first run
     return lambda: _run(mode, params, x, h0, c0, None, 1, bidirectional, nonlinearity,
-                        reset_after, proj_size, False, train=False, plans=[plan])
+                        reset_after, proj_size, False, train=False, packs=packs, plans=[plan])
 
 
 def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):

@@ -90,24 +90,39 @@ def remember(path, key, choice, about):
         pass
 
 
-def fastest(trials, rounds=ROUNDS, clock=time.perf_counter):
-    """Index of the fastest of `trials` (callables), the first one unless another is faster
-    by more than MARGIN; each runs once untimed, then `rounds` timed turns in rotation, and
-    its best turn counts (the least disturbed by the rest of the machine)."""
+def fastest(trials, lengths=None, steps=None, rounds=ROUNDS, clock=time.perf_counter):
+    """Index of the fastest candidate, the first one unless another is faster by more than
+    MARGIN. trials[i]: candidate i's callables, one per trial length (`lengths` steps; a
+    bare callable: one length). Each runs once untimed, then `rounds` timed turns in rotation,
+    and its best turn counts (the least disturbed by the rest of the machine). With two
+    lengths, a candidate's time at `steps` is extrapolated from them: t1 + (t2 - t1) *
+    (steps - n1) / (n2 - n1)."""
+    trials = [t if isinstance(t, (list, tuple)) else [t] for t in trials]
     if len(trials) == 1:
         return 0
-    best = [float("inf")] * len(trials)
+    best = [[float("inf")] * len(t) for t in trials]
     for r in range(rounds + 1):
-        for i, trial in enumerate(trials):
-            t0 = clock()
-            trial()
-            if r:
-                best[i] = min(best[i], clock() - t0)
-    pick = min(range(len(trials)), key=best.__getitem__)
-    return pick if best[pick] < best[0] * (1 - MARGIN) else 0
+        for i, runs in enumerate(trials):
+            for j, run in enumerate(runs):
+                t0 = clock()
+                run()
+                if r:
+                    best[i][j] = min(best[i][j], clock() - t0)
+
+    def estimate(b):
+        if len(b) == 2 and lengths[1] > lengths[0]:
+            per_step = max(0.0, b[1] - b[0]) / (lengths[1] - lengths[0])
+            return b[0] + per_step * (steps - lengths[0])
+        return b[0]
+
+    times = [estimate(b) for b in best]
+    pick = min(range(len(trials)), key=times.__getitem__)
+    return pick if times[pick] < times[0] * (1 - MARGIN) else 0
 
 
-def trial_steps(steps, step_flops):
-    """Steps a trial runs: enough for TRIAL_FLOPS, at least MIN_TRIAL_STEPS, at most steps."""
-    want = max(MIN_TRIAL_STEPS, int(TRIAL_FLOPS // max(step_flops, 1.0)))
-    return max(1, min(steps, want))
+def trial_lengths(steps, step_flops):
+    """Steps of a candidate's two trials: enough for TRIAL_FLOPS (at least MIN_TRIAL_STEPS,
+    at most steps), and twice as many (at most steps; one trial when that is no more)."""
+    n = max(1, min(steps, max(MIN_TRIAL_STEPS, int(TRIAL_FLOPS // max(step_flops, 1.0)))))
+    n2 = min(steps, 2 * n)
+    return (n, n2) if n2 > n else (n,)
