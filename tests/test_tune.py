@@ -118,7 +118,7 @@ def test_a_choice_that_is_no_candidate_is_measured_again(measuring, monkeypatch)
     plan._PLANS.clear()
     monkeypatch.setattr(tune, "_store", {"path": None, "choices": None})
     calls = []
-    monkeypatch.setattr(tune, "fastest", lambda trials, **k: calls.append(len(trials)) or 0)
+    monkeypatch.setattr(tune, "fastest", lambda trials, *a, **k: calls.append(len(trials)) or 0)
     made = plan.make_plan(*PROBLEM, threads=2, trial=stack.trial)
     assert calls and made == plan._choices(INNER)[0]
 

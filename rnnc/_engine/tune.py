@@ -25,7 +25,7 @@ import time
 ENV_TUNE = "RNNC_TUNE"
 ENV_CACHE = "RNNC_TUNE_CACHE"
 MARGIN = 0.03               # another candidate must beat the rules' choice by this fraction
-ROUNDS = 2                  # timed turns of every candidate (after one untimed)
+ROUNDS = 3                  # turns of every candidate (each an untimed and a timed run)
 TRIAL_FLOPS = 1e8           # a trial runs about this many flops (at least MIN_TRIAL_STEPS)
 MIN_TRIAL_STEPS = 4
 MAX_TRIAL_STEP_FLOPS = 2e9  # larger steps keep the rules' choice
@@ -93,21 +93,23 @@ def remember(path, key, choice, about):
 def fastest(trials, lengths=None, steps=None, rounds=ROUNDS, clock=time.perf_counter):
     """Index of the fastest candidate, the first one unless another is faster by more than
     MARGIN. trials[i]: candidate i's callables, one per trial length (`lengths` steps; a
-    bare callable: one length). Each runs once untimed, then `rounds` timed turns in rotation,
-    and its best turn counts (the least disturbed by the rest of the machine). With two
+    bare callable: one length). The candidates take `rounds` turns in rotation, each an untimed
+    run and one timed run of each length, and the best turn counts (the least disturbed by the rest of the machine). With two
     lengths, a candidate's time at `steps` is extrapolated from them: t1 + (t2 - t1) *
     (steps - n1) / (n2 - n1)."""
     trials = [t if isinstance(t, (list, tuple)) else [t] for t in trials]
     if len(trials) == 1:
         return 0
     best = [[float("inf")] * len(t) for t in trials]
-    for r in range(rounds + 1):
+    for _ in range(rounds):
         for i, runs in enumerate(trials):
+            # An untimed run first: it finds rnnc's workers as a call right after another
+            # does (awake), not asleep after another candidate's turn on one thread.
+            runs[0]()
             for j, run in enumerate(runs):
                 t0 = clock()
                 run()
-                if r:
-                    best[i][j] = min(best[i][j], clock() - t0)
+                best[i][j] = min(best[i][j], clock() - t0)
 
     def estimate(b):
         if len(b) == 2 and lengths[1] > lengths[0]:
