@@ -31,7 +31,7 @@ def measuring(monkeypatch, tmp_path):
     plan._PLANS.clear()
 
 
-@pytest.mark.parametrize("value,on", [("1", True), ("0", False), ("off", False), ("", True)])
+@pytest.mark.parametrize("value,on", [("1", True), ("0", False), ("off", False), ("", False)])
 def test_tune_switch(value, on):
     assert tune.enabled({"RNNC_TUNE": value}) is on
 
@@ -185,8 +185,13 @@ def test_call_costs_count_at_the_problems_length():
     assert tune.fastest([plain, packs_once], lengths, 5, clock=clock) == 0
 
 
+def test_rules_by_default():
+    assert not tune.enabled({})
+
+
 def test_trial_lengths():
     assert tune.trial_lengths(100, 1e9) == (tune.MIN_TRIAL_STEPS, 2 * tune.MIN_TRIAL_STEPS)
     assert tune.trial_lengths(3, 1e3) == (3,)
+    assert tune.trial_lengths(100, tune.TRIAL_FLOPS / 60) == (100,)
     n = int(tune.TRIAL_FLOPS // 1e5)
     assert tune.trial_lengths(10 ** 6, 1e5) == (n, 2 * n)

@@ -427,10 +427,10 @@ def describe_kernels(threads, trial):
         from rnnc import __version__
         path = tune.cache_path(machine.current().slug, __version__)
         where = f"remembered in {path}" if path else "kept in memory (RNNC_TUNE_CACHE=0)"
-        lines.append(f"plans: measured at first use and {where}; RNNC_TUNE=0 for the rules "
-                     "alone")
+        lines.append(f"plans: measured at first use (RNNC_TUNE=1) and {where}")
     else:
-        lines.append("plans: the rules of rnnc/_engine/plan.py (RNNC_TUNE=0)")
+        lines.append("plans: the rules of rnnc/_engine/plan.py (RNNC_TUNE=1 measures them "
+                     "at first use)")
     for mode, B, H, T, bi in _SHOWN:
         p = make_plan(mode, H, H, 0, True, bi, B, T, np.float32, False, False, threads=threads,
                       trial=trial)

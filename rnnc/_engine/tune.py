@@ -1,11 +1,19 @@
 """Choices measured on the machine that runs rnnc.
 
+Opt-in (``RNNC_TUNE=1``): by default plans follow the rules of rnnc/_engine/plan.py. On the one
+machine this was measured on (a 2-vCPU AMD EPYC virtual machine), trials of a few steps picked
+worse plans than the rules on 5 of 27 two-thread cases, by up to 1.6x
+(benchmarks/results/amd-epyc/issue15.md): too short and too noisy to be the default yet.
+
 Where strategies compete for an inference layer (own packed kernel or BLAS, split by rows or
 hidden units or not at all, projection ahead, two directions concurrent or not), the rules of
 rnnc/_engine/plan.py name a first choice and the others that can run the layer; at the first
 call of a problem (cell, shapes, dtype, threads, instruction set, caches) each candidate runs
 the layer on a few steps of random data of the problem's shapes, in turns, and the fastest is
-kept (the rules' choice unless another is faster by more than ``MARGIN``). Problems whose
+kept: the rules' choice unless another is faster by more than ``MARGIN``. The rules are the
+prior (on the CPU they were measured on, trials of a few steps on a 2-vCPU virtual machine
+overturned them wrongly at a 3% margin: benchmarks/results/amd-epyc/issue15.md); measuring
+catches the choices they get clearly wrong on another machine. Problems whose
 single step is larger than ``MAX_TRIAL_STEP_FLOPS`` keep the rules' choice: there a trial
 would cost more than it could save, and the split is clear from the work alone.
 
@@ -13,8 +21,8 @@ Reproducibility: a plan is made once per problem and process and kept, so every 
 same bits. Candidates may round differently (BLAS sums in another order than rnnc's kernel),
 so the choice is remembered on disk, in ``$XDG_CACHE_HOME/rnnc`` (else ``~/.cache/rnnc``), one
 file per CPU model and rnnc version: later runs on the machine find it and make the same plans
-without measuring. ``RNNC_TUNE=0`` turns measuring off: the rules alone, documented in
-plan.py, the same plans everywhere the instruction set and caches are the same.
+without measuring. ``RNNC_TUNE=0`` (the default) leaves measuring off: the rules alone,
+documented in plan.py, the same plans everywhere the instruction set and caches are the same.
 ``RNNC_TUNE_CACHE=0`` keeps choices in memory only; ``RNNC_TUNE_CACHE=<folder>`` moves the file.
 """
 import json
@@ -24,9 +32,9 @@ import time
 
 ENV_TUNE = "RNNC_TUNE"
 ENV_CACHE = "RNNC_TUNE_CACHE"
-MARGIN = 0.03               # another candidate must beat the rules' choice by this fraction
+MARGIN = 0.10               # another candidate must beat the rules' choice by this fraction
 ROUNDS = 3                  # turns of every candidate (each an untimed and a timed run)
-TRIAL_FLOPS = 1e8           # a trial runs about this many flops (at least MIN_TRIAL_STEPS)
+TRIAL_FLOPS = 4e8           # a trial runs about this many flops (at least MIN_TRIAL_STEPS)
 MIN_TRIAL_STEPS = 4
 MAX_TRIAL_STEP_FLOPS = 2e9  # larger steps keep the rules' choice
 
@@ -35,10 +43,10 @@ _store = {"path": None, "choices": None}
 
 
 def enabled(environ=None):
-    value = (os.environ if environ is None else environ).get(ENV_TUNE, "1").strip().lower()
-    if value in ("1", "on", "yes", "true", ""):
+    value = (os.environ if environ is None else environ).get(ENV_TUNE, "0").strip().lower()
+    if value in ("1", "on", "yes", "true"):
         return True
-    if value in ("0", "off", "no", "false"):
+    if value in ("0", "off", "no", "false", ""):
         return False
     raise ValueError(f"{ENV_TUNE} must be 0 (rules only) or 1 (measure), got {value!r}")
 
@@ -123,8 +131,9 @@ def fastest(trials, lengths=None, steps=None, rounds=ROUNDS, clock=time.perf_cou
 
 
 def trial_lengths(steps, step_flops):
-    """Steps of a candidate's two trials: enough for TRIAL_FLOPS (at least MIN_TRIAL_STEPS,
-    at most steps), and twice as many (at most steps; one trial when that is no more)."""
+    """Steps of a candidate's two trials: enough for TRIAL_FLOPS (at least MIN_TRIAL_STEPS),
+    and twice as many; one trial of all the steps when that is no more."""
     n = max(1, min(steps, max(MIN_TRIAL_STEPS, int(TRIAL_FLOPS // max(step_flops, 1.0)))))
-    n2 = min(steps, 2 * n)
-    return (n, n2) if n2 > n else (n,)
+    if 2 * n >= steps:      # the whole problem fits: time it as it is (no extrapolation)
+        return (steps,)
+    return (n, 2 * n)
