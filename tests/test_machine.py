@@ -15,7 +15,7 @@ from rnnc._engine.kernels import K
 def run_info(**env):
     environ = {k: v for k, v in os.environ.items() if k != machine.ENV_ISA}
     environ.update(env)
-    return subprocess.run([sys.executable, "-m", "rnnc", "info"], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "rnnc", "info"], capture_output=True,
                           text=True, env=environ, timeout=120)
 
 

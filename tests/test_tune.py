@@ -167,7 +167,7 @@ def test_a_second_run_on_the_machine_gives_the_same_bits(tmp_path):
             "x = np.random.default_rng(5).standard_normal((20, 8, 24)).astype(np.float32)\n"
             "sys.stdout.write(m(x)[0].tobytes().hex())\n")
     env = dict(os.environ, RNNC_TUNE="1", RNNC_TUNE_CACHE=str(tmp_path))
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    runs = [subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                            env=env, timeout=120) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     assert runs[0].stdout == runs[1].stdout
