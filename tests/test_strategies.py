@@ -124,6 +124,16 @@ def cases(strategy, table, lengths=("full", "varied")):
 
 BIDIR2 = dict(num_layers=2, bidirectional=True)
 
+# The two directions of each cell on two threads (inference and training alike).
+CONCURRENT = [
+        Case("LSTM", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
+        Case("LSTM", 4, 6, 5, 7, dict(proj_size=3, **BIDIR2), directions_concurrent=True),
+        Case("GRU", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
+        Case("GRU", 4, 6, 5, 7, dict(reset_after=False, **BIDIR2),
+             directions_concurrent=True),
+        Case("RNN", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
+]
+
 INFERENCE = (
     cases("kernel", [
         Case("LSTM", 13, 40, 3, 9, threads=1),          # 160 gate columns: 2.5 float32 panels
@@ -135,12 +145,7 @@ INFERENCE = (
         Case("RNN", 17, 100, 4, 6),
         Case("RNN", 5, 33, 9, 5, dict(nonlinearity="relu", bidirectional=True), threads=1),
         # the two directions on two threads
-        Case("LSTM", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
-        Case("LSTM", 4, 6, 5, 7, dict(proj_size=3, **BIDIR2), directions_concurrent=True),
-        Case("GRU", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
-        Case("GRU", 4, 6, 5, 7, dict(reset_after=False, **BIDIR2),
-             directions_concurrent=True),
-        Case("RNN", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
+        *CONCURRENT,
     ])
     + cases("fused", [
         Case("LSTM", 11, 32, 1, 9, threads=1),
@@ -284,12 +289,7 @@ TRAINING = (
         Case("GRU", 8, 24, 3, 8, dict(reset_after=False, bias=False)),
         Case("LSTM", 10, 40, 3, 7, dict(num_layers=2), threads=1),
         Case("LSTM", 9, 20, 70, 4),
-        Case("LSTM", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
-        Case("LSTM", 4, 6, 5, 7, dict(proj_size=3, **BIDIR2), directions_concurrent=True),
-        Case("GRU", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
-        Case("GRU", 4, 6, 5, 7, dict(reset_after=False, **BIDIR2),
-             directions_concurrent=True),
-        Case("RNN", 4, 6, 5, 7, BIDIR2, directions_concurrent=True),
+        *CONCURRENT,
     ])
     + cases("fused", [
         Case("LSTM", 11, 32, 1, 9, threads=1),

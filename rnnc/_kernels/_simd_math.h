@@ -27,7 +27,7 @@
  * RNNC_AT_LEVELS: NAME_avx512 (AVX-512F), NAME_avx2 (AVX2 + FMA) and NAME_baseline (the
  * compiler's default target), each from the same body; the dispatchers further down pick one by
  * rnnc_cpu_isa() at every call, so that RNNC_MAX_CPU_ISA (and rnnc._engine.machine.use) decide
- * which code runs. (GCC's target_clones picked by the CPU alone, at load time.) */
+ * which code runs. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(RNNC_NO_DISPATCH)
 #define RNNC_AT_LEVELS(NAME, PARAMS, ...)                                                     \
     __attribute__((target("avx512f"))) static void NAME##_avx512 PARAMS { __VA_ARGS__ }     \
