@@ -64,6 +64,12 @@ class FakeClock:
         return run
 
 
+@pytest.fixture(autouse=True)
+def no_rest(monkeypatch):
+    """The fake clocks below need no rest between candidates."""
+    monkeypatch.setattr(tune, "SETTLE", 0.0)
+
+
 def test_fastest_candidate_wins():
     clock = FakeClock()
     trials = [clock.trial(c) for c in (3.0, 1.0, 2.0)]
@@ -74,6 +80,20 @@ def test_rules_choice_kept_unless_clearly_beaten():
     clock = FakeClock()
     trials = [clock.trial(1.0), clock.trial(1.0 - tune.MARGIN / 2)]
     assert tune.fastest(trials, clock=clock) == 0
+
+
+def test_one_noisy_tournament_does_not_overturn_the_rules():
+    """A candidate that looked faster once (the rules' runs slowed by a burst of other work)
+    must win a second tournament against the rules' choice alone."""
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def rules():       # slowed 3x during the first tournament's turns only
+        calls["n"] += 1
+        clock.now += 3.0 if calls["n"] <= 2 * tune.ROUNDS else 1.0
+    assert tune.fastest([rules, clock.trial(1.5)], clock=clock) == 0
+    clock2 = FakeClock()
+    assert tune.fastest([clock2.trial(1.0), clock2.trial(0.5)], clock=clock2) == 1
 
 
 def test_rules_alone_without_measuring(monkeypatch):

@@ -1,9 +1,10 @@
 """Choices measured on the machine that runs rnnc.
 
 Opt-in (``RNNC_TUNE=1``): by default plans follow the rules of rnnc/_engine/plan.py. On the one
-machine this was measured on (a 2-vCPU AMD EPYC virtual machine), trials of a few steps picked
-worse plans than the rules on 5 of 27 two-thread cases, by up to 1.6x
-(benchmarks/results/amd-epyc/issue15.md): too short and too noisy to be the default yet.
+machine this was measured on (a 2-vCPU AMD EPYC virtual machine), trials still disagreed with
+the rules on batch-1 and bidirectional cases, some rightly, some wrongly, and a first call of a
+new problem (its number of steps included) measures for seconds
+(benchmarks/results/amd-epyc/tuning.md): not yet the default.
 
 Where strategies compete for an inference layer (own packed kernel or BLAS, split by rows or
 hidden units or not at all, projection ahead, two directions concurrent or not), the rules of
@@ -37,6 +38,7 @@ ROUNDS = 3                  # turns of every candidate (each an untimed and a ti
 TRIAL_FLOPS = 4e8           # a trial runs about this many flops (at least MIN_TRIAL_STEPS)
 MIN_TRIAL_STEPS = 4
 MAX_TRIAL_STEP_FLOPS = 2e9  # larger steps keep the rules' choice
+SETTLE = 0.1                # seconds of rest before each turn: OpenBLAS's threads spin this long
 
 lock = threading.RLock()    # one measurement at a time: concurrent first calls wait for it
 _store = {"path": None, "choices": None}
@@ -100,17 +102,30 @@ def remember(path, key, choice, about):
 
 def fastest(trials, lengths=None, steps=None, rounds=ROUNDS, clock=time.perf_counter):
     """Index of the fastest candidate, the first one unless another is faster by more than
-    MARGIN. trials[i]: candidate i's callables, one per trial length (`lengths` steps; a
-    bare callable: one length). The candidates take `rounds` turns in rotation, each an untimed
-    run and one timed run of each length, and the best turn counts (the least disturbed by the rest of the machine). With two
-    lengths, a candidate's time at `steps` is extrapolated from them: t1 + (t2 - t1) *
-    (steps - n1) / (n2 - n1)."""
+    MARGIN in two tournaments running. trials[i]: candidate i's callables, one per trial length
+    (`lengths` steps; a bare callable: one length). The candidates take `rounds` turns in
+    rotation, each an untimed run and one timed run of each length, and the best turn counts
+    (the least disturbed by the rest of the machine). With two lengths, a candidate's time at
+    `steps` is extrapolated from them: t1 + (t2 - t1) * (steps - n1) / (n2 - n1). A winner
+    other than the first then meets the first alone, and keeps its place only if it wins that
+    too: one burst of the machine's noise cannot overturn the rules."""
     trials = [t if isinstance(t, (list, tuple)) else [t] for t in trials]
     if len(trials) == 1:
         return 0
+    pick = _tournament(trials, lengths, steps, rounds, clock)
+    if pick and _tournament([trials[0], trials[pick]], lengths, steps, rounds, clock) == 0:
+        return 0
+    return pick
+
+
+def _tournament(trials, lengths, steps, rounds, clock):
     best = [[float("inf")] * len(t) for t in trials]
     for _ in range(rounds):
         for i, runs in enumerate(trials):
+            # The previous candidate's BLAS threads stop spinning first (else they take the
+            # cores from this one's threads: benchmarks/results/amd-epyc/tuning.md).
+            if SETTLE:
+                time.sleep(SETTLE)
             # An untimed run first: it finds rnnc's workers as a call right after another
             # does (awake), not asleep after another candidate's turn on one thread.
             runs[0]()
