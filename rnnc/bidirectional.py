@@ -146,7 +146,8 @@ class Bidirectional:
     def backward(self, grad_output, grad_h_n=None):
         """Gradients after a training-mode call: ``(dx, (dhx_fwd, dhx_bwd), grads)``.
 
-        ``grad_output`` has the merged output's shape (a pair for merge_mode=None);
+        ``grad_output`` has the merged output's shape (a pair for merge_mode=None), or is
+        None: no gradient from the outputs (a loss on the final states only);
         ``grad_h_n`` is None or a pair of the two layers' state gradients (see the layers'
         backward). grads are keyed like state_dict() and added to each layer's ``grads``.
         """
@@ -178,6 +179,8 @@ class Bidirectional:
         """Gradient of the merged output -> gradients of the two directions' outputs."""
         layer = self.forward_layer
         out_shape = layer._cache[2]
+        if grad_output is None:
+            return None, None
         if self.merge_mode is None:
             if not isinstance(grad_output, (tuple, list)) or len(grad_output) != 2:
                 raise TypeError("grad_output for merge_mode=None must be a pair (forward, "

@@ -180,7 +180,8 @@ class _RNNBase(Module):
 
         Parameters
         ----------
-        grad_output : array of the output's shape, dL/d(output).
+        grad_output : array of the output's shape, dL/d(output), or None: no gradient from
+            the outputs (a loss on the final state only), without an array of zeros.
         grad_h_n : dL/d(h_n) (array of h_n's shape) or None; for LSTM a pair (dh_n, dc_n)
             whose entries may be None. None means zero.
 
@@ -202,8 +203,10 @@ class _RNNBase(Module):
                                "mode first (call .train(), then the module), and runs once per "
                                "forward")
         cache, unbatched, out_shape, hn_shape, cn_shape = self._cache
-        g = as_real_array(grad_output, "grad_output", self.dtype)
-        check_shape(g, "grad_output", out_shape)
+        g = None
+        if grad_output is not None:     # None: the backend starts from zeros of its own
+            g = as_real_array(grad_output, "grad_output", self.dtype)
+            check_shape(g, "grad_output", out_shape)
         if self.mode == "LSTM":
             if grad_h_n is None:
                 grad_h_n = (None, None)
@@ -220,10 +223,10 @@ class _RNNBase(Module):
             dc_n = as_real_array(dc_n, "grad_c_n", self.dtype)
             check_shape(dc_n, "grad_c_n", cn_shape)
         if unbatched:
-            g = g[:, None]
+            g = None if g is None else g[:, None]
             dh_n = None if dh_n is None else dh_n[:, None]
             dc_n = None if dc_n is None else dc_n[:, None]
-        elif self.batch_first:
+        elif self.batch_first and g is not None:
             g = np.ascontiguousarray(g.transpose(1, 0, 2))
         return g, dh_n, dc_n
 

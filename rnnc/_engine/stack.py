@@ -182,13 +182,14 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     """Backpropagation through time after ``run_stack_train``.
 
     grad_out (T, B, D*P), grad_h_n (D*L, B, P), grad_c_n (D*L, B, H) (None means zero) are
-    C-contiguous arrays of the forward's dtype. The cache's activation buffers are overwritten,
-    so a cache serves one backward. Returns dx (T, B, I), dh0, dc0 (None unless LSTM) and a
-    dict of parameter gradients keyed like the parameters.
+    C-contiguous arrays of the forward's dtype; grad_out None starts from packed zeros, so a
+    loss on the final state alone costs no (T, B, D*P) array. The cache's activation buffers
+    are overwritten, so a cache serves one backward. Returns dx (T, B, I), dh0, dc0 (None
+    unless LSTM) and a dict of parameter gradients keyed like the parameters.
     """
     mode, params, D, H, P = cache.mode, cache.params, cache.D, cache.H, cache.P
     T, B, L = cache.T, cache.B, cache.num_layers
-    dtype = grad_out.dtype
+    dtype = cache.params["weight_hh_l0"].dtype
     dh = np.zeros((D * L, B, P), dtype=dtype) if grad_h_n is None else \
         np.array(grad_h_n, dtype=dtype, order="C", copy=True)
     dc = None
@@ -205,7 +206,10 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
     else:
         dh_s = np.ascontiguousarray(dh[:, layout.perm])
         dc_s = None if dc is None else np.ascontiguousarray(dc[:, layout.perm])
-    dlayer = np.ascontiguousarray(layout.pack(grad_out))
+    if grad_out is None:
+        dlayer = np.zeros((layout.n_rows, D * P), dtype=dtype)
+    else:
+        dlayer = np.ascontiguousarray(layout.pack(grad_out))
     empty1, empty2 = empty(dtype, 1), empty(dtype, 2)
     for k in reversed(range(L)):
         plan = cache.plans[k]

@@ -54,6 +54,11 @@ def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
 
 def run_stack_backward_cache(cache, grad_out, grad_h_n=None, grad_c_n=None):
     """Backward from a ``run_stack_train`` cache (rnnc._engine.stack.run_stack_backward's API)."""
+    if grad_out is None:        # no gradient from the outputs
+        T, B = cache.x.shape[:2]
+        D = 2 if cache.opts["bidirectional"] else 1
+        P = cache.params["weight_hh_l0"].shape[1]
+        grad_out = np.zeros((T, B, D * P), dtype=cache.x.dtype)
     return _backward.run_stack_backward(
         cache.mode, cache.params, cache.x, cache.h0, cache.c0, cache.lengths, grad_out,
         grad_h_n, grad_c_n, dropout_masks=cache.dropout_masks, **cache.opts)
@@ -183,5 +188,5 @@ class Bidirectional(_bidirectional.Bidirectional):
         g_b, gh_b, gc_b = checked             # g_b: (T, B, P), time-major
         n = self._lengths
         dx_b, dhx_b, grads_b = self.backward_layer._run_backward(
-            (reverse_padded(g_b, n), gh_b, gc_b))
+            (None if g_b is None else reverse_padded(g_b, n), gh_b, gc_b))
         return self._flip(dx_b, n), dhx_b, grads_b
