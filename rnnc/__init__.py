@@ -2,8 +2,10 @@
 
 Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), single-step cells
 ``RNNCell``, ``GRUCell``, ``LSTMCell``, the Keras-style ``Bidirectional`` wrapper and the dense
-output layer ``Linear``. ``rnnc.reference`` holds a plain NumPy implementation of every class with
-the same API: the specification the compiled kernels are tested against.
+output layer ``Linear``, ``Pool`` (one vector per sequence: last step, mean, max or final state)
+and ``Sequential`` to chain them.
+``rnnc.reference`` holds a plain NumPy implementation of every class with the same API: the
+specification the compiled kernels are tested against.
 """
 import importlib.util as _util
 import os as _os
@@ -23,10 +25,11 @@ from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._engine.threads import get_num_threads, set_num_threads
 from rnnc import losses, optim
 from rnnc.optim import clip_grad_norm
+from rnnc.pooling import Pool
 from rnnc.sequential import Sequential
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
-           "Sequential", "losses", "optim", "clip_grad_norm", "set_num_threads",
-           "get_num_threads", "__version__"]
+           "Pool", "Sequential", "losses", "optim", "clip_grad_norm",
+           "set_num_threads", "get_num_threads", "__version__"]
