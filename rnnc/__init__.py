@@ -3,7 +3,7 @@
 Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), single-step cells
 ``RNNCell``, ``GRUCell``, ``LSTMCell``, the Keras-style ``Bidirectional`` wrapper and the dense
 output layer ``Linear``, ``Pool`` (one vector per sequence: last step, mean, max or final state)
-and ``Sequential`` to chain them.
+and ``Sequential`` to chain them; ``pad_sequences`` and ``batches`` for ragged data.
 ``rnnc.reference`` holds a plain NumPy implementation of every class with the same API: the
 specification the compiled kernels are tested against.
 """
@@ -27,9 +27,10 @@ from rnnc import losses, optim
 from rnnc.optim import clip_grad_norm
 from rnnc.pooling import Pool
 from rnnc.sequential import Sequential
+from rnnc.data import batches, pad_sequences
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
-           "Pool", "Sequential", "losses", "optim", "clip_grad_norm",
+           "Pool", "Sequential", "pad_sequences", "batches", "losses", "optim", "clip_grad_norm",
            "set_num_threads", "get_num_threads", "__version__"]

@@ -356,7 +356,7 @@ def test_float32_model_matches_float64_model(rng, dtype):
                  build(np.float64)(x, lengths=LENGTHS), dtype)
 
 
-@pytest.mark.parametrize("module", ["rnnc.pooling", "rnnc.sequential"])
+@pytest.mark.parametrize("module", ["rnnc.pooling", "rnnc.sequential", "rnnc.data"])
 def test_docstring_examples_run(module):
     import importlib
     result = doctest.testmod(importlib.import_module(module))
