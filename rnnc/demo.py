@@ -58,73 +58,21 @@ def adding_batch(rng, T, batch_size, dtype=np.float32):
 
 
 # -- model --------------------------------------------------------------------------------------
-class LastStepRegressor:
+def last_step_regressor(cell, hidden_size, *, input_size=2, forget_bias=0.0, dtype=np.float32,
+                        seed=None):
     """One recurrent layer (``cell`` in RNN / GRU / LSTM) and a ``Linear(hidden, 1)`` head on its
-    final hidden state h_n.
-
-    Has what the optimizers need: ``named_parameters()`` (live arrays, names prefixed ``rnn.`` /
-    ``head.``), ``grads`` (the layers' accumulated gradients, live) and ``zero_grad()``.
+    final hidden state h_n, as one ``rnnc.Sequential``: ``model(x)`` (T, B, input_size) ->
+    (B, 1), and ``model.backward(grad)`` sends the head's gradient into the layer's h_n.
     ``forget_bias`` is added to the LSTM's forget-gate bias at initialisation.
     """
-
-    def __init__(self, cell, hidden_size, *, input_size=2, forget_bias=0.0, dtype=np.float32,
-                 seed=None):
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-        self.cell, self.hidden_size = cell, hidden_size
-        self.rnn = getattr(rnnc, cell)(input_size, hidden_size, dtype=dtype, seed=seed)
-        self.head = rnnc.Linear(hidden_size, 1, dtype=dtype,
-                                seed=None if seed is None else seed + 1)
-        if cell == "LSTM" and forget_bias:
-            H = hidden_size     # gate order i, f, g, o: the forget gate is rows H:2H
-            self.rnn.bias_hh_l0[H:2 * H] += np.asarray(forget_bias, dtype=dtype)
-        self._out_shape = None
-
-    def train(self, mode=True):
-        self.rnn.train(mode)
-        self.head.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def __call__(self, x):
-        out, h_n = self.rnn(x)
-        if self.cell == "LSTM":
-            h_n = h_n[0]
-        self._out_shape = out.shape
-        return self.head(h_n[-1])               # (B, 1)
-
-    def backward(self, grad_pred):
-        """dL/d(prediction) (B, 1) -> dL/dx (T, B, input_size); accumulates ``grads``."""
-        dh, _, _ = self.head.backward(grad_pred)
-        dh_n = dh[None]
-        grad_h_n = (dh_n, None) if self.cell == "LSTM" else dh_n
-        zero_out = np.zeros(self._out_shape, dtype=self.rnn.dtype)   # loss on h_n only
-        dx, _, _ = self.rnn.backward(zero_out, grad_h_n)
-        return dx
-
-    def named_parameters(self):
-        return ([(f"rnn.{k}", v) for k, v in self.rnn.named_parameters()]
-                + [(f"head.{k}", v) for k, v in self.head.named_parameters()])
-
-    @property
-    def grads(self):
-        out = {f"rnn.{k}": v for k, v in self.rnn.grads.items()}
-        out.update({f"head.{k}": v for k, v in self.head.grads.items()})
-        return out
-
-    def zero_grad(self):
-        self.rnn.zero_grad()
-        self.head.zero_grad()
-
-    def state_dict(self):
-        return {k: v.copy() for k, v in self.named_parameters()}
-
-    def load_state_dict(self, state):
-        self.rnn.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("rnn.")})
-        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-        return self
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    rnn = getattr(rnnc, cell)(input_size, hidden_size, dtype=dtype, seed=seed)
+    if cell == "LSTM" and forget_bias:
+        H = hidden_size     # gate order i, f, g, o: the forget gate is rows H:2H
+        rnn.bias_hh_l0[H:2 * H] += np.asarray(forget_bias, dtype=dtype)
+    head = rnnc.Linear(hidden_size, 1, dtype=dtype, seed=None if seed is None else seed + 1)
+    return rnnc.Sequential(rnn, rnnc.Pool("state"), head)
 
 
 # -- optimiser and loss: rnnc.optim / rnnc.losses, or small stand-ins ------------------------
@@ -186,7 +134,7 @@ def evaluate(model, T, n, seed, chunk=500):
     model.eval()
     sq, hits = 0.0, 0
     for start in range(0, n, chunk):
-        x, y = adding_batch(rng, T, min(chunk, n - start), model.rnn.dtype)
+        x, y = adding_batch(rng, T, min(chunk, n - start), model[0].dtype)
         err = model(x).astype(np.float64) - y
         sq += float(np.sum(err * err))
         hits += int(np.sum(np.abs(err) < ACCURACY_TOLERANCE))
@@ -200,7 +148,7 @@ def train_one(cell, T, *, hidden_size=64, steps=1000, batch_size=64, lr=1e-2, cl
     The learning rate is ``lr``, then over the last ``anneal`` fraction of the steps it follows
     a half cosine down to 0 (settles the final weights; 0 keeps it constant)."""
     Adam, clip_grad_norm, mse, _ = tools or training_tools()
-    model = LastStepRegressor(cell, hidden_size, forget_bias=forget_bias, seed=seed).train()
+    model = last_step_regressor(cell, hidden_size, forget_bias=forget_bias, seed=seed).train()
     opt = Adam(model, lr=lr)
     rng = np.random.default_rng([seed, T, 0])   # the same batches for every cell
     anneal_from = steps - int(round(anneal * steps))
@@ -242,19 +190,19 @@ def gradient_norms(cell, T, hidden_size=64, batch_size=64, seed=0, *, forget_bia
 
     L_b = (prediction_b - y_b)^2 is the loss of sequence b, so ``dx[t, b]`` is dL_b/dx_b<t>.
     Without ``model`` the network is freshly initialised exactly as ``train_one`` initialises
-    it with the same ``seed`` (and ``forget_bias``); with ``model`` (a LastStepRegressor) its
-    weights are used. Computed in float64, so that values far below float32's range do not
+    it with the same ``seed`` (and ``forget_bias``); with ``model`` (a ``last_step_regressor``)
+    its weights are used. Computed in float64, so that values far below float32's range do not
     underflow to 0. Returns an array of shape (T,), indexed by time step.
     """
     if model is not None:
-        hidden_size = model.hidden_size
-    m = LastStepRegressor(cell, hidden_size, forget_bias=forget_bias, dtype=np.float64,
-                          seed=seed)
+        hidden_size = model[0].hidden_size
+    m = last_step_regressor(cell, hidden_size, forget_bias=forget_bias, dtype=np.float64,
+                            seed=seed)
     if model is not None:
         m.load_state_dict(model.state_dict())
     x, y = adding_batch(np.random.default_rng([seed, T, 2]), T, batch_size, np.float64)
     m.train()
-    dx = m.backward(2.0 * (m(x) - y))
+    dx, _, _ = m.backward(2.0 * (m(x) - y))
     return np.linalg.norm(dx, axis=2).mean(axis=1)
 
 

@@ -31,7 +31,7 @@ def test_model_input_gradient_matches_finite_differences(cell):
     # The wiring behind gradient_norms: a loss on h_n only, backward through the head and the
     # recurrent layer, gives dL_b/dx_b<t> for every step.
     T, B = 6, 3
-    m = demo.LastStepRegressor(cell, 5, forget_bias=1.0, dtype=np.float64, seed=3)
+    m = demo.last_step_regressor(cell, 5, forget_bias=1.0, dtype=np.float64, seed=3)
     x, y = demo.adding_batch(np.random.default_rng(1), T, B, np.float64)
 
     def loss(xx):
@@ -39,7 +39,7 @@ def test_model_input_gradient_matches_finite_differences(cell):
         return float(np.sum((m(xx) - y) ** 2))
 
     m.train()
-    dx = m.backward(2.0 * (m(x) - y))
+    dx, _, _ = m.backward(2.0 * (m(x) - y))
     eps = 1e-6
     for t, b, f in [(0, 0, 0), (0, 1, 1), (T // 2, 2, 0), (T - 1, 0, 1)]:
         xp, xm = x.copy(), x.copy()
@@ -63,7 +63,7 @@ def test_gradient_norms_vanish_faster_for_the_vanilla_rnn_than_for_the_lstm():
 
 
 def test_gradient_norms_of_a_given_model_use_its_weights():
-    model = demo.LastStepRegressor("GRU", 8, seed=5)
+    model = demo.last_step_regressor("GRU", 8, seed=5)
     fresh = demo.gradient_norms("GRU", 12, hidden_size=8, batch_size=4, seed=5)
     np.testing.assert_allclose(
         demo.gradient_norms("GRU", 12, batch_size=4, seed=5, model=model), fresh, rtol=1e-5)
