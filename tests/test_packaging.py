@@ -55,6 +55,9 @@ def test_readme_examples_run_and_show_what_they_say():
     # The training block: a classifier over every step, and a layer's input gradient.
     assert ns["logits"].shape == (100, 8, 5)
     assert ns["dx"].shape == ns["x"].shape and np.isfinite(ns["loss"])
+    # Models from parts: one prediction per ragged sequence; a gradient from h_n alone.
+    assert ns["pred"].shape == (200,) and ns["padded"].shape[1:] == (200, 32)
+    assert ns["dx_h"].shape == ns["padded"].shape and np.isfinite(ns["ce"])
 
 
 def test_linear_activation_codes_match_the_kernel():
