@@ -312,6 +312,11 @@ class Sequential:
         """A deep copy: the layers own their parameters (see rnnc._module.Module.__copy__)."""
         return copy.deepcopy(self)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_out_shape"] = state["_trace"] = None    # one forward's record, not the model
+        return state
+
     def __repr__(self):
         if not self._layers:
             return "Sequential()"

@@ -175,6 +175,17 @@ def test_state_pool_gradient_goes_to_grad_h_n_only(rng, mode):
         np.testing.assert_allclose(grads[f"2.{k}"], v, rtol=1e-13, atol=1e-15, err_msg=k)
 
 
+def test_pickle_after_a_training_forward_keeps_no_record_of_it(rng):
+    import pickle
+    seq = Sequential(rnnc.LSTM(3, 4, seed=0), Pool("state"), rnnc.Linear(4, 2)).train()
+    seq(rng.standard_normal((5, 4, 3)), lengths=LENGTHS)
+    clone = pickle.loads(pickle.dumps(seq))
+    assert clone._trace is None and clone._out_shape is None and clone[1]._cache is None
+    with pytest.raises(RuntimeError, match="training mode first"):
+        clone.backward(np.ones((4, 2)))
+    seq.backward(np.ones((4, 2)))           # the original is untouched
+
+
 def test_bidirectional_wrapper_with_merge_none_can_feed_a_state_pool(rng):
     bi = rnnc.Bidirectional(rnnc.GRU(3, 4, dtype=np.float64, seed=0), merge_mode=None)
     seq = Sequential(bi, Pool("state"), rnnc.Linear(8, 2, dtype=np.float64, seed=1)).train()
