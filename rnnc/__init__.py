@@ -3,7 +3,8 @@
 Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), single-step cells
 ``RNNCell``, ``GRUCell``, ``LSTMCell``, the Keras-style ``Bidirectional`` wrapper and the dense
 output layer ``Linear``. ``rnnc.reference`` holds a plain NumPy implementation of every class with
-the same API: the specification the compiled kernels are tested against.
+the same API: the specification the compiled kernels are tested against. ``rnnc.optim`` and
+``rnnc.losses`` train them; ``rnnc.manual_seed`` makes unseeded models reproducible.
 """
 import importlib.util as _util
 import os as _os
@@ -21,6 +22,7 @@ from rnnc.cells import GRUCell, LSTMCell, RNNCell
 from rnnc.linear import Linear
 from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._engine.threads import get_num_threads, set_num_threads
+from rnnc._seed import manual_seed
 from rnnc import losses, optim
 from rnnc.optim import clip_grad_norm
 from rnnc.sequential import Sequential
@@ -29,4 +31,4 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
            "Sequential", "losses", "optim", "clip_grad_norm", "set_num_threads",
-           "get_num_threads", "__version__"]
+           "get_num_threads", "manual_seed", "__version__"]

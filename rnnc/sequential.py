@@ -222,6 +222,26 @@ class Sequential:
                 for k, v in _method(layer, i, "named_parameters",
                                     "for Sequential.named_parameters")()]
 
+    def parameters(self):
+        """The live parameter arrays of every layer, in order (``torch.nn.Module.parameters``):
+        what an optimizer takes, whole or filtered."""
+        return [v for _, v in self.named_parameters()]
+
+    def num_parameters(self):
+        """The number of scalar parameters of every layer."""
+        return sum(int(v.size) for v in self.parameters())
+
+    def _config(self):
+        """Constructor arguments besides the layers (none; rnnc.save keeps the layers)."""
+        return {}
+
+    def __getstate__(self):
+        # The shape a training forward left for backward goes with the layers' caches, which
+        # pickles and copies leave out.
+        state = self.__dict__.copy()
+        state["_out_shape"] = None
+        return state
+
     # -- parameters -------------------------------------------------------------------------
     def state_dict(self):
         """Copies of every layer's parameters under ``"{i}.{name}"``."""
