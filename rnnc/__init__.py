@@ -4,7 +4,8 @@ Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), si
 ``RNNCell``, ``GRUCell``, ``LSTMCell``, the Keras-style ``Bidirectional`` wrapper and the dense
 output layer ``Linear``. ``rnnc.reference`` holds a plain NumPy implementation of every class with
 the same API: the specification the compiled kernels are tested against. ``rnnc.optim`` and
-``rnnc.losses`` train them; ``rnnc.manual_seed`` makes unseeded models reproducible.
+``rnnc.losses`` train them; ``rnnc.save`` / ``rnnc.load`` keep them in safetensors files;
+``rnnc.manual_seed`` makes unseeded models reproducible.
 """
 import importlib.util as _util
 import os as _os
@@ -23,7 +24,8 @@ from rnnc.linear import Linear
 from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._engine.threads import get_num_threads, set_num_threads
 from rnnc._seed import manual_seed
-from rnnc import losses, optim
+from rnnc import io, losses, optim
+from rnnc.io import load, save
 from rnnc.optim import clip_grad_norm
 from rnnc.sequential import Sequential
 
@@ -31,4 +33,4 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
            "Sequential", "losses", "optim", "clip_grad_norm", "set_num_threads",
-           "get_num_threads", "manual_seed", "__version__"]
+           "get_num_threads", "manual_seed", "save", "load", "io", "__version__"]
