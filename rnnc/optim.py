@@ -61,7 +61,7 @@ import numpy as np
 from rnnc._module import _to_numpy, parameter_owner
 from rnnc._validation import check_bool, describe
 
-__all__ = ["SGD", "Adam", "clip_grad_norm"]
+__all__ = ["SGD", "Adam", "clip_grad_norm", "Parameter"]
 
 
 def _check_real(value, name, minimum=0.0, below=None):
