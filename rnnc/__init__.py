@@ -5,7 +5,9 @@ Layers ``RNN``, ``GRU``, ``LSTM`` (stacked, bidirectional, variable lengths), si
 output layer ``Linear``, ``Pool`` (one vector per sequence: last step, mean, max or final state)
 and ``Sequential`` to chain them; ``pad_sequences`` and ``batches`` for ragged data.
 ``rnnc.reference`` holds a plain NumPy implementation of every class with the same API: the
-specification the compiled kernels are tested against.
+specification the compiled kernels are tested against. ``rnnc.optim`` and ``rnnc.losses`` train
+them; ``rnnc.save`` / ``rnnc.load`` keep them in safetensors files; ``rnnc.manual_seed`` makes
+unseeded models reproducible.
 """
 import importlib.util as _util
 import os as _os
@@ -23,7 +25,9 @@ from rnnc.cells import GRUCell, LSTMCell, RNNCell
 from rnnc.linear import Linear
 from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._engine.threads import get_num_threads, set_num_threads
-from rnnc import losses, optim
+from rnnc._seed import manual_seed
+from rnnc import io, losses, optim
+from rnnc.io import load, save
 from rnnc.optim import clip_grad_norm
 from rnnc.pooling import Pool
 from rnnc.sequential import Sequential
@@ -33,4 +37,5 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Bidirectional", "Linear",
            "Pool", "Sequential", "pad_sequences", "batches", "losses", "optim", "clip_grad_norm",
-           "set_num_threads", "get_num_threads", "__version__"]
+           "set_num_threads", "get_num_threads", "manual_seed", "save", "load", "io",
+           "__version__"]

@@ -1,11 +1,46 @@
-"""Parameter handling shared by every rnnc module: PyTorch names and shapes, PyTorch's
-initialisation, state_dict / load_state_dict."""
+"""Parameter handling shared by every rnnc module: PyTorch names and shapes, the initialisers
+(PyTorch's and Keras'), state_dict / load_state_dict, and the registry that maps a live parameter
+array to its module (how an optimizer given arrays finds their gradients)."""
 import copy
 import math
+import weakref
 
 import numpy as np
 
-from rnnc._validation import check_bool, check_dtype, check_memory, check_seed
+from rnnc._seed import module_rng
+from rnnc._validation import check_bool, check_choice, check_dtype, check_memory, check_seed
+
+INITS = ("pytorch", "keras")
+
+# id(array) -> (weak reference to the array, weak reference to its module, its name there).
+# Arrays carry no .grad, so an optimizer given bare arrays (``m.parameters()``) looks each one
+# up here to find ``module.grads[name]``. Weak references: the registry keeps nothing alive.
+_OWNERS = {}
+
+
+def _forget(key, ref):
+    """Drop a registry entry when its array dies (unless the id was reused meanwhile)."""
+    entry = _OWNERS.get(key)
+    if entry is not None and entry[0] is ref:
+        del _OWNERS[key]
+
+
+def _register(module, name, array):
+    key = id(array)
+    _OWNERS[key] = (weakref.ref(array, lambda ref, key=key: _forget(key, ref)),
+                    weakref.ref(module), name)
+
+
+def parameter_owner(array):
+    """(module, name) when ``array`` is the live parameter ``name`` of a module, else None
+    (a copy, a parameter since replaced by ``load_state_dict``, or an unrelated array)."""
+    entry = _OWNERS.get(id(array))
+    if entry is None or entry[0]() is not array:
+        return None
+    module = entry[1]()
+    if module is None or module.__dict__.get("_params", {}).get(entry[2]) is not array:
+        return None
+    return module, entry[2]
 
 
 def _to_numpy(value):
@@ -28,17 +63,33 @@ class Module:
     ``load_state_dict``.
     """
 
-    def __init__(self, dtype, seed):
+    def __init__(self, dtype, seed, init="pytorch"):
         object.__setattr__(self, "_params", {})
         self.dtype = check_dtype(dtype)
         self.seed = check_seed(seed)
-        self._rng = np.random.default_rng(seed)
+        self.init = check_choice(init, "init", INITS)
+        # Without a seed, from rnnc's global sequence (rnnc.manual_seed), not from np.random.
+        self._rng = module_rng(seed)
         self.training = False
         self.grads = {}
         self._cache = None          # what the backward pass needs, kept by a training forward
         self._packs = None          # frozen: the kernels' packed weights, kept across calls
 
     # -- parameters -----------------------------------------------------------------------
+    def _init_parameters(self, shapes, bound, forget_gate=None):
+        """Create the parameters of ``shapes`` ({name: shape}, PyTorch's names and order) as
+        ``self.init`` says: ``_init_uniform`` (PyTorch) or ``_init_keras``. ``forget_gate``:
+        the rows of an LSTM's forget gate in its biases (Keras' unit forget bias)."""
+        if self.init == "keras":
+            self._init_keras(shapes, forget_gate)
+        else:
+            self._init_uniform(shapes, bound)
+
+    def _reset_parameters(self):
+        """Draw new values for every parameter from the module's generator, as at
+        construction."""
+        raise NotImplementedError
+
     def _init_uniform(self, shapes, bound):
         """Draw every parameter from U(-bound, bound), in order, as PyTorch does.
 
@@ -48,8 +99,48 @@ class Module:
         self._check_parameter_memory(sum(math.prod(shape) for shape in shapes.values()),
                                      len(shapes))
         for name, shape in shapes.items():
-            self._params[name] = np.ascontiguousarray(
-                self._rng.uniform(-bound, bound, size=shape).astype(self.dtype))
+            self._set_param(name, np.ascontiguousarray(
+                self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)))
+
+    def _init_keras(self, shapes, forget_gate=None):
+        """Keras' defaults for recurrent and Dense layers, in PyTorch's layout, in order.
+
+        - input weights ``weight_ih*`` (and ``weight``, ``weight_hr*``): glorot-uniform,
+          U(-a, a) with a = sqrt(6 / (fan_in + fan_out)). Keras' kernel is this matrix
+          transposed, (fan_in, fan_out) = (input features, gates * units), so for a PyTorch
+          (rows, cols) weight a = sqrt(6 / (rows + cols)), over the whole matrix.
+        - recurrent weights ``weight_hh*`` (G*H, P): Keras' ``Orthogonal`` on its recurrent
+          kernel (P, G*H), transposed: a standard normal (G*H, P) matrix, its QR factor Q with
+          the signs of R's diagonal (Q uniform over the matrices with orthonormal columns).
+          So W_hh^T W_hh = I over all gates together, as in Keras (and as
+          ``torch.nn.init.orthogonal_(weight_hh)``); one gate's block alone is not orthogonal.
+          Gate order plays no part: the blocks come from one matrix.
+        - biases: zeros; for an LSTM Keras' unit forget bias, 1 in the forget-gate rows
+          (``forget_gate``) of ``bias_ih*`` (Keras has one bias, rnnc PyTorch's two; the sum
+          is what counts), ``bias_hh*`` all zero.
+
+        Drawn in float64 then rounded, like _init_uniform.
+        """
+        self._check_parameter_memory(sum(math.prod(shape) for shape in shapes.values()),
+                                     len(shapes))
+        for name, shape in shapes.items():
+            if name.startswith("weight_hh"):
+                a = self._rng.standard_normal(shape)
+                q, r = np.linalg.qr(a)
+                value = q * np.sign(np.diag(r))
+            elif name.startswith("weight"):
+                limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+                value = self._rng.uniform(-limit, limit, size=shape)
+            else:
+                value = np.zeros(shape)
+                if forget_gate is not None and name.startswith("bias_ih"):
+                    value[forget_gate] = 1.0
+            self._set_param(name, np.ascontiguousarray(value.astype(self.dtype)))
+
+    def _set_param(self, name, array):
+        """Make ``array`` the live parameter ``name`` (and findable by optimizers)."""
+        self._params[name] = array
+        _register(self, name, array)
 
     def _check_parameter_memory(self, n, arrays):
         """Refuse a module of n parameters in `arrays` arrays that cannot fit in memory, before
@@ -69,9 +160,21 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
+    def parameters(self):
+        """The live parameter arrays, in PyTorch's order (``torch.nn.Module.parameters``).
+
+        In-place changes to them change the module. An optimizer takes this list (or part of
+        it) and finds each array's gradient in the module's ``grads``.
+        """
+        return list(self._params.values())
+
     def named_parameters(self):
         """(name, array) pairs of the live parameter arrays, in PyTorch's order."""
         return list(self._params.items())
+
+    def num_parameters(self):
+        """The number of scalar parameters (the sum of the arrays' sizes)."""
+        return sum(int(p.size) for p in self._params.values())
 
     def state_dict(self):
         """Copies of the parameters under PyTorch's names and shapes."""
@@ -114,7 +217,8 @@ class Module:
             for arr in new.values():
                 arr.flags.writeable = False
             self._packs = {}        # a new dict: a call running now keeps the old one
-        self._params.update(new)
+        for name, arr in new.items():
+            self._set_param(name, arr)
         return self
 
     # -- frozen weights ---------------------------------------------------------------------
@@ -156,14 +260,23 @@ class Module:
         the other's weights behind its packed cache."""
         return copy.deepcopy(self)
 
+    # What a training forward keeps for backward is not part of the module: pickles and
+    # copies leave it out (an LSTM(3, 64) after a forward of (500, 64, 3) kept 50 MB).
+    _TRANSIENT = ("_cache",)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         if state.get("_packs") is not None:
             state["_packs"] = {}
+        for name in self._TRANSIENT:
+            if name in state:
+                state[name] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        for name, arr in self.__dict__.get("_params", {}).items():
+            _register(self, name, arr)
         if self.__dict__.get("_packs") is not None:
             self.freeze()
 

@@ -35,8 +35,9 @@ class Bidirectional:
     layer : rnnc.RNN, rnnc.GRU or rnnc.LSTM
     merge_mode : 'concat' (default), 'sum', 'mul', 'ave' or None (return both outputs)
     backward_layer : optional layer of the same kind to use as the backward layer; by default
-        a copy of ``layer`` re-initialised from ``layer``'s own generator (reproducible when
-        ``layer`` was built with a seed).
+        a copy of ``layer`` re-initialised (with ``layer``'s ``init``) from ``layer``'s own
+        generator (reproducible when ``layer`` was built with a seed or after
+        ``rnnc.manual_seed``).
 
     Calling ``bi(x, hx=None, lengths=None)`` returns ``(output, (state_fwd, state_bwd))`` where
     each state is what the layer returns (h_n, or (h_n, c_n) for LSTM) and ``hx`` is ``None``
@@ -66,8 +67,7 @@ class Bidirectional:
         if backward_layer is None:
             backward_layer = copy.deepcopy(layer)
             backward_layer._rng = np.random.default_rng(layer._rng.integers(2**63))
-            backward_layer._init_uniform({k: v.shape for k, v in layer._params.items()},
-                                         1.0 / np.sqrt(layer.hidden_size))
+            backward_layer._reset_parameters()      # with the layer's init
         elif type(backward_layer) is not type(layer) or \
                 backward_layer._config() != layer._config():
             raise ValueError(f"backward_layer must be configured like layer: expected "
@@ -80,6 +80,17 @@ class Bidirectional:
 
     def __repr__(self):
         return f"Bidirectional({self.forward_layer!r}, merge_mode={self.merge_mode!r})"
+
+    def _config(self):
+        """Constructor arguments besides the layers (rnnc.save keeps the layers apart)."""
+        return {"merge_mode": self.merge_mode}
+
+    # What a training call keeps for backward is not part of the module (see Module).
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in ("_outputs", "_lengths"):
+            state.pop(name, None)
+        return state
 
     def __call__(self, x, hx=None, lengths=None):
         if hx is None:
@@ -130,9 +141,19 @@ class Bidirectional:
     def _layers(self):
         return (("forward_layer", self.forward_layer), ("backward_layer", self.backward_layer))
 
+    def parameters(self):
+        """The live parameter arrays of both layers, forward layer first."""
+        return [v for _, v in self.named_parameters()]
+
     def named_parameters(self):
+        """(name, live array) pairs, named ``forward_layer.<name>`` and
+        ``backward_layer.<name>`` as in state_dict()."""
         return [(f"{p}.{k}", v) for p, layer in self._layers()
                 for k, v in layer.named_parameters()]
+
+    def num_parameters(self):
+        """The number of scalar parameters of both layers."""
+        return sum(int(v.size) for v in self.parameters())
 
     @property
     def grads(self):

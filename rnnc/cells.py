@@ -20,19 +20,34 @@ class _CellBase(Module):
     _run_stack_backward = staticmethod(_stack.run_stack_backward)
 
     def __init__(self, input_size, hidden_size, bias=True, *, nonlinearity="tanh",
-                 reset_after=True, dtype=np.float32, seed=None):
-        super().__init__(dtype, seed)
+                 reset_after=True, dtype=np.float32, seed=None, init="pytorch"):
+        super().__init__(dtype, seed, init)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.bias = check_bool(bias, "bias")
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
         self.reset_after = check_bool(reset_after, "reset_after")
+        check_size(GATES[self.mode] * self.hidden_size, f"{GATES[self.mode]} * hidden_size")
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        """Draw every parameter from the cell's generator as ``init`` says (see rnnc.LSTM)."""
         G, H = GATES[self.mode], self.hidden_size
-        check_size(G * H, f"{G} * hidden_size")
         shapes = {"weight_ih": (G * H, self.input_size), "weight_hh": (G * H, H)}
         if self.bias:
             shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-        self._init_uniform(shapes, 1.0 / np.sqrt(H))
+        forget = slice(H, 2 * H) if self.mode == "LSTM" else None     # gates i, f, g, o
+        self._init_parameters(shapes, 1.0 / np.sqrt(H), forget_gate=forget)
+
+    def _config(self):
+        """Constructor arguments that rebuild an identical cell (weights aside)."""
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                   dtype=self.dtype, init=self.init)
+        if self.mode == "RNN":
+            cfg["nonlinearity"] = self.nonlinearity
+        if self.mode == "GRU":
+            cfg["reset_after"] = self.reset_after
+        return cfg
 
     def __repr__(self):
         extra = ""
@@ -42,6 +57,8 @@ class _CellBase(Module):
             extra += ", reset_after=False"
         if not self.bias:
             extra += ", bias=False"
+        if self.init != "pytorch":
+            extra += f", init={self.init!r}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name})")
 
@@ -153,7 +170,8 @@ class RNNCell(_CellBase):
     """One Elman RNN step, h' = g(W_ih x + b_ih + W_hh h + b_hh), like ``torch.nn.RNNCell``.
 
     Parameters: input_size, hidden_size, bias=True, nonlinearity='tanh' | 'relu';
-    keyword-only dtype (float32 | float64) and seed.
+    keyword-only dtype (float32 | float64), seed (None: from ``rnnc.manual_seed``'s sequence)
+    and init ('pytorch' | 'keras', see rnnc.RNN).
 
     Examples
     --------
@@ -165,15 +183,16 @@ class RNNCell(_CellBase):
     mode = "RNN"
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, bias, nonlinearity=nonlinearity,
-                         dtype=dtype, seed=seed)
+                         dtype=dtype, seed=seed, init=init)
 
 
 class GRUCell(_CellBase):
     """One GRU step like ``torch.nn.GRUCell`` (gates r, z, n).
 
-    ``reset_after=False`` selects the original formulation (see rnnc.GRU).
+    ``reset_after=False`` selects the original formulation (see rnnc.GRU). Keyword-only
+    dtype, seed and init as rnnc.GRU's.
 
     Examples
     --------
@@ -185,13 +204,16 @@ class GRUCell(_CellBase):
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, bias, reset_after=reset_after,
-                         dtype=dtype, seed=seed)
+                         dtype=dtype, seed=seed, init=init)
 
 
 class LSTMCell(_CellBase):
     """One LSTM step like ``torch.nn.LSTMCell`` (gates i, f, g, o); returns (h', c').
+
+    Keyword-only dtype, seed and init as rnnc.LSTM's (``init='keras'`` puts Keras' unit
+    forget bias in ``bias_ih``).
 
     Examples
     --------
@@ -203,5 +225,6 @@ class LSTMCell(_CellBase):
     """
     mode = "LSTM"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
-        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
+                 init="pytorch"):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed, init=init)

@@ -21,8 +21,14 @@ class Linear(Module):
     in_features, out_features : int
     bias : bool, default True
     activation : None, 'tanh', 'relu', 'sigmoid' or 'softmax' (over the last axis)
+        A head trained with ``rnnc.losses.softmax_cross_entropy`` has none: the loss takes
+        logits and applies the softmax itself ('softmax' here too would apply it twice).
     dtype : float32 or float64; seed : int or None
-        Initialised as PyTorch does: U(-1/sqrt(in_features), 1/sqrt(in_features)).
+        seed None: from rnnc's global sequence (``rnnc.manual_seed``).
+    init : 'pytorch' (default) or 'keras'
+        'pytorch': as PyTorch, U(-1/sqrt(in_features), 1/sqrt(in_features)) for both
+        parameters. 'keras': as Keras' Dense, glorot-uniform weight
+        (U(-a, a), a = sqrt(6 / (in_features + out_features))) and a zero bias.
 
     Parameter names ``weight`` (out_features, in_features) and ``bias`` (out_features,).
 
@@ -30,29 +36,41 @@ class Linear(Module):
     --------
     >>> import numpy as np, rnnc
     >>> rnn = rnnc.RNN(3, 16, seed=0)
-    >>> head = rnnc.Linear(16, 4, activation="softmax", seed=0)
+    >>> head = rnnc.Linear(16, 4, seed=0)                     # logits, for the losses
     >>> a, _ = rnn(np.zeros((10, 2, 3), dtype=np.float32))   # a<t> for every t
     >>> head(a).shape                                        # y<t> for every t
     (10, 2, 4)
     """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, *,
-                 dtype=np.float32, seed=None):
-        super().__init__(dtype, seed)
+                 dtype=np.float32, seed=None, init="pytorch"):
+        super().__init__(dtype, seed, init)
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
-        shapes = {"weight": (self.out_features, self.in_features)}
-        if check_bool(bias, "bias"):
-            shapes["bias"] = (self.out_features,)
-        else:
+        if not check_bool(bias, "bias"):
             self.bias = None      # as torch.nn.Linear(bias=False).bias
-        self._init_uniform(shapes, 1.0 / np.sqrt(self.in_features))
+        self._has_bias = bool(bias)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        """Draw the parameters from the layer's generator as ``init`` says."""
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self._has_bias:
+            shapes["bias"] = (self.out_features,)
+        self._init_parameters(shapes, 1.0 / np.sqrt(self.in_features))
+
+    def _config(self):
+        """Constructor arguments that rebuild an identical layer (weights aside)."""
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self._has_bias, activation=self.activation, dtype=self.dtype,
+                    init=self.init)
 
     def __repr__(self):
+        init = f", init={self.init!r}" if self.init != "pytorch" else ""
         return (f"Linear({self.in_features}, {self.out_features}, "
                 f"bias={'bias' in self._params}, "
-                f"activation={self.activation!r}, dtype={self.dtype.name})")
+                f"activation={self.activation!r}, dtype={self.dtype.name}{init})")
 
     def __call__(self, x):
         x = as_real_array(x, "input", self.dtype)

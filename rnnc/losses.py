@@ -5,6 +5,16 @@ gradient of that loss with respect to the prediction (or logits), in its dtype, 
 passed to a module's ``backward``. Masks select valid positions of padded batches; see
 ``lengths_mask``.
 
+``softmax_cross_entropy`` takes logits, the raw scores of a ``Linear`` WITHOUT activation, and
+applies the softmax itself (as ``torch.nn.functional.cross_entropy``): a head with
+``activation="softmax"`` in front of it would apply softmax twice (it warns when every row of
+its input already is a probability distribution).
+
+Dtypes (rnnc's policy: converted, never refused, when real): a float32 or float64 prediction
+keeps its dtype and the target is converted to it; any other real prediction (integers,
+float16) becomes float64. Complex, bool, object and string data raise TypeError naming the
+argument.
+
 Examples
 --------
 >>> import numpy as np
@@ -19,6 +29,8 @@ array([[ True,  True],
        [ True, False],
        [False, False]])
 """
+import warnings
+
 import numpy as np
 
 from rnnc._validation import as_real_array, check_lengths, check_size, to_array
@@ -27,11 +39,11 @@ __all__ = ["mse", "softmax_cross_entropy", "lengths_mask"]
 
 
 def _as_float_array(value, name):
-    """A floating array: float inputs keep their dtype, integer inputs become float64."""
+    """A float32 or float64 array: those keep their dtype, other real data become float64."""
     arr = to_array(value, name)
-    if arr.dtype.kind == "f":
+    if arr.dtype in (np.float32, np.float64):
         return arr
-    if arr.dtype.kind in "iu":
+    if arr.dtype.kind in "iuf":
         return arr.astype(np.float64)
     raise TypeError(f"{name} must have a real numeric dtype (float or int), got {arr.dtype}")
 
@@ -144,8 +156,11 @@ def softmax_cross_entropy(logits, labels, mask=None):
     Parameters
     ----------
     logits : array_like of floats, shape (..., C)
-        Unnormalised scores (e.g. (T, B, C) from a ``Linear`` without activation). Integer
-        input is converted to float64.
+        Unnormalised scores (e.g. (T, B, C) from a ``Linear`` without activation), NOT
+        probabilities: the softmax is applied here. A ``Linear(activation="softmax")`` in
+        front would apply it twice (slower, flatter learning, a wrong loss value), so a
+        UserWarning is raised when every selected row already is a probability distribution
+        (entries in [0, 1] summing to 1; C >= 2). Integer input is converted to float64.
     labels : array_like of ints, shape (...) == logits.shape[:-1]
         Class indices in [0, C) at every selected position; masked positions may hold
         anything (e.g. -100 as padding).
@@ -204,6 +219,12 @@ def softmax_cross_entropy(logits, labels, mask=None):
         raise ValueError(f"labels must lie in [0, {C}) (C = logits.shape[-1]) at every "
                          f"unmasked position, got {int(y[np.argmax(bad)])} at index {index}")
     z = logits[valid]                                   # (n, C), only the selected rows
+    if _look_like_probabilities(z):
+        warnings.warn("softmax_cross_entropy takes logits, but every row of its input is "
+                      "already a probability distribution (in [0, 1], summing to 1): was a "
+                      "softmax applied before it (Linear(activation='softmax'))? It applies "
+                      "the softmax itself; use a Linear without activation",
+                      UserWarning, stacklevel=2)
     shifted = z - z.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     s = e.sum(axis=1, keepdims=True)
@@ -216,6 +237,17 @@ def softmax_cross_entropy(logits, labels, mask=None):
     grad = np.zeros(logits.shape, dtype=logits.dtype)
     grad[valid] = g
     return loss, grad
+
+
+def _look_like_probabilities(z):
+    """Every row in [0, 1] and summing to 1 (to float32 rounding): the output of a softmax.
+
+    Real logits have negative entries or rows that do not sum to 1, and the first test
+    (a minimum below 0) settles most of them in one pass. One class is left out: a row of one
+    entry in [0, 1] is not evidence of anything."""
+    if z.shape[1] < 2 or not z.size or not z.min() >= 0 or not z.max() <= 1:
+        return False
+    return bool(np.all(np.abs(z.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-4))
 
 
 def lengths_mask(lengths, T, batch_first=False):

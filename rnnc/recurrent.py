@@ -23,8 +23,8 @@ class _RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, proj_size=0, nonlinearity="tanh",
-                 reset_after=True, dtype=np.float32, seed=None):
-        super().__init__(dtype, seed)
+                 reset_after=True, dtype=np.float32, seed=None, init="pytorch"):
+        super().__init__(dtype, seed, init)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.num_layers = check_size(num_layers, "num_layers")
@@ -52,6 +52,14 @@ class _RNNBase(Module):
         self._check_parameter_memory(
             D * (per_input * (self.input_size + (L - 1) * D * P) + L * rest),
             D * L * (2 + 2 * self.bias + bool(self.proj_size)))
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        """Draw every parameter from the layer's generator as ``init`` says (see the class
+        docstring); the first draw of a layer built with ``seed=s`` gives the same values every
+        time."""
+        G, H, D = GATES[self.mode], self.hidden_size, self.num_directions
+        P = self._out_size
         shapes = {}
         for k in range(self.num_layers):
             layer_in = self.input_size if k == 0 else D * P
@@ -63,7 +71,8 @@ class _RNNBase(Module):
                     shapes[f"bias_hh_l{k}{sfx}"] = (G * H,)
                 if self.proj_size:
                     shapes[f"weight_hr_l{k}{sfx}"] = (P, H)
-        self._init_uniform(shapes, 1.0 / np.sqrt(H))
+        forget = slice(H, 2 * H) if self.mode == "LSTM" else None     # gates i, f, g, o
+        self._init_parameters(shapes, 1.0 / np.sqrt(H), forget_gate=forget)
 
     @property
     def num_directions(self):
@@ -77,7 +86,8 @@ class _RNNBase(Module):
         """Constructor arguments that rebuild an identical layer (weights aside)."""
         cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                   dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype)
+                   dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype,
+                   init=self.init)
         if self.mode == "RNN":
             cfg["nonlinearity"] = self.nonlinearity
         if self.mode == "GRU":
@@ -90,7 +100,8 @@ class _RNNBase(Module):
         cfg = self._config()
         args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
         defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                        bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0)
+                        bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
+                        init="pytorch")
         cfg["dtype"] = cfg["dtype"].name
         args += [f"{k}={v!r}" for k, v in cfg.items() if k == "dtype" or defaults.get(k) != v]
         return f"{type(self).__name__}({', '.join(args)})"
@@ -162,9 +173,10 @@ class _RNNBase(Module):
 
         ``s = m.stream(batch_size=1)``; ``y = s.step(x)`` with x (batch_size, input_size)
         returns this step's output (batch_size, P); ``s.state`` is (h_n) or (h_n, c_n) so far;
-        ``s.reset(h0=None, c0=None)``; ``s.refresh()``. ``batch_size=None``: unbatched,
-        x (input_size,). Stepping through a sequence gives the results of ``m(x, hx)``, at a
-        fraction of the cost of calling the layer with T = 1. The stream works on a snapshot
+        ``s.reset(hx=None)`` takes what the layer's ``hx`` takes; ``s.refresh()``.
+        ``batch_size=None``: unbatched, x (input_size,). Stepping through a sequence gives
+        the results of ``m(x, hx)``, at a fraction of the cost of calling the layer with
+        T = 1. The stream works on a snapshot
         of the weights taken now: changes to the layer are seen only after ``s.refresh()``.
         Inference only (no dropout); unidirectional layers only. See rnnc.stream.Stream.
         """
@@ -271,8 +283,8 @@ class _RNNBase(Module):
 _DOC = """{summary}
 
     Mirrors ``torch.nn.{name}``: same constructor arguments, parameter names and shapes,
-    gate order and initialisation (U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))), so a PyTorch
-    state_dict converted to NumPy loads unchanged.
+    gate order and initialisation (U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)); Keras' with
+    ``init='keras'``), so a PyTorch state_dict converted to NumPy loads unchanged.
 
     Parameters
     ----------
@@ -288,7 +300,14 @@ _DOC = """{summary}
         PyTorch's stacked form: each layer sees both directions of the layer below.
     dtype : float32 or float64, default float32
     seed : int or None
-        Seeds the parameter initialisation.
+        Seeds the parameter initialisation and the dropout masks. None: a seed from rnnc's
+        global sequence, which ``rnnc.manual_seed`` fixes (NumPy's global state is not used).
+    init : 'pytorch' (default) or 'keras'
+        'pytorch': every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+        'keras': Keras' defaults -- glorot-uniform input weights (``weight_ih*``, and
+        ``weight_hr*``), orthogonal recurrent weights (``weight_hh*`` has orthonormal columns
+        over all gates together, Keras' ``Orthogonal`` on its (units, gates * units) kernel),
+        zero biases{forget}.
 
     Calling
     -------
@@ -310,46 +329,53 @@ _DOC = """{summary}
 class RNN(_RNNBase):
     __doc__ = _DOC.format(
         summary="Elman RNN: h<t> = g(W_ih x<t> + b_ih + W_hh h<t-1> + b_hh), g = tanh or relu.",
-        name="RNN", extra="nonlinearity : 'tanh' or 'relu', default 'tanh'\n    ",
+        name="RNN", forget="", extra="nonlinearity : 'tanh' or 'relu', default 'tanh'\n    ",
         returns="(output (T, B, D*H), h_n (D*L, B, H))",
         example="out, h_n = m(x); out.shape, h_n.shape\n    ((5, 3, 16), (2, 3, 16))")
     mode = "RNN"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
-                 seed=None):
+                 seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed)
+                         bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed,
+                         init=init)
 
 
 class GRU(_RNNBase):
     __doc__ = _DOC.format(
         summary="Gated recurrent unit (gates r, z, n as in PyTorch).",
-        name="GRU", extra=("reset_after : bool, default True\n        True is PyTorch's form "
-                           "n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False the original "
-                           "form\n        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (ONNX "
-                           "default, Keras reset_after=False).\n    "),
+        name="GRU", forget="",
+        extra=("reset_after : bool, default True\n        True is PyTorch's form "
+               "n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False the original "
+               "form\n        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (ONNX "
+               "default, Keras reset_after=False).\n    "),
         returns="(output (T, B, D*H), h_n (D*L, B, H))",
         example="out, h_n = m(x); out.shape\n    (5, 3, 16)")
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, reset_after=True, dtype=np.float32,
-                 seed=None):
+                 seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, reset_after=reset_after, dtype=dtype, seed=seed)
+                         bidirectional, reset_after=reset_after, dtype=dtype, seed=seed,
+                         init=init)
 
 
 class LSTM(_RNNBase):
     __doc__ = _DOC.format(
         summary="Long short-term memory (gates i, f, g, o as in PyTorch), optional projection.",
-        name="LSTM", extra=("proj_size : int, default 0\n        If > 0, h = (o * tanh(c)) "
-                            "W_hr^T has proj_size features (c keeps hidden_size).\n    "),
+        name="LSTM", forget=(" but the forget gate's rows of ``bias_ih*``, 1 (Keras' unit "
+                             "forget bias;\n        Keras has one bias, rnnc two: ``bias_hh*``"
+                             " stays 0)"),
+        extra=("proj_size : int, default 0\n        If > 0, h = (o * tanh(c)) "
+               "W_hr^T has proj_size features (c keeps hidden_size).\n    "),
         returns="(output (T, B, D*P), (h_n (D*L, B, P), c_n (D*L, B, H))), P = proj_size or H",
         example="out, (h_n, c_n) = m(x); out.shape, c_n.shape\n    ((5, 3, 16), (2, 3, 16))")
     mode = "LSTM"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None,
+                 init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size=proj_size, dtype=dtype, seed=seed)
+                         bidirectional, proj_size=proj_size, dtype=dtype, seed=seed, init=init)

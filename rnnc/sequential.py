@@ -469,6 +469,19 @@ class Sequential:
                 for k, v in _method(layer, i, "named_parameters",
                                     "for Sequential.named_parameters")()]
 
+    def parameters(self):
+        """The live parameter arrays of every layer, in order (``torch.nn.Module.parameters``):
+        what an optimizer takes, whole or filtered."""
+        return [v for _, v in self.named_parameters()]
+
+    def num_parameters(self):
+        """The number of scalar parameters of every layer."""
+        return sum(int(v.size) for v in self.parameters())
+
+    def _config(self):
+        """Constructor arguments besides the layers (none; rnnc.save keeps the layers)."""
+        return {}
+
     # -- parameters -------------------------------------------------------------------------
     def state_dict(self):
         """Copies of every layer's parameters under ``"{i}.{name}"``."""

@@ -5,13 +5,18 @@ the arguments, allocates every buffer (weight copies, packed weights, folded bia
 workspace) and fills them; the step itself is the compiled ``StreamKernel.step``
 (rnnc/_kernels/_stream_kernel.pyx), inherited as it is so that a step costs no Python frame.
 """
+import warnings
+
 import numpy as np
 
 from rnnc._engine.layout import gate_rows
 from rnnc._engine.plan import GATES, make_stream_plan
 from rnnc._engine.workspace import aligned_empty, panel_workspace
 from rnnc._kernels._stream_kernel import StreamKernel
-from rnnc._validation import as_real_array, check_shape, check_size
+from rnnc._validation import as_real_array, check_shape, check_size, describe
+
+_kernel_step = StreamKernel.step
+_UNSET = object()       # reset()'s deprecated arguments: not given
 
 
 class Stream(StreamKernel):
@@ -53,15 +58,17 @@ class Stream(StreamKernel):
     Methods and attributes
     ----------------------
     step(x, out=None)
-        x (batch_size, input_size) of exactly the layer's dtype (TypeError otherwise; arrays
-        that are not C-contiguous are copied) -> y (batch_size, P), P = proj_size or
-        hidden_size: the last layer's output for this step. ``out``: write y there instead of
-        into a new array.
+        x (batch_size, input_size) -> y (batch_size, P), P = proj_size or hidden_size: the
+        last layer's output for this step. x of the layer's dtype goes straight to the
+        compiled step; any other real dtype is converted first, as a layer call converts its
+        input (complex, bool, object and string data raise TypeError). ``out``: write y there
+        instead of into a new array.
     state
         Copies of the current state: h (L, batch_size, P), for LSTM the pair (h, c) with
         c (L, batch_size, hidden_size) -- the layer's h_n / c_n. Unbatched: (L, P), (L, H).
-    reset(h0=None, c0=None)
-        Start again from zero or from the given state (shapes as ``state``; c0 for LSTM only).
+    reset(hx=None)
+        Start again from zero or from the state ``hx``, which is what the layer's ``hx`` is
+        (an array; for LSTM a pair (h0, c0)), so ``s.reset(s.state)`` works.
     refresh()
         Copy the layer's current weights in; the state is kept.
 
@@ -176,24 +183,70 @@ class Stream(StreamKernel):
             return h
         return h, (self._c[:, 0].copy() if unbatched else self._c.copy())
 
-    def reset(self, h0=None, c0=None):
-        """Start a new sequence from the given state (None: zeros).
+    def step(self, x, out=None):
+        """Run one time step: returns this step's output of the last layer (its new h).
 
-        h0 (L, B, P) and, for LSTM, c0 (L, B, H) -- without the B axis for an unbatched stream
-        -- of any real dtype (converted to the layer's), checked like the layer's hx.
+        Parameters
+        ----------
+        x : array (B, input_size), or (input_size,) for an unbatched stream
+            Of the stream's dtype, or of any other real dtype (converted, as the layer's
+            input is: see rnnc's dtype policy in the README). Complex, bool, object or
+            string data raise TypeError.
+        out : ndarray (B, P), or (P,), optional
+            Written instead of allocating a new array: C-contiguous, writeable, exactly the
+            stream's dtype. It may be x itself (when input_size == P).
+
+        Returns
+        -------
+        y : ndarray (B, P) or (P,); P = proj_size or hidden_size. ``out`` when given.
+        """
+        try:
+            # The compiled step takes arrays of the stream's dtype; anything else it refuses,
+            # and is converted here, once, by the rules every rnnc entry point follows.
+            return _kernel_step(self, x, out)
+        except TypeError:
+            converted = as_real_array(x, "x", self.module.dtype)
+            if converted is x:
+                raise       # x was fine: the complaint is about out
+            return _kernel_step(self, converted, out)
+
+    def reset(self, hx=None, c0=_UNSET, *, h0=_UNSET):
+        """Start a new sequence from the state ``hx`` (None: zeros).
+
+        ``hx`` is what the layer's ``hx`` is: for RNN and GRU an array h0 (L, B, P); for LSTM
+        a pair ``(h0, c0)`` with c0 (L, B, H) -- without the B axis for an unbatched stream --
+        so that ``s.reset(s.state)`` restarts from a saved state. Any real dtype (converted to
+        the layer's); checked like the layer's hx.
+
+        The old forms ``reset(h0, c0)`` and ``reset(h0=..., c0=...)`` still work and warn
+        (DeprecationWarning); an LSTM's ``reset(h0)`` with one array, which used to mean a
+        zero cell state, now raises TypeError: pass ``(h0, c0)``.
         """
         L, H, P, _, unbatched = self._shape
         lead = (L,) if unbatched else (L, self._h.shape[1])
         dtype = self._h.dtype
+        lstm = self._c is not None
+        if c0 is not _UNSET or h0 is not _UNSET:
+            h0, c0 = self._legacy_state(hx, c0, h0)
+        elif hx is None:
+            h0 = c0 = None
+        elif lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx for an LSTM stream must be None or a pair (h_0, c_0), as "
+                                f"the layer's hx, got {describe(hx)} (reset(h0) with one array "
+                                "no longer means a zero cell state: pass (h0, c0))")
+            h0, c0 = hx
+            # As the layer's hx: both entries are arrays (None is refused by the dtype check).
+            h0 = as_real_array(h0, "h_0", dtype)
+            c0 = as_real_array(c0, "c_0", dtype)
+        else:
+            h0, c0 = hx, None
         if h0 is not None:
-            h0 = as_real_array(h0, "h0", dtype)
-            check_shape(h0, "h0", lead + (P,))
+            h0 = as_real_array(h0, "h_0" if lstm else "hx", dtype)
+            check_shape(h0, "h_0" if lstm else "hx", lead + (P,))
         if c0 is not None:
-            if self._c is None:
-                raise TypeError(f"c0 is the cell state of an LSTM; {self.module.mode} has "
-                                "none (pass h0 only)")
-            c0 = as_real_array(c0, "c0", dtype)
-            check_shape(c0, "c0", lead + (H,))
+            c0 = as_real_array(c0, "c_0", dtype)
+            check_shape(c0, "c_0", lead + (H,))
         self._acquire()
         try:
             self._restart()
@@ -203,6 +256,22 @@ class Stream(StreamKernel):
         finally:
             self._release()
         return self
+
+    def _legacy_state(self, hx, c0, h0):
+        """(h0, c0) from the old call forms reset(h0, c0) and reset(h0=, c0=), with a
+        DeprecationWarning; they kept their meaning (a missing part is zeros)."""
+        if h0 is not _UNSET and hx is not None:
+            raise TypeError("reset() got both hx and h0: pass the state as hx")
+        h0 = hx if h0 is _UNSET else h0
+        c0 = None if c0 is _UNSET else c0
+        if c0 is not None and self._c is None:
+            raise TypeError(f"c0 is the cell state of an LSTM; {self.module.mode} has none "
+                            "(pass hx only)")
+        form = "reset((h0, c0))" if self._c is not None else "reset(hx)"
+        warnings.warn(f"Stream.reset(h0, c0) and the keywords h0=, c0= are deprecated: reset "
+                      f"takes what the layer's hx takes, {form}", DeprecationWarning,
+                      stacklevel=3)
+        return h0, c0
 
     def refresh(self):
         """Copy the module's current weights into the stream (the state is kept).

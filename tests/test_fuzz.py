@@ -1803,7 +1803,7 @@ def build_streams(c):
     hx = lay.hx() if c.bool(0.5) else None
     s = mod.stream(batch_size=B)
     if hx is not None:
-        s.reset(*(hx if lay.mode == "LSTM" else (hx,)))
+        s.reset(hx)
 
     def expected():
         return ref(x, hx)
@@ -1874,17 +1874,21 @@ def build_streams(c):
                     compare=cmp)
     if kind == "reset":
         good = lay.hx()
-        which = "h0"
+        # reset takes what the layer's hx takes: for LSTM the pair (h_0, c_0).
         if lay.mode == "LSTM":
             h0, c0 = good
-            sub = c.choice(("h0", "c0", "c0-dtype"))
+            which = "h_0"
+            sub = c.choice(("h0", "c0", "c0-dtype", "one-array"))
             if sub == "h0":
-                args = (lay.data(other_dims(c, h0.shape)), c0)
+                args = ((lay.data(other_dims(c, h0.shape)), c0),)
             elif sub == "c0":
-                args, which = (h0, lay.data(other_dims(c, c0.shape))), "c0"
+                args, which = ((h0, lay.data(other_dims(c, c0.shape))),), "c_0"
+            elif sub == "c0-dtype":
+                args, which = ((h0, bad_array(c0.shape, "complex128", lay.rng)),), "c_0"
             else:
-                args, which = (h0, bad_array(c0.shape, "complex128", lay.rng)), "c0"
+                args, which = (h0,), "hx"
         else:
+            which = "hx"
             sub = c.choice(("h0", "c0", "dtype"))
             if sub == "h0":
                 args = (lay.data(other_dims(c, good.shape)),)
@@ -1904,13 +1908,10 @@ def build_streams(c):
     # stepping on with good input still gives the reference's result.
     xt_good = x[0]
     if kind in ("step-x", "reject-midway"):
-        sub = c.choice(("dtype", "shape", "list", "bad-dtype", "ndim"))
-        if sub == "dtype":
-            bad = xt_good.astype(F64 if dtype == F32 else F32)
-        elif sub == "shape":
+        # Other real dtypes and lists are converted (rnnc's dtype policy), not refused.
+        sub = c.choice(("shape", "bad-dtype", "ndim"))
+        if sub == "shape":
             bad = lay.data(other_dims(c, xt_good.shape))
-        elif sub == "list":
-            bad = xt_good.tolist()
         elif sub == "bad-dtype":
             bad = bad_array(xt_good.shape, c.choice(BAD_DTYPES), lay.rng)
         else:

@@ -263,7 +263,7 @@ def test_errors(two_threads):
         lambda: m(good.astype(np.complex64)),                       # dtype
         lambda: m.backward(np.zeros(3)),                            # no training forward
         lambda: m.load_state_dict({"weight_ih_l0": np.zeros(3)}),   # shapes, missing keys
-        lambda: s.step(np.zeros((2, 8))),                           # stream dtype
+        lambda: s.step(np.zeros((2, 8), complex)),                  # stream dtype
         lambda: s.step(np.zeros((3, 8), np.float32)),               # stream shape
         lambda: cell(np.zeros((2, 9), np.float32)),                 # cell features
         lambda: rnnc.LSTM(8, 0),                                    # constructor

@@ -1,5 +1,7 @@
 """rnnc.optim: SGD / Adam step for step against torch.optim, clip_grad_norm against
 torch.nn.utils.clip_grad_norm_, training a Linear regression, hyper-parameter errors."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -103,7 +105,7 @@ def test_missing_grads_are_skipped(rng):
     np.testing.assert_array_equal(mod.weight, before["weight"])
     np.testing.assert_array_equal(mod.scale, before["scale"])
     assert not np.array_equal(mod.bias, before["bias"])
-    assert set(opt.state) == {"bias"}
+    assert [p.name for p in opt.state] == ["bias"]
 
 
 def test_zero_grad_and_grad_shape_error():
@@ -150,9 +152,19 @@ def test_optimizer_state_dict_round_trip(rng):
     for k, v in mods[0].named_parameters():
         np.testing.assert_array_equal(v, getattr(fresh_mod, k))
     with pytest.raises(ValueError, match="unknown parameter"):
-        fresh.load_state_dict({"hyper": {}, "state": {"nope": {"step": 1}}})
+        fresh.load_state_dict({"state": {7: {"step": 1}}, "param_groups": sd["param_groups"]})
+    bad = copy.deepcopy(sd)
+    bad["param_groups"][0]["lr"] = -1.0
     with pytest.raises(ValueError, match="lr"):
-        fresh.load_state_dict({"hyper": {"lr": -1.0}, "state": {}})
+        fresh.load_state_dict(bad)
+    # rnnc 0.1's layout (one group, state by parameter name) still loads.
+    with pytest.raises(ValueError, match="unknown parameter"):
+        fresh.load_state_dict({"hyper": {}, "state": {"nope": {"step": 1}}})
+    old = {"hyper": {"lr": 0.02}, "state": {"bias": {"step": 3, "exp_avg": np.ones(3),
+                                                     "exp_avg_sq": np.ones(3),
+                                                     "max_exp_avg_sq": np.ones(3)}}}
+    fresh.load_state_dict(old)
+    assert fresh.lr == 0.02 and [p.name for p in fresh.state] == ["bias"]
 
 
 # -- clip_grad_norm ----------------------------------------------------------------------------

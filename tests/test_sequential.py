@@ -275,7 +275,7 @@ def test_optimizers_and_clipping_work_through_sequential(rng):
             np.testing.assert_allclose(layer_grad, before * 1e-3 / (total + 1e-6))
         opt.step()
     assert loss < 0.5 * first
-    assert set(opt.state) == {k for k, _ in seq.named_parameters()}
+    assert {p.name for p in opt.state} == {k for k, _ in seq.named_parameters()}
     # SGD too, through the prefixed names, changing the layers' own arrays.
     w = seq[2].weight
     opt = optim.SGD(seq, lr=0.1, momentum=0.9)

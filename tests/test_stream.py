@@ -40,7 +40,7 @@ def test_stream_matches_layer_and_reference(mode, kwargs, dtype, B, bias, rng):
     x = rng.standard_normal((7, B, 5)).astype(dtype)
     hx = random_initial_state(rng, mod, B, dtype)
     s = mod.stream(batch_size=B)
-    s.reset(*(hx if mode == "LSTM" else (hx,)))
+    s.reset(hx)
     ys = stream_through(s, x)
     out, state = mod(x, hx)
     out_ref, state_ref = ref(x, hx)
@@ -101,7 +101,7 @@ def test_unbatched_stream(mode, kwargs, dtype, rng):
     x = rng.standard_normal((6, 4)).astype(dtype)                 # (T, I)
     hx = random_initial_state(rng, mod, None, dtype, unbatched=True)
     s = mod.stream(batch_size=None)
-    s.reset(*(hx if mode == "LSTM" else (hx,)))
+    s.reset(hx)
     ys = np.stack([s.step(xt) for xt in x])
     out, state = ref(x, hx)
     P = mod.proj_size or 7
@@ -152,10 +152,11 @@ def test_reset_starts_again_from_zero_or_the_given_state(rng):
     assert not h.any() and not c.any()
     np.testing.assert_array_equal(stream_through(s, x), first)
     h0, c0 = random_initial_state(rng, mod, 2, np.float32)
-    s.reset(h0.astype(np.float64), c0.tolist())           # any real array-like, converted
+    s.reset((h0.astype(np.float64), c0.tolist()))         # any real array-like, converted
     assert_close(stream_through(s, x), mod(x, (h0, c0))[0], np.float32)
-    s.reset(h0)                                           # c0 omitted: zero
-    assert_close(stream_through(s, x), mod(x, (h0, np.zeros_like(c0)))[0], np.float32)
+    saved = s.state
+    s.reset(saved)                                        # what state gives, reset takes
+    assert_close(stream_through(s, x), mod(x, saved)[0], np.float32)
 
 
 def test_state_is_a_copy(rng):
@@ -272,16 +273,25 @@ def test_outputs_are_new_arrays(rng):
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
-def test_wrong_dtype_is_a_type_error_naming_x():
-    s = rnnc.LSTM(3, 4).stream(2)
-    with pytest.raises(TypeError, match=r"x must have dtype float32.*got float64"):
-        s.step(np.zeros((2, 3)))
-    with pytest.raises(TypeError, match=r"x must have dtype float32.*got int64"):
-        s.step(np.zeros((2, 3), np.int64))
-    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray of dtype float32, got list"):
-        s.step([[0.0] * 3] * 2)
-    with pytest.raises(TypeError, match=r"x must have dtype float64.*got float32"):
-        rnnc.GRU(3, 4, dtype=np.float64).stream(2).step(np.zeros((2, 3), np.float32))
+def test_other_real_dtypes_are_converted_and_the_rest_refused_naming_x(rng):
+    # rnnc's dtype policy: the stream converts as the layer does (tests/test_dtype_policy.py).
+    x = rng.standard_normal((4, 2, 3))
+    mod = rnnc.LSTM(3, 4, seed=0)
+    exact = stream_through(mod.stream(2), x.astype(np.float32))
+    s = mod.stream(2)
+    got = np.stack([s.step(xt) for xt in x])                  # float64 steps
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, exact)
+    s.reset()
+    np.testing.assert_array_equal(s.step(x[0].tolist()), exact[0])
+    s1, s2 = mod.stream(2), mod.stream(2)
+    xi = rng.integers(-3, 4, size=(2, 3))
+    np.testing.assert_array_equal(s1.step(xi), s2.step(xi.astype(np.float32)))
+    with pytest.raises(TypeError, match=r"out must have dtype float32.*float64"):
+        s.step(x[0], out=np.zeros((2, 4)))                    # out is never converted
+    for bad in (np.zeros((2, 3), complex), np.zeros((2, 3), bool), np.zeros((2, 3), object)):
+        with pytest.raises(TypeError, match=r"x must have a real numeric dtype.*got"):
+            s.step(bad)
 
 
 def test_wrong_shape_is_a_value_error_with_both_shapes():
@@ -326,16 +336,40 @@ def test_bad_batch_size(batch_size, exc):
 
 def test_bad_reset_arguments():
     s = rnnc.LSTM(3, 4, num_layers=2).stream(5)
-    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 5, 4\), got \(1, 5, 4\)"):
-        s.reset(np.zeros((1, 5, 4)))
-    with pytest.raises(ValueError, match=r"c0 must have shape \(2, 5, 4\), got \(2, 4\)"):
-        s.reset(None, np.zeros((2, 4)))
-    with pytest.raises(TypeError, match="h0 must have a real numeric dtype"):
-        s.reset(np.zeros((2, 5, 4), complex))
+    h, c = np.zeros((2, 5, 4)), np.zeros((2, 5, 4))
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 5, 4\), got \(1, 5, 4\)"):
+        s.reset((np.zeros((1, 5, 4)), c))
+    with pytest.raises(ValueError, match=r"c_0 must have shape \(2, 5, 4\), got \(2, 4\)"):
+        s.reset((h, np.zeros((2, 4))))
+    with pytest.raises(TypeError, match="h_0 must have a real numeric dtype"):
+        s.reset((h.astype(complex), c))
+    with pytest.raises(TypeError, match="c_0 must have a real numeric dtype"):
+        s.reset((h, None))                                # as the layer's hx: both arrays
+    with pytest.raises(TypeError, match=r"pair \(h_0, c_0\).*got ndarray.*pass \(h0, c0\)"):
+        s.reset(h)                                        # the old reset(h0): ambiguous
     with pytest.raises(TypeError, match="c0 is the cell state of an LSTM; GRU has none"):
         rnnc.GRU(3, 4).stream(1).reset(np.zeros((1, 1, 4)), np.zeros((1, 1, 4)))
-    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 4\), got \(1, 1, 4\)"):
+    with pytest.raises(ValueError, match=r"hx must have shape \(1, 4\), got \(1, 1, 4\)"):
         rnnc.GRU(3, 4).stream(None).reset(np.zeros((1, 1, 4)))
+
+
+def test_old_reset_forms_warn_and_keep_their_meaning(rng):
+    mod = rnnc.LSTM(4, 6, num_layers=2, seed=0)
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    h0, c0 = random_initial_state(rng, mod, 2, np.float32)
+    s = mod.stream(2)
+    with pytest.warns(DeprecationWarning, match=r"reset\(\(h0, c0\)\)"):
+        s.reset(h0, c0)
+    assert_close(stream_through(s, x), mod(x, (h0, c0))[0], np.float32)
+    with pytest.warns(DeprecationWarning):
+        s.reset(h0=h0)                                    # c0 omitted: zero, as before
+    assert_close(stream_through(s, x), mod(x, (h0, np.zeros_like(c0)))[0], np.float32)
+    g = rnnc.GRU(4, 6, seed=0)
+    sg = g.stream(2)
+    h = rng.standard_normal((1, 2, 6)).astype(np.float32)
+    with pytest.warns(DeprecationWarning, match=r"reset\(hx\)"):
+        sg.reset(h0=h)
+    assert_close(stream_through(sg, x), g(x, h)[0], np.float32)
 
 
 def test_the_reference_has_no_stream():
@@ -423,7 +457,7 @@ def test_split_stream_matches_layer_and_reference(force_plan, mode, kwargs, dtyp
     hx = random_initial_state(rng, mod, B, dtype)
     s = mod.stream(batch_size=B)
     assert s.threads == (2 if splittable(mod) else 1)
-    s.reset(*(hx if isinstance(hx, tuple) else (hx,)))
+    s.reset(hx)
     ys = stream_through(s, x)
     out, state = mod(x, hx)
     assert_close(ys, out, dtype)
