@@ -107,8 +107,10 @@ _SHARED_PARAMS_DOC = """\
         steps (padding never counts). Features: hidden_size * (2 if bidirectional else 1)."""
 
 _INPUT_DOC = """\
-    Input X
-    -------
+    Notes
+    -----
+    X may be:
+
     - a 3-D array (n_samples, T, I): sequences of T steps of I features;
     - a list of arrays of shapes (T_i, I), or (T_i,) for one feature, of different lengths:
       ragged sequences, run with rnnc's ``lengths`` (padding is never seen as data);
@@ -432,7 +434,7 @@ _TRAINING_PARAMS_DOC = """\
 
 _TRAINED_ATTRS_DOC = """\
     n_features_in_ : int
-        See "Input X".
+        See the Notes.
     feature_names_in_ : ndarray of str
         Column names, when fitted on a DataFrame.
     input_size_ : int
@@ -652,7 +654,7 @@ class SequenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _Sequen
     Attributes
     ----------
     n_features_in_, feature_names_in_, input_size_ :
-        As for ``SequenceClassifier`` (see "Input X").
+        As for ``SequenceClassifier`` (see the Notes).
     network_ : object
         The (untrained) network: ``network_.rnn`` and the pooling.
 
