@@ -429,8 +429,9 @@ _TRAINING_PARAMS_DOC = """\
         The network's floating-point type; X is converted to it.
     n_threads : int or None, default None
         Threads for rnnc and BLAS during fit / predict (``rnnc.set_num_threads``), restored
-        when the call returns; None leaves the process's setting alone (in joblib's worker
-        processes it is already limited to avoid oversubscription)."""
+        when the call returns, also on an error. The setting is the process's: other Python
+        threads calling rnnc meanwhile see it too. None leaves the process's setting alone
+        (in joblib's worker processes it is already limited to avoid oversubscription)."""
 
 _TRAINED_ATTRS_DOC = """\
     n_features_in_ : int
