@@ -42,7 +42,9 @@ def _readme_blocks():
     if not readme.exists():
         pytest.skip("README.md is not next to the tests (installed elsewhere)")
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
-    return [b for b in blocks if "torch_lstm" not in b]  # the first block needs a torch model
+    # The first block needs a torch model; the scikit-learn section has its own test
+    # (tests/test_sklearn.py), skipped without scikit-learn.
+    return [b for b in blocks if "torch_lstm" not in b and "rnnc.sklearn" not in b]
 
 
 def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
