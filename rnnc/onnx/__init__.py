@@ -11,5 +11,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from rnnc.onnx._attributes import ATTRIBUTES, NotSupportedError
 from rnnc.onnx._export import export
+from rnnc.onnx._load import Session, load
 
-__all__ = ["export", "NotSupportedError", "ATTRIBUTES"]
+__all__ = ["export", "load", "Session", "NotSupportedError", "ATTRIBUTES"]
