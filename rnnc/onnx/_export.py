@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnc.onnx._attributes import GATES, ONNX_FROM_TORCH, reorder_gates
+from rnnc.onnx._attributes import ONNX_FROM_TORCH, reorder_gates
 from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._validation import check_bool, describe
 
@@ -139,12 +139,12 @@ def export(module, path=None, *, opset=None, initial_state=False, lengths=False)
                        if module.bias else "")
         node_in.append("lengths" if lengths else "")
         if initial_state:
-            states = ["h0", "c0"] if lstm else ["h0"]
+            given = ["h0", "c0"] if lstm else ["h0"]
             if L > 1:       # layer k's rows of (D*L, B, H)
                 rows = [g.const("start", np.array([k * D], np.int64)),
                         g.const("end", np.array([(k + 1) * D], np.int64))]
-                states = [g.node("Slice", [s] + rows) for s in states]
-            node_in += states
+                given = [g.node("Slice", [s] + rows) for s in given]
+            node_in += given
         while node_in[-1] == "":
             node_in.pop()
         outs = [g.name(f"Y_l{k}"), g.name(f"Y_h_l{k}")] + ([g.name(f"Y_c_l{k}")] if lstm else [])
