@@ -469,3 +469,14 @@ def test_import_rnnc_does_not_import_onnx():
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_load_runs_empty_batches_and_sequences_of_an_export():
+    # ONNX Runtime 1.32 aborts the process on these, so the expected shapes come from the spec:
+    # Y (T, B, D*H); with T = 0 the final states are the zero initial states.
+    session = ronnx.load(ronnx.export(rnnc.LSTM(3, 4, num_layers=2, bidirectional=True)))
+    out, h_n, c_n = session.run(None, {"input": np.zeros((0, 5, 3), np.float32)})
+    assert out.shape == (0, 5, 8) and h_n.shape == c_n.shape == (4, 5, 4)
+    assert not h_n.any() and not c_n.any()
+    out, h_n, c_n = session.run(None, {"input": np.zeros((6, 0, 3), np.float32)})
+    assert out.shape == (6, 0, 8) and h_n.shape == (4, 0, 4)

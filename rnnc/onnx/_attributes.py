@@ -30,8 +30,9 @@ class NotSupportedError(ValueError):
     """An ONNX attribute, input or value that rnnc cannot run (yet)."""
 
 
-def _unsupported(op, name, value, why="is not supported by rnnc yet"):
-    raise NotSupportedError(f"{op} attribute {name!r} {why} (got {value!r})")
+def _unsupported(op, name, value, why="is not supported by rnnc yet", show_value=True):
+    raise NotSupportedError(f"{op} attribute {name!r} {why}"
+                            + (f" (got {value!r})" if show_value else ""))
 
 
 def _hidden_size(op, value, spec):
@@ -44,8 +45,8 @@ def _direction(op, value, spec):
     elif value == "bidirectional":
         spec["bidirectional"] = True
     elif value == "reverse":
-        _unsupported(op, "direction", value,
-                     "value 'reverse' (a reverse-only layer) is not supported by rnnc yet")
+        _unsupported(op, "direction", value, "value 'reverse' (a reverse-only layer) is not "
+                     "supported by rnnc yet", show_value=False)
     else:
         raise ValueError(f"{op} attribute 'direction' must be 'forward', 'reverse' or "
                          f"'bidirectional', got {value!r}")

@@ -162,7 +162,8 @@ def export(module, path=None, *, opset=None, initial_state=False, lengths=False)
             x = g.node("Squeeze", [y, g.const("axes", np.array([1], np.int64))],
                        ["output"] if last else None)
         else:
-            x = g.node("Reshape", [y, g.const("shape", np.array([0, 0, -1], np.int64))],
+            # (0, 0, D*H) rather than -1: -1 is ambiguous for an empty batch.
+            x = g.node("Reshape", [y, g.const("shape", np.array([0, 0, D * H], np.int64))],
                        ["output"] if last else None)
     states = [("h_n", h_parts, H)] + ([("c_n", c_parts, H)] if lstm else [])
     for name, parts, width in states:
