@@ -52,6 +52,7 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
     import warnings
     monkeypatch.chdir(tmp_path)                 # the saving block writes a file
     has_safetensors = importlib.util.find_spec("safetensors") is not None
+    has_onnx = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
     ns = {}
     with warnings.catch_warnings():
         # No example hands probabilities to softmax_cross_entropy (it would warn).
@@ -59,10 +60,16 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
         for block in _readme_blocks():
             if "rnnc.save(" in block and not has_safetensors:
                 continue
+            if "rnnc.onnx" in block and not has_onnx:
+                continue
             exec(compile(block, "README.md", "exec"), ns)
             if "head = rnnc.Linear(64, 10" in block:
                 # The vanilla model block: logits for every step, and their loss.
                 assert ns["logits"].shape == (100, 8, 10) and np.isfinite(ns["loss"])
+    if has_onnx:
+        # The ONNX block: ONNX Runtime and rnnc's own run of the exported graph agree.
+        np.testing.assert_allclose(ns["out_ort"], ns["out_rnnc"], atol=1e-5)
+        assert type(ns["same"]) is rnnc.LSTM and ns["same"].num_layers == 2
     if has_safetensors:
         assert type(ns["model"]) is rnnc.Sequential and len(ns["model"]) == 2
     # The training block: a classifier over every step, and a layer's input gradient.
