@@ -31,7 +31,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import rnnc  # noqa: E402
 from rnnc import losses  # noqa: E402
 from rnnc.sklearn import SequenceClassifier, SequenceEncoder, SequenceRegressor  # noqa: E402
-from rnnc.sklearn import _data, _estimators, _network  # noqa: E402
+from rnnc.sklearn import _estimators, _network  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUIET = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -90,13 +90,24 @@ def test_import_rnnc_does_not_import_sklearn():
 
 # -- the network: pooling and gradients ----------------------------------------------------------
 def _net(cell, pooling, bidirectional, num_layers=1, n_outputs=3, seed=0):
-    return _network.SequenceNet(cell, 2, 4, num_layers, bidirectional, 0.0, pooling, n_outputs,
-                                np.float64, seed)
+    return _network.make_network(cell, 2, 4, num_layers, bidirectional, 0.0, pooling,
+                                 n_outputs, np.float64, seed)
 
 
 def _padded(seqs):
-    x, lengths = _data.pad_sequences(seqs, np.float64)
-    return x, lengths
+    return rnnc.pad_sequences(seqs, dtype=np.float64)
+
+
+@pytest.mark.parametrize("pooling, mode", [("last", "state"), ("mean", "mean"), ("max", "max")])
+def test_the_network_is_a_sequential_of_public_modules(pooling, mode):
+    net = _net("gru", pooling, True, n_outputs=3)
+    assert type(net) is rnnc.Sequential and len(net) == 3
+    assert isinstance(net[0], rnnc.GRU) and net[0].bidirectional
+    assert isinstance(net[1], rnnc.Pool) and net[1].mode == mode
+    assert isinstance(net[2], rnnc.Linear) and (net[2].in_features, net[2].out_features) \
+        == (8, 3)
+    encoder = _net("lstm", pooling, False, n_outputs=0)
+    assert len(encoder) == 2 and isinstance(encoder[1], rnnc.Pool)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -111,7 +122,7 @@ def test_pooled_features_match_each_sequence_run_alone(cell, pooling, bidirectio
     features = net(*_padded(seqs))
     H = 4
     for b, s in enumerate(seqs):
-        out, state = net.rnn(s[:, None, :])
+        out, state = net[0](s[:, None, :])
         h_n = state[0] if cell == "lstm" else state
         if pooling == "last":
             expected = np.concatenate([h_n[-2 if bidirectional else -1, 0]]
@@ -386,16 +397,24 @@ def test_clip_bounds_the_norm_over_all_of_the_networks_gradients(monkeypatch):
     step = rnnc.optim.Adam.step
 
     def recording_step(self):
-        norms.append(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2)
-                                 for g in self.module.grads.values())))
+        # The global norm over every gradient the optimizer is about to apply: all of the
+        # network's parameters (the test below checks that they are all in it).
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        norms.append(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads
+                                 if g is not None)))
         step(self)
 
     monkeypatch.setattr(rnnc.optim.Adam, "step", recording_step)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 6, 2)), rng.integers(0, 3, size=40)
-    SequenceClassifier(hidden_size=8, max_iter=3, batch_size=10, clip=1e-3,
-                       random_state=0).fit(X, y)
+    clf = SequenceClassifier(hidden_size=8, max_iter=3, batch_size=10, clip=1e-3,
+                             random_state=0).fit(X, y)
     assert len(norms) == 12 and max(norms) <= 1e-3 * (1 + 1e-5)
+    # The optimizer's parameters are the whole network's, each once.
+    optimized = [p.array for group in clf._optimizer.param_groups for p in group["params"]]
+    network = clf.network_.parameters()
+    assert len(optimized) == len(network) == 6
+    assert all(any(a is b for b in network) for a in optimized)
     norms.clear()
     SequenceClassifier(hidden_size=8, max_iter=1, batch_size=10, random_state=0).fit(X, y)
     assert min(norms) > 1e-2                      # what the clipping cut down
@@ -489,8 +508,8 @@ def test_encoder_features_feed_a_linear_model_on_digits():
 def test_n_threads_applies_during_fit_and_predict_and_is_restored(n_threads, monkeypatch):
     from threadpoolctl import threadpool_info
     seen = []
-    call = _network.SequenceNet.__call__
-    monkeypatch.setattr(_network.SequenceNet, "__call__",
+    call = rnnc.Sequential.__call__
+    monkeypatch.setattr(rnnc.Sequential, "__call__",
                         lambda self, *a: seen.append(rnnc.get_num_threads()) or call(self, *a))
     before = rnnc.get_num_threads()
     blas_before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
@@ -558,7 +577,36 @@ def test_clone_pickle_and_joblib_keep_the_model(tmp_path):
     # partial_fit) and small change; a kept forward cache would be (T, B, 4H) per layer.
     params = sum(p.nbytes for _, p in clf.network_.named_parameters())
     assert len(blob) < 3 * params + 64 * 1024
-    assert clf.network_.rnn._cache is None and clf.network_.rnn.grads == {}
+    assert clf.network_[0]._cache is None and clf.network_._trace is None
+    assert all(layer.grads == {} for layer in clf.network_)      # no gradients kept
+
+
+@QUIET
+@pytest.mark.parametrize("estimator", [
+    SequenceClassifier(cell="lstm", hidden_size=8, bidirectional=True, max_iter=2),
+    SequenceRegressor(cell="gru", hidden_size=8, num_layers=2, pooling="max", max_iter=2),
+    SequenceEncoder(cell="rnn", hidden_size=8, pooling="mean")],
+    ids=lambda e: type(e).__name__)
+def test_network_saves_and_loads_with_rnnc_save(estimator, tmp_path):
+    # network_ is a plain rnnc.Sequential: rnnc.save / rnnc.load round-trip it bit-exactly.
+    rng = np.random.default_rng(0)
+    X, y = ragged(rng, 30, features=2), rng.integers(0, 2, size=30)
+    est = clone(estimator).set_params(random_state=0).fit(X, y)
+    rnnc.save(est.network_, tmp_path / "net.safetensors")
+    loaded = rnnc.load(tmp_path / "net.safetensors")
+    assert type(loaded) is rnnc.Sequential and repr(loaded) == repr(est.network_)
+    assert not loaded.training
+    saved = est.network_.state_dict()
+    assert list(loaded.state_dict()) == list(saved)
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == saved[k].dtype and np.array_equal(v, saved[k]), k
+    x, lengths = rnnc.pad_sequences(X, dtype=np.float32)
+    np.testing.assert_array_equal(loaded(x, lengths), est.network_(x, lengths))
+    # The loaded network in a fitted estimator's place gives the same predictions.
+    out = est.transform(X) if isinstance(est, SequenceEncoder) else est.predict(X)
+    est.network_ = loaded
+    np.testing.assert_array_equal(
+        est.transform(X) if isinstance(est, SequenceEncoder) else est.predict(X), out)
 
 
 def _threads_scorer(estimator, X, y):

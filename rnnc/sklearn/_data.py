@@ -1,18 +1,17 @@
-"""Reading X for the estimators, padding ragged sequences, and batching.
+"""Reading X for the estimators.
 
 X comes in three forms (see ``read_sequences``); all are turned into one time-major padded
-array (T, n, I) and the lengths (n,), which is what rnnc's layers take. Padding is only ever
-seen by the network through ``lengths`` (masking), never as data.
-
-``pad_sequences`` and ``batch_indices`` are private stand-ins for rnnc's public data helpers
-(``rnnc.pad_sequences`` and the batch iterator of ``rnnc/data.py``, issue 16): each is one
-function, so that it can be replaced by the public one in a few lines.
+array (T, n, I) (ragged lists through ``rnnc.pad_sequences``) and the lengths (n,), which is
+what rnnc's layers take. Padding is only ever seen by the network through ``lengths``
+(masking), never as data.
 """
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
 from sklearn.utils.validation import check_array, validate_data
+
+from rnnc.data import batches, pad_sequences
 
 # The input forms remembered by fit: a 2-D table of univariate sequences (its columns are the
 # steps), or sequences (a 3-D array or a list of (T_i, I) arrays).
@@ -25,7 +24,7 @@ class Sequences:
     """A batch of sequences as the network takes it.
 
     x : (T, n, I) time-major, zero beyond each sequence's length, in the network's dtype.
-    lengths : (n,) int64, each sequence's number of steps (>= 1).
+    lengths : (n,) intp, each sequence's number of steps (>= 1).
     ragged : whether the lengths differ (else the network is called without ``lengths``).
     form : TABLE or SEQUENCES, the form X came in.
     """
@@ -48,9 +47,28 @@ class Sequences:
         lengths = self.lengths[index]
         T = int(lengths.max()) if lengths.size else 0
         x = np.ascontiguousarray(self.x[:T, index])
+        return x, self._lengths_arg(lengths, T)
+
+    def _lengths_arg(self, lengths, T):
+        """``lengths`` for the network, None when no sequence is shorter than T."""
         if self.ragged and lengths.size and int(lengths.min()) < T:
-            return x, lengths
-        return x, None
+            return lengths
+        return None
+
+    def subset(self, index):
+        """The sequences at ``index`` (an integer array), as Sequences (a copy)."""
+        lengths = self.lengths[index]
+        T = int(lengths.max()) if lengths.size else 0
+        return Sequences(self.x[:T, index], lengths, self.ragged, self.form)
+
+    def batches(self, targets, batch_size, seed):
+        """One epoch of minibatches ``(x, lengths or None, targets)`` through
+        ``rnnc.batches``: shuffled by ``seed`` (an int; None: in order), each cut to its
+        longest sequence, x contiguous."""
+        for x, lengths, y in batches(self.x, targets, lengths=self.lengths,
+                                     batch_size=batch_size, shuffle=seed is not None,
+                                     seed=seed):
+            yield np.ascontiguousarray(x), self._lengths_arg(lengths, x.shape[0]), y
 
 
 def _is_ragged_list(X):
@@ -121,7 +139,7 @@ def read_sequences(estimator, X, *, reset, dtype):
                 raise ValueError(f"X of shape {arr.shape} has no steps or no features: a 3-D "
                                  "X is (n_samples, T, I) with T >= 1 and I >= 1")
             x = np.ascontiguousarray(arr.transpose(1, 0, 2), dtype=dtype)
-            seqs = Sequences(x, np.full(arr.shape[0], arr.shape[1], np.int64), False,
+            seqs = Sequences(x, np.full(arr.shape[0], arr.shape[1], np.intp), False,
                              SEQUENCES)
         else:
             fitted_table = not reset and getattr(estimator, "_input_form", TABLE) == TABLE
@@ -132,7 +150,7 @@ def read_sequences(estimator, X, *, reset, dtype):
                 arr = check_array(X, dtype=[np.float64, np.float32], estimator=estimator,
                                   input_name="X")
             x = np.ascontiguousarray(arr.T[:, :, None], dtype=dtype)
-            seqs = Sequences(x, np.full(arr.shape[0], arr.shape[1], np.int64), False, TABLE)
+            seqs = Sequences(x, np.full(arr.shape[0], arr.shape[1], np.intp), False, TABLE)
     I = seqs.n_step_features
     if reset:
         estimator._input_form = seqs.form
@@ -170,30 +188,6 @@ def _read_ragged(X, estimator, dtype):
         if arr.shape[1] == 0:
             raise ValueError(f"X[{i}] has 0 features per step (shape {arr.shape})")
         seqs.append(arr)
-    x, lengths = pad_sequences(seqs, dtype)
+    x, lengths = pad_sequences(seqs, dtype=dtype)
     return Sequences(x, lengths, True, SEQUENCES)
 
-
-def pad_sequences(seqs, dtype=None):
-    """Stack (T_i, I) arrays into a time-major zero-padded (max T_i, n, I) array, and lengths.
-
-    To be replaced by ``rnnc.pad_sequences(seqs, batch_first=False)`` (issue 16, part B).
-    """
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    T = int(lengths.max())
-    dtype = np.result_type(*seqs) if dtype is None else dtype
-    x = np.zeros((T, len(seqs), seqs[0].shape[1]), dtype=dtype)
-    for b, s in enumerate(seqs):
-        x[:len(s), b] = s
-    return x, lengths
-
-
-def batch_indices(n, batch_size, rng=None):
-    """Index arrays of the minibatches of one epoch over n samples, shuffled by ``rng`` (a
-    ``numpy.random.RandomState``) unless it is None.
-
-    To be replaced by the batch iterator of ``rnnc/data.py`` (issue 16, part B), which can
-    also bucket by length.
-    """
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    return [order[start:start + batch_size] for start in range(0, n, batch_size)]

@@ -5,7 +5,8 @@ The supervised estimators follow ``sklearn.neural_network.MLPClassifier`` /
 rule (``tol`` and ``n_iter_no_change`` on the training loss, or on a held-out validation score
 with ``early_stopping``), the same attributes (``loss_curve_``, ``best_loss_``,
 ``validation_scores_``, ``best_validation_score_``, ``n_iter_``, ``t_``), ``partial_fit`` (one
-epoch per call) and ``warm_start``. The network is ``_network.SequenceNet``.
+epoch per call) and ``warm_start``. The network is an ``rnnc.Sequential`` (``_network``),
+trained with ``rnnc.optim`` and ``rnnc.clip_grad_norm`` on minibatches from ``rnnc.batches``.
 """
 import sys
 import warnings
@@ -22,7 +23,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from rnnc import losses, optim
 from rnnc.sklearn import _data, _params
-from rnnc.sklearn._network import CELLS, POOLINGS, SequenceNet
+from rnnc.sklearn import _network
+from rnnc.sklearn._network import CELLS, POOLINGS
 
 # Sequences per network call at inference: bounds the memory of predict on large X.
 _PREDICT_CHUNK = 1024
@@ -43,13 +45,13 @@ class _SequenceBase(BaseEstimator):
         _params.check_n_threads(self.n_threads)
 
     def _make_network(self, n_outputs, dropout, seed):
-        return SequenceNet(self.cell, self.input_size_, self.hidden_size, self.num_layers,
-                           self.bidirectional, dropout, self.pooling, n_outputs,
-                           _params.check_dtype(self.dtype), seed)
+        return _network.make_network(self.cell, self.input_size_, self.hidden_size,
+                                     self.num_layers, self.bidirectional, dropout, self.pooling,
+                                     n_outputs, _params.check_dtype(self.dtype), seed)
 
     def _read(self, X, reset):
         dtype = (_params.check_dtype(self.dtype) if reset or not hasattr(self, "network_")
-                 else self.network_.dtype)
+                 else self.network_[0].dtype)
         return _data.read_sequences(self, X, reset=reset, dtype=dtype)
 
     def _network_outputs(self, seqs, index=None):
@@ -64,8 +66,7 @@ class _SequenceBase(BaseEstimator):
         if was_training:
             net.train()
         if not parts:
-            return np.empty((0, net.head.out_features if net.head is not None
-                             else net.n_features), dtype=net.dtype)
+            return np.empty((0, _network.n_outputs(net)), dtype=net[0].dtype)
         return np.concatenate(parts, axis=0)
 
     def __sklearn_tags__(self):
@@ -103,8 +104,9 @@ _SHARED_PARAMS_DOC = """\
     pooling : {"last", "mean", "max"}, default "last"
         One feature vector per sequence, from the last layer: "last" is the final hidden
         state of every direction (the forward direction's at the sequence's own last step,
-        the reverse direction's at its first); "mean" and "max" are over each sequence's own
-        steps (padding never counts). Features: hidden_size * (2 if bidirectional else 1)."""
+        the reverse direction's at its first: ``rnnc.Pool("state")``); "mean" and "max" are
+        over each sequence's own steps (padding never counts; ``rnnc.Pool("mean")``,
+        ``rnnc.Pool("max")``). Features: hidden_size * (2 if bidirectional else 1)."""
 
 _INPUT_DOC = """\
     Notes
@@ -236,6 +238,7 @@ class _SupervisedSequenceBase(_SequenceBase):
         return self
 
     def _make_optimizer(self):
+        # Over every layer of the Sequential, under its names ("0.weight_ih_l0", "2.weight").
         if self.solver == "adam":
             return optim.Adam(self.network_, lr=self.learning_rate_init)
         return optim.SGD(self.network_, lr=self.learning_rate_init, momentum=self.momentum)
@@ -257,13 +260,16 @@ class _SupervisedSequenceBase(_SequenceBase):
             self.best_loss_ = None
             best_state = net.state_dict()
         else:
-            train, val = np.arange(n), None
+            train, val = None, None
             if self.best_loss_ is None:
                 self.best_loss_ = np.inf
         if not incremental:
             self._no_improvement_count = 0
-        batch_size = (min(_AUTO_BATCH, len(train)) if self.batch_size == "auto"
-                      else min(self.batch_size, len(train)))
+        data, data_targets = (seqs, targets) if train is None else \
+            (seqs.subset(train), targets[train])
+        n_train = data.n_samples
+        batch_size = (min(_AUTO_BATCH, n_train) if self.batch_size == "auto"
+                      else min(self.batch_size, n_train))
         epochs = 1 if incremental else self.max_iter
         progress = _Progress(self.verbose, epochs, type(self).__name__)
         stopped = False
@@ -271,22 +277,21 @@ class _SupervisedSequenceBase(_SequenceBase):
         try:
             for _ in range(epochs):
                 total = 0.0
-                rng = self._random_state if self.shuffle else None
-                for rows in _data.batch_indices(len(train), batch_size, rng):
-                    index = train[rows]
-                    x, lengths = seqs.take(index)
-                    net.zero_grad()
-                    loss, grad = self._loss(net(x, lengths), targets[index])
+                seed = (int(self._random_state.randint(np.iinfo(np.int32).max))
+                        if self.shuffle else None)
+                for x, lengths, batch_targets in data.batches(data_targets, batch_size, seed):
+                    self._optimizer.zero_grad()
+                    loss, grad = self._loss(net(x, lengths), batch_targets)
                     net.backward(grad)
                     if self.alpha:
-                        loss += self._add_l2(net, len(index))
+                        loss += self._add_l2(net, len(batch_targets))
                     if self.clip is not None:
-                        optim.clip_grad_norm(net, self.clip)
+                        optim.clip_grad_norm(net, self.clip)     # one norm, all layers
                     self._optimizer.step()
-                    total += loss * len(index)
+                    total += loss * len(batch_targets)
                 self.n_iter_ += 1
-                self.t_ += len(train)
-                self.loss_ = total / len(train)
+                self.t_ += n_train
+                self.loss_ = total / n_train
                 self.loss_curve_.append(self.loss_)
                 score = None
                 if early_stopping:
@@ -317,7 +322,7 @@ class _SupervisedSequenceBase(_SequenceBase):
             stopped = True
         finally:
             progress.close()
-            net.release()
+            _network.release(net)
         if not incremental and not stopped:
             # stacklevel: the caller of fit (fit -> _fit -> _run_epochs).
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
@@ -332,7 +337,7 @@ class _SupervisedSequenceBase(_SequenceBase):
         the term added to the loss."""
         grads, penalty = net.grads, 0.0
         for name, w in net.named_parameters():
-            if ".weight" in name:       # rnn.weight_ih_l0, rnn.weight_hh_l0, head.weight
+            if name.split(".")[-1].startswith("weight"):  # 0.weight_ih_l0, 2.weight, ...
                 grads[name] += w * w.dtype.type(self.alpha / batch_n)
                 penalty += float(np.sum(np.square(w, dtype=np.float64)))
         return 0.5 * self.alpha * penalty / batch_n
@@ -442,10 +447,14 @@ _TRAINED_ATTRS_DOC = """\
         Features per step (I) the network takes.
     n_outputs_ : int
         Outputs of the network's head.
-    network_ : object
-        The fitted network: rnnc recurrent layers (``network_.rnn``), the pooling and a
-        ``rnnc.Linear`` head (``network_.head``); ``network_.state_dict()`` gives the
-        parameters under ``rnn.<PyTorch name>`` and ``head.weight`` / ``head.bias``.
+    network_ : rnnc.Sequential
+        The fitted network, ``Sequential(rnn, Pool, Linear)``: the recurrent layers
+        (``network_[0]``, an ``rnnc.LSTM``, ``GRU`` or ``RNN``), the pooling
+        (``rnnc.Pool``: mode "state" for pooling="last", else "mean" / "max") and the
+        ``rnnc.Linear`` head (``network_[2]``). ``network_.state_dict()`` gives the
+        parameters under torch.nn.Sequential's names (``0.weight_ih_l0``, ``2.weight``);
+        ``rnnc.save(network_, path)`` / ``rnnc.load(path)`` keep it in a safetensors file.
+        It runs time-major: ``network_(x, lengths)`` with x (T, n, I).
     loss_ : float
         The last epoch's mean training loss.
     loss_curve_ : list of float
@@ -610,7 +619,7 @@ class SequenceRegressor(RegressorMixin, _SupervisedSequenceBase):
                              f"was fitted with {self.n_outputs_}")
         if first or not incremental:
             self._y_ndim = y.ndim         # predict returns the shape y had in the last fit
-        return np.ascontiguousarray(targets, dtype=self.network_.dtype if not first else
+        return np.ascontiguousarray(targets, dtype=self.network_[0].dtype if not first else
                                     _params.check_dtype(self.dtype))
 
     def _loss(self, pred, targets):
@@ -656,8 +665,9 @@ class SequenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _Sequen
     ----------
     n_features_in_, feature_names_in_, input_size_ :
         As for ``SequenceClassifier`` (see the Notes).
-    network_ : object
-        The (untrained) network: ``network_.rnn`` and the pooling.
+    network_ : rnnc.Sequential
+        The (untrained) network, ``Sequential(rnn, Pool)``: as for ``SequenceClassifier``,
+        without the head.
 
 {_INPUT_DOC}
 
@@ -699,7 +709,7 @@ class SequenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _Sequen
 
     @property
     def _n_features_out(self):
-        return self.network_.n_features
+        return _network.n_features(self.network_[0])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
