@@ -62,6 +62,9 @@ class Bidirectional:
         if layer.bidirectional:
             raise ValueError("layer must be unidirectional (bidirectional=False): the wrapper "
                              "adds the backward direction itself")
+        if layer.reverse:
+            raise ValueError("layer must run forwards (reverse=False): the wrapper adds the "
+                             "reverse direction itself")
         self.merge_mode = check_choice(merge_mode, "merge_mode", MERGE_MODES)
         self.forward_layer = layer
         if backward_layer is None:

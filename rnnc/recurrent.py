@@ -16,6 +16,7 @@ from rnnc._validation import (as_real_array, check_bool, check_choice, check_len
 
 class _RNNBase(Module):
     mode = None                         # "RNN" | "GRU" | "LSTM"
+    reverse = False                     # (a class default too: modules pickled before it)
     # The backend: inference forward, training forward (returns a cache) and backward.
     _run_stack = staticmethod(_stack.run_stack)
     _run_stack_train = staticmethod(_stack.run_stack_train)
@@ -23,7 +24,7 @@ class _RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, proj_size=0, nonlinearity="tanh",
-                 reset_after=True, dtype=np.float32, seed=None, init="pytorch"):
+                 reset_after=True, reverse=False, dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(dtype, seed, init)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
@@ -41,6 +42,10 @@ class _RNNBase(Module):
         self.bias = check_bool(bias, "bias")
         self.batch_first = check_bool(batch_first, "batch_first")
         self.bidirectional = check_bool(bidirectional, "bidirectional")
+        self.reverse = check_bool(reverse, "reverse")
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True runs the one direction of a unidirectional layer "
+                             "backwards; with bidirectional=True both directions run already")
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
         self.reset_after = check_bool(reset_after, "reset_after")
         G = GATES[self.mode]
@@ -94,6 +99,8 @@ class _RNNBase(Module):
             cfg["reset_after"] = self.reset_after
         if self.mode == "LSTM":
             cfg["proj_size"] = self.proj_size
+        if self.reverse:
+            cfg["reverse"] = True
         return cfg
 
     def __repr__(self):
@@ -101,7 +108,7 @@ class _RNNBase(Module):
         args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
         defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
                         bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
-                        init="pytorch")
+                        reverse=False, init="pytorch")
         cfg["dtype"] = cfg["dtype"].name
         args += [f"{k}={v!r}" for k, v in cfg.items() if k == "dtype" or defaults.get(k) != v]
         return f"{type(self).__name__}({', '.join(args)})"
@@ -109,7 +116,7 @@ class _RNNBase(Module):
     def __call__(self, x, hx=None, lengths=None):
         """Run the layer; see the class docstring. Returns (output, h_n) or, for LSTM,
         (output, (h_n, c_n))."""
-        return self._forward(x, hx, lengths, reverse_all=False)
+        return self._forward(x, hx, lengths, reverse_all=self.reverse)
 
     def _forward(self, x, hx, lengths, reverse_all):
         if isinstance(x, np.ndarray) and x.ndim == 3:   # before a conversion copies it
@@ -298,6 +305,13 @@ _DOC = """{summary}
         drawn from the module's generator, reproducible with ``seed``). Off in inference.
     bidirectional : bool, default False
         PyTorch's stacked form: each layer sees both directions of the layer below.
+    reverse : bool, default False (keyword-only)
+        A unidirectional layer that runs backwards (ONNX's ``direction="reverse"``): every
+        layer of the stack starts at each sequence's own last step and ends at step 0, as
+        the reverse direction of a bidirectional layer does; ``output[t]`` stays aligned with
+        ``input[t]`` (Keras' ``go_backwards=True`` instead returns the outputs in reversed
+        order) and ``h_n`` is the state after step 0. Not with ``bidirectional``; a reverse
+        layer cannot ``stream()`` (it needs the whole sequence first).
     dtype : float32 or float64, default float32
     seed : int or None
         Seeds the parameter initialisation and the dropout masks. None: a seed from rnnc's
@@ -335,11 +349,11 @@ class RNN(_RNNBase):
     mode = "RNN"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
-                 seed=None, init="pytorch"):
+                 batch_first=False, dropout=0.0, bidirectional=False, *, reverse=False,
+                 dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, nonlinearity=nonlinearity, dtype=dtype, seed=seed,
-                         init=init)
+                         bidirectional, nonlinearity=nonlinearity, reverse=reverse, dtype=dtype,
+                         seed=seed, init=init)
 
 
 class GRU(_RNNBase):
@@ -355,11 +369,11 @@ class GRU(_RNNBase):
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, reset_after=True, dtype=np.float32,
-                 seed=None, init="pytorch"):
+                 dropout=0.0, bidirectional=False, *, reset_after=True, reverse=False,
+                 dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, reset_after=reset_after, dtype=dtype, seed=seed,
-                         init=init)
+                         bidirectional, reset_after=reset_after, reverse=reverse, dtype=dtype,
+                         seed=seed, init=init)
 
 
 class LSTM(_RNNBase):
@@ -375,7 +389,8 @@ class LSTM(_RNNBase):
     mode = "LSTM"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None,
-                 init="pytorch"):
+                 dropout=0.0, bidirectional=False, proj_size=0, *, reverse=False,
+                 dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size=proj_size, dtype=dtype, seed=seed, init=init)
+                         bidirectional, proj_size=proj_size, reverse=reverse, dtype=dtype,
+                         seed=seed, init=init)

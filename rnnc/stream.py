@@ -93,6 +93,10 @@ class Stream(StreamKernel):
             raise ValueError(f"stream() needs a unidirectional layer, got bidirectional=True: "
                              f"the reverse direction of {type(module).__name__} starts from "
                              "the last step of the sequence, which a stream has not seen yet")
+        if getattr(module, "reverse", False):
+            raise ValueError(f"stream() needs a layer that runs forwards, got reverse=True: "
+                             f"{type(module).__name__} would start from the last step of the "
+                             "sequence, which a stream has not seen yet")
         unbatched = batch_size is None
         B = 1 if unbatched else check_size(batch_size, "batch_size", minimum=0)
         dtype = module.dtype

@@ -76,6 +76,8 @@ EXPORT_CONFIGS = [
     ("LSTM", {"batch_first": True}), ("GRU", {"num_layers": 2, "batch_first": True,
                                               "bidirectional": True}),
     ("RNN", {"bias": False}), ("LSTM", {"bias": False, "num_layers": 2, "bidirectional": True}),
+    ("RNN", {"reverse": True}), ("GRU", {"reverse": True, "num_layers": 2}),
+    ("LSTM", {"reverse": True, "batch_first": True}),
 ]
 
 
@@ -251,12 +253,10 @@ BACKEND_PASS = ["test_gru_defaults", "test_gru_with_initial_bias", "test_gru_seq
                 "test_lstm_with_initial_bias", "test_lstm_batchwise", "test_lstm_bidirectional",
                 "test_simple_rnn_defaults", "test_simple_rnn_with_initial_bias",
                 "test_rnn_seq_length", "test_simple_rnn_batchwise",
-                "test_simple_rnn_bidirectional"]
+                "test_simple_rnn_bidirectional", "test_gru_reverse", "test_lstm_reverse",
+                "test_simple_rnn_reverse"]
 # Cell options rnnc's kernels do not have yet (issue 17, item 1).
 BACKEND_REFUSED = {
-    "test_gru_reverse": "GRU attribute 'direction' value 'reverse'",
-    "test_lstm_reverse": "LSTM attribute 'direction' value 'reverse'",
-    "test_simple_rnn_reverse": "RNN attribute 'direction' value 'reverse'",
     "test_lstm_with_peepholes": r"LSTM input 'P' \(peepholes\) is not supported by rnnc yet",
 }
 
@@ -305,7 +305,8 @@ def _node_model(rng, op, dtype, weights_as_inputs, relu=False, ragged=False, lay
     layout = int(rng.integers(2)) if layout is None else layout
     attributes = {"hidden_size": H}
     if bidirectional or rng.integers(2):
-        attributes["direction"] = "bidirectional" if bidirectional else "forward"
+        attributes["direction"] = "bidirectional" if bidirectional else \
+            str(rng.choice(["forward", "reverse"]))
     if layout or rng.integers(2):
         attributes["layout"] = layout
     if op == "GRU" and rng.integers(3):
@@ -402,7 +403,6 @@ def _single_node(op, **attributes):
                                           "['Relu'] is not supported by rnnc yet"),
     ("GRU", {"activations": ["HardSigmoid", "Tanh"]}, "GRU attribute 'activations' other than"),
     ("RNN", {"activation_alpha": [0.5]}, "RNN attribute 'activation_alpha' is not supported"),
-    ("RNN", {"direction": "reverse"}, "RNN attribute 'direction' value 'reverse'"),
     ("RNN", {"direction": "bidirectional", "activations": ["Relu", "Tanh"]},
      "with different functions per direction is not supported by rnnc yet"),
     ("GRU", {"peephole": 1}, "GRU attribute 'peephole' is not an ONNX GRU attribute"),

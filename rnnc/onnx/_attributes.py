@@ -2,7 +2,7 @@
 
 Every ONNX attribute and optional input of the three operators has one entry here, saying which
 rnnc constructor argument it sets or that rnnc does not support its value yet. The cell options
-of issue 17 (peepholes, clip, input_forget, activation lists, reverse-only layers) join by
+of issue 17 still missing (peepholes, clip, input_forget, activation lists) join by
 replacing their ``_unsupported`` entries, in this file only.
 """
 import numpy as np
@@ -45,8 +45,8 @@ def _direction(op, value, spec):
     elif value == "bidirectional":
         spec["bidirectional"] = True
     elif value == "reverse":
-        _unsupported(op, "direction", value, "value 'reverse' (a reverse-only layer) is not "
-                     "supported by rnnc yet", show_value=False)
+        spec["bidirectional"] = False
+        spec["reverse"] = True
     else:
         raise ValueError(f"{op} attribute 'direction' must be 'forward', 'reverse' or "
                          f"'bidirectional', got {value!r}")
@@ -130,14 +130,15 @@ def node_spec(op, attributes, inputs):
 
     Returns
     -------
-    dict with mode, hidden_size, bidirectional, layout, nonlinearity, reset_after (GRU; ONNX's
+    dict with mode, hidden_size, bidirectional, reverse (direction "reverse"), layout, nonlinearity, reset_after (GRU; ONNX's
     default linear_before_reset=0 is reset_after=False).
 
     Raises
     ------
     NotSupportedError naming the attribute or input and its value when rnnc cannot run it.
     """
-    spec = {"mode": op, "bidirectional": False, "layout": 0, "nonlinearity": "tanh"}
+    spec = {"mode": op, "bidirectional": False, "reverse": False, "layout": 0,
+            "nonlinearity": "tanh"}
     if op == "GRU":
         spec["reset_after"] = False
     table = ATTRIBUTES[op]

@@ -1,6 +1,6 @@
 """rnnc module -> ONNX graph of native RNN / GRU / LSTM nodes, one per layer.
 
-Each layer becomes one ONNX node (direction "forward" or "bidirectional") whose weights are
+Each layer becomes one ONNX node (direction "forward", "reverse" or "bidirectional") whose weights are
 initializers with the gates reordered to ONNX's order; Transpose / Squeeze / Reshape glue turns
 ONNX's Y (T, D, B, H) into the next layer's input (T, B, D*H) and the graph's output into rnnc's
 layout, and Concat gathers the per-layer final states into rnnc's (D*L, B, H).
@@ -126,7 +126,8 @@ def export(module, path=None, *, opset=None, initial_state=False, lengths=False)
 
     x = g.node("Transpose", ["input"], perm=[1, 0, 2]) if module.batch_first else "input"
     h_parts, c_parts = [], []
-    attributes = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
+    attributes = {"hidden_size": H, "direction": "bidirectional" if D == 2
+                  else "reverse" if module.reverse else "forward"}
     if mode == "RNN" and module.nonlinearity == "relu":
         attributes["activations"] = ["Relu"] * D
     if mode == "GRU":

@@ -40,7 +40,8 @@ def _module_from_weights(spec, W, R, B, dtype, where):
     # A fixed seed: the drawn values are overwritten, and rnnc's global seed sequence is left
     # as the user's script set it.
     module = _CLASSES[mode](W.shape[2], H, bias=B is not None,
-                            bidirectional=spec["bidirectional"], dtype=dtype, seed=0, **kwargs)
+                            bidirectional=spec["bidirectional"], reverse=spec["reverse"],
+                            dtype=dtype, seed=0, **kwargs)
     order, sd = TORCH_FROM_ONNX[mode], {}
     for d, sfx in enumerate(("", "_reverse")[:D]):
         sd[f"weight_ih_l0{sfx}"] = reorder_gates(W[d], mode, order, axis=0)
@@ -252,7 +253,7 @@ class Session:
         module = _CLASSES[first["mode"]](
             layers[0].input_size, first["hidden_size"], num_layers=len(layers), bias=bias,
             batch_first=batch_first, bidirectional=first["bidirectional"],
-            dtype=layers[0].dtype, seed=0, **kwargs)
+            reverse=first["reverse"], dtype=layers[0].dtype, seed=0, **kwargs)
         sd = {}
         for k, layer in enumerate(layers):
             for key, value in layer.state_dict().items():
