@@ -130,8 +130,8 @@ def node_spec(op, attributes, inputs):
 
     Returns
     -------
-    dict with mode, hidden_size, bidirectional, reverse (direction "reverse"), layout, nonlinearity, reset_after (GRU; ONNX's
-    default linear_before_reset=0 is reset_after=False).
+    dict with mode, hidden_size, bidirectional, reverse (direction "reverse"), layout,
+    nonlinearity, reset_after (GRU; ONNX's default linear_before_reset=0 is reset_after=False).
 
     Raises
     ------
