@@ -3,7 +3,8 @@
 Each layer becomes one ONNX node (direction "forward", "reverse" or "bidirectional") whose
 weights are initializers with the gates reordered to ONNX's order; Transpose / Squeeze /
 Reshape glue turns ONNX's Y (T, D, B, H) into the next layer's input (T, B, D*H) and the
-graph's output into rnnc's layout, and Concat gathers the per-layer final states into rnnc's (D*L, B, H).
+graph's output into rnnc's layout, and Concat gathers the per-layer final states into rnnc's
+(D*L, B, H).
 """
 import numpy as np
 import onnx
