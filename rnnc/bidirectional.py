@@ -119,6 +119,8 @@ class Bidirectional:
         mode = check_bool(mode, "mode")
         self.forward_layer.train(mode)
         self.backward_layer.train(mode)
+        if not mode:
+            self._outputs = None        # as the layers drop their caches
         return self
 
     def eval(self):
@@ -179,6 +181,7 @@ class Bidirectional:
             raise RuntimeError("Bidirectional.backward needs a call in training mode first "
                                "(call .train(), then the module), and runs once per call")
         g_f, g_b = self._split_grad(grad_output)
+        self._outputs = None            # "mul": read by _split_grad, not kept past backward
         if grad_h_n is None:
             gh_f = gh_b = None
         elif isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:

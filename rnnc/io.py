@@ -173,7 +173,12 @@ def build(d, where="module"):
     children = d.get("children")
     try:
         if children is None:
-            module = cls(**config)
+            # A fixed seed: the values drawn are overwritten by the file's, and rnnc's global
+            # seed sequence (rnnc.manual_seed) stays where the user's script left it.
+            import inspect
+            takes_seed = "seed" in inspect.signature(cls).parameters
+            module = cls(**config, **({"seed": 0} if takes_seed and "seed" not in config
+                                      else {}))
         else:
             if isinstance(children, dict):
                 parts = {k: build(c, f"{where}.{k}") for k, c in children.items()}
@@ -187,9 +192,21 @@ def build(d, where="module"):
             raise
         raise ValueError(f"{where}: cannot build {d['class']} from the file's configuration "
                          f"{config}: {exc}") from exc
-    if d.get("training", False):
-        module.train()
+    _set_training(module, d)
     return module
+
+
+def _set_training(module, d):
+    """Give `module` and its children the training flags of their descriptions: the container
+    first, as train() on a container sets every child."""
+    module.train(bool(d.get("training", False)))
+    children = d.get("children")
+    if children is not None:
+        parts = _children(module)
+        pairs = ([(parts[k], c) for k, c in children.items()] if isinstance(parts, dict)
+                 else zip(parts, children))
+        for part, c in pairs:
+            _set_training(part, c)
 
 
 def _build_container(cls, config, parts):

@@ -606,7 +606,7 @@ def clip_grad_norm(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False
         return 0.0
     if math.isinf(norm_type):
         norms = [float(np.max(np.abs(g))) if g.size else 0.0 for g in grads]
-        total = max(norms)
+        total = float(np.max(norms))        # NaN-propagating, unlike max()
     else:
         norms = [np.linalg.norm(np.ravel(g).astype(np.float64), ord=norm_type) for g in grads]
         total = float(np.linalg.norm(np.array(norms), ord=norm_type))

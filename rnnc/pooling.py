@@ -114,7 +114,7 @@ class Pool:
         return state
 
     # -- forward ------------------------------------------------------------------------------
-    def __call__(self, x, lengths=None, *, state=None):
+    def __call__(self, x=None, lengths=None, *, state=None):
         """Pool ``x`` (or read ``state``); see the class docstring. Returns (B, F) or (F,)."""
         return self._forward(x, lengths, state, self.batch_first)
 
@@ -215,7 +215,8 @@ class Pool:
         if self.mode == "state":
             D = c["state_shape"][0]
             B = g.shape[0]
-            dstate = np.ascontiguousarray(g.reshape(B, D, -1).transpose(1, 0, 2))
+            dstate = np.ascontiguousarray(
+                g.reshape(B, D, c["state_shape"][-1]).transpose(1, 0, 2))
             return None, (dstate[:, 0] if c["unbatched"] else dstate), {}
         dx = np.zeros(c["x_shape"], dtype=c["dtype"])
         # The time-major view of dx, written in place (dx stays in the input's layout).

@@ -224,6 +224,11 @@ class Sequential:
             if not callable(layer) or not hasattr(layer, "state_dict"):
                 raise TypeError(f"layer {i} must be an rnnc module (callable, with "
                                 f"state_dict()), got {type(layer).__name__}")
+            first = next(j for j, other in enumerate(layers) if other is layer)
+            if first != i:
+                raise ValueError(f"layer {i} is the same object as layer {first}: a layer keeps "
+                                 "one call's record for its backward, so it cannot appear twice; "
+                                 "use copy.deepcopy(layer) for a second layer")
             if isinstance(layer, Bidirectional) and layer.merge_mode is None \
                     and i != n - 1 and not _is_state_pool(layers[i + 1]):
                 raise ValueError(f"layer {i}: a Bidirectional with merge_mode=None returns a "

@@ -284,3 +284,28 @@ def test_pickle_after_a_training_forward_is_as_small_as_before(name, rng):
     out2 = copied(x)
     first = out2[0] if isinstance(out2, tuple) else out2
     copied.backward(np.ones_like(first))
+
+
+def test_each_module_loads_with_its_own_training_flag(st, tmp_path):
+    s = rnnc.Sequential(rnnc.LSTM(3, 4, num_layers=2, dropout=0.5, seed=0), rnnc.Pool("mean"),
+                        rnnc.Linear(4, 2, seed=1))
+    s.train()
+    s[0].eval()                     # fine-tuning the head only: dropout off in the LSTM
+    b = rnnc.Bidirectional(rnnc.GRU(3, 4, seed=0))
+    b.backward_layer.eval()
+    b.forward_layer.train()
+    rnnc.save(s, tmp_path / "s.safetensors")
+    rnnc.save(b, tmp_path / "b.safetensors")
+    s2, b2 = rnnc.load(tmp_path / "s.safetensors"), rnnc.load(tmp_path / "b.safetensors")
+    assert [layer.training for layer in s2] == [False, True, True]
+    assert (b2.forward_layer.training, b2.backward_layer.training) == (True, False)
+
+
+def test_loading_leaves_the_global_seed_sequence_alone(st, tmp_path):
+    rnnc.save(rnnc.LSTM(3, 4, seed=5), tmp_path / "m.safetensors")
+    rnnc.manual_seed(0)
+    a = rnnc.GRU(3, 4)
+    rnnc.manual_seed(0)
+    rnnc.load(tmp_path / "m.safetensors")
+    b = rnnc.GRU(3, 4)
+    np.testing.assert_array_equal(a.weight_hh_l0, b.weight_hh_l0)

@@ -278,3 +278,12 @@ def test_optimizer_needs_a_module():
         optim.SGD([np.zeros(3)], lr=0.1)
     with pytest.raises(TypeError, match="module"):
         optim.Adam(object())
+
+
+def test_clip_grad_norm_inf_sees_a_nan_in_any_gradient():
+    a, b = Fake(), Fake()
+    a.grads = {"weight": np.ones((3, 4)), "bias": np.full(3, 0.1)}
+    b.grads = {"weight": np.full((3, 4), 4.0), "bias": np.array([np.nan, 0.0, 0.0])}
+    with pytest.raises(RuntimeError, match="error_if_nonfinite"):
+        optim.clip_grad_norm([a, b], 1.0, norm_type=float("inf"), error_if_nonfinite=True)
+    assert np.isnan(optim.clip_grad_norm([a, b], 1.0, norm_type=float("inf")))

@@ -372,3 +372,28 @@ def test_docstring_examples_run(module):
     import importlib
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- Review findings (2026-12-08) -------------------------------------------------------------
+def test_pool_state_backward_with_an_empty_batch():
+    p = rnnc.Pool("state").train()
+    out = p(state=np.zeros((2, 0, 4)))
+    assert out.shape == (0, 8)
+    _, dstate, _ = p.backward(np.zeros((0, 8)))
+    assert dstate.shape == (2, 0, 4)
+
+
+def test_bidirectional_mul_drops_its_outputs_after_backward_and_eval():
+    b = rnnc.Bidirectional(rnnc.GRU(3, 4, seed=0), merge_mode="mul").train()
+    out, _ = b(np.ones((5, 2, 3), np.float32))
+    b.backward(np.ones_like(out))
+    assert b._outputs is None
+    b(np.ones((5, 2, 3), np.float32))
+    b.eval()
+    assert b._outputs is None
+
+
+def test_a_layer_cannot_appear_twice_in_a_sequential():
+    lin = rnnc.Linear(3, 3, seed=0)
+    with pytest.raises(ValueError, match="layer 1 is the same object as layer 0"):
+        rnnc.Sequential(lin, lin)

@@ -250,6 +250,20 @@ def test_ragged_predictions_do_not_depend_on_the_rest_of_the_batch():
         np.testing.assert_allclose(together, alone, rtol=1e-12, atol=1e-14)
 
 
+def test_a_1d_object_array_of_sequences_reads_as_the_list():
+    rng = np.random.default_rng(1)
+    X = ragged(rng, 20, features=2)
+    y = rng.integers(0, 2, size=20)
+    clf = SequenceClassifier(hidden_size=4, max_iter=2, dtype="float64", random_state=0).fit(X, y)
+    objects = np.empty(len(X), dtype=object)
+    objects[:] = X
+    np.testing.assert_array_equal(clf.predict_proba(objects), clf.predict_proba(X))
+    same = np.empty(3, dtype=object)
+    same[:] = [x[:4] for x in X[:3]]                    # equal lengths: stacked as 3-D
+    np.testing.assert_array_equal(clf.predict_proba(same),
+                                  clf.predict_proba(np.stack([x[:4] for x in X[:3]])))
+
+
 def test_univariate_ragged_lists_are_read_as_one_feature_per_step():
     X = [np.arange(3.0), np.arange(5.0), np.arange(2.0)]
     enc = SequenceEncoder(hidden_size=3, random_state=0, dtype="float64").fit(X)
@@ -614,7 +628,12 @@ def _threads_scorer(estimator, X, y):
 
 
 @QUIET
-def test_grid_search_in_two_processes_without_oversubscription():
+def test_grid_search_in_two_processes_without_oversubscription(monkeypatch, tmp_path):
+    # joblib's worker processes start with `python -m`, which puts the working directory first
+    # on sys.path: from rnnc's source folder (CI runs the tests there against an installed
+    # rnnc) they would import the sources, without the compiled kernels. As -P for them:
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")
+    monkeypatch.chdir(tmp_path)
     digits = load_digits()
     X, y = digits.images[:240] / 16.0, digits.target[:240]
     search = GridSearchCV(

@@ -120,6 +120,8 @@ def read_sequences(estimator, X, *, reset, dtype):
     """
     _refuse_sparse(X)
     name = type(estimator).__name__
+    if isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 1:
+        X = list(X)     # a 1-D object array of sequences, the other common ragged container
     if _is_ragged_list(X):
         seqs = _read_ragged(X, estimator, dtype)
     else:
