@@ -2,7 +2,6 @@
 on a LocalCluster of two worker processes. Expected values come from direct calls of the module
 on the same rows at one thread (the tasks' thread count here)."""
 import contextlib
-import os
 import pickle
 import subprocess
 import sys
@@ -247,19 +246,8 @@ def test_import_rnnc_does_not_import_dask():
 # -- LocalCluster: two worker processes of one thread ------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    # Worker processes start with `python -c`, which puts the working directory first on
-    # sys.path: from rnnc's source folder (CI runs the tests there against an installed rnnc)
-    # they would import the sources, without the compiled kernels. As -P for them:
-    saved = os.environ.get("PYTHONSAFEPATH")
-    os.environ["PYTHONSAFEPATH"] = "1"
-    try:
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, timeout="20s")
-    finally:
-        if saved is None:
-            del os.environ["PYTHONSAFEPATH"]
-        else:
-            os.environ["PYTHONSAFEPATH"] = saved
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, timeout="20s")
     cl = distributed.Client(cluster, timeout="20s")
     try:
         yield cl

@@ -12,17 +12,13 @@ Plus the padding / zero-length / dtype / argument-checking contracts.
 """
 
 import itertools
-import pathlib
-import sys
 import warnings
 
 import numpy as np
 import pytest
 
-# Import the working tree's rnnc (installed in editable mode in the dev venv).
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from rnnc import reference as ref  # noqa: E402
-from rnnc.reference import backward as refb  # noqa: E402
+from rnnc import reference as ref
+from rnnc.reference import backward as refb
 
 # The oracle must be warning-free, including with NaN/inf padding.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")

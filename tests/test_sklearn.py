@@ -628,12 +628,7 @@ def _threads_scorer(estimator, X, y):
 
 
 @QUIET
-def test_grid_search_in_two_processes_without_oversubscription(monkeypatch, tmp_path):
-    # joblib's worker processes start with `python -m`, which puts the working directory first
-    # on sys.path: from rnnc's source folder (CI runs the tests there against an installed
-    # rnnc) they would import the sources, without the compiled kernels. As -P for them:
-    monkeypatch.setenv("PYTHONSAFEPATH", "1")
-    monkeypatch.chdir(tmp_path)
+def test_grid_search_in_two_processes_without_oversubscription():
     digits = load_digits()
     X, y = digits.images[:240] / 16.0, digits.target[:240]
     search = GridSearchCV(
