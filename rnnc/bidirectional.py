@@ -181,7 +181,6 @@ class Bidirectional:
             raise RuntimeError("Bidirectional.backward needs a call in training mode first "
                                "(call .train(), then the module), and runs once per call")
         g_f, g_b = self._split_grad(grad_output)
-        self._outputs = None            # "mul": read by _split_grad, not kept past backward
         if grad_h_n is None:
             gh_f = gh_b = None
         elif isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
@@ -192,6 +191,7 @@ class Bidirectional:
         # Check both halves before running either, so a rejected call changes nothing.
         checked_f = self.forward_layer._check_backward(g_f, gh_f)
         checked_b = self.backward_layer._check_backward(g_b, gh_b)
+        self._outputs = None            # "mul": read by _split_grad, not kept past backward
         dx_f, dhx_f, grads_f = self.forward_layer._run_backward(checked_f)
         dx_b, dhx_b, grads_b = self._run_backward_layer(checked_b)
         grads = {f"forward_layer.{k}": v for k, v in grads_f.items()}

@@ -53,6 +53,7 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                 # the saving block writes a file
     has_safetensors = importlib.util.find_spec("safetensors") is not None
     has_onnx = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    has_dask = all(importlib.util.find_spec(m) is not None for m in ("dask", "distributed"))
     ns = {}
     with warnings.catch_warnings():
         # No example hands probabilities to softmax_cross_entropy (it would warn).
@@ -61,6 +62,8 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
             if "rnnc.save(" in block and not has_safetensors:
                 continue
             if "rnnc.onnx" in block and not has_onnx:
+                continue
+            if "rnnc.dask" in block and not has_dask:
                 continue
             exec(compile(block, "README.md", "exec"), ns)
             if "head = rnnc.Linear(64, 10" in block:

@@ -393,6 +393,16 @@ def test_bidirectional_mul_drops_its_outputs_after_backward_and_eval():
     assert b._outputs is None
 
 
+def test_bidirectional_mul_backward_refused_then_accepted():
+    """A rejected backward (bad grad_h_n) changes nothing: the next one still runs."""
+    b = rnnc.Bidirectional(rnnc.RNN(1, 1, dtype=np.float64, seed=0), merge_mode="mul").train()
+    out, _ = b(np.ones((2, 3, 1)))
+    with pytest.raises(TypeError, match="grad_h_n"):
+        b.backward(np.ones_like(out), np.ones(3))
+    dx, _, _ = b.backward(np.ones_like(out))
+    assert dx.shape == (2, 3, 1) and b._outputs is None
+
+
 def test_a_layer_cannot_appear_twice_in_a_sequential():
     lin = rnnc.Linear(3, 3, seed=0)
     with pytest.raises(ValueError, match="layer 1 is the same object as layer 0"):
