@@ -39,6 +39,7 @@ MODULES = [
     "rnnc._kernels._parallel_forward",
     "rnnc._kernels._parallel_train",
     "rnnc._kernels._stream_kernel",
+    "rnnc._kernels._options_kernel",
 ]
 ONLY = [m for m in os.environ.get("RNNC_ONLY", "").split(",") if m]
 if ONLY:

@@ -115,7 +115,7 @@ class Module:
           So W_hh^T W_hh = I over all gates together, as in Keras (and as
           ``torch.nn.init.orthogonal_(weight_hh)``); one gate's block alone is not orthogonal.
           Gate order plays no part: the blocks come from one matrix.
-        - biases: zeros; for an LSTM Keras' unit forget bias, 1 in the forget-gate rows
+        - biases (and LSTM peepholes ``weight_p*``): zeros; for an LSTM Keras' unit forget bias, 1 in the forget-gate rows
           (``forget_gate``) of ``bias_ih*`` (Keras has one bias, rnnc PyTorch's two; the sum
           is what counts), ``bias_hh*`` all zero.
 
@@ -128,7 +128,7 @@ class Module:
                 a = self._rng.standard_normal(shape)
                 q, r = np.linalg.qr(a)
                 value = q * np.sign(np.diag(r))
-            elif name.startswith("weight"):
+            elif name.startswith("weight") and len(shape) == 2:
                 limit = math.sqrt(6.0 / (shape[0] + shape[1]))
                 value = self._rng.uniform(-limit, limit, size=shape)
             else:

@@ -7,16 +7,19 @@ import numbers
 
 import numpy as np
 
+from rnnc import _cell_options as _opts
 from rnnc._engine import stack as _stack
 from rnnc._engine.plan import GATES
 from rnnc._module import Module
-from rnnc._validation import (as_real_array, check_bool, check_choice, check_lengths,
+from rnnc._validation import (as_real_array, check_bool, check_lengths,
                               check_memory, check_shape, check_size, describe)
 
 
 class _RNNBase(Module):
     mode = None                         # "RNN" | "GRU" | "LSTM"
     reverse = False                     # (a class default too: modules pickled before it)
+    activation, recurrent_activation = "tanh", "sigmoid"     # cell options (ditto)
+    clip, input_forget, peepholes, _cell = None, False, False, None
     # The backend: inference forward, training forward (returns a cache) and backward.
     _run_stack = staticmethod(_stack.run_stack)
     _run_stack_train = staticmethod(_stack.run_stack_train)
@@ -24,7 +27,9 @@ class _RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, proj_size=0, nonlinearity="tanh",
-                 reset_after=True, reverse=False, dtype=np.float32, seed=None, init="pytorch"):
+                 reset_after=True, reverse=False, activation="tanh",
+                 recurrent_activation="sigmoid", clip=None, input_forget=False, peepholes=False,
+                 dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(dtype, seed, init)
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
@@ -46,17 +51,19 @@ class _RNNBase(Module):
         if self.reverse and self.bidirectional:
             raise ValueError("reverse=True runs the one direction of a unidirectional layer "
                              "backwards; with bidirectional=True both directions run already")
-        self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+        self._set_cell_options(nonlinearity, activation, recurrent_activation, clip,
+                               input_forget, peepholes)
         self.reset_after = check_bool(reset_after, "reset_after")
         G = GATES[self.mode]
         check_size(G * self.hidden_size, f"{G} * hidden_size")
         H, P, D = self.hidden_size, self.proj_size or self.hidden_size, self.num_directions
         L = self.num_layers
         per_input = G * H       # parameters per input feature of a layer, and the rest:
-        rest = G * H * P + 2 * G * H * self.bias + P * H * bool(self.proj_size)
+        rest = (G * H * P + 2 * G * H * self.bias + P * H * bool(self.proj_size)
+                + 3 * H * self.peepholes)
         self._check_parameter_memory(
             D * (per_input * (self.input_size + (L - 1) * D * P) + L * rest),
-            D * L * (2 + 2 * self.bias + bool(self.proj_size)))
+            D * L * (2 + 2 * self.bias + bool(self.proj_size) + self.peepholes))
         self._reset_parameters()
 
     def _reset_parameters(self):
@@ -76,8 +83,44 @@ class _RNNBase(Module):
                     shapes[f"bias_hh_l{k}{sfx}"] = (G * H,)
                 if self.proj_size:
                     shapes[f"weight_hr_l{k}{sfx}"] = (P, H)
+                if self.peepholes:
+                    shapes[f"weight_p_l{k}{sfx}"] = (3 * H,)
         forget = slice(H, 2 * H) if self.mode == "LSTM" else None     # gates i, f, g, o
         self._init_parameters(shapes, 1.0 / np.sqrt(H), forget_gate=forget)
+
+    def _set_cell_options(self, nonlinearity, activation, recurrent_activation, clip,
+                          input_forget, peepholes):
+        """Validate the cell options (rnnc/_cell_options.py) and keep them, each under its
+        shortest name, with the CellSpec the kernels take (None: PyTorch's cells)."""
+        if self.mode == "RNN":
+            act = _opts.parse_activation(nonlinearity, "nonlinearity")
+            self.nonlinearity = _opts.activation_label(act)
+            for name, value, default in (("activation", activation, "tanh"),
+                                         ("recurrent_activation", recurrent_activation,
+                                          "sigmoid")):
+                if value != default:
+                    raise ValueError(f"{name} is a GRU and LSTM option; an RNN's activation is "
+                                     f"nonlinearity=, got {name}={value!r}")
+            rec = cand = None
+        else:
+            if nonlinearity != "tanh":
+                raise ValueError(f"nonlinearity is an RNN option; {self.mode} takes activation="
+                                 f" and recurrent_activation=, got nonlinearity={nonlinearity!r}")
+            self.nonlinearity = "tanh"
+            act = None
+            cand = _opts.parse_activation(activation, "activation")
+            rec = _opts.parse_activation(recurrent_activation, "recurrent_activation")
+            self.activation = _opts.activation_label(cand)
+            self.recurrent_activation = _opts.activation_label(rec)
+        self.clip = _opts.check_clip(clip)
+        for name, value in (("input_forget", input_forget), ("peepholes", peepholes)):
+            check_bool(value, name)
+            if value and self.mode != "LSTM":
+                raise ValueError(f"{name} is an LSTM option, got {name}=True for {self.mode}")
+        self.input_forget = bool(input_forget)
+        self.peepholes = bool(peepholes)
+        self._cell = _opts.cell_spec(self.mode, act, cand, rec, self.clip, self.input_forget,
+                                     self.peepholes)
 
     @property
     def num_directions(self):
@@ -101,6 +144,15 @@ class _RNNBase(Module):
             cfg["proj_size"] = self.proj_size
         if self.reverse:
             cfg["reverse"] = True
+        # The cell options, where not at their defaults (modules pickled before them have
+        # none: the class attributes below answer).
+        if self.mode != "RNN":
+            for name, default in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
+                if getattr(self, name) != default:
+                    cfg[name] = getattr(self, name)
+        for name, default in (("clip", None), ("input_forget", False), ("peepholes", False)):
+            if getattr(self, name) != default:
+                cfg[name] = getattr(self, name)
         return cfg
 
     def __repr__(self):
@@ -108,7 +160,9 @@ class _RNNBase(Module):
         args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
         defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
                         bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
-                        reverse=False, init="pytorch")
+                        reverse=False, init="pytorch", activation="tanh",
+                        recurrent_activation="sigmoid", clip=None, input_forget=False,
+                        peepholes=False)
         cfg["dtype"] = cfg["dtype"].name
         args += [f"{k}={v!r}" for k, v in cfg.items() if k == "dtype" or defaults.get(k) != v]
         return f"{type(self).__name__}({', '.join(args)})"
@@ -143,6 +197,8 @@ class _RNNBase(Module):
         opts = dict(num_layers=self.num_layers, bidirectional=self.bidirectional,
                     nonlinearity=self.nonlinearity, reset_after=self.reset_after,
                     proj_size=self.proj_size, reverse_all=reverse_all)
+        if self._cell is not None:
+            opts["cell"] = self._cell
         if self.training:
             # A snapshot of the parameter dict: backward uses the weights of this forward.
             out, h_n, c_n, cache = self._run_stack_train(
@@ -191,8 +247,8 @@ class _RNNBase(Module):
             raise NotImplementedError(f"{type(self).__module__}.{type(self).__name__} has no "
                                       "stream: streaming runs rnnc's compiled kernel; step the "
                                       "reference by calling it with T = 1 and the state")
-        from rnnc.stream import Stream
-        return Stream(self, batch_size)
+        from rnnc.stream import OptionsStream, Stream
+        return Stream(self, batch_size) if self._cell is None else OptionsStream(self, batch_size)
 
     def backward(self, grad_output, grad_h_n=None):
         """Backpropagation through time after a training-mode forward.
@@ -287,6 +343,30 @@ class _RNNBase(Module):
         return h0, c0
 
 
+_ACTIVATIONS_DOC = """activation, recurrent_activation : default 'tanh', 'sigmoid' (keyword-only)
+        Keras' names: the candidate's (and an LSTM's output's, h = o * activation(c))
+        activation, and the gates'. Any of 'tanh', 'sigmoid', 'relu', 'hard_sigmoid' (Keras 3:
+        relu6(x + 3) / 6), 'linear', 'softsign', 'elu', 'softplus', or ONNX's functions with
+        their parameters: 'Affine', 'LeakyRelu', 'ThresholdedRelu', 'ScaledTanh',
+        'HardSigmoid', 'Elu', 'Softsign', 'Softplus', e.g. ('LeakyRelu', 0.1) or
+        ('HardSigmoid', 0.2, 0.5).
+    """
+_CLIP_DOC = """clip : float or None, default None (keyword-only)
+        ONNX's cell clip: every pre-activation is clipped to [-clip, clip] before its
+        activation (an LSTM's cell state is not). Gradients are 0 where the clip cuts.
+    """
+_LSTM_DOC = """input_forget : bool, default False (keyword-only)
+        ONNX's coupled gates: the forget gate is 1 - i (its weights stay, unused).
+    peepholes : bool, default False (keyword-only)
+        Peephole connections (Gers & Schmidhuber; ONNX's P): parameters ``weight_p_l{k}``
+        (3 * hidden_size,) in the order (i, f, o) -- ONNX's P is (i, o, f) --; the previous
+        cell state joins the pre-activations of i and f, the new one that of o.
+    """
+_NOTE_DOC = """Cell options other than PyTorch's cells run on the options kernel
+        (rnnc/_kernels/_options_kernel.pyx): compiled, forward and backward, both dtypes,
+        its products on BLAS, without the threading strategies of PyTorch's cells.
+    """
+
 _DOC = """{summary}
 
     Mirrors ``torch.nn.{name}``: same constructor arguments, parameter names and shapes,
@@ -312,7 +392,7 @@ _DOC = """{summary}
         ``input[t]`` (Keras' ``go_backwards=True`` instead returns the outputs in reversed
         order) and ``h_n`` is the state after step 0. Not with ``bidirectional``; a reverse
         layer cannot ``stream()`` (it needs the whole sequence first).
-    dtype : float32 or float64, default float32
+    {options}dtype : float32 or float64, default float32
     seed : int or None
         Seeds the parameter initialisation and the dropout masks. None: a seed from rnnc's
         global sequence, which ``rnnc.manual_seed`` fixes (NumPy's global state is not used).
@@ -343,17 +423,19 @@ _DOC = """{summary}
 class RNN(_RNNBase):
     __doc__ = _DOC.format(
         summary="Elman RNN: h<t> = g(W_ih x<t> + b_ih + W_hh h<t-1> + b_hh), g = tanh or relu.",
-        name="RNN", forget="", extra="nonlinearity : 'tanh' or 'relu', default 'tanh'\n    ",
-        returns="(output (T, B, D*H), h_n (D*L, B, H))",
+        name="RNN", forget="", extra=("nonlinearity : activation, default 'tanh'\n        "
+                                      "'tanh' or 'relu' as in PyTorch; any other activation "
+                                      "of the cell options below.\n    "),
+        returns="(output (T, B, D*H), h_n (D*L, B, H))", options=_CLIP_DOC + _NOTE_DOC,
         example="out, h_n = m(x); out.shape, h_n.shape\n    ((5, 3, 16), (2, 3, 16))")
     mode = "RNN"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, reverse=False,
-                 dtype=np.float32, seed=None, init="pytorch"):
+                 clip=None, dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, nonlinearity=nonlinearity, reverse=reverse, dtype=dtype,
-                         seed=seed, init=init)
+                         bidirectional, nonlinearity=nonlinearity, reverse=reverse, clip=clip,
+                         dtype=dtype, seed=seed, init=init)
 
 
 class GRU(_RNNBase):
@@ -365,15 +447,18 @@ class GRU(_RNNBase):
                "form\n        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (ONNX "
                "default, Keras reset_after=False).\n    "),
         returns="(output (T, B, D*H), h_n (D*L, B, H))",
+        options=_ACTIVATIONS_DOC + _CLIP_DOC + _NOTE_DOC,
         example="out, h_n = m(x); out.shape\n    (5, 3, 16)")
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, reset_after=True, reverse=False,
+                 activation="tanh", recurrent_activation="sigmoid", clip=None,
                  dtype=np.float32, seed=None, init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, reset_after=reset_after, reverse=reverse, dtype=dtype,
-                         seed=seed, init=init)
+                         bidirectional, reset_after=reset_after, reverse=reverse,
+                         activation=activation, recurrent_activation=recurrent_activation,
+                         clip=clip, dtype=dtype, seed=seed, init=init)
 
 
 class LSTM(_RNNBase):
@@ -385,12 +470,17 @@ class LSTM(_RNNBase):
         extra=("proj_size : int, default 0\n        If > 0, h = (o * tanh(c)) "
                "W_hr^T has proj_size features (c keeps hidden_size).\n    "),
         returns="(output (T, B, D*P), (h_n (D*L, B, P), c_n (D*L, B, H))), P = proj_size or H",
+        options=_ACTIVATIONS_DOC + _CLIP_DOC + _LSTM_DOC + _NOTE_DOC,
         example="out, (h_n, c_n) = m(x); out.shape, c_n.shape\n    ((5, 3, 16), (2, 3, 16))")
     mode = "LSTM"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, reverse=False,
-                 dtype=np.float32, seed=None, init="pytorch"):
+                 activation="tanh", recurrent_activation="sigmoid", clip=None,
+                 input_forget=False, peepholes=False, dtype=np.float32, seed=None,
+                 init="pytorch"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size=proj_size, reverse=reverse, dtype=dtype,
-                         seed=seed, init=init)
+                         bidirectional, proj_size=proj_size, reverse=reverse,
+                         activation=activation, recurrent_activation=recurrent_activation,
+                         clip=clip, input_forget=input_forget, peepholes=peepholes,
+                         dtype=dtype, seed=seed, init=init)

@@ -85,18 +85,8 @@ class Stream(StreamKernel):
     """
 
     def __init__(self, module, batch_size=1):
-        mode = getattr(module, "mode", None)
-        if mode not in GATES or not hasattr(module, "num_layers"):
-            raise TypeError(f"module must be an rnnc.RNN, GRU or LSTM layer, got "
-                            f"{type(module).__name__}")
-        if module.bidirectional:
-            raise ValueError(f"stream() needs a unidirectional layer, got bidirectional=True: "
-                             f"the reverse direction of {type(module).__name__} starts from "
-                             "the last step of the sequence, which a stream has not seen yet")
-        if getattr(module, "reverse", False):
-            raise ValueError(f"stream() needs a layer that runs forwards, got reverse=True: "
-                             f"{type(module).__name__} would start from the last step of the "
-                             "sequence, which a stream has not seen yet")
+        _check_streamable(module)
+        mode = module.mode
         unbatched = batch_size is None
         B = 1 if unbatched else check_size(batch_size, "batch_size", minimum=0)
         dtype = module.dtype
@@ -371,3 +361,103 @@ def _assign(state, value, unbatched):
         state[:, 0] = value
     else:
         state[...] = value
+
+
+class OptionsStream:
+    """The stream of a layer with cell options (rnnc/_cell_options.py): the same interface as
+    Stream -- ``step(x, out=None)``, ``state``, ``reset(hx=None)``, ``refresh()`` -- and the
+    same results as the layer's call, each step one call of the options kernel on a snapshot
+    of the weights (the compiled stream kernel computes PyTorch's cells only). Made by
+    ``layer.stream(batch_size)``."""
+
+    def __init__(self, module, batch_size=1):
+        _check_streamable(module)
+        self.module = module
+        self.batch_size = batch_size
+        unbatched = batch_size is None
+        B = 1 if unbatched else check_size(batch_size, "batch_size", minimum=0)
+        L, H = module.num_layers, module.hidden_size
+        P = module.proj_size or H
+        self._shape = (L, H, P, B, unbatched)
+        self._h = np.zeros((L, B, P), dtype=module.dtype)
+        self._c = np.zeros((L, B, H), dtype=module.dtype) if module.mode == "LSTM" else None
+        self.refresh()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.module!r}, batch_size={self.batch_size!r})"
+
+    @property
+    def state(self):
+        """As Stream.state."""
+        unbatched = self._shape[4]
+        h = self._h[:, 0].copy() if unbatched else self._h.copy()
+        if self._c is None:
+            return h
+        return h, (self._c[:, 0].copy() if unbatched else self._c.copy())
+
+    def step(self, x, out=None):
+        """As Stream.step."""
+        from rnnc._engine.stack import run_stack
+        m = self.module
+        L, H, P, B, unbatched = self._shape
+        x = as_real_array(x, "x", m.dtype)
+        check_shape(x, "x", (m.input_size,) if unbatched else (B, m.input_size))
+        if out is not None:
+            if not isinstance(out, np.ndarray) or out.dtype != m.dtype \
+                    or not out.flags.c_contiguous or not out.flags.writeable:
+                raise TypeError(f"out must be a writeable C-contiguous {m.dtype} array, got "
+                                f"{describe(out)}")
+            check_shape(out, "out", (P,) if unbatched else (B, P))
+        y, h, c = run_stack(m.mode, self._params, np.ascontiguousarray(x.reshape(1, B, m.input_size)),
+                            self._h, self._c, num_layers=L, nonlinearity=m.nonlinearity,
+                            reset_after=m.reset_after, proj_size=m.proj_size, cell=m._cell)
+        self._h[...] = h
+        if c is not None:
+            self._c[...] = c
+        y = y[0, 0] if unbatched else y[0]
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def reset(self, hx=None):
+        """As Stream.reset (its deprecated call forms aside)."""
+        L, H, P, B, unbatched = self._shape
+        lead = (L,) if unbatched else (L, B)
+        dtype, lstm = self._h.dtype, self._c is not None
+        h0 = c0 = None
+        if hx is not None and lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx for an LSTM stream must be None or a pair (h_0, c_0), as "
+                                f"the layer's hx, got {describe(hx)}")
+            h0 = as_real_array(hx[0], "h_0", dtype)
+            c0 = as_real_array(hx[1], "c_0", dtype)
+            check_shape(h0, "h_0", lead + (P,))
+            check_shape(c0, "c_0", lead + (H,))
+        elif hx is not None:
+            h0 = as_real_array(hx, "hx", dtype)
+            check_shape(h0, "hx", lead + (P,))
+        _assign(self._h, h0, unbatched)
+        if lstm:
+            _assign(self._c, c0, unbatched)
+        return self
+
+    def refresh(self):
+        """As Stream.refresh: a copy of the layer's current weights."""
+        self._params = {name: p.copy() for name, p in self.module.named_parameters()}
+        return self
+
+
+def _check_streamable(module):
+    mode = getattr(module, "mode", None)
+    if mode not in GATES or not hasattr(module, "num_layers"):
+        raise TypeError(f"module must be an rnnc.RNN, GRU or LSTM layer, got "
+                        f"{type(module).__name__}")
+    if module.bidirectional:
+        raise ValueError(f"stream() needs a unidirectional layer, got bidirectional=True: "
+                         f"the reverse direction of {type(module).__name__} starts from "
+                         "the last step of the sequence, which a stream has not seen yet")
+    if getattr(module, "reverse", False):
+        raise ValueError(f"stream() needs a layer that runs forwards, got reverse=True: "
+                         f"{type(module).__name__} would start from the last step of the "
+                         "sequence, which a stream has not seen yet")

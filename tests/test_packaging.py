@@ -10,7 +10,7 @@ import pytest
 import rnnc
 
 COMPILED = ["_blas", "_layer_job", "_rnn_kernel", "_gru_kernel", "_lstm_kernel", "_linear_kernel",
-            "_parallel_forward", "_parallel_train", "_stream_kernel"]
+            "_parallel_forward", "_parallel_train", "_stream_kernel", "_options_kernel"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -12,12 +12,13 @@ class _Kernels:
             _gru_kernel,
             _layer_job,
             _lstm_kernel,
+            _options_kernel,
             _parallel_forward,
             _parallel_train,
             _rnn_kernel,
         )
         for module in (_lstm_kernel, _gru_kernel, _rnn_kernel, _layer_job, _blas,
-                       _parallel_forward, _parallel_train):
+                       _parallel_forward, _parallel_train, _options_kernel):
             if hasattr(module, name):
                 value = getattr(module, name)
                 setattr(self, name, value)

@@ -21,6 +21,10 @@ Strategies (``LayerPlan.strategy``):
   on its rows with its own copy of the weights; they share nothing while the steps run.
 - ``PIPELINED``: one thread runs the steps while a pool worker projects the next chunk's
   inputs.
+- ``OPTIONS``: a layer with cell options beyond PyTorch's (activations, clip, peepholes,
+  coupled gates: rnnc/_cell_options.py) on the options kernel
+  (rnnc/_kernels/_options_kernel.pyx), structured as ``KERNEL`` with BLAS products; its two
+  directions may run concurrently. Only such layers take it, and they take nothing else.
 
 With two directions, ``directions_concurrent`` runs them on two threads instead (each then on
 one thread, or with four threads or more on half of them, which it may split between). At 2
@@ -45,6 +49,7 @@ from rnnc._engine.workspace import aligned_empty
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 KERNEL, FUSED, UNITS, ROWS, PIPELINED = "kernel", "fused", "units", "rows", "pipelined"
+OPTIONS = "options"
 
 # -- Thresholds (multiply-adds are those of the recurrent product unless said otherwise) -------
 CHUNK_ELEMENTS = 1 << 20            # elements of one chunk's input projection (inference)
@@ -99,6 +104,7 @@ class LayerPlan:
                                     # part one), at most rnnc's thread setting
     unit_bounds: tuple = ()         # UNITS: part p's hidden units are [b[p], b[p + 1])
     hold_blas: bool = False         # BLAS held at one thread for the layer (small products)
+    cell: tuple = None              # OPTIONS: the layer's CellSpec (rnnc/_cell_options.py)
 
     @property
     def gates(self):
@@ -172,15 +178,20 @@ def split_units(H, parts):
 
 
 def make_plan(mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch,
-              steps, dtype, training, frozen, threads=None, nonlinearity="tanh", trial=None):
+              steps, dtype, training, frozen, threads=None, nonlinearity="tanh", trial=None,
+              cell=None):
     """The plan of one layer: input_size is the layer's own (D * P above the first), steps the
     number of steps it runs (the longest length), threads rnnc's setting (None: the current
     one). Made once per problem and kept: a call of the same shape reuses it. trial: where
     strategies compete and RNNC_TUNE allows, the plan is the fastest candidate as timed by
     trial(plan, problem..., rng) -> callable (rnnc/_engine/stack.py, trial), unless a choice
-    is remembered; without trial, the remembered choice or the rules'."""
+    is remembered; without trial, the remembered choice or the rules'. cell: the CellSpec of
+    a layer with cell options (None: PyTorch's cells), which the options kernel runs."""
     if threads is None:
         threads = cached_num_threads()
+    if cell is not None:
+        return _options_plan(mode, hidden_size, proj_size, reset_after, bidirectional, batch,
+                             steps, np.dtype(dtype), training, frozen, threads, cell)
     key = (mode, input_size, hidden_size, proj_size, reset_after, bidirectional, batch, steps,
            dtype, training, frozen, threads, nonlinearity, _forced, machine.current().key,
            trial is None)
@@ -308,6 +319,25 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
         units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
         units_in_place=in_place, parts=parts, unit_bounds=bounds, hold_blas=hold)
+
+
+def _options_plan(mode, H, proj_size, reset_after, bidirectional, B, steps, dtype, training,
+                  frozen, threads, cell):
+    """The plan of a layer with cell options: the options kernel, its products on BLAS, the
+    two directions concurrent by the rule of the other strategies (PARALLEL_MIN_WORK)."""
+    f = dict(_forced)
+    P = proj_size or H
+    G = GATES[mode]
+    concurrent = f.get("directions_concurrent", bool(bidirectional) and threads >= 2
+                       and B * G * H * P >= PARALLEL_MIN_WORK)
+    chunk_steps = max(1, steps) if training else max(1, min(steps, CHUNK_ELEMENTS // (B * G * H)))
+    return LayerPlan(
+        mode=mode, hidden_size=H, proj_size=proj_size, reset_after=bool(reset_after),
+        relu=False, dtype=dtype, training=bool(training), frozen=bool(frozen), threads=threads,
+        strategy=OPTIONS, alone=OPTIONS, directions_concurrent=concurrent, small_gemm=False,
+        packed_projection=False, ih_per_panel=False, chunk_steps=chunk_steps,
+        pipeline_steps=0, parts_small_gemm=False, half=0, units_fused=False,
+        units_packed_ih=False, cell=cell)
 
 
 def _choices(problem):

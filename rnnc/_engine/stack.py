@@ -27,30 +27,33 @@ from rnnc._validation import check_blas_size
 
 def run_stack(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1, bidirectional=False,
               nonlinearity="tanh", reset_after=True, proj_size=0, reverse_all=False,
-              packs=None):
+              packs=None, cell=None):
     """Run the network; see rnnc.reference.run_stack for the exact semantics.
 
     x (T, B, I), h0 (D*L, B, P), c0 (D*L, B, H) are C-contiguous arrays of one float dtype,
     lengths None or intp (B,) in [0, T] (checked by the caller).
     packs: None (weights packed afresh on every call), or a dict that keeps them across calls,
     which the caller empties whenever a parameter changes (a frozen module, Module.freeze).
+    cell: None (PyTorch's cells), or the CellSpec of layers with cell options
+    (rnnc/_cell_options.py; an LSTM's peepholes are its parameters weight_p_l{k}).
     Returns out (T, B, D*P), h_n (D*L, B, P), c_n (D*L, B, H) or None.
     """
     out, h_n, c_n, _ = _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional,
                             nonlinearity, reset_after, proj_size, reverse_all, train=False,
-                            packs=packs)
+                            packs=packs, cell=cell)
     return out, h_n, c_n
 
 
 def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
                     bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
-                    reverse_all=False, dropout=0.0, rng=None):
+                    reverse_all=False, dropout=0.0, rng=None, cell=None):
     """Training forward: like run_stack, also applying inverted dropout to the input of every
     layer but the first (masks drawn from ``rng``), and returning a cache for
     ``run_stack_backward`` as a fourth result. ``cache.dropout_masks`` holds the masks in the
     padded (T, B, D*P) layout (None without dropout), for tests and references."""
     return _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
-                reset_after, proj_size, reverse_all, train=True, dropout=dropout, rng=rng)
+                reset_after, proj_size, reverse_all, train=True, dropout=dropout, rng=rng,
+                cell=cell)
 
 
 class _Cache:
@@ -73,7 +76,7 @@ def _run_directions(run, D, concurrent):
 
 def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity,
          reset_after, proj_size, reverse_all, train, dropout=0.0, rng=None, packs=None,
-         plans=None):
+         plans=None, cell=None):
     if reverse_all and bidirectional:
         raise ValueError("reverse_all=True requires bidirectional=False")
     T, B, I = x.shape
@@ -105,7 +108,8 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
     if plans is None:
         plans = [make_plan(mode, I if k == 0 else D * P, H, proj_size, reset_after,
                            bidirectional, B, steps, dtype, train, packs is not None,
-                           nonlinearity=nonlinearity, trial=trial) for k in range(num_layers)]
+                           nonlinearity=nonlinearity, trial=trial, cell=cell)
+                 for k in range(num_layers)]
     check_blas_size(max(n_rows, plans[0].chunk_steps * B), "rows of one input-projection GEMM")
     check_blas_size(D * P, "output width")
     empty1, empty2 = empty(dtype, 1), empty(dtype, 2)
@@ -135,6 +139,7 @@ def _run(mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlineari
                            b_ih=params.get(f"bias_ih_l{k}{sfx}", empty1),
                            b_hh=params.get(f"bias_hh_l{k}{sfx}", empty1),
                            w_hr=params.get(f"weight_hr_l{k}{sfx}", empty2),
+                           w_p=params.get(f"weight_p_l{k}{sfx}", empty1),
                            h=h_state[s], c=c_state[s] if mode == "LSTM" else None, out=out,
                            col0=d * P, packs=packs, name=(k, d))
             kept = runner.forward(plan, job)
@@ -222,18 +227,20 @@ def run_stack_backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
         def direction(d, k=k, x_k=x_k, dxs=dxs, plan=plan, runner=runner, dlayer=dlayer):
             sfx = "_reverse" if d else ""
             name = {w: f"{w}_l{k}{sfx}" for w in ("weight_ih", "weight_hh", "bias_ih",
-                                                 "bias_hh", "weight_hr")}
+                                                 "bias_hh", "weight_hr", "weight_p")}
             s = k * D + d
             job = BackwardJob(
                 x=x_k, layout=layout, reverse=bool(d) or cache.reverse_all, d=d,
                 w_ih=params[name["weight_ih"]], w_hh=params[name["weight_hh"]],
-                w_hr=params.get(name["weight_hr"], empty2), kept=cache.kept[k][d],
+                w_hr=params.get(name["weight_hr"], empty2),
+                w_p=params.get(name["weight_p"], empty1), kept=cache.kept[k][d],
                 dout=dlayer, col0=d * P, dh=dh_s[s], dc=dc_s[s] if dc_s is not None else None,
                 dx=dxs[d] if concurrent else dxs[0], add_dx=not concurrent and d == 1,
                 dw_ih=grads[name["weight_ih"]], dw_hh=grads[name["weight_hh"]],
                 db_ih=grads.get(name["bias_ih"], empty1),
                 db_hh=grads.get(name["bias_hh"], empty1),
-                dw_hr=grads.get(name["weight_hr"], empty2))
+                dw_hr=grads.get(name["weight_hr"], empty2),
+                dw_p=grads.get(name["weight_p"], empty1))
             runner.backward(plan, job)
 
         _run_directions(direction, D, concurrent)

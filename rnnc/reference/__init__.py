@@ -23,13 +23,27 @@ __all__ = ["sigmoid", "rnn_cell", "gru_cell", "lstm_cell", "run_stack", "RNN", "
            "RNNCell", "GRUCell", "LSTMCell", "Linear", "Bidirectional"]
 
 
+def _cell_kwargs(opts, cell):
+    """rnnc's ``cell`` (a CellSpec, rnnc/_cell_options.py) as the reference takes the cell
+    options: activations, clip, input_forget (RNN's nonlinearity is then activations[0])."""
+    if cell is None:
+        return opts
+    return dict(opts, nonlinearity="tanh", activations=cell.activations,
+                clip=cell.clip or None, input_forget=cell.input_forget)
+
+
+def run_stack_options(mode, params, x, h0, c0=None, lengths=None, *, cell=None, **opts):
+    """reference.run_stack with rnnc's ``cell`` argument (the compiled run_stack's API)."""
+    return run_stack(mode, params, x, h0, c0, lengths, **_cell_kwargs(opts, cell))
+
+
 class _TrainCache:
     """The reference keeps the forward's inputs and recomputes everything in backward."""
 
 
 def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
                     bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
-                    reverse_all=False, dropout=0.0, rng=None):
+                    reverse_all=False, dropout=0.0, rng=None, cell=None):
     """Training forward with the compiled backend's conventions
     (rnnc._engine.stack.run_stack_train): inverted-dropout masks on the input of every layer
     but the first, drawn from ``rng`` in the same order and layout, so one seed gives the same
@@ -42,8 +56,9 @@ def run_stack_train(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
     if dropout > 0 and num_layers > 1:
         masks = [dropout_mask(rng, (T, B, D * P), dropout, x.dtype)
                  for _ in range(num_layers - 1)]
-    opts = dict(num_layers=num_layers, bidirectional=bidirectional, nonlinearity=nonlinearity,
-                reset_after=reset_after, proj_size=proj_size, reverse_all=reverse_all)
+    opts = _cell_kwargs(dict(num_layers=num_layers, bidirectional=bidirectional,
+                             nonlinearity=nonlinearity, reset_after=reset_after,
+                             proj_size=proj_size, reverse_all=reverse_all), cell)
     out, h_n, c_n = _backward.run_stack_dropout(mode, params, x, h0, c0, lengths,
                                                 dropout_masks=masks, **opts)
     cache = _TrainCache()
@@ -65,7 +80,7 @@ def run_stack_backward_cache(cache, grad_out, grad_h_n=None, grad_c_n=None):
 
 
 class _ReferenceBackend:
-    _run_stack = staticmethod(run_stack)
+    _run_stack = staticmethod(run_stack_options)
     _run_stack_train = staticmethod(run_stack_train)
     _run_stack_backward = staticmethod(run_stack_backward_cache)
 

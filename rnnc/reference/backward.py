@@ -36,7 +36,7 @@ from rnnc.reference import forward as _ref
 __all__ = ["run_stack_backward", "run_stack_dropout"]
 
 _LOCAL_TO_TORCH = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
-                   "w_hr": "weight_hr"}
+                   "w_hr": "weight_hr", "w_p": "weight_p"}
 
 
 # Argument checks and defaults: reference.prepare_stack_args, shared with the forward.
@@ -70,6 +70,7 @@ def _layer_params(params, k, d, proj_size):
         "b_ih": params.get(names["b_ih"]),   # None when bias=False
         "b_hh": params.get(names["b_hh"]),
         "w_hr": params[names["w_hr"]] if proj_size else None,
+        "w_p": params.get(names["w_p"]),     # LSTM peepholes, or None
     }
     return p, names
 
@@ -80,31 +81,35 @@ def _layer_params(params, k, d, proj_size):
 
 def run_stack_dropout(mode, params, x, h0, c0=None, lengths=None, *, num_layers=1,
                       bidirectional=False, nonlinearity="tanh", reset_after=True, proj_size=0,
-                      reverse_all=False, dropout_masks=None):
+                      reverse_all=False, dropout_masks=None, activations=None, clip=None,
+                      input_forget=False):
     """reference.run_stack with inter-layer dropout given as explicit masks.
 
     dropout_masks: None (identical to reference.run_stack), or a list of num_layers - 1 arrays
     of shape (T, B, D*P); mask k multiplies layer k's output elementwise before layer k + 1 uses
     it as input (inverted dropout: entries are 0 or 1/(1-p)). The returned ``out`` (the top
     layer's output) and h_n / c_n are never masked, as in PyTorch.
+    activations, clip, input_forget: the cell options, as reference.run_stack takes them.
     """
     if dropout_masks is None:
         return _ref.run_stack(mode, params, x, h0, c0, lengths, num_layers=num_layers,
                               bidirectional=bidirectional, nonlinearity=nonlinearity,
                               reset_after=reset_after, proj_size=proj_size,
-                              reverse_all=reverse_all)
+                              reverse_all=reverse_all, activations=activations, clip=clip,
+                              input_forget=input_forget)
+    options = _ref._options(activations, clip, input_forget, mode, nonlinearity)
     x, h0, c0, lengths, (T, B, D, H, P) = _prepare(
         mode, params, x, h0, c0, lengths, num_layers, bidirectional, nonlinearity, proj_size,
         reverse_all)
     masks = _check_masks(dropout_masks, num_layers, T, B, D, P, x.dtype)
     layer_inputs, out, h_n, c_n = _stack_forward(
         mode, params, x, h0, c0, lengths, num_layers, D, nonlinearity, reset_after, proj_size,
-        reverse_all, masks)
+        reverse_all, masks, options)
     return out, h_n, c_n
 
 
 def _stack_forward(mode, params, x, h0, c0, lengths, L, D, nonlinearity, reset_after, proj_size,
-                   reverse_all, masks):
+                   reverse_all, masks, options=None):
     """Layer loop of reference.run_stack with masks. Returns the input of every layer, the
     top output, h_n and c_n."""
     h_n = np.zeros_like(h0)
@@ -121,7 +126,7 @@ def _stack_forward(mode, params, x, h0, c0, lengths, L, D, nonlinearity, reset_a
             idx = k * D + d
             out_d, h_d, c_d = _ref._run_direction(
                 mode, p, layer_input, h0[idx], None if c0 is None else c0[idx], lengths,
-                (d == 1) or reverse_all, nonlinearity, reset_after)
+                (d == 1) or reverse_all, nonlinearity, reset_after, options)
             outs.append(out_d)
             h_n[idx] = h_d
             if c_n is not None:
@@ -145,21 +150,63 @@ def _bias_grads(p, g, db_ih, db_hh):
     return g
 
 
-def _rnn_forward(p, x, h, c, nonlinearity, reset_after):
+def _grad_activation(triple, v, y):
+    """f'(v) of the activation ``triple`` (ONNX name, alpha, beta) at v, where y = f(v)."""
+    name, a, b = triple
+    one = np.ones_like(v)
+    if name == "Tanh":
+        return 1 - y * y                          # tanh' = 1 - tanh^2
+    if name == "Sigmoid":
+        return y * (1 - y)                        # sigma' = sigma (1 - sigma)
+    if name == "Relu":
+        return np.where(v > 0, one, 0)            # 0 at v == 0, like PyTorch
+    if name == "HardSigmoid":
+        u = a * v + b
+        return np.where((u > 0) & (u < 1), a * one, 0)
+    if name == "Affine":
+        return a * one
+    if name == "LeakyRelu":
+        return np.where(v >= 0, one, a * one)
+    if name == "ThresholdedRelu":
+        return np.where(v > a, one, 0)
+    if name == "ScaledTanh":
+        t = np.tanh(b * v)
+        return a * b * (1 - t * t)
+    if name == "Elu":
+        return np.where(v >= 0, one, y + a)       # a (e^v - 1) + a = a e^v
+    if name == "Softsign":
+        return 1 / ((1 + np.abs(v)) ** 2)
+    if name == "Softplus":
+        return _ref.sigmoid(v)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _act(options, k, a):
+    """Activation k of the options of pre-activation a: (value, d value / d a), the clip
+    included (its derivative is 1 inside [-clip, clip], 0 outside)."""
+    v = _ref.clip_pre(a, options.clip)
+    y = _ref.apply_activation(options.activations[k], v)
+    dy = _grad_activation(options.activations[k], v, y).astype(a.dtype, copy=False)
+    if options.clip is not None:
+        dy = np.where(np.abs(a) <= options.clip, dy, 0).astype(a.dtype, copy=False)
+    return y, dy
+
+
+_TANH = ("Tanh", 0.0, 0.0)
+
+
+def _rnn_forward(p, x, h, c, nonlinearity, reset_after, options):
     # a = x W_ih^T + b_ih + h W_hh^T + b_hh;   h' = act(a)
     a = _ref._affine(x, p["w_ih"], p["b_ih"]) + _ref._affine(h, p["w_hh"], p["b_hh"])
-    h_new = _ref._activation(nonlinearity)(a)
-    return h_new, None, dict(x=x, h=h, a=a, h_new=h_new, nonlinearity=nonlinearity)
+    if options is None:
+        options = _ref.CellOptions([("Relu" if nonlinearity == "relu" else "Tanh", 0.0, 0.0)])
+    h_new, dact = _act(options, 0, a)
+    return h_new, None, dict(x=x, h=h, dact=dact)
 
 
 def _rnn_backward(p, cache, dh_new, dc_new):
-    x, h, a, h_new = cache["x"], cache["h"], cache["a"], cache["h_new"]
-    if cache["nonlinearity"] == "tanh":
-        # tanh'(a) = 1 - tanh(a)^2 = 1 - h'^2
-        da = dh_new * (1 - h_new * h_new)
-    else:
-        # relu'(a) = 1 where a > 0, else 0 (0 at a == 0, like PyTorch)
-        da = np.where(a > 0, dh_new, 0).astype(dh_new.dtype)
+    x, h = cache["x"], cache["h"]
+    da = dh_new * cache["dact"]           # e.g. tanh'(a) = 1 - h'^2; relu'(a) = [a > 0]
     dx = da @ p["w_ih"]                   # dL/dx = da W_ih
     dh = da @ p["w_hh"]                   # dL/dh = da W_hh
     g = {"w_ih": da.T @ x,                # dL/dW_ih = da^T x
@@ -168,24 +215,26 @@ def _rnn_backward(p, cache, dh_new, dc_new):
     return dx, dh, None, _bias_grads(p, g, db, db)
 
 
-def _gru_forward(p, x, h, c, nonlinearity, reset_after):
+def _gru_forward(p, x, h, c, nonlinearity, reset_after, options):
     H = h.shape[-1]
+    options = options or _ref._PYTORCH_GATED
     # Input contributions (B, 3H): [W_ir x + b_ir, W_iz x + b_iz, W_in x + b_in].
     gi = _ref._affine(x, p["w_ih"], p["b_ih"])
     w_hh, b_hh = p["w_hh"], p["b_hh"]
     # Hidden contributions of r and z: W_hr h + b_hr, W_hz h + b_hz.
     gh_rz = _ref._affine(h, w_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
-    r = _ref.sigmoid(gi[:, :H] + gh_rz[:, :H])            # reset gate
-    z = _ref.sigmoid(gi[:, H:2 * H] + gh_rz[:, H:2 * H])  # update gate
+    r, dr_da = _act(options, 0, gi[:, :H] + gh_rz[:, :H])            # reset gate
+    z, dz_da = _act(options, 0, gi[:, H:2 * H] + gh_rz[:, H:2 * H])  # update gate
     b_hn = None if b_hh is None else b_hh[2 * H:]
     if reset_after:
         hn = _ref._affine(h, w_hh[2 * H:], b_hn)           # W_hn h + b_hn
-        n = np.tanh(gi[:, 2 * H:] + r * hn)
+        n, dn_da = _act(options, 1, gi[:, 2 * H:] + r * hn)
     else:
         hn = None
-        n = np.tanh(gi[:, 2 * H:] + _ref._affine(r * h, w_hh[2 * H:], b_hn))
+        n, dn_da = _act(options, 1, gi[:, 2 * H:] + _ref._affine(r * h, w_hh[2 * H:], b_hn))
     h_new = (1 - z) * n + z * h
-    return h_new, None, dict(x=x, h=h, r=r, z=z, n=n, hn=hn, reset_after=reset_after)
+    return h_new, None, dict(x=x, h=h, r=r, z=z, n=n, hn=hn, reset_after=reset_after,
+                             dr_da=dr_da, dz_da=dz_da, dn_da=dn_da)
 
 
 def _gru_backward(p, cache, dh_new, dc_new):
@@ -196,14 +245,14 @@ def _gru_backward(p, cache, dh_new, dc_new):
     dn = dh_new * (1 - z)                 # dL/dn = dh' * (1 - z)
     dz = dh_new * (h - n)                 # dL/dz = dh' * (h - n)
     dh = dh_new * z                       # direct path h -> h'
-    da_n = dn * (1 - n * n)               # n = tanh(a_n): dL/da_n = dn * (1 - n^2)
-    da_z = dz * z * (1 - z)               # z = sigma(a_z): dL/da_z = dz * z (1 - z)
+    da_n = dn * cache["dn_da"]            # n = g(a_n): dL/da_n = dn * g'(a_n) (1 - n^2 for tanh)
+    da_z = dz * cache["dz_da"]            # z = f(a_z): dL/da_z = dz * f'(a_z) (z (1 - z))
     if cache["reset_after"]:
         # a_n = W_in x + b_in + r * hn,  hn = W_hn h + b_hn
         hn = cache["hn"]
         dr = da_n * hn                    # dL/dr = da_n * hn
         dhn = da_n * r                    # dL/dhn = da_n * r
-        da_r = dr * r * (1 - r)           # r = sigma(a_r)
+        da_r = dr * cache["dr_da"]        # r = f(a_r)
         # Pre-activation gradients of the hidden-hidden affine map [r; z; hn].
         dgh = np.concatenate([da_r, da_z, dhn], axis=1)
         dw_hh = dgh.T @ h                 # dL/dW_hh = dgh^T h (all three blocks see h)
@@ -212,7 +261,7 @@ def _gru_backward(p, cache, dh_new, dc_new):
         # a_n = W_in x + b_in + W_hn (r * h) + b_hn
         drh = da_n @ w_hh[2 * H:]         # dL/d(r*h) = da_n W_hn
         dr = drh * h                      # dL/dr = dL/d(r*h) * h
-        da_r = dr * r * (1 - r)           # r = sigma(a_r)
+        da_r = dr * cache["dr_da"]        # r = f(a_r)
         dgh = np.concatenate([da_r, da_z, da_n], axis=1)
         dw_hh = np.concatenate([
             dgh[:, :2 * H].T @ h,         # dL/dW_hr, dL/dW_hz = da^T h
@@ -227,23 +276,38 @@ def _gru_backward(p, cache, dh_new, dc_new):
     return dx, dh, None, _bias_grads(p, g, dgi.sum(axis=0), dgh.sum(axis=0))
 
 
-def _lstm_forward(p, x, h, c, nonlinearity, reset_after):
+def _lstm_forward(p, x, h, c, nonlinearity, reset_after, options):
     H = c.shape[-1]
+    options = options or _ref._PYTORCH_GATED
+    w_p = p.get("w_p")
     gates = _ref._affine(x, p["w_ih"], p["b_ih"]) + _ref._affine(h, p["w_hh"], p["b_hh"])
-    i = _ref.sigmoid(gates[:, 0:H])          # input gate
-    f = _ref.sigmoid(gates[:, H:2 * H])      # forget gate
-    g = np.tanh(gates[:, 2 * H:3 * H])       # cell candidate
-    o = _ref.sigmoid(gates[:, 3 * H:4 * H])  # output gate
+    a_i, a_f, a_o = gates[:, 0:H], gates[:, H:2 * H], gates[:, 3 * H:4 * H]
+    if w_p is not None:                      # peepholes on the previous cell state
+        a_i = a_i + w_p[0:H] * c
+        a_f = a_f + w_p[H:2 * H] * c
+    i, di_da = _act(options, 0, a_i)         # input gate
+    if options.input_forget:
+        f, df_da = 1 - i, None               # forget gate coupled to the input gate
+    else:
+        f, df_da = _act(options, 0, a_f)     # forget gate
+    g, dg_da = _act(options, 1, gates[:, 2 * H:3 * H])   # cell candidate
     c_new = f * c + i * g
-    tc = np.tanh(c_new)
+    if w_p is not None:                      # the output gate's peephole sees the new state
+        a_o = a_o + w_p[2 * H:3 * H] * c_new
+    o, do_da = _act(options, 0, a_o)         # output gate
+    tc = _ref.apply_activation(options.activations[2], c_new)      # h(c'), not clipped
+    dtc = _grad_activation(options.activations[2], c_new, tc).astype(c.dtype, copy=False)
     m = o * tc                               # unprojected hidden state
     h_new = m @ p["w_hr"].T if p["w_hr"] is not None else m
-    return h_new, c_new, dict(x=x, h=h, c=c, i=i, f=f, g=g, o=o, tc=tc, m=m)
+    return h_new, c_new, dict(x=x, h=h, c=c, c_new=c_new, i=i, f=f, g=g, o=o, tc=tc, dtc=dtc,
+                              m=m, di_da=di_da, df_da=df_da, dg_da=dg_da, do_da=do_da)
 
 
 def _lstm_backward(p, cache, dh_new, dc_new):
     x, h, c = cache["x"], cache["h"], cache["c"]
     i, f, g, o, tc, m = cache["i"], cache["f"], cache["g"], cache["o"], cache["tc"], cache["m"]
+    H = c.shape[-1]
+    w_p = p.get("w_p")
     grads = {}
     if p["w_hr"] is not None:
         # h' = m W_hr^T:  dL/dm = dh' W_hr,  dL/dW_hr = dh'^T m
@@ -251,21 +315,32 @@ def _lstm_backward(p, cache, dh_new, dc_new):
         grads["w_hr"] = dh_new.T @ m
     else:
         dm = dh_new
-    # m = o * tanh(c')
-    do = dm * tc                          # dL/do = dm * tanh(c')
-    dc_tot = dc_new + dm * o * (1 - tc * tc)   # dL/dc' (through c_n / the next step, and m)
+    # m = o * h(c')
+    do = dm * tc                          # dL/do = dm * h(c')
+    dc_tot = dc_new + dm * o * cache["dtc"]    # dL/dc' (through c_n / the next step, and m)
+    da_o = do * cache["do_da"]            # o = f(a_o)
+    if w_p is not None:
+        # a_o = ... + p_o * c':  dL/dc' += da_o * p_o,  dL/dp_o = sum over rows of da_o * c'
+        dc_tot = dc_tot + da_o * w_p[2 * H:3 * H]
     # c' = f * c + i * g
     di = dc_tot * g                       # dL/di = dc' * g
     dg = dc_tot * i                       # dL/dg = dc' * i
     df = dc_tot * c                       # dL/df = dc' * c
     dc = dc_tot * f                       # dL/dc = dc' * f
-    # Back through the gate nonlinearities (sigma' = s (1 - s), tanh' = 1 - t^2).
-    da = np.concatenate([
-        di * i * (1 - i),
-        df * f * (1 - f),
-        dg * (1 - g * g),
-        do * o * (1 - o),
-    ], axis=1)                            # (B, 4H), order i, f, g, o
+    if cache["df_da"] is None:
+        # f = 1 - i: the forget gate's gradient flows to i; its own pre-activation is unused.
+        di = di - df
+        da_f = np.zeros_like(df)
+    else:
+        da_f = df * cache["df_da"]
+    da_i = di * cache["di_da"]
+    da_g = dg * cache["dg_da"]
+    if w_p is not None:
+        # a_i = ... + p_i * c, a_f = ... + p_f * c
+        dc = dc + da_i * w_p[0:H] + da_f * w_p[H:2 * H]
+        grads["w_p"] = np.concatenate([(da_i * c).sum(axis=0), (da_f * c).sum(axis=0),
+                                       (da_o * cache["c_new"]).sum(axis=0)])
+    da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)   # (B, 4H), order i, f, g, o
     dx = da @ p["w_ih"]                   # dL/dx = da W_ih
     dh = da @ p["w_hh"]                   # dL/dh = da W_hh
     grads["w_ih"] = da.T @ x
@@ -286,7 +361,7 @@ _CELLS = {
 # ---------------------------------------------------------------------------
 
 def _direction_backward(mode, p, x, h0, c0, lengths, reverse, nonlinearity, reset_after,
-                        d_out, d_hn, d_cn):
+                        d_out, d_hn, d_cn, options=None):
     """BPTT through reference._run_direction.
 
     x: the layer input (T, B, I); h0 (B, P); c0 (B, H) or None; d_out (T, B, P) the gradient of
@@ -305,7 +380,7 @@ def _direction_backward(mode, p, x, h0, c0, lengths, reverse, nonlinearity, rese
         # Padding content never enters the caches (it may be NaN/inf): its rows are discarded
         # by np.where in the forward, so replacing them by 0 changes nothing there.
         xt = np.where(active, x[t], 0).astype(x.dtype, copy=False)
-        h_new, c_new, cache = cell_forward(p, xt, h, c, nonlinearity, reset_after)
+        h_new, c_new, cache = cell_forward(p, xt, h, c, nonlinearity, reset_after, options)
         tape.append((t, active, cache))
         h = np.where(active, h_new, h)         # forward: inactive rows keep their state
         if c is not None:
@@ -339,7 +414,8 @@ def _direction_backward(mode, p, x, h0, c0, lengths, reverse, nonlinearity, rese
 
 def run_stack_backward(mode, params, x, h0, c0, lengths, grad_out, grad_h_n=None, grad_c_n=None,
                        *, num_layers=1, bidirectional=False, nonlinearity="tanh",
-                       reset_after=True, proj_size=0, reverse_all=False, dropout_masks=None):
+                       reset_after=True, proj_size=0, reverse_all=False, dropout_masks=None,
+                       activations=None, clip=None, input_forget=False):
     """Gradients of sum(grad_out * out) + sum(grad_h_n * h_n) + sum(grad_c_n * c_n) where
     (out, h_n, c_n) = run_stack_dropout(mode, params, x, h0, c0, lengths, ..., dropout_masks)
     (= reference.run_stack when dropout_masks is None).
@@ -352,6 +428,7 @@ def run_stack_backward(mode, params, x, h0, c0, lengths, grad_out, grad_h_n=None
 
     dropout_masks: None, or a list of num_layers - 1 arrays of shape (T, B, D*P); mask k
     multiplies layer k's output before layer k + 1 uses it (see run_stack_dropout).
+    activations, clip, input_forget: the cell options, as reference.run_stack takes them.
 
     Returns (dx (T, B, I), dh0 (D*L, B, P), dc0 (D*L, B, H) or None, grads: dict with the same
     keys and shapes as params).
@@ -362,6 +439,7 @@ def run_stack_backward(mode, params, x, h0, c0, lengths, grad_out, grad_h_n=None
     dtype = x.dtype
     L = num_layers
     masks = _check_masks(dropout_masks, L, T, B, D, P, dtype)
+    options = _ref._options(activations, clip, input_forget, mode, nonlinearity)
 
     grad_out = np.asarray(grad_out)
     if grad_out.shape != (T, B, D * P):
@@ -377,7 +455,7 @@ def run_stack_backward(mode, params, x, h0, c0, lengths, grad_out, grad_h_n=None
     # Forward once to obtain each layer's (masked) input.
     layer_inputs, _, _, _ = _stack_forward(
         mode, params, x, h0, c0, lengths, L, D, nonlinearity, reset_after, proj_size,
-        reverse_all, masks)
+        reverse_all, masks, options)
 
     dh0 = np.zeros_like(h0)
     dc0 = np.zeros_like(c0) if mode == "LSTM" else None
@@ -393,7 +471,7 @@ def run_stack_backward(mode, params, x, h0, c0, lengths, grad_out, grad_h_n=None
                 mode, p, layer_input, h0[idx], None if c0 is None else c0[idx], lengths,
                 (d == 1) or reverse_all, nonlinearity, reset_after,
                 d_layer_out[:, :, d * P:(d + 1) * P], grad_h_n[idx],
-                None if c0 is None else grad_c_n[idx])
+                None if c0 is None else grad_c_n[idx], options)
             # Both directions read the same layer input: their input gradients add up.
             d_input += dx_d
             dh0[idx] = dh0_d
