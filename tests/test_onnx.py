@@ -254,11 +254,7 @@ BACKEND_PASS = ["test_gru_defaults", "test_gru_with_initial_bias", "test_gru_seq
                 "test_simple_rnn_defaults", "test_simple_rnn_with_initial_bias",
                 "test_rnn_seq_length", "test_simple_rnn_batchwise",
                 "test_simple_rnn_bidirectional", "test_gru_reverse", "test_lstm_reverse",
-                "test_simple_rnn_reverse"]
-# Cell options rnnc's kernels do not have yet (issue 17, item 1).
-BACKEND_REFUSED = {
-    "test_lstm_with_peepholes": r"LSTM input 'P' \(peepholes\) is not supported by rnnc yet",
-}
+                "test_simple_rnn_reverse", "test_lstm_with_peepholes"]
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +267,7 @@ def backend_cases():
 
 
 def test_backend_node_cases_are_the_eighteen_listed(backend_cases):
-    assert sorted(backend_cases) == sorted(BACKEND_PASS + list(BACKEND_REFUSED))
+    assert sorted(backend_cases) == sorted(BACKEND_PASS)
     assert len(backend_cases) == 18
 
 
@@ -285,12 +281,6 @@ def test_backend_node_case_matches_its_expected_outputs(backend_cases, name):
         for g, e in zip(got, expected):
             assert g.dtype == e.dtype and g.shape == e.shape
             np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol)
-
-
-@pytest.mark.parametrize("name", sorted(BACKEND_REFUSED))
-def test_backend_node_case_with_an_option_rnnc_lacks_is_refused_by_name(backend_cases, name):
-    with pytest.raises(ronnx.NotSupportedError, match=BACKEND_REFUSED[name]):
-        ronnx.load(backend_cases[name].model)
 
 
 # --- load: random single nodes against onnx's ReferenceEvaluator --------------------------------
@@ -395,16 +385,18 @@ def _single_node(op, **attributes):
 
 
 @pytest.mark.parametrize("op,attributes,message", [
-    ("LSTM", {"clip": 1.5}, "LSTM attribute 'clip' is not supported by rnnc yet (got 1.5)"),
-    ("GRU", {"clip": 2.0}, "GRU attribute 'clip' is not supported by rnnc yet (got 2.0)"),
-    ("LSTM", {"input_forget": 1}, "LSTM attribute 'input_forget' is not supported by rnnc yet "
-                                  "(got 1)"),
-    ("RNN", {"activations": ["Sigmoid"]}, "RNN attribute 'activations' other than ['Tanh'] or "
-                                          "['Relu'] is not supported by rnnc yet"),
-    ("GRU", {"activations": ["HardSigmoid", "Tanh"]}, "GRU attribute 'activations' other than"),
-    ("RNN", {"activation_alpha": [0.5]}, "RNN attribute 'activation_alpha' is not supported"),
+    ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"]},
+     "LSTM attribute 'activations' with a cell-output function (h) other than the "
+     "candidate's (g) is not supported by rnnc"),
+    ("GRU", {"activations": ["Sigmoid", "Gelu"]},
+     "GRU attribute 'activations' names 'Gelu', which is not one of ONNX's functions"),
+    ("RNN", {"activation_alpha": [0.5]},
+     "RNN attribute 'activation_alpha' is given without an 'activations' list"),
     ("RNN", {"direction": "bidirectional", "activations": ["Relu", "Tanh"]},
-     "with different functions per direction is not supported by rnnc yet"),
+     "with different functions per direction is not supported by rnnc"),
+    ("RNN", {"direction": "bidirectional", "activations": ["LeakyRelu", "LeakyRelu"],
+             "activation_alpha": [0.1, 0.2]},
+     "with different functions per direction is not supported by rnnc"),
     ("GRU", {"peephole": 1}, "GRU attribute 'peephole' is not an ONNX GRU attribute"),
 ], ids=str)
 def test_load_refuses_options_rnnc_lacks_naming_attribute_and_value(op, attributes, message):
@@ -412,6 +404,25 @@ def test_load_refuses_options_rnnc_lacks_naming_attribute_and_value(op, attribut
         ronnx.load(_single_node(op, **attributes))
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("op,attributes,expected", [
+    ("LSTM", {"clip": 1.5}, {"clip": 1.5}),
+    ("GRU", {"clip": 2.0}, {"clip": 2.0}),
+    ("LSTM", {"input_forget": 1}, {"input_forget": True}),
+    ("RNN", {"activations": ["Sigmoid"]}, {"nonlinearity": "sigmoid"}),
+    ("GRU", {"activations": ["HardSigmoid", "Tanh"]},
+     {"recurrent_activation": "HardSigmoid", "activation": "tanh"}),
+    ("LSTM", {"activations": ["HardSigmoid", "LeakyRelu", "LeakyRelu"],
+              "activation_alpha": [0.25, 0.125, 0.125], "activation_beta": [0.375]},
+     {"recurrent_activation": ("HardSigmoid", 0.25, 0.375), "activation": ("LeakyRelu", 0.125)}),
+    ("RNN", {"activations": ["ScaledTanh"], "activation_alpha": [2.0]},
+     {"nonlinearity": ("ScaledTanh", 2.0, 1.0)}),
+], ids=str)
+def test_load_maps_the_cell_options_onto_the_layer(op, attributes, expected):
+    (module,) = ronnx.load(_single_node(op, **attributes)).modules.values()
+    for name, value in expected.items():
+        assert getattr(module, name) == value, name
 
 
 def test_load_accepts_the_default_activations_spelled_out():

@@ -1,11 +1,14 @@
 """How ONNX's RNN / GRU / LSTM nodes map onto rnnc's layers: gate orders and attributes.
 
 Every ONNX attribute and optional input of the three operators has one entry here, saying which
-rnnc constructor argument it sets or that rnnc does not support its value yet. The cell options
-of issue 17 still missing (peepholes, clip, input_forget, activation lists) join by
-replacing their ``_unsupported`` entries, in this file only.
+rnnc constructor argument it sets or that rnnc does not support its value. The activation list
+with its alpha and beta values, clip, input_forget and the peepholes P map onto rnnc's cell
+options (rnnc/_cell_options.py); what rnnc cannot run -- an LSTM whose candidate and output
+activations differ, different functions per direction -- raises NotSupportedError.
 """
 import numpy as np
+
+from rnnc._cell_options import ACTIVATIONS, activation_label
 
 # Gates per cell, and where ONNX's gate blocks sit in PyTorch's order. PyTorch LSTM is
 # (i, f, g, o), ONNX (i, o, f, c); PyTorch GRU (r, z, n), ONNX (z, r, h).
@@ -58,41 +61,78 @@ def _layout(op, value, spec):
     spec["layout"] = int(value)
 
 
+_BY_LOWER = {name.lower(): name for name in ACTIVATIONS}
+
+
 def _activations(op, value, spec):
-    names = [v.capitalize() if v.lower() in ("tanh", "relu", "sigmoid") else v for v in value]
+    names = []
+    for v in value:
+        name = _BY_LOWER.get(str(v).lower())
+        if name is None:
+            _unsupported(op, "activations", value,
+                         f"names {v!r}, which is not one of ONNX's functions "
+                         f"{sorted(ACTIVATIONS)}")
+        names.append(name)
     D = 2 if spec.get("bidirectional") else 1
     per_direction = len(DEFAULT_ACTIVATIONS[op])
     if len(names) not in (per_direction, per_direction * D):
         raise ValueError(f"{op} attribute 'activations' must list {per_direction} function(s) "
                          f"per direction, got {value!r}")
-    first = names[:per_direction]
-    if any(names[i:i + per_direction] != first for i in range(0, len(names), per_direction)):
-        _unsupported(op, "activations", value,
-                     "with different functions per direction is not supported by rnnc yet")
-    if op == "RNN" and first == ["Relu"]:
-        spec["nonlinearity"] = "relu"
-    elif op == "RNN" and first == ["Tanh"]:
-        spec["nonlinearity"] = "tanh"
-    elif first != DEFAULT_ACTIVATIONS[op]:
-        _unsupported(op, "activations", value,
-                     f"other than {DEFAULT_ACTIVATIONS[op]}"
-                     + (" or ['Relu']" if op == "RNN" else "") + " is not supported by rnnc yet")
+    spec["_activation_names"] = names
 
 
-def _no_values(name):
-    def check(op, value, spec):
-        if len(value):
-            _unsupported(op, name, value)
-    return check
+def _values(key):
+    def keep(op, value, spec):
+        spec[key] = [float(v) for v in value]
+    return keep
+
+
+def _resolve_activations(op, spec):
+    """The triples (name, alpha, beta) of the activation list, alpha and beta consumed in the
+    order of the functions that take them (defaults where the lists end, as ONNX Runtime);
+    one direction's functions must equal the other's."""
+    names = spec.pop("_activation_names", None)
+    alphas, betas = spec.pop("_alpha", []), spec.pop("_beta", [])
+    if names is None:
+        if alphas or betas:
+            _unsupported(op, "activation_alpha" if alphas else "activation_beta",
+                         alphas or betas, "is given without an 'activations' list")
+        return
+    triples = []
+    for name in names:
+        _, n_params, alpha, beta = ACTIVATIONS[name]
+        if n_params >= 1 and alphas:
+            alpha = alphas.pop(0)
+        if n_params == 2 and betas:
+            beta = betas.pop(0)
+        triples.append((name, alpha, beta))
+    per = len(DEFAULT_ACTIVATIONS[op])
+    first = triples[:per]
+    if any(triples[i:i + per] != first for i in range(0, len(triples), per)):
+        _unsupported(op, "activations", names,
+                     "with different functions per direction is not supported by rnnc")
+    labels = [activation_label(t) for t in first]
+    if op == "RNN":
+        spec["nonlinearity"] = labels[0]
+    else:
+        spec["recurrent_activation"], spec["activation"] = labels[0], labels[1]
+    if op == "LSTM" and first[1] != first[2]:
+        _unsupported(op, "activations", names,
+                     "with a cell-output function (h) other than the candidate's (g) is not "
+                     "supported by rnnc (its LSTM applies `activation` to both)")
 
 
 def _clip(op, value, spec):
-    _unsupported(op, "clip", value)
+    if not value > 0:
+        raise ValueError(f"{op} attribute 'clip' must be > 0, got {value!r}")
+    spec["clip"] = float(value)
 
 
 def _input_forget(op, value, spec):
+    if value not in (0, 1):
+        raise ValueError(f"LSTM attribute 'input_forget' must be 0 or 1, got {value!r}")
     if value:
-        _unsupported(op, "input_forget", value)
+        spec["input_forget"] = True
 
 
 def _linear_before_reset(op, value, spec):
@@ -104,16 +144,18 @@ def _linear_before_reset(op, value, spec):
 # The attribute table: name -> function(op, value, spec) that sets rnnc arguments in ``spec``
 # or raises NotSupportedError. Order matters for 'activations', which needs 'direction' first.
 _COMMON = {"hidden_size": _hidden_size, "direction": _direction, "layout": _layout,
-           "activations": _activations, "activation_alpha": _no_values("activation_alpha"),
-           "activation_beta": _no_values("activation_beta"), "clip": _clip}
+           "activations": _activations, "activation_alpha": _values("_alpha"),
+           "activation_beta": _values("_beta"), "clip": _clip}
 ATTRIBUTES = {"RNN": dict(_COMMON),
               "GRU": dict(_COMMON, linear_before_reset=_linear_before_reset),
               "LSTM": dict(_COMMON, input_forget=_input_forget)}
-# ONNX's optional inputs by position; "P" (LSTM peepholes) is refused when given.
+# ONNX's inputs by position; "P" (LSTM peepholes) sets peepholes=True.
 INPUTS = {"RNN": ["X", "W", "R", "B", "sequence_lens", "initial_h"],
           "GRU": ["X", "W", "R", "B", "sequence_lens", "initial_h"],
           "LSTM": ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"]}
-UNSUPPORTED_INPUTS = {"P": "peepholes"}
+# Peepholes: ONNX's P is (i, o, f), rnnc's weight_p (i, f, o).
+TORCH_P_FROM_ONNX = [0, 2, 1]
+ONNX_P_FROM_TORCH = [0, 2, 1]
 
 
 def node_spec(op, attributes, inputs):
@@ -131,7 +173,9 @@ def node_spec(op, attributes, inputs):
     Returns
     -------
     dict with mode, hidden_size, bidirectional, reverse (direction "reverse"), layout,
-    nonlinearity, reset_after (GRU; ONNX's default linear_before_reset=0 is reset_after=False).
+    nonlinearity, reset_after (GRU; ONNX's default linear_before_reset=0 is reset_after=False),
+    and where given the cell options activation, recurrent_activation, clip, input_forget,
+    peepholes (the P input).
 
     Raises
     ------
@@ -149,12 +193,11 @@ def node_spec(op, attributes, inputs):
     for name, handle in table.items():
         if name in attributes:
             handle(op, attributes[name], spec)
+    _resolve_activations(op, spec)
     if "hidden_size" not in spec:
         raise ValueError(f"{op} node has no 'hidden_size' attribute (rnnc needs it)")
-    for position, name in enumerate(INPUTS[op]):
-        if name in UNSUPPORTED_INPUTS and position < len(inputs) and inputs[position]:
-            raise NotSupportedError(f"{op} input {name!r} ({UNSUPPORTED_INPUTS[name]}) is not "
-                                    f"supported by rnnc yet (got input {inputs[position]!r})")
+    if op == "LSTM" and len(inputs) > 7 and inputs[7]:
+        spec["peepholes"] = True
     if len(inputs) > len(INPUTS[op]):
         raise ValueError(f"{op} node has {len(inputs)} inputs, ONNX defines "
                          f"{len(INPUTS[op])}")

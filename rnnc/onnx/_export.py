@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnc.onnx._attributes import ONNX_FROM_TORCH, reorder_gates
+from rnnc.onnx._attributes import ONNX_FROM_TORCH, ONNX_P_FROM_TORCH, reorder_gates
 from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._validation import check_bool, describe
 
@@ -49,11 +49,44 @@ def _layer_weights(module, k, sfx):
     sd = module.state_dict()
     W = reorder_gates(sd[f"weight_ih_l{k}{sfx}"], mode, order, axis=0)
     R = reorder_gates(sd[f"weight_hh_l{k}{sfx}"], mode, order, axis=0)
+    P = None
+    if module.peepholes:        # rnnc's (i, f, o) -> ONNX's (i, o, f)
+        blocks = np.split(sd[f"weight_p_l{k}{sfx}"], 3)
+        P = np.concatenate([blocks[j] for j in ONNX_P_FROM_TORCH])
     if not module.bias:
-        return W, R, None
+        return W, R, None, P
     B = np.concatenate([reorder_gates(sd[f"bias_ih_l{k}{sfx}"], mode, order, axis=0),
                         reorder_gates(sd[f"bias_hh_l{k}{sfx}"], mode, order, axis=0)])
-    return W, R, B
+    return W, R, B, P
+
+
+def _option_attributes(module):
+    """ONNX attributes of the module's cell options: the activation list (one set per
+    direction) with its alpha and beta values, clip, input_forget."""
+    from rnnc._cell_options import ACTIVATIONS, parse_activation
+    D, out = module.num_directions, {}
+    if module.mode == "RNN":
+        acts = [parse_activation(module.nonlinearity, "nonlinearity")]
+    else:
+        rec = parse_activation(module.recurrent_activation, "recurrent_activation")
+        cand = parse_activation(module.activation, "activation")
+        acts = [rec, cand] + ([cand] if module.mode == "LSTM" else [])
+    if module._cell is not None or module.nonlinearity != "tanh":
+        alphas, betas = [], []
+        for name, alpha, beta in acts:
+            n_params = ACTIVATIONS[name][1]
+            alphas += [alpha] if n_params >= 1 else []
+            betas += [beta] if n_params == 2 else []
+        out["activations"] = [name for name, _, _ in acts] * D
+        if alphas:
+            out["activation_alpha"] = alphas * D
+        if betas:
+            out["activation_beta"] = betas * D
+    if module.clip is not None:
+        out["clip"] = module.clip
+    if module.input_forget:
+        out["input_forget"] = 1
+    return out
 
 
 def export(module, path=None, *, opset=None, initial_state=False, lengths=False):
@@ -129,8 +162,7 @@ def export(module, path=None, *, opset=None, initial_state=False, lengths=False)
     h_parts, c_parts = [], []
     attributes = {"hidden_size": H, "direction": "bidirectional" if D == 2
                   else "reverse" if module.reverse else "forward"}
-    if mode == "RNN" and module.nonlinearity == "relu":
-        attributes["activations"] = ["Relu"] * D
+    attributes.update(_option_attributes(module))
     if mode == "GRU":
         attributes["linear_before_reset"] = int(module.reset_after)
     for k in range(L):
@@ -147,6 +179,9 @@ def export(module, path=None, *, opset=None, initial_state=False, lengths=False)
                         g.const("end", np.array([(k + 1) * D], np.int64))]
                 given = [g.node("Slice", [s] + rows) for s in given]
             node_in += given
+        if module.peepholes:
+            node_in += [""] * (7 - len(node_in))
+            node_in.append(g.const(f"P_l{k}", np.stack([p[3] for p in parts])))
         while node_in[-1] == "":
             node_in.pop()
         outs = [g.name(f"Y_l{k}"), g.name(f"Y_h_l{k}")] + ([g.name(f"Y_c_l{k}")] if lstm else [])

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rnnc.onnx._attributes import GATES, TORCH_FROM_ONNX, NotSupportedError, node_spec, \
-    reorder_gates
+from rnnc.onnx._attributes import GATES, TORCH_FROM_ONNX, TORCH_P_FROM_ONNX, \
+    NotSupportedError, node_spec, reorder_gates
 from rnnc.onnx._ops import OPS, attributes_of
 from rnnc.recurrent import GRU, LSTM, RNN
 from rnnc._validation import describe
@@ -22,8 +22,21 @@ _CLASSES = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}
 _PASS_THROUGH = {"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Identity"}
 
 
-def _module_from_weights(spec, W, R, B, dtype, where):
-    """An rnnc layer holding ONNX's W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) or None."""
+_OPTIONS = ("activation", "recurrent_activation", "clip", "input_forget", "peepholes")
+
+
+def _layer_kwargs(spec):
+    """The constructor arguments of a node's spec beyond sizes, directions and bias."""
+    kwargs = {"nonlinearity": spec["nonlinearity"]} if spec["mode"] == "RNN" else {}
+    if spec["mode"] == "GRU":
+        kwargs["reset_after"] = spec["reset_after"]
+    kwargs.update({k: spec[k] for k in _OPTIONS if k in spec})
+    return kwargs
+
+
+def _module_from_weights(spec, W, R, B, dtype, where, P=None):
+    """An rnnc layer holding ONNX's W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) or None, and
+    an LSTM's peepholes P (D, 3*H) or None."""
     mode, H = spec["mode"], spec["hidden_size"]
     G, D = GATES[mode], 2 if spec["bidirectional"] else 1
     W, R = np.asarray(W), np.asarray(R)
@@ -34,9 +47,9 @@ def _module_from_weights(spec, W, R, B, dtype, where):
         raise ValueError(f"{where}: R must have shape {(D, G * H, H)}, got {R.shape}")
     if B is not None and np.shape(B) != (D, 2 * G * H):
         raise ValueError(f"{where}: B must have shape {(D, 2 * G * H)}, got {np.shape(B)}")
-    kwargs = {"nonlinearity": spec["nonlinearity"]} if mode == "RNN" else {}
-    if mode == "GRU":
-        kwargs["reset_after"] = spec["reset_after"]
+    if P is not None and np.shape(P) != (D, 3 * H):
+        raise ValueError(f"{where}: P must have shape {(D, 3 * H)}, got {np.shape(P)}")
+    kwargs = _layer_kwargs(spec)
     # A fixed seed: the drawn values are overwritten, and rnnc's global seed sequence is left
     # as the user's script set it.
     module = _CLASSES[mode](W.shape[2], H, bias=B is not None,
@@ -49,6 +62,9 @@ def _module_from_weights(spec, W, R, B, dtype, where):
         if B is not None:
             sd[f"bias_ih_l0{sfx}"] = reorder_gates(B[d, :G * H], mode, order, axis=0)
             sd[f"bias_hh_l0{sfx}"] = reorder_gates(B[d, G * H:], mode, order, axis=0)
+        if P is not None:
+            sd[f"weight_p_l0{sfx}"] = np.concatenate(
+                [np.split(np.asarray(P[d]), 3)[j] for j in TORCH_P_FROM_ONNX])
     module.load_state_dict(sd)
     return module
 
@@ -86,11 +102,11 @@ class Session:
             if node.op_type in _CLASSES:
                 spec = node_spec(node.op_type, attributes, list(node.input))
                 self._specs[name] = spec
-                weights = [node.input[i] if len(node.input) > i else "" for i in (1, 2, 3)]
+                weights = [node.input[i] if len(node.input) > i else "" for i in (1, 2, 3, 7)]
                 if all(w == "" or w in self._constants for w in weights):
-                    W, R, B = (self._constants[w] if w else None for w in weights)
+                    W, R, B, P = (self._constants[w] if w else None for w in weights)
                     self.modules[name] = _module_from_weights(
-                        spec, W, R, B, _module_dtype(W), f"{node.op_type} node {name!r}")
+                        spec, W, R, B, _module_dtype(W), f"{node.op_type} node {name!r}", P)
             elif node.op_type not in OPS:
                 raise NotSupportedError(
                     f"node {name!r}: ONNX op {node.op_type!r} is not supported by "
@@ -151,12 +167,12 @@ class Session:
     def _run_recurrent(self, name, node, inputs):
         spec = self._specs[name]
         inputs = inputs + [None] * (8 - len(inputs))
-        X, W, R, B, seq_lens, h0, c0 = inputs[:7]
+        X, W, R, B, seq_lens, h0, c0, P = inputs[:8]
         if name in self.modules:
             module = self.modules[name]
         else:
             module = _module_from_weights(spec, W, R, B, _module_dtype(X),
-                                          f"{node.op_type} node {name!r}")
+                                          f"{node.op_type} node {name!r}", P)
         batchwise = spec["layout"] == 1
         x = X.swapaxes(0, 1) if batchwise else X
         # ONNX's states are (D, B, H) ((B, D, H) in layout 1); rnnc's (D*L, B, H) with L = 1.
@@ -247,9 +263,7 @@ class Session:
                              f"the output Y of its last recurrent node {names[-1]!r}")
         layers = [self.modules[n] for n in names]
         bias = any(m.bias for m in layers)
-        kwargs = {"nonlinearity": first["nonlinearity"]} if first["mode"] == "RNN" else {}
-        if first["mode"] == "GRU":
-            kwargs["reset_after"] = first["reset_after"]
+        kwargs = _layer_kwargs(first)
         module = _CLASSES[first["mode"]](
             layers[0].input_size, first["hidden_size"], num_layers=len(layers), bias=bias,
             batch_first=batch_first, bidirectional=first["bidirectional"],
