@@ -408,9 +408,10 @@ class OptionsStream:
                 raise TypeError(f"out must be a writeable C-contiguous {m.dtype} array, got "
                                 f"{describe(out)}")
             check_shape(out, "out", (P,) if unbatched else (B, P))
-        y, h, c = run_stack(m.mode, self._params, np.ascontiguousarray(x.reshape(1, B, m.input_size)),
-                            self._h, self._c, num_layers=L, nonlinearity=m.nonlinearity,
-                            reset_after=m.reset_after, proj_size=m.proj_size, cell=m._cell)
+        x = np.ascontiguousarray(x.reshape(1, B, m.input_size))
+        y, h, c = run_stack(m.mode, self._params, x, self._h, self._c, num_layers=L,
+                            nonlinearity=m.nonlinearity, reset_after=m.reset_after,
+                            proj_size=m.proj_size, cell=m._cell)
         self._h[...] = h
         if c is not None:
             self._c[...] = c
