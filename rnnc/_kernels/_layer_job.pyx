@@ -31,7 +31,11 @@ cdef class LayerForward(_Described):
     (LSTM) and w_hn_packed (GRU, reset_after=False; w_hh_packed then holds [W_hr; W_hz]^T):
     W^T in the small-batch kernel's panels, selecting it for that product, or none;
     ih_per_panel: w_ih_packed is one panel's buffer, filled as the projection goes.
-    reset_after (GRU) and relu (RNN) select the cell's variant."""
+    reset_after (GRU) and relu (RNN) select the cell's variant.
+    The options kernel (options_forward) reads also cell_spec (float64 (11,): the cell
+    options, rnnc/_engine/runners/options.py), w_p (3H,) LSTM peepholes or none, xg as its
+    pre-activations (kept raw in training), hg (B, G*H) workspace and keep (N, H) or none:
+    GRU's W_hn h + b_hn or r * h, the projected LSTM's o * h(c), in training."""
 
 
 cdef class LayerBackward(_Described):
@@ -47,7 +51,10 @@ cdef class LayerBackward(_Described):
     added to, or none without bias. Workspace: tc_row (H,) and db_acc (4H or H,), LSTM with
     projection dhh (B, H), hbuf_all (N, H), dhp_all (N, P); GRU work (B, 3H); fused LSTM
     dw_cat (4H, I + H + 1). w_hh_packed, w_hr_packed, w_hn_packed, w_ih_packed (fused LSTM,
-    for dx): the weights in the small-batch kernel's panels, or none (BLAS)."""
+    for dx): the weights in the small-batch kernel's panels, or none (BLAS).
+    The options kernel (options_backward) reads also cell_spec, w_p and dw_p (added to), act
+    (the kept pre-activations, overwritten with their gradients), keep (as its forward left
+    it; overwritten), dhp_all (N, P) workspace with a projection, work (B, G*H)."""
 
 
 include "_configure.pxi"

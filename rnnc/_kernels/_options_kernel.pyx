@@ -15,13 +15,15 @@ the raw pre-activations (training). The activations are scalar functions chosen 
 a code: one loop serves every option. Backward walks the steps in reverse, turning the kept
 pre-activations into their gradients in place, then runs the input and weight gradients as
 GEMMs over all steps. The GIL is released for the whole sequence; every buffer comes from the
-runner (rnnc/_engine/runners/options.py).
+runner (rnnc/_engine/runners/options.py), described by a LayerForward / LayerBackward
+(rnnc/_kernels/_layer_job.pyx).
 """
 from cython cimport floating
 from libc.math cimport exp, expm1, fabs, log1p, tanh
 from libc.string cimport memcpy
 
 from rnnc._kernels._blas cimport gemm
+from rnnc._kernels._layer_job cimport LayerBackward, LayerForward, check_chunk_steps, is_double
 from rnnc._kernels._sequence cimport chunk_bounds, project_inputs
 
 
@@ -239,27 +241,43 @@ cdef void lstm_step(const Options* o, Py_ssize_t b, Py_ssize_t H, Py_ssize_t P,
             memcpy(out + r * ldo, h + r * P, P * sizeof(floating))
 
 
-def options_forward(int mode, bint reset_after, const double[::1] spec,
-                    const floating[:, ::1] x,        # (N, I) packed input
-                    const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
-                    bint reverse,
-                    const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                    const floating[::1] b_ih, const floating[::1] b_hh,   # (G,) or (0,)
-                    const floating[:, ::1] w_hr,     # (P, H) or (0, 0)
-                    const floating[::1] w_p,         # (3H,) or (0,)
-                    floating[:, ::1] h,              # (B, P) state in/out
-                    floating[:, ::1] c,              # (B, H) or (0, 0)
-                    floating[:, ::1] out, Py_ssize_t col0,  # (N, D*P), columns from col0
-                    floating[:, ::1] pre,            # (chunk_steps * B, G); (N, G) in training
-                    Py_ssize_t chunk_steps,
-                    floating[:, ::1] work,           # (B, G)
-                    floating[:, ::1] h_prev,         # (N, P) out, or (0, 0)
-                    floating[:, ::1] c_prev,         # (N, H) out, or (0, 0)
-                    floating[:, ::1] keep):          # (N, H) out, or (0, 0)
-    """Run one layer in one direction (mode 0 RNN, 1 GRU, 2 LSTM). In training (h_prev
-    given) pre must hold every row (chunk_steps = T) and receives the pre-activations;
-    h_prev / c_prev the states before each step; keep GRU's W_hn h + b_hn (reset_after) or
-    r * h, or LSTM's o * h(c') when projecting."""
+def options_forward(int mode, LayerForward job not None):
+    """Run one layer in one direction with cell options (mode 0 RNN, 1 GRU, 2 LSTM).
+
+    Reads x, batch_sizes, offsets, reverse, w_ih, w_hh, b_ih, b_hh, w_hr, w_p, h, c, out,
+    col0, xg (the pre-activations: (chunk_steps * B, G) workspace, or (N, G) in training, with
+    chunk_steps = T, where they are kept), chunk_steps, hg (B, G) workspace, h_prev, c_prev,
+    keep, reset_after and cell_spec (rnnc/_kernels/_layer_job.pyx). In training (h_prev given)
+    h_prev / c_prev receive the states before each step and keep GRU's W_hn h + b_hn
+    (reset_after) or r * h, or the projected LSTM's o * h(c')."""
+    check_chunk_steps(job, "options_forward")
+    if is_double(job.x):
+        _forward(mode, job, <double>0)
+    else:
+        _forward(mode, job, <float>0)
+
+
+cdef int _forward(int mode, LayerForward job, floating kind) except -1:
+    cdef const double[::1] spec = job.cell_spec
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[::1] b_ih = job.b_ih
+    cdef const floating[::1] b_hh = job.b_hh
+    cdef const floating[:, ::1] w_hr = job.w_hr
+    cdef const floating[::1] w_p = job.w_p
+    cdef floating[:, ::1] h = job.h
+    cdef floating[:, ::1] c = job.c
+    cdef floating[:, ::1] out = job.out
+    cdef floating[:, ::1] pre = job.xg
+    cdef floating[:, ::1] work = job.hg
+    cdef floating[:, ::1] h_prev = job.h_prev
+    cdef floating[:, ::1] c_prev = job.c_prev
+    cdef floating[:, ::1] keep = job.keep
+    cdef bint reverse = job.reverse, reset_after = job.reset_after
+    cdef Py_ssize_t col0 = job.col0, chunk_steps = job.chunk_steps
     cdef Options o = read_options(spec)
     cdef Py_ssize_t T = batch_sizes.shape[0], I = x.shape[1], G = w_hh.shape[0]
     cdef Py_ssize_t P = h.shape[1], H = G // (1 if mode == 0 else 3 if mode == 1 else 4)
@@ -267,9 +285,7 @@ def options_forward(int mode, bint reset_after, const double[::1] spec,
     cdef Py_ssize_t ldx = x.strides[0] // sizeof(floating)
     cdef Py_ssize_t n_fold = G if (mode != 1 or not reset_after) else 2 * H
     if T == 0 or x.shape[0] == 0 or h.shape[0] == 0:
-        return
-    if chunk_steps < 1 or pre.shape[0] < chunk_steps * batch_sizes[0] and h_prev.shape[0] == 0:
-        raise ValueError("options_forward: pre must hold chunk_steps * B rows")
+        return 0
     cdef const floating* bi = cptr1(b_ih)
     cdef const floating* bh = cptr1(b_hh)
     cdef const floating* b_hn = bh + 2 * H if (bh != NULL and mode == 1) else NULL
@@ -309,6 +325,7 @@ def options_forward(int mode, bint reset_after, const double[::1] spec,
                     lstm_step(&o, b, H, P, &w_hh[0, 0], wr, wp, pr, &h[0, 0], &c[0, 0],
                               &out[0, 0] + off * ldo + col0, ldo, &work[0, 0],
                               kp + off * H if kp != NULL else NULL)
+    return 0
 
 
 # -- backward ------------------------------------------------------------------------------
@@ -438,34 +455,54 @@ cdef void column_sums(const floating* a, Py_ssize_t lda, Py_ssize_t nrows, Py_ss
             out2[j] += <floating>s
 
 
-def options_backward(int mode, bint reset_after, const double[::1] spec,
-                     const floating[:, ::1] x,
-                     const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
-                     bint reverse,
-                     const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                     const floating[:, ::1] w_hr, const floating[::1] w_p,
-                     floating[:, ::1] pre,            # (N, G) in: pre-activations; out: dA
-                     const floating[:, ::1] h_prev,   # (N, P)
-                     const floating[:, ::1] c_prev,   # (N, H) or (0, 0)
-                     floating[:, ::1] keep,           # (N, H) as the forward left it, or (0, 0)
-                     const floating[:, ::1] dout, Py_ssize_t col0,  # (N, D*P)
-                     floating[:, ::1] dh,             # (B, P) in: grad of h_n; out: of h_0
-                     floating[:, ::1] dc,             # (B, H) likewise, or (0, 0)
-                     floating[:, ::1] dx, bint add_dx,  # (N, I) out (+= when add_dx)
-                     floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,   # += 
-                     floating[::1] db_ih, floating[::1] db_hh,        # += , or (0,)
-                     floating[:, ::1] dw_hr, floating[::1] dw_p,       # += , or empty
-                     floating[:, ::1] dht,            # (N, P) workspace (projection), or (0, 0)
-                     floating[:, ::1] work):          # (B, G) workspace
-    """BPTT after options_forward (training), same layer and direction. Parameter
-    gradients are added to."""
+def options_backward(int mode, LayerBackward job not None):
+    """BPTT after options_forward (training), same layer and direction.
+
+    Reads x, batch_sizes, offsets, reverse, w_ih, w_hh, w_hr, w_p, act (the kept
+    pre-activations, overwritten with their gradients), h_prev, c_prev, keep (as the forward
+    left it; overwritten), dout, col0, dh, dc, dx, add_dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr,
+    dw_p, dhp_all (N, P) workspace with a projection, work (B, G), reset_after and cell_spec.
+    Parameter gradients are added to."""
+    if is_double(job.x):
+        _backward(mode, job, <double>0)
+    else:
+        _backward(mode, job, <float>0)
+
+
+cdef int _backward(int mode, LayerBackward job, floating kind) except -1:
+    cdef const double[::1] spec = job.cell_spec
+    cdef const floating[:, ::1] x = job.x
+    cdef const Py_ssize_t[::1] batch_sizes = job.batch_sizes
+    cdef const Py_ssize_t[::1] offsets = job.offsets
+    cdef const floating[:, ::1] w_ih = job.w_ih
+    cdef const floating[:, ::1] w_hh = job.w_hh
+    cdef const floating[:, ::1] w_hr = job.w_hr
+    cdef const floating[::1] w_p = job.w_p
+    cdef floating[:, ::1] pre = job.act
+    cdef const floating[:, ::1] h_prev = job.h_prev
+    cdef const floating[:, ::1] c_prev = job.c_prev
+    cdef floating[:, ::1] keep = job.keep
+    cdef const floating[:, ::1] dout = job.dout
+    cdef floating[:, ::1] dh = job.dh
+    cdef floating[:, ::1] dc = job.dc
+    cdef floating[:, ::1] dx = job.dx
+    cdef floating[:, ::1] dw_ih = job.dw_ih
+    cdef floating[:, ::1] dw_hh = job.dw_hh
+    cdef floating[::1] db_ih = job.db_ih
+    cdef floating[::1] db_hh = job.db_hh
+    cdef floating[:, ::1] dw_hr = job.dw_hr
+    cdef floating[::1] dw_p = job.dw_p
+    cdef floating[:, ::1] dht = job.dhp_all
+    cdef floating[:, ::1] work = job.work
+    cdef bint reverse = job.reverse, reset_after = job.reset_after, add_dx = job.add_dx
+    cdef Py_ssize_t col0 = job.col0
     cdef Options o = read_options(spec)
     cdef Py_ssize_t T = batch_sizes.shape[0], I = x.shape[1], G = w_hh.shape[0]
     cdef Py_ssize_t P = dh.shape[1], H = G // (1 if mode == 0 else 3 if mode == 1 else 4)
     cdef Py_ssize_t ldd = dout.shape[1], N, s, t, b, off
     cdef Py_ssize_t ldx = x.strides[0] // sizeof(floating)
     if T == 0 or x.shape[0] == 0 or dh.shape[0] == 0:
-        return
+        return 0
     N = offsets[T - 1] + batch_sizes[T - 1]
     cdef const floating* wr = cptr2(w_hr)
     cdef const floating* wp = cptr1(w_p)
@@ -518,3 +555,4 @@ def options_backward(int mode, bint reset_after, const double[::1] spec,
             column_sums(P0, G, N, G, dbh, NULL)
         if wr != NULL:
             gemm(True, False, P, H, N, 1, dhtp, P, kp, H, 1, &dw_hr[0, 0], H)
+    return 0

@@ -32,18 +32,21 @@ def forward(plan, job):
     train = plan.training
     lstm = mode == "LSTM"
     keeps = train and (mode == "GRU" or (lstm and plan.proj_size))
-    pre = (np.empty((n_rows, G), dtype=dtype) if train
-           else workspace(f"options pre {d}", (plan.chunk_steps * B, G), dtype))
-    h_prev = np.empty((n_rows, P), dtype=dtype) if train else _none(dtype, 2)
-    c_prev = np.empty((n_rows, H), dtype=dtype) if train and lstm else _none(dtype, 2)
-    keep = np.empty((n_rows, H), dtype=dtype) if keeps else _none(dtype, 2)
-    K.options_forward(_MODE[mode], plan.reset_after, spec_array(plan.cell), job.x,
-                      job.layout.batch_sizes, job.layout.offsets, job.reverse, job.w_ih,
-                      job.w_hh, job.b_ih, job.b_hh, job.w_hr, job.w_p, job.h,
-                      job.c if lstm else _none(dtype, 2), job.out, job.col0, pre,
-                      n_rows and (len(job.layout.batch_sizes) if train else plan.chunk_steps),
-                      workspace(f"options work {d}", (B, G), dtype), h_prev, c_prev, keep)
-    return (pre, h_prev, c_prev, keep) if train else None
+    f = K.LayerForward(
+        x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, b_ih=job.b_ih, b_hh=job.b_hh,
+        w_hr=job.w_hr, w_p=job.w_p, h=job.h, c=job.c if lstm else _none(dtype, 2),
+        out=job.out, col0=job.col0, reset_after=plan.reset_after,
+        cell_spec=spec_array(plan.cell),
+        xg=(np.empty((n_rows, G), dtype=dtype) if train
+            else workspace(f"options pre {d}", (plan.chunk_steps * B, G), dtype)),
+        chunk_steps=len(job.layout.batch_sizes) if train else plan.chunk_steps,
+        hg=workspace(f"options work {d}", (B, G), dtype),
+        h_prev=np.empty((n_rows, P), dtype=dtype) if train else _none(dtype, 2),
+        c_prev=np.empty((n_rows, H), dtype=dtype) if train and lstm else _none(dtype, 2),
+        keep=np.empty((n_rows, H), dtype=dtype) if keeps else _none(dtype, 2))
+    K.options_forward(_MODE[mode], f)
+    return (f.xg, f.h_prev, f.c_prev, f.keep) if train else None
 
 
 def backward(plan, job):
@@ -55,12 +58,14 @@ def backward(plan, job):
     n_rows = job.x.shape[0]
     pre, h_prev, c_prev, keep = job.kept
     lstm = mode == "LSTM"
-    K.options_backward(_MODE[mode], plan.reset_after, spec_array(plan.cell), job.x,
-                       job.layout.batch_sizes, job.layout.offsets, job.reverse, job.w_ih,
-                       job.w_hh, job.w_hr, job.w_p, pre, h_prev, c_prev, keep, job.dout,
-                       job.col0, job.dh, job.dc if lstm else _none(dtype, 2), job.dx,
-                       job.add_dx, job.dw_ih, job.dw_hh, job.db_ih, job.db_hh, job.dw_hr,
-                       job.dw_p,
-                       np.empty((n_rows, P), dtype=dtype) if lstm and plan.proj_size
-                       else _none(dtype, 2),
-                       np.empty((B, G), dtype=dtype))
+    b = K.LayerBackward(
+        x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
+        reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, w_hr=job.w_hr, w_p=job.w_p,
+        act=pre, h_prev=h_prev, c_prev=c_prev, keep=keep, dout=job.dout, col0=job.col0,
+        dh=job.dh, dc=job.dc if lstm else _none(dtype, 2), dx=job.dx, add_dx=job.add_dx,
+        dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih, db_hh=job.db_hh, dw_hr=job.dw_hr,
+        dw_p=job.dw_p, reset_after=plan.reset_after, cell_spec=spec_array(plan.cell),
+        dhp_all=(np.empty((n_rows, P), dtype=dtype) if lstm and plan.proj_size
+                 else _none(dtype, 2)),
+        work=np.empty((B, G), dtype=dtype))
+    K.options_backward(_MODE[mode], b)
