@@ -238,6 +238,11 @@ def _bidirectional(keras, layer, dtype):
     if fwd.go_backwards:
         _refuse(where, "layer.go_backwards", True, "is not supported: the wrapped layer must "
                 "run forwards (the backward layer is the one with go_backwards=True)")
+    for part in (fwd, bwd):
+        if _dtype_of(part) != dtype:
+            _refuse(where, "dtype", dtype.name, f"differs from its layer {part.name!r}'s "
+                    f"{_dtype_of(part).name} (Keras casts between them): give the "
+                    "Bidirectional and its layer one dtype")
     f, f_spec = _recurrent(fwd, mode, dtype, f"{where} forward layer {fwd.name!r}")
     b, b_spec = _recurrent(bwd, mode, dtype, f"{where} backward layer {bwd.name!r}",
                            forwards=True)
