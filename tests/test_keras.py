@@ -9,9 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-# Without Keras, or without its backend (CI runs the suite once without torch), skip.
-keras = pytest.importorskip("keras", exc_type=ImportError)
+os.environ.setdefault("KERAS_BACKEND", "torch")     # before keras is imported
+# Without Keras, or without its backend (CI runs the suite once without torch), skip. (Not
+# pytest.importorskip: a missing backend is an ImportError that is not a ModuleNotFoundError,
+# which importorskip's exc_type only catches from pytest 8.2.)
+try:
+    import keras
+except ImportError as exc:
+    pytest.skip(f"Keras 3 with a backend is not importable: {exc}", allow_module_level=True)
 if not keras.__version__.startswith("3"):
     pytest.skip(f"rnnc.keras needs Keras 3, found {keras.__version__}", allow_module_level=True)
 
