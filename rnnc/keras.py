@@ -623,8 +623,10 @@ class MaskedSequential(Sequential):
         return {"mask_value": self.mask_value}
 
     def __repr__(self):
+        if not len(self):
+            return f"MaskedSequential(mask_value={self.mask_value!r})"
         return super().__repr__().replace("Sequential(", f"MaskedSequential(mask_value="
-                                          f"{self.mask_value!r}, ", 1)
+                                          f"{self.mask_value!r},", 1)
 
     def __call__(self, x, lengths=None):
         if lengths is None:

@@ -242,7 +242,8 @@ def sequential(*layers, seed=0):
 def test_stacked_layers_without_mask():
     model = sequential(L.LSTM(H, return_sequences=True), L.GRU(6, return_sequences=True),
                        L.SimpleRNN(H, return_sequences=True, go_backwards=True),
-                       L.GRU(4, return_sequences=True, reset_after=False), L.Dense(2))
+                       L.GRU(4, return_sequences=True, reset_after=False),
+                       L.Dense(2, use_bias=False))
     x = data()
     m = rk.convert(model)
     assert type(m) is rnnc.Sequential
@@ -347,6 +348,32 @@ def test_converted_model_saves_and_loads(tmp_path):
     close(loaded(x), keras_call(model, x))
 
 
+def test_training_only_attributes_are_ignored():
+    """Dropout, regularisers, constraints, initialisers and unroll change nothing at
+    inference (Keras' call without training=True)."""
+    layer = build(L.LSTM(H, return_sequences=True, dropout=0.5, recurrent_dropout=0.5,
+                         unroll=True, kernel_regularizer="l2", bias_constraint="non_neg",
+                         recurrent_initializer="zeros", unit_forget_bias=False))
+    x = data()
+    close(rk.convert(layer)(x)[0], keras_call(layer, x))
+
+
+def test_repr_of_a_converted_model():
+    model = sequential(L.Masking(0.0), L.GRU(H, return_sequences=True),
+                       L.LSTM(6, go_backwards=True, return_sequences=True), L.GRU(4),
+                       L.Dense(2))
+    assert repr(rk.convert(model)) == (
+        "MaskedSequential(mask_value=0.0,\n"
+        "  (0): GRU(4, 5, batch_first=True, dtype='float32')\n"
+        "  (1): KerasOutputs(go_backwards=False, hold_last=True)\n"
+        "  (2): LSTM(5, 6, batch_first=True, dtype='float32', reverse=True)\n"
+        "  (3): KerasOutputs(go_backwards=True, hold_last=False)\n"
+        "  (4): GRU(6, 4, batch_first=True, dtype='float32')\n"
+        "  (5): Pool('state')\n"
+        "  (6): Linear(4, 2, bias=True, activation=None, dtype=float32)\n"
+        ")")
+
+
 # -- KerasOutputs and mask_lengths --------------------------------------------------------------
 @pytest.mark.parametrize("flags", [dict(go_backwards=True), dict(hold_last=True)])
 def test_keras_outputs_backward_is_the_adjoint(flags):
@@ -438,6 +465,15 @@ def test_refused_functional_model_and_options():
         rk.convert(build(L.GRU(H)), mask_outputs="repeat")
     with pytest.raises(TypeError, match="Keras layer"):
         rk.convert(rnnc.GRU(F, H))
+
+
+def test_unknown_attribute_is_refused(monkeypatch):
+    layer = build(L.GRU(H))
+    config = dict(layer.get_config(), future_flag=True)
+    monkeypatch.setattr(layer, "get_config", lambda: config)
+    with pytest.raises(rk.NotSupportedError,
+                       match="attribute 'future_flag' \\(got True\\) is not one rnnc.keras knows"):
+        rk.convert(layer)
 
 
 def test_attribute_table_covers_keras_configs():
