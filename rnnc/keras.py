@@ -340,11 +340,17 @@ def convert(layer_or_model, *, mask_outputs="keras"):
 
     Examples
     --------
-    >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")  # doctest: +SKIP
-    >>> import keras, rnnc.keras                                     # doctest: +SKIP
-    >>> layer = keras.layers.GRU(8, return_sequences=True)           # doctest: +SKIP
-    >>> y = layer(x)                                                 # doctest: +SKIP
-    >>> out, h_n = rnnc.keras.convert(layer)(x)      # out == y      # doctest: +SKIP
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "torch")   # before keras
+    >>> import keras, numpy as np, rnnc.keras
+    >>> layer = keras.layers.GRU(8, return_sequences=True)
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    >>> y = keras.ops.convert_to_numpy(layer(x))
+    >>> gru = rnnc.keras.convert(layer)
+    >>> gru
+    GRU(3, 8, batch_first=True, dtype='float32')
+    >>> out, h_n = gru(x)
+    >>> bool(np.allclose(out, y, atol=1e-6)), bool(np.allclose(h_n[0], y[:, -1], atol=1e-6))
+    (True, True)
     """
     keras = _keras()
     mask_outputs = check_choice(mask_outputs, "mask_outputs", MASK_OUTPUTS)
@@ -439,6 +445,11 @@ def mask_lengths(x, mask_value=0.0):
     right-padded sequences (each sequence's valid steps first): a masked step followed by a
     valid one (a hole, or left padding) is refused with a ValueError naming the sequence and
     step -- Keras would skip it, keeping the state, which lengths cannot say.
+
+    >>> import numpy as np
+    >>> x = np.zeros((2, 4, 1)); x[0, :3] = 1.0; x[1, :1] = 1.0
+    >>> mask_lengths(x)
+    array([3, 1])
     """
     x = np.asarray(x)
     if x.ndim != 3:
@@ -532,6 +543,15 @@ class KerasOutputs(_NoParameters):
 
     ``m(x, lengths=None)``; with ``lengths`` None, ``hold_last`` changes nothing. Training:
     ``backward(grad_output)`` returns ``(dx, None, {})``.
+
+    >>> import numpy as np
+    >>> out = np.array([[[1.0], [2.0], [0.0]], [[3.0], [0.0], [0.0]]])   # lengths 2, 1
+    >>> KerasOutputs(hold_last=True)(out, lengths=[2, 1])[..., 0]
+    array([[1., 2., 2.],
+           [3., 3., 3.]])
+    >>> KerasOutputs(go_backwards=True)(out)[..., 0]
+    array([[0., 2., 1.],
+           [0., 0., 3.]])
     """
 
     #: Sequential passes ``lengths`` to layers that set this.

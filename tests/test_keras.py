@@ -483,6 +483,12 @@ def test_attribute_table_covers_keras_configs():
         assert set(cls(H).get_config()) <= set(rk.ATTRIBUTES[mode]), cls.__name__
 
 
+def test_docstring_examples_run():
+    import doctest
+    result = doctest.testmod(rk)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_import_rnnc_and_rnnc_keras_do_not_import_keras():
     code = "import sys, rnnc, rnnc.keras; print('keras' in sys.modules)"
     outside = pathlib.Path(__file__).resolve().parents[2]     # not rnnc's source folder
