@@ -58,8 +58,9 @@ def _refuse(where, name, value, why="is not supported by rnnc yet"):
 
 
 # -- the attribute table ------------------------------------------------------------------------
-# name -> function(where, mode, value, spec) that sets rnnc arguments (or what convert needs)
-# in ``spec``, or raises NotSupportedError.
+# layer kind ("RNN", "GRU", "LSTM" for SimpleRNN, GRU, LSTM; "Dense") -> attribute name ->
+# function(where, mode, value, spec) that sets rnnc arguments (or what convert needs) in
+# ``spec``, or raises NotSupportedError. An attribute missing here is refused.
 def _ignored(where, mode, value, spec):
     """Training only (initialisers, regularisers, constraints, dropout) or bookkeeping: an
     inference model computes the same without it."""
@@ -126,6 +127,42 @@ ATTRIBUTES = {
 }
 
 
+def _dense_activation(where, mode, value, spec):
+    if not isinstance(value, str) or value not in DENSE_ACTIVATIONS:
+        _refuse(where, "activation", value, "is not supported by rnnc.Linear (it computes "
+                f"{', '.join(map(repr, DENSE_ACTIVATIONS))})")
+    spec["activation"] = DENSE_ACTIVATIONS[value]
+
+
+def _none_or_refused(name):
+    def handle(where, mode, value, spec):
+        if value:
+            _refuse(where, name, value)
+    return handle
+
+
+ATTRIBUTES["Dense"] = {
+    "name": _ignored, "trainable": _ignored, "dtype": _ignored, "units": _ignored,
+    "activation": _dense_activation, "use_bias": _use_bias,
+    "kernel_initializer": _ignored, "bias_initializer": _ignored,
+    "kernel_regularizer": _ignored, "bias_regularizer": _ignored,
+    "activity_regularizer": _ignored, "kernel_constraint": _ignored,
+    "bias_constraint": _ignored, "quantization_config": _none_or_refused("quantization_config"),
+    "lora_rank": _none_or_refused("lora_rank"), "lora_alpha": _ignored,
+}
+
+
+def _check_config(where, mode, config, spec):
+    table = ATTRIBUTES[mode]
+    for name, value in config.items():
+        if name not in table:
+            raise NotSupportedError(f"{where}: attribute {name!r} (got {value!r}) is not one "
+                                    "rnnc.keras knows, so it cannot say the conversion is "
+                                    "exact")
+        table[name](where, mode, value, spec)
+    return spec
+
+
 def recurrent_spec(where, mode, config):
     """rnnc's arguments (and Keras' output flags) for a Keras recurrent layer's config.
 
@@ -137,12 +174,7 @@ def recurrent_spec(where, mode, config):
     spec = {"bias": True, "reverse": False, "return_sequences": False, "return_state": False,
             "zero_output_for_mask": False}
     table = ATTRIBUTES[mode]
-    for name, value in config.items():
-        if name not in table:
-            raise NotSupportedError(f"{where}: attribute {name!r} (got {value!r}) is not one "
-                                    "rnnc.keras knows, so it cannot say the conversion is "
-                                    "exact")
-        table[name](where, mode, value, spec)
+    _check_config(where, mode, config, spec)
     for name in ("activation", "recurrent_activation"):
         if name in table and name not in config:     # Keras' defaults
             table[name](where, mode, "tanh" if name == "activation" else "sigmoid", spec)
@@ -256,31 +288,15 @@ def _bidirectional(keras, layer, dtype):
 
 def _dense(layer, dtype):
     where = _where(layer)
-    config = layer.get_config()
-    known = {"name", "trainable", "dtype", "units", "activation", "use_bias",
-             "kernel_initializer", "bias_initializer", "kernel_regularizer",
-             "bias_regularizer", "activity_regularizer", "kernel_constraint",
-             "bias_constraint", "quantization_config", "lora_rank", "lora_alpha"}
-    for name, value in config.items():
-        if name not in known:
-            raise NotSupportedError(f"{where}: attribute {name!r} (got {value!r}) is not one "
-                                    "rnnc.keras knows, so it cannot say the conversion is "
-                                    "exact")
-    if config.get("quantization_config") is not None:
-        _refuse(where, "quantization_config", config["quantization_config"])
-    if config.get("lora_rank"):
-        _refuse(where, "lora_rank", config["lora_rank"])
-    activation = config.get("activation", "linear")
-    if not isinstance(activation, str) or activation not in DENSE_ACTIVATIONS:
-        _refuse(where, "activation", activation, "is not supported by rnnc.Linear (it "
-                f"computes {', '.join(map(repr, DENSE_ACTIVATIONS))})")
-    bias = bool(config.get("use_bias", True))
+    spec = _check_config(where, "Dense", layer.get_config(),
+                         {"bias": True, "activation": None})
+    bias = spec["bias"]
     kernel, *rest = _weights(layer, 2 if bias else 1)
     if kernel.ndim != 2:
         _refuse(where, "kernel shape", kernel.shape, "is not supported (rnnc.Linear applies a "
                 "2-D kernel over the last axis)")
     module = Linear(kernel.shape[0], kernel.shape[1], bias=bias,
-                    activation=DENSE_ACTIVATIONS[activation], dtype=dtype, seed=0)
+                    activation=spec["activation"], dtype=dtype, seed=0)
     sd = {"weight": np.ascontiguousarray(kernel.T, dtype=dtype)}
     if bias:
         sd["bias"] = np.asarray(rest[0], dtype=dtype)
