@@ -47,6 +47,17 @@ def _readme_blocks():
     return [b for b in blocks if "torch_lstm" not in b and "rnnc.sklearn" not in b]
 
 
+def _keras_importable():
+    """Keras 3 with a backend (torch unless KERAS_BACKEND says otherwise) imports."""
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError:
+        return False
+    return keras.__version__.startswith("3")
+
+
 def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
     import importlib.util
     import warnings
@@ -54,6 +65,7 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
     has_safetensors = importlib.util.find_spec("safetensors") is not None
     has_onnx = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
     has_dask = all(importlib.util.find_spec(m) is not None for m in ("dask", "distributed"))
+    has_keras = _keras_importable()
     ns = {}
     with warnings.catch_warnings():
         # No example hands probabilities to softmax_cross_entropy (it would warn).
@@ -65,6 +77,8 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
                 continue
             if "rnnc.dask" in block and not has_dask:
                 continue
+            if "rnnc.keras" in block and not has_keras:
+                continue
             exec(compile(block, "README.md", "exec"), ns)
             if "head = rnnc.Linear(64, 10" in block:
                 # The vanilla model block: logits for every step, and their loss.
@@ -73,6 +87,11 @@ def test_readme_examples_run_and_show_what_they_say(tmp_path, monkeypatch):
         # The ONNX block: ONNX Runtime and rnnc's own run of the exported graph agree.
         np.testing.assert_allclose(ns["out_ort"], ns["out_rnnc"], atol=1e-5)
         assert type(ns["same"]) is rnnc.LSTM and ns["same"].num_layers == 2
+    if has_keras:
+        # The Keras block: the converted model and layer give Keras' outputs.
+        np.testing.assert_allclose(ns["probs"], ns["probs_keras"], atol=1e-6)
+        np.testing.assert_allclose(ns["out_k"][:, ::-1], ns["y_keras"], atol=1e-6)
+        np.testing.assert_allclose(ns["h_k"][0], ns["h_keras"], atol=1e-6)
     if has_safetensors:
         assert type(ns["model"]) is rnnc.Sequential and len(ns["model"]) == 2
     # The training block: a classifier over every step, and a layer's input gradient.
