@@ -8,7 +8,8 @@ on for ``SimpleRNN`` (``rnnc.RNN``), ``LSTM``, ``Bidirectional`` (``rnnc.Bidirec
 Every attribute of the converted layers has one entry in ``ATTRIBUTES`` saying what it sets in
 rnnc, that it only matters in training (ignored), or that rnnc cannot compute its value yet
 (``NotSupportedError``, a ``ValueError`` naming the layer, the attribute and the value). The
-activations rnnc's cells compute are in ``ACTIVATIONS``: other activations join there.
+activations rnnc's cells compute are in ``ACTIVATIONS``: every Keras name of rnnc's cell options
+(tanh, sigmoid, relu, hard_sigmoid, linear, softsign, elu, softplus).
 
 ``import rnnc`` does not import this module, and this module imports Keras only inside
 ``convert``: converted models run, save and load (after ``import rnnc.keras``) without Keras.
@@ -18,6 +19,7 @@ import copy
 import numpy as np
 
 from rnnc import io as _io
+from rnnc._cell_options import KERAS as _KERAS_ACTIVATIONS
 from rnnc._validation import as_real_array, check_bool, check_choice, check_lengths
 from rnnc.bidirectional import Bidirectional
 from rnnc.linear import Linear
@@ -37,13 +39,16 @@ MODES = {"SimpleRNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
 KERAS_GATES = {"RNN": [0], "GRU": [1, 0, 2], "LSTM": [0, 1, 2, 3]}
 _CLASSES = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}
 
-# The activations rnnc's cells compute: Keras name -> rnnc constructor arguments. Another
-# activation joins here once the cells take it (issue 17's activation= options).
+# The activations rnnc's cells compute: Keras name -> rnnc constructor arguments (all of
+# Keras' names rnnc's cell options know, rnnc/_cell_options.py; Keras 3's hard_sigmoid is
+# relu6(x + 3) / 6 there too).
 ACTIVATIONS = {
-    "RNN": {"activation": {"tanh": {"nonlinearity": "tanh"}, "relu": {"nonlinearity": "relu"}}},
-    "GRU": {"activation": {"tanh": {}}, "recurrent_activation": {"sigmoid": {}}},
-    "LSTM": {"activation": {"tanh": {}}, "recurrent_activation": {"sigmoid": {}}},
+    "RNN": {"activation": {k: {"nonlinearity": k} for k in _KERAS_ACTIVATIONS}},
+    "GRU": {"activation": {k: {"activation": k} for k in _KERAS_ACTIVATIONS},
+            "recurrent_activation": {k: {"recurrent_activation": k}
+                                     for k in _KERAS_ACTIVATIONS}},
 }
+ACTIVATIONS["LSTM"] = ACTIVATIONS["GRU"]
 # Dense's activation -> rnnc.Linear's ("linear" is none).
 DENSE_ACTIVATIONS = {"linear": None, "tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid",
                      "softmax": "softmax"}
@@ -167,6 +172,7 @@ def recurrent_spec(where, mode, config):
     """rnnc's arguments (and Keras' output flags) for a Keras recurrent layer's config.
 
     Returns a dict with hidden_size, bias, reverse (go_backwards), nonlinearity (RNN),
+    activation and recurrent_activation (GRU, LSTM),
     reset_after (GRU), return_sequences, return_state, zero_output_for_mask. Raises
     NotSupportedError naming an attribute whose value rnnc cannot compute, or one that is not
     in the table (a Keras release newer than the table: its meaning is unknown).
@@ -232,7 +238,8 @@ def _recurrent(layer, mode, dtype, where, *, forwards=False):
     if kernel.ndim != 2 or kernel.shape[1] != G * H or recurrent.shape != (H, G * H):
         raise ValueError(f"{where}: weights of shapes {kernel.shape}, {recurrent.shape} do "
                          f"not fit {G} gates of {H} units")
-    kwargs = {k: spec[k] for k in ("nonlinearity", "reset_after") if k in spec}
+    kwargs = {k: spec[k] for k in ("nonlinearity", "reset_after", "activation",
+                                   "recurrent_activation") if k in spec}
     # A fixed seed: the drawn values are overwritten, rnnc's global seed sequence untouched.
     module = _CLASSES[mode](kernel.shape[0], H, bias=bias, batch_first=True,
                             reverse=spec["reverse"] and not forwards, dtype=dtype, seed=0,

@@ -40,6 +40,14 @@ RECURRENT = {
     "GRU-reset_after": (L.GRU, {}),
     "GRU-reset_before": (L.GRU, {"reset_after": False}),
     "LSTM": (L.LSTM, {}),
+    # Keras' other activations: rnnc's cell options (the options kernel).
+    "SimpleRNN-softsign": (L.SimpleRNN, {"activation": "softsign"}),
+    "GRU-hard_sigmoid-elu": (L.GRU, {"recurrent_activation": "hard_sigmoid",
+                                     "activation": "elu"}),
+    "GRU-reset_before-softplus": (L.GRU, {"reset_after": False, "activation": "softplus"}),
+    "LSTM-hard_sigmoid-softsign": (L.LSTM, {"recurrent_activation": "hard_sigmoid",
+                                            "activation": "softsign"}),
+    "LSTM-relu-linear": (L.LSTM, {"activation": "relu", "recurrent_activation": "linear"}),
 }
 
 
@@ -404,10 +412,10 @@ def test_mask_lengths_refuses_holes_and_left_padding():
 
 # -- what is refused ----------------------------------------------------------------------------
 @pytest.mark.parametrize("layer, match", [
-    (L.GRU(H, activation="relu"), r"GRU 'g': activation='relu' is not supported"),
-    (L.LSTM(H, recurrent_activation="hard_sigmoid"),
-     r"recurrent_activation='hard_sigmoid' is not supported by rnnc yet"),
-    (L.SimpleRNN(H, activation="sigmoid"), r"activation='sigmoid'"),
+    (L.GRU(H, activation="gelu"), r"GRU 'g': activation='gelu' is not supported"),
+    (L.LSTM(H, recurrent_activation="silu"),
+     r"recurrent_activation='silu' is not supported by rnnc yet"),
+    (L.SimpleRNN(H, activation="selu"), r"activation='selu'"),
     (L.GRU(H, dtype="mixed_float16"), r"dtype='mixed_float16' is not supported"),
     (L.Dense(2, activation="gelu"), r"activation='gelu' is not supported by rnnc.Linear"),
     (L.Conv1D(2, 3), r"not keras.*Conv1D"),
