@@ -83,11 +83,14 @@ _hold = {"count": 0, "limiter": None, "wanted": None}
 
 def _reset_after_fork():
     # A child forked during a hold has no thread that will end it.
-    global _hold_lock, _split_lock
+    global _hold_lock, _split_lock, _setting_lock
     _hold_lock = threading.Lock()
     _split_lock = threading.Lock()     # its holder's thread is not in the child
     _hold["count"] = 0
     _end_hold()
+    # Nor a thread_setting block: the child keeps the setting it was forked with.
+    _setting_lock = threading.Lock()
+    _setting.update(count=0, saved=None, limiter=None, current=None)
 
 
 def _end_hold():
@@ -127,6 +130,62 @@ def blas_one_thread():
             _hold["count"] -= 1
             if _hold["count"] == 0:
                 _end_hold()
+
+
+# -- a setting held for a call --------------------------------------------------------------
+# rnnc's thread setting is one per process. Blocks that set it for a call (an estimator's
+# n_threads, a Dask task) may overlap on several threads; they share one record, counted, so
+# that the last one out restores what the first one found (per-block set-and-restore, undone
+# out of order, would leave the process at another block's count).
+_setting_lock = threading.Lock()
+_setting = {"count": 0, "saved": None, "limiter": None, "current": None}
+
+
+@contextlib.contextmanager
+def thread_setting(n_threads):
+    """Run rnnc (and every BLAS library) at ``n_threads`` threads inside the block, and put
+    back what was set before when the last block running at the same time leaves, also on an
+    error: the setting is never a lasting side effect on the process. None changes nothing.
+
+    Blocks may overlap (threads of one process: an estimator in a threaded ``GridSearchCV``,
+    tasks of a Dask worker): the first one in records rnnc's setting and each BLAS library's
+    own (threadpoolctl) and sets ``n_threads``; a block entering with another count sets its
+    own while it runs; the last one out restores what the first one found."""
+    if n_threads is None:
+        yield
+        return
+    n_threads = check_size(n_threads, "n_threads")
+    _setting_enter(n_threads)
+    try:
+        yield
+    finally:
+        _setting_exit()
+
+
+def _setting_enter(n):
+    with _setting_lock:
+        if _setting["count"] == 0:
+            saved = get_num_threads()
+            # Records each BLAS library's own setting (limits=None changes nothing), restored
+            # on the last exit: rnnc's setting is one number for all of them.
+            limiter = threadpool_limits(limits=None, user_api="blas")
+            _setting.update(saved=saved, limiter=limiter, current=None)
+        if _setting["current"] != n:
+            set_num_threads(n)
+            _setting["current"] = n
+        _setting["count"] += 1
+
+
+def _setting_exit():
+    with _setting_lock:
+        _setting["count"] -= 1
+        if _setting["count"] == 0:
+            saved, limiter = _setting["saved"], _setting["limiter"]
+            _setting.update(saved=None, limiter=None, current=None)
+            try:
+                set_num_threads(saved)
+            finally:
+                limiter.restore_original_limits()
 
 
 _controllers = []     # threadpoolctl's controller of the loaded libraries, made once
