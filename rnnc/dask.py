@@ -1,4 +1,16 @@
-"""Batch inference on Dask: ``rnnc.dask.apply(module, x, lengths=None)``.
+"""rnnc on Dask: batch inference, ``apply(module, x, lengths=None)``, and synchronous
+data-parallel training, ``gradients(module, loss, x, y)`` and ``fit(module, loss, optimizer,
+x, y)``.
+
+Training: at each step the current weights are scattered once to every worker, each block of
+the data (an array's chunk of rows, a bag's partition) computes the loss and gradients of its
+rows of the batch, the results are added pairwise on the workers (a tree, as Dask's
+reductions do), and one sum reaches the client, which takes ONE optimizer step: PyTorch's
+DistributedDataParallel or Horovod, with the all-reduce done as a tree reduce. rnnc's losses
+are means; each batch's mean and gradient are weighted by the elements they are over, so the
+sum divided by the total is the full batch's mean and gradient (in float64, to ~1e-15).
+
+Inference:
 
 A frozen copy of the module (inference mode) is put in the task graph once: scattered to every
 worker (``Client.scatter(..., broadcast=True)``) when a ``dask.distributed`` client is active,
@@ -8,12 +20,12 @@ moves per task is that block (and its results), never the weights. The pattern i
 ``ParallelPostFit``. ``import rnnc`` never imports this module (nor Dask): it needs the
 ``dask`` extra, ``pip install "rnnc[dask]"``.
 
-Threads per task: rnnc's thread setting (``rnnc.set_num_threads``: BLAS and rnnc's own pool)
-is one setting per process. Inside a task on a distributed worker it is the worker's
-``nthreads`` (the cores the worker was given); inside a task of Dask's local schedulers, where
-several tasks share the process (some on the calling thread), it is 1. The setting found is
-restored when the last concurrent task of the process ends, so nothing lasts after a
-computation.
+Threads per task (inference and training): rnnc's thread setting (``rnnc.set_num_threads``:
+BLAS and rnnc's own pool) is one setting per process. Inside a task on a distributed worker it
+is the worker's ``nthreads`` (the cores the worker was given); inside a task of Dask's local
+schedulers, where several tasks share the process (some on the calling thread), it is 1. The
+setting found is restored when the last concurrent task of the process ends, also when a task
+fails, so nothing lasts after a computation (``rnnc._engine.threads.thread_setting``).
 """
 import copy
 
@@ -289,6 +301,10 @@ def _check_array(x, lengths, batch_first):
             lengths = np.asarray(lengths)
             if lengths.dtype.kind not in "iu":
                 raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+            T = x.shape[t_axis]
+            if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+                raise ValueError(f"lengths must lie in [0, {T}] (x's time steps), got min "
+                                 f"{lengths.min()}, max {lengths.max()}")
             lengths = da.from_array(lengths, chunks=lengths.shape or 1)
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
@@ -656,6 +672,9 @@ class _Shards:
             done = self.client.persist(present)
         else:
             done = dask.persist(*present, scheduler="threads")
+        # Kept: the persisted collections hold the futures of their blocks (a dask.distributed
+        # client forgets blocks nothing refers to); their delayed blocks do not.
+        self._persisted = list(done)
         it = iter(done)
         out = [None if c is None else next(it) for c in collections]
         return out[0] if len(out) == 1 else out
@@ -673,7 +692,8 @@ class _Shards:
         dask, _, _ = _import_dask()
         bundle = (_replica(module), self.kind, self.fn)
         if self.client is not None:
-            return self.client.scatter(bundle, broadcast=True, hash=False)
+            # In a list: scatter sends the items of a tuple as futures of their own.
+            return self.client.scatter([bundle], broadcast=True, hash=False)[0]
         return dask.delayed(bundle, pure=False, traverse=False)
 
     def task(self, k, shipped, rows, seed_key):
@@ -778,7 +798,7 @@ def gradients(module, loss, x, y=None, lengths=None, *, batch_size=64, client=No
     >>> lstm = rnnc.LSTM(3, 4, dtype=np.float64, seed=0)
     >>> xn = np.random.default_rng(0).standard_normal((6, 10, 3))       # (T, N, I)
     >>> x, y = da.from_array(xn, chunks=(6, 5, 3)), da.zeros((6, 10, 4), chunks=(6, 5, 4))
-    >>> value, grads = rnnc.dask.gradients(lstm, "mse", x, y, lengths=np.arange(1, 11))
+    >>> value, grads = rnnc.dask.gradients(lstm, "mse", x, y, lengths=np.arange(10) % 6 + 1)
     >>> sorted(grads) == sorted(name for name, _ in lstm.named_parameters())
     True
     """
