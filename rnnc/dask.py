@@ -32,7 +32,7 @@ import copy
 import numpy as np
 
 from rnnc._engine.threads import thread_setting
-from rnnc._validation import check_size
+from rnnc._validation import check_bool, check_size
 
 __all__ = ["apply", "gradients", "fit"]
 
@@ -174,16 +174,16 @@ def _leaf(result, k):
 
 
 def _run_partition(sequences, module, batch_size, batch_first, dtype, batch_axes, time_axes,
-                   tree):
-    """One task of a bag: the partition's sequences sorted by decreasing length (stable), cut
-    into batches of ``batch_size``, padded, run, and cut back into per-sequence results in the
-    partition's order."""
+                   tree, bucket=True):
+    """One task of a bag: the partition's sequences sorted by decreasing length (stable; in
+    their order without bucket), cut into batches of ``batch_size``, padded, run, and cut back
+    into per-sequence results in the partition's order."""
     from rnnc.data import pad_sequences
     seqs = [np.asarray(s) for s in sequences]
     if not seqs:
         return []
     lens = np.array([s.shape[0] if s.ndim else -1 for s in seqs], dtype=np.intp)
-    order = np.argsort(-lens, kind="stable")
+    order = np.argsort(-lens, kind="stable") if bucket else np.arange(len(seqs))
     results = [None] * len(seqs)
     with _task_setting():
         for start in range(0, len(seqs), batch_size):
@@ -205,7 +205,7 @@ def _run_partition(sequences, module, batch_size, batch_first, dtype, batch_axes
 
 
 # -- the entry point ---------------------------------------------------------------------------
-def apply(module, x, lengths=None, *, batch_size=64, client=None):
+def apply(module, x, lengths=None, *, batch_size=64, bucket=True, client=None):
     """Run ``module`` on a Dask array or bag; ``module(x, lengths=lengths)`` as Dask
     collections.
 
@@ -222,14 +222,18 @@ def apply(module, x, lengths=None, *, batch_size=64, client=None):
         chunked along the batch axis only (one chunk along T and I: rechunk with
         ``x.rechunk({t_axis: -1, 2: -1})`` first; this function does not move data behind your
         back). Each block of rows is one task. Or a bag of sequences (T_i, I), of any
-        lengths: each partition is sorted by decreasing length (stable) and cut into batches
-        of ``batch_size`` rows, each padded to its own longest sequence.
+        lengths: each partition is sorted by decreasing length (stable; see bucket) and cut
+        into batches of ``batch_size`` rows, each padded to its own longest sequence.
     lengths : dask array or array_like of ints, (N,), optional
         The valid steps of each row of an array x (PyTorch's packed-sequence semantics);
         rechunked to x's batch chunks (it is small). Not for a bag, whose sequences carry their
         lengths.
     batch_size : int, default 64
         Rows per batch within a bag's partition (arrays keep their chunks).
+    bucket : bool, default True
+        For a bag: sort each partition by decreasing length before cutting it into batches,
+        so that a batch pads little (False: batches in the partition's order). Results come
+        back in the input order either way.
     client : dask.distributed.Client, optional
         Where to scatter the module; default: the active client, if any.
 
@@ -271,7 +275,7 @@ def apply(module, x, lengths=None, *, batch_size=64, client=None):
         if lengths is not None:
             raise ValueError("lengths is for x given as a Dask array; the sequences of a bag "
                              "carry their own lengths")
-        return _apply_bag(module, x, batch_size, client)
+        return _apply_bag(module, x, batch_size, check_bool(bucket, "bucket"), client)
     if not isinstance(x, da.Array):
         raise TypeError(f"x must be a dask.array.Array (N, T, I) / (T, N, I) or a dask.bag.Bag "
                         f"of sequences, got {type(x).__name__}")
@@ -343,7 +347,7 @@ def _apply_array(module, x, lengths, client):
     return _rebuild(tree, iter(arrays))
 
 
-def _apply_bag(module, bag, batch_size, client):
+def _apply_bag(module, bag, batch_size, bucket, client):
     dask, _, _ = _import_dask()
     frozen = _frozen_copy(module)
     batch_first = _layout_of(frozen)
@@ -356,7 +360,7 @@ def _apply_bag(module, bag, batch_size, client):
     skeleton = _rebuild(tree, iter(range(len(_leaves(tree)))))
     shipped = _ship(frozen, client)
     return bag.map_partitions(_run_partition, shipped, batch_size, batch_first, dtype,
-                              batch_axes, time_axes, skeleton)
+                              batch_axes, time_axes, skeleton, bucket)
 
 
 def _first_layer(module):

@@ -176,6 +176,23 @@ def test_bag_gives_per_sequence_results_in_input_order():
     np.testing.assert_allclose(got[7][0], alone[:, 0], rtol=1e-5, atol=1e-6)
 
 
+def test_bag_without_bucketing_runs_batches_in_the_partition_order():
+    module = rnnc.GRU(I, H, seed=0)
+    rng = np.random.default_rng(7)
+    seqs = [rng.standard_normal((T, I)).astype(np.float32) for T in rng.integers(1, 12, 11)]
+    got = rnnc.dask.apply(module, db.from_sequence(seqs, npartitions=1), batch_size=4,
+                          bucket=False).compute(scheduler="threads")
+    with one_thread():
+        for start in range(0, 11, 4):
+            padded, lens = rnnc.pad_sequences(seqs[start:start + 4])
+            out, h_n = module(padded, lengths=lens)
+            for j in range(len(lens)):
+                np.testing.assert_array_equal(got[start + j][0], out[:lens[j], j])
+                np.testing.assert_array_equal(got[start + j][1], h_n[:, j])
+    with pytest.raises(TypeError, match="bucket must be a bool"):
+        rnnc.dask.apply(module, db.from_sequence(seqs), bucket="no")
+
+
 def test_bag_of_a_pool_linear_sequential_gives_one_vector_per_sequence():
     module = MODULES["seq-pool-linear"]()
     rng = np.random.default_rng(2)
