@@ -12,7 +12,7 @@ import functools
 import os
 import threading
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 from rnnc._engine.kernels import K
 from rnnc._validation import check_size
@@ -83,11 +83,14 @@ _hold = {"count": 0, "limiter": None, "wanted": None}
 
 def _reset_after_fork():
     # A child forked during a hold has no thread that will end it.
-    global _hold_lock, _split_lock
+    global _hold_lock, _split_lock, _setting_lock
     _hold_lock = threading.Lock()
     _split_lock = threading.Lock()     # its holder's thread is not in the child
     _hold["count"] = 0
     _end_hold()
+    # Nor a thread_setting block: the child keeps the setting it was forked with.
+    _setting_lock = threading.Lock()
+    _setting.update(active=[], saved=None, limiter=None, current=None)
 
 
 def _end_hold():
@@ -95,7 +98,7 @@ def _end_hold():
     limiter, wanted = _hold["limiter"], _hold["wanted"]
     _hold.update(limiter=None, wanted=None)
     if wanted is not None:
-        threadpool_limits(limits=wanted, user_api="blas")
+        _set_all_blas(wanted)
     elif limiter is not None:
         limiter.restore_original_limits()
 
@@ -108,7 +111,44 @@ def _set_blas_threads(n):
     if _hold["count"]:
         _hold["wanted"] = n
     else:
-        threadpool_limits(limits=n, user_api="blas")
+        _set_all_blas(n)
+
+
+# threadpoolctl (3.8) lets one thread of the process set a pthreads OpenBLAS, the first that
+# sets it, and ignores the others; rnnc's setting is the process's, set by whichever thread
+# calls (a Dask task runs on a thread of the worker's pool, not on the main thread).
+def _force_set(lib, n):
+    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+
+
+def _set_all_blas(n):
+    """Every loaded BLAS library at n threads (a fresh scan, as threadpool_limits does)."""
+    from threadpoolctl import ThreadpoolController
+    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        _force_set(lib, n)
+
+
+class _BlasRecord:
+    """Each BLAS library's thread count, to limit and restore from any thread (threadpoolctl's
+    limiter, without its one controlling thread)."""
+
+    def __init__(self, controller):
+        self.libs = [(lib, lib.get_num_threads()) for lib in controller.lib_controllers
+                     if lib.user_api == "blas"]
+
+    def limit(self, n):
+        for lib, _ in self.libs:
+            _force_set(lib, n)
+        return self
+
+    def get_original_num_threads(self):
+        found = [n for _, n in self.libs if n is not None]
+        return {"blas": min(found) if found else None}
+
+    def restore_original_limits(self):
+        for lib, n in self.libs:
+            if n is not None:
+                _force_set(lib, n)
 
 
 @contextlib.contextmanager
@@ -118,7 +158,7 @@ def blas_one_thread():
     setting is restored when the last of them leaves."""
     with _hold_lock:
         if _hold["count"] == 0:
-            _hold["limiter"] = _controller().limit(limits=1, user_api="blas")
+            _hold["limiter"] = _BlasRecord(_controller()).limit(1)
         _hold["count"] += 1
     try:
         yield
@@ -127,6 +167,81 @@ def blas_one_thread():
             _hold["count"] -= 1
             if _hold["count"] == 0:
                 _end_hold()
+
+
+# -- a setting held for a call --------------------------------------------------------------
+# rnnc's thread setting is one per process. Blocks that set it for a call (an estimator's
+# n_threads, a Dask task) may overlap on several threads; they share one record of the blocks
+# running, so that the last one out restores what the first one found (per-block
+# set-and-restore, undone out of order, would leave the process at another block's count).
+_setting_lock = threading.Lock()
+_setting = {"active": [], "saved": None, "limiter": None, "current": None}
+
+
+@contextlib.contextmanager
+def thread_setting(n_threads):
+    """Run rnnc (and every BLAS library) at ``n_threads`` threads inside the block, and put
+    back what was set before when the last block running at the same time leaves, also on an
+    error: the setting is never a lasting side effect on the process. None changes nothing.
+
+    Blocks may nest or overlap (threads of one process: estimators in a threaded
+    ``GridSearchCV``, tasks of a Dask worker). The first one in records rnnc's setting and each
+    BLAS library's own (threadpoolctl); while blocks run, the setting is that of the latest one
+    still running (a nested block's, then its parent's again); the last one out restores what
+    the first one found."""
+    if n_threads is None:
+        yield
+        return
+    n_threads = check_size(n_threads, "n_threads")
+    token = _setting_enter(n_threads)
+    try:
+        yield
+    finally:
+        _setting_exit(token)
+
+
+def _setting_enter(n):
+    token = object()
+    with _setting_lock:
+        if not _setting["active"]:
+            saved = get_num_threads()
+            _setting.update(saved=saved, limiter=None, current=None)
+            # Already at n (and known to be): nothing to set.
+            if saved == n and cached_num_threads() == n:
+                _setting["current"] = n
+        _setting["active"].append((token, n))
+        _setting_apply(n)
+    return token
+
+
+def _setting_apply(n):
+    """Set n unless it is set. Caller holds _setting_lock."""
+    if _setting["current"] == n:
+        return
+    if _setting["limiter"] is None:
+        # Before the first change: each BLAS library's own setting (limits=None changes
+        # nothing), restored on the last exit, as rnnc's setting is one number for all.
+        from threadpoolctl import ThreadpoolController
+        _setting["limiter"] = _BlasRecord(ThreadpoolController())
+    set_num_threads(n)
+    _setting["current"] = n
+
+
+def _setting_exit(token):
+    with _setting_lock:
+        active = _setting["active"]
+        active[:] = [entry for entry in active if entry[0] is not token]
+        if active:
+            _setting_apply(active[-1][1])
+            return
+        saved, limiter, current = _setting["saved"], _setting["limiter"], _setting["current"]
+        _setting.update(saved=None, limiter=None, current=None)
+        try:
+            if current != saved:
+                set_num_threads(saved)
+        finally:
+            if limiter is not None:
+                limiter.restore_original_limits()
 
 
 _controllers = []     # threadpoolctl's controller of the loaded libraries, made once

@@ -1,9 +1,11 @@
 """Checks of the estimators' parameters (run by fit, never by __init__ or set_params, as
 scikit-learn requires), and the thread setting applied for the duration of a call."""
-import contextlib
 import numbers
 
 import numpy as np
+
+# The thread setting applied for the duration of a call (shared with rnnc.dask's tasks).
+from rnnc._engine.threads import thread_setting  # noqa: F401 - used as _params.thread_setting
 
 DTYPES = ("float32", "float64")
 
@@ -61,25 +63,3 @@ def check_dtype(value):
 
 def check_n_threads(value):
     return None if value is None else check_int(value, "n_threads", 1)
-
-
-@contextlib.contextmanager
-def thread_setting(n_threads):
-    """Run rnnc (and every BLAS library) at ``n_threads`` threads inside the block, and put
-    back what was set before on the way out, whatever happens: an estimator's ``n_threads``
-    is never a lasting side effect on the process. None changes nothing."""
-    if n_threads is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    import rnnc
-    before = rnnc.get_num_threads()
-    # The limiter records each BLAS library's own setting and restores it on exit (rnnc's
-    # setting below is one number for all of them).
-    with threadpool_limits(limits=None, user_api="blas"):
-        rnnc.set_num_threads(n_threads)
-        try:
-            yield
-        finally:
-            rnnc.set_num_threads(before)
