@@ -215,16 +215,31 @@ def test_call_larger_than_memory_is_refused_naming_the_call():
         m(x)
 
 
-@pytest.mark.parametrize("make", [lambda nl: rnnc.RNN(3, 4, nonlinearity=nl),
-                                  lambda nl: rnnc.RNN(3, 4, 1, nl),
-                                  lambda nl: rnnc.RNNCell(3, 4, nonlinearity=nl),
+@pytest.mark.parametrize("make", [lambda nl: rnnc.RNNCell(3, 4, nonlinearity=nl),
                                   lambda nl: rnnc.RNNCell(3, 4, True, nl)],
-                         ids=["RNN", "RNN-positional", "RNNCell", "RNNCell-positional"])
+                         ids=["RNNCell", "RNNCell-positional"])
 @pytest.mark.parametrize("bad", ["sigmoid", "Tanh", "RELU", "", None, 1])
 def test_unknown_nonlinearity(make, bad):
     with pytest.raises(ValueError, match=rf"nonlinearity must be one of 'tanh', 'relu', "
                                          rf"got {re.escape(repr(bad))}"):
         make(bad)
+
+
+# A layer's nonlinearity is any activation of the cell options (ONNX's names in any case).
+@pytest.mark.parametrize("make", [lambda nl: rnnc.RNN(3, 4, nonlinearity=nl),
+                                  lambda nl: rnnc.RNN(3, 4, 1, nl)],
+                         ids=["RNN", "RNN-positional"])
+@pytest.mark.parametrize("bad,error,message", [
+    ("gelu", ValueError, "nonlinearity must be one of"),
+    ("", ValueError, "nonlinearity must be one of"),
+    (None, TypeError, "nonlinearity must be a str or a tuple"),
+    (1, TypeError, "nonlinearity must be a str or a tuple"),
+    (("Relu", 1.0), ValueError, "Relu takes 0 parameter"),
+])
+def test_unknown_nonlinearity_of_a_layer(make, bad, error, message):
+    with pytest.raises(error) as info:
+        make(bad)
+    assert message in str(info.value) and repr(bad) in str(info.value)
 
 
 @pytest.mark.parametrize("bad", ["gelu", "Softmax", "linear", "", 0])
