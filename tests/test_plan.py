@@ -186,6 +186,7 @@ LAYERS = [
               ih_per_panel=True)),
     case("LSTM-proj-B4-H256-2t-train-kernel", dict(proj=64, I=256, H=256, B=4, training=True),
          dict(strategy="kernel")),
+    # 16*3*128*128 = 786432 < 2^20 a step: too little to repay a row split's gathers
     case("GRU-reset-before-B16-H128-2t-kernel", dict(mode="GRU", reset_after=False),
          dict(strategy="kernel", small_gemm=True)),
     case("GRU-reset-before-B1-H256-2t-kernel", dict(mode="GRU", I=256, H=256, B=1,
@@ -213,10 +214,20 @@ LAYERS = [
     case("LSTM-proj-bidir-B300-2t-concurrent-small",
          dict(proj=64, B=300, bidirectional=True),       # 300*4*128*64 = 9.8e6
          dict(strategy="kernel", directions_concurrent=True, small_gemm=True)),
-    # ... but not beside BLAS's two threads (300 > 16)
-    case("LSTM-proj-B300-2t-blas", dict(proj=64, B=300),
-         dict(strategy="kernel", directions_concurrent=False, small_gemm=False,
-              parts_small_gemm=True, packed_projection=False)),
+    # ... and one direction split by rows, each part on the layer kernel (no fused row kernel
+    # for a projection): 300*4*128*64 = 9.8e6 >= 2^20 a step
+    case("LSTM-proj-B300-2t-rows", dict(proj=64, B=300),
+         dict(strategy="rows", rows_by_kernel=True, directions_concurrent=False,
+              parts_small_gemm=True, parts=2)),
+    # LSTM I256 H256 P128 B16: 16*4*256*128 = 2.1e6 >= 2^20 a step: split by rows
+    case("LSTM-proj-B16-H256-2t-rows", dict(proj=128, I=256, H=256),
+         dict(strategy="rows", rows_by_kernel=True, parts=2)),
+    case("LSTM-proj-B16-H256-1t-kernel", dict(proj=128, I=256, H=256, threads=1),
+         dict(strategy="kernel"), portable=True),
+    # GRU reset-before I256 H256 B64: 64*3*256*256 = 12.6e6: split by rows
+    case("GRU-reset-before-B64-H256-2t-rows", dict(mode="GRU", I=256, H=256, B=64,
+                                                   reset_after=False),
+         dict(strategy="rows", rows_by_kernel=True)),
     case("LSTM-bidir-small-2t-serial", dict(H=32, B=4, I=8, bidirectional=True),
          dict(directions_concurrent=False), portable=True),   # 4*4*32*32 = 16384
 

@@ -187,6 +187,12 @@ INFERENCE = (
         Case("GRU", 5, 40, 13, 9, dict(bias=False)),
         Case("GRU", 24, 24, 20, 7, dict(num_layers=2)),
         Case("GRU", 6, 20, 16, 10, dict(bidirectional=True)),
+        # no fused row kernel: each part runs the layer kernel on its gathered rows
+        Case("LSTM", 16, 32, 8, 12, dict(proj_size=16)),
+        Case("LSTM", 9, 40, 13, 7, dict(proj_size=8, num_layers=2, bias=False)),
+        Case("LSTM", 6, 20, 16, 10, dict(proj_size=12, bidirectional=True)),
+        Case("GRU", 16, 32, 8, 12, dict(reset_after=False)),
+        Case("GRU", 6, 20, 16, 10, dict(reset_after=False, bidirectional=True, bias=False)),
     ], lengths=("full", "varied", "tail_empty"))
     + cases("pipelined", [
         Case("LSTM", 7, 24, 1, 30),
@@ -262,8 +268,12 @@ def test_inference_matches_reference(force_plan, one_thread, monkeypatch, strate
         # fused product, as each part runs). RNN's parts run the fused product, which the
         # one-thread kernel does not; GRU's project step by step rather than by chunks,
         # the same sums where every step's rows fill whole 4-row tiles.
+        # Parts on the layer kernel (a projected LSTM, GRU in the original form) run its
+        # products on their own rows: the same sums where every step's rows fill whole tiles.
+        by_kernel = case.kw.get("proj_size") or case.kw.get("reset_after") is False
         one = one_thread(lambda: flat(m(x, hx, lengths=ln)))
-        if case.mode == "LSTM" or (case.mode == "GRU" and ln is None and case.B % 4 == 0):
+        if (case.mode == "LSTM" and not by_kernel) or (
+                case.mode in ("GRU", "LSTM") and ln is None and case.B % 4 == 0):
             assert_bits(got, one)
         assert_close(got, one, dtype)
         force_plan(strategy=strategy, **case.force)
@@ -511,15 +521,15 @@ def test_batch_first_and_unbatched(force_plan, strategy):
 # Layers a strategy cannot run keep their own: (strategy, layer, training), the layer as
 # (mode, hidden, batch, kwargs).
 CANNOT = [
-    *((s, ("LSTM", 32, 8, dict(proj_size=8)), False)
-      for s in ("fused", "units", "rows", "pipelined")),
-    *((s, ("GRU", 32, 8, dict(reset_after=False)), False) for s in ("units", "rows",
-                                                                      "pipelined")),
+    *((s, ("LSTM", 32, 8, dict(proj_size=8)), False) for s in ("fused", "units", "pipelined")),
+    *((s, ("GRU", 32, 8, dict(reset_after=False)), False) for s in ("units", "pipelined")),
     ("fused", ("GRU", 32, 8, {}), False),
     ("fused", ("LSTM", 32, 8, dict(proj_size=8)), True),
     ("units", ("RNN", 16, 8, {}), False),       # below 32 units, one part would be empty
     ("units", ("GRU", 32, 8, {}), True),        # training splits LSTM only
     ("units", ("LSTM", 32, 8, dict(proj_size=8)), True),
+    ("rows", ("LSTM", 32, 8, dict(proj_size=8)), True),        # inference only
+    ("rows", ("GRU", 32, 8, dict(reset_after=False)), True),
     ("rows", ("LSTM", 32, 4, {}), False),       # one 4-row tile: nothing to split
     ("rows", ("RNN", 32, 8, {}), True),
     ("pipelined", ("LSTM", 32, 8, {}), True),   # inference only

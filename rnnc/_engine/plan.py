@@ -105,6 +105,8 @@ class LayerPlan:
     unit_bounds: tuple = ()         # UNITS: part p's hidden units are [b[p], b[p + 1])
     hold_blas: bool = False         # BLAS held at one thread for the layer (small products)
     cell: tuple = None              # OPTIONS: the layer's CellSpec (rnnc/_cell_options.py)
+    rows_by_kernel: bool = False    # ROWS inference: each part runs the cell's layer kernel
+                                    # on its gathered rows (projected LSTM, GRU reset_before)
 
     @property
     def gates(self):
@@ -248,6 +250,13 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     rows = (split and not proj_size and parts_small and gru_ok
             and B >= ROW_SPLIT_MIN_BATCH and (mode == "LSTM" or not training)
             and fused_fits(B // 2, G * H * K_all))
+    # A projected LSTM or a GRU in the original form has no fused row kernel and no unit
+    # split: its rows split between parts running the one-thread kernel (each gathering its
+    # rows and packing its weights), where a step's work repays a second thread as it does
+    # for two directions.
+    rows_by_kernel = (split and not training and (proj_size or not gru_ok) and parts_small
+                      and B >= ROW_SPLIT_MIN_BATCH and B * G * H * P >= PARALLEL_MIN_WORK
+                      and steps * B * G * H * P >= SPLIT_MIN_TOTAL_WORK)
     units = (split and not training and not proj_size and gru_ok
              and H >= max(SPLIT_MIN_HIDDEN, 32) and B * G * H * H >= SPLIT_MIN_STEP_WORK
              and steps * B * G * H * H >= SPLIT_MIN_TOTAL_WORK)
@@ -258,7 +267,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
                  and gru_ok and steps >= PIPELINE_MIN_STEPS)
 
     one = FUSED if lstm_fused else KERNEL     # the strategy of one thread
-    if rows:
+    if rows or rows_by_kernel:
         strategy = ROWS
     elif units:
         strategy = UNITS
@@ -318,7 +327,8 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         packed_projection=packed_projection, ih_per_panel=per_panel, chunk_steps=chunk_steps,
         pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
         units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
-        units_in_place=in_place, parts=parts, unit_bounds=bounds, hold_blas=hold)
+        units_in_place=in_place, parts=parts, unit_bounds=bounds, hold_blas=hold,
+        rows_by_kernel=strategy == ROWS and (bool(proj_size) or not gru_ok))
 
 
 def _options_plan(mode, H, proj_size, reset_after, bidirectional, B, steps, dtype, training,
@@ -405,6 +415,8 @@ def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_sm
     can: tests/conftest.py, force_plan). The strategies that use the pool cannot run while the
     directions run concurrently on one thread each (fewer than four threads): the pool's
     worker runs the second direction."""
+    if strategy == ROWS and (proj_size or not gru_ok):      # parts on the layer kernel
+        return not training and not concurrent and B > ROW_TILE and parts_small
     if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok or concurrent):
         return False
     if strategy == UNITS:

@@ -7,6 +7,10 @@ product [x | h | 1] @ [W_ih | W_hh | b]^T, GRU (reset_after) on its step with th
 projected step by step (gru_rows_sequence). A worker's part is run by the caller (or another
 worker) if its worker has not started it, so the results never depend on the workers.
 
+A projected LSTM and a GRU in the original form (no fused row kernel) split the same way in
+inference, each part gathering its rows and running the cell's one-thread layer kernel
+(_kernel_parts_forward).
+
 LSTM training: each part runs the fused forward, then the time loop of the fused backward, on
 its rows (run_parts); the backward's GEMMs over all rows then run in as many shares. The parts start
 at a multiple of the kernel's row tiles (layout.row_split), so the outputs, the final states
@@ -14,16 +18,25 @@ and a layer's own state gradients are the one-thread kernels' bit for bit; the i
 weight gradients (shares of rows that need not fall on row tiles) may round differently,
 and with them the layers below.
 """
+import dataclasses
 from itertools import pairwise
 
+import numpy as np
+
 from rnnc._engine import threads
+from rnnc._engine.job import LayerJob
 from rnnc._engine.kernels import K
+from rnnc._engine.plan import KERNEL
+from rnnc._engine.runners import kernel
 from rnnc._engine.workspace import aligned_empty, empty, pack_panels, panel_workspace, workspace
 
 
 def forward(plan, job):
     if plan.training:
         return _train_forward(plan, job)
+    if plan.rows_by_kernel:
+        _kernel_parts_forward(plan, job)
+        return None
     pool = threads.split_begin(parts=plan.parts)
     try:
         _forward(plan, job, pool)
@@ -174,3 +187,58 @@ def backward(plan, job):
                             db_hh=job.db_hh, w_ih_packed=packed), *shares[p])
 
     threads.run_parts([lambda p=p: share(p) for p in range(n)])
+
+
+# -- a layer the fused row kernels do not compute: each part a one-thread KERNEL layer -------
+class _PartLayout:
+    """The packed layout of one part's rows, as the kernel runner reads it."""
+    __slots__ = ("batch_sizes", "offsets")
+
+    def __init__(self, batch_sizes):
+        self.batch_sizes = np.ascontiguousarray(batch_sizes, dtype=np.intp)
+        self.offsets = np.zeros(len(batch_sizes), dtype=np.intp)
+        np.cumsum(self.batch_sizes[:-1], out=self.offsets[1:])
+
+
+def _kernel_parts_forward(plan, job):
+    """Inference of a projected LSTM or a GRU in the original form, split by rows: each part
+    gathers its rows of the packed input into a batch of its own and runs the cell's
+    one-thread layer kernel on it (KERNEL, rnnc/_engine/runners/kernel.py) with its own
+    state and packed weights; the outputs are scattered back. The gathers cost two copies of
+    the rows, small beside the products they let two threads run."""
+    bounds, sizes = job.layout.row_split(plan.parts)
+    offsets = job.layout.offsets
+    part_plan = dataclasses.replace(plan, strategy=KERNEL, small_gemm=plan.parts_small_gemm,
+                                    packed_projection=plan.parts_small_gemm, parts=1)
+    B, P = job.h.shape
+    T, I = len(offsets), job.x.shape[1]
+    full = job.layout.perm is None      # every step holds the whole batch: slabs, no gathers
+    jobs = []
+    for p, (b0, b1) in enumerate(pairwise(bounds)):
+        size = sizes[p]
+        layout = _PartLayout(size)
+        if full:
+            rows = slice(b0, b1)
+            x = np.ascontiguousarray(job.x.reshape(T, B, -1)[:, b0:b1]).reshape(-1, I)
+        else:
+            rows = np.concatenate([np.arange(o + b0, o + b0 + s, dtype=np.intp)
+                                   for o, s in zip(offsets, size)])
+            x = job.x[rows]
+        h, c = job.h[b0:b1].copy(), None if job.c is None else job.c[b0:b1].copy()
+        out = np.empty((len(x), P), dtype=plan.dtype)
+        part = LayerJob(x=x, layout=layout, reverse=job.reverse, d=(job.d, p),
+                        w_ih=job.w_ih, w_hh=job.w_hh, b_ih=job.b_ih, b_hh=job.b_hh,
+                        w_hr=job.w_hr, w_p=job.w_p, h=h, c=c, out=out, col0=0,
+                        packs=job.packs, name=(*job.name, "rows", p))
+        jobs.append((rows, b0, b1, part))
+    threads.run_parts([lambda part=part: kernel.forward(part_plan, part)
+                       for *_, part in jobs])
+    c0 = job.col0
+    for rows, b0, b1, part in jobs:
+        if full:
+            job.out.reshape(T, B, -1)[:, rows, c0:c0 + P] = part.out.reshape(T, b1 - b0, P)
+        else:
+            job.out[rows, c0:c0 + P] = part.out
+        job.h[b0:b1] = part.h
+        if job.c is not None:
+            job.c[b0:b1] = part.c
