@@ -115,9 +115,9 @@ class Module:
           So W_hh^T W_hh = I over all gates together, as in Keras (and as
           ``torch.nn.init.orthogonal_(weight_hh)``); one gate's block alone is not orthogonal.
           Gate order plays no part: the blocks come from one matrix.
-        - biases (and LSTM peepholes ``weight_p*``): zeros; for an LSTM Keras' unit forget bias, 1 in the forget-gate rows
-          (``forget_gate``) of ``bias_ih*`` (Keras has one bias, rnnc PyTorch's two; the sum
-          is what counts), ``bias_hh*`` all zero.
+        - biases (and LSTM peepholes ``weight_p*``): zeros; for an LSTM Keras' unit forget
+          bias, 1 in the forget-gate rows (``forget_gate``) of ``bias_ih*`` (Keras has one
+          bias, rnnc PyTorch's two; the sum is what counts), ``bias_hh*`` all zero.
 
         Drawn in float64 then rounded, like _init_uniform.
         """
@@ -302,3 +302,76 @@ class Module:
                 self.grads[k] += g
             else:
                 self.grads[k] = g.copy()
+
+
+class ParameterFree:
+    """What every rnnc module has, for a layer without parameters (rnnc.Pool, the pieces of
+    converted Keras models): training mode and its cache, a frozen flag (as Sequential
+    expects), empty parameters, gradients and state_dict, copies and pickles without the
+    training cache. A subclass's __init__ calls ``super().__init__()``."""
+
+    def __init__(self):
+        self.training = False
+        self._frozen = False
+        self._cache = None
+
+    def __copy__(self):
+        return copy.deepcopy(self)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None          # a training cache is no part of the module
+        return state
+
+    def train(self, mode=True):
+        """Training mode: the forward call keeps what backward() needs."""
+        self.training = check_bool(mode, "mode")
+        if not self.training:
+            self._cache = None
+        return self
+
+    def eval(self):
+        """Inference mode (the default)."""
+        return self.train(False)
+
+    def freeze(self):
+        """Nothing to pack (no parameters); marks the module frozen, as Sequential expects."""
+        self._frozen = True
+        return self
+
+    def unfreeze(self):
+        self._frozen = False
+        return self
+
+    @property
+    def frozen(self):
+        return self._frozen
+
+    def zero_grad(self):
+        """No parameters, nothing to reset."""
+
+    @property
+    def grads(self):
+        return {}
+
+    def named_parameters(self):
+        return []
+
+    def parameters(self):
+        return []
+
+    def num_parameters(self):
+        return 0
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """No parameters: with strict=True any key is an error."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        if strict and len(state_dict):
+            keys = ", ".join(repr(k) for k in state_dict.keys())
+            raise ValueError(f"load_state_dict for {type(self).__name__}: unexpected key(s) "
+                             f"{keys} (a {type(self).__name__} has no parameters)")
+        return self

@@ -14,12 +14,12 @@ activations rnnc's cells compute are in ``ACTIVATIONS``: every Keras name of rnn
 ``import rnnc`` does not import this module, and this module imports Keras only inside
 ``convert``: converted models run, save and load (after ``import rnnc.keras``) without Keras.
 """
-import copy
 
 import numpy as np
 
 from rnnc import io as _io
 from rnnc._cell_options import KERAS as _KERAS_ACTIVATIONS
+from rnnc._module import ParameterFree
 from rnnc._validation import as_real_array, check_bool, check_choice, check_lengths
 from rnnc.bidirectional import Bidirectional
 from rnnc.linear import Linear
@@ -491,66 +491,8 @@ def mask_lengths(x, mask_value=0.0):
 
 
 # -- parameter-free layers of converted models ---------------------------------------------------
-class _NoParameters:
-    """What every rnnc module has, for a layer without parameters."""
-
-    def __copy__(self):
-        return copy.deepcopy(self)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def train(self, mode=True):
-        self.training = check_bool(mode, "mode")
-        if not self.training:
-            self._cache = None
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def freeze(self):
-        self._frozen = True
-        return self
-
-    def unfreeze(self):
-        self._frozen = False
-        return self
-
-    @property
-    def frozen(self):
-        return self._frozen
-
-    def zero_grad(self):
-        """No parameters, nothing to reset."""
-
-    @property
-    def grads(self):
-        return {}
-
-    def named_parameters(self):
-        return []
-
-    def parameters(self):
-        return []
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state_dict, strict=True):
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        if strict and len(state_dict):
-            keys = ", ".join(repr(k) for k in state_dict.keys())
-            raise ValueError(f"load_state_dict for {type(self).__name__}: unexpected key(s) "
-                             f"{keys} (it has no parameters)")
-        return self
-
-
 @_io.register
-class KerasOutputs(_NoParameters):
+class KerasOutputs(ParameterFree):
     """Turn a recurrent layer's rnnc outputs (B, T, F) into Keras' (a layer of converted
     models, no parameters).
 
@@ -584,9 +526,7 @@ class KerasOutputs(_NoParameters):
     def __init__(self, go_backwards=False, hold_last=False):
         self.go_backwards = check_bool(go_backwards, "go_backwards")
         self.hold_last = check_bool(hold_last, "hold_last")
-        self.training = False
-        self._frozen = False
-        self._cache = None
+        super().__init__()
 
     def _config(self):
         return {"go_backwards": self.go_backwards, "hold_last": self.hold_last}

@@ -6,10 +6,10 @@ recurrent layer that made the outputs. ``Pool`` computes each of them from a pad
 its ``lengths`` (padded steps never count) and back-propagates through it, so that
 ``Sequential(LSTM, Pool, Linear)`` is one model with one forward and one backward.
 """
-import copy
 
 import numpy as np
 
+from rnnc._module import ParameterFree
 from rnnc._validation import as_real_array, check_bool, check_choice, check_lengths, to_array
 
 MODES = ("last", "mean", "max", "state")
@@ -27,7 +27,7 @@ def _as_float_array(value, name):
     raise TypeError(f"{name} must have a real numeric dtype (float or int), got {arr.dtype}")
 
 
-class Pool:
+class Pool(ParameterFree):
     """Reduce each sequence of a padded batch to one vector, honouring ``lengths``.
 
     Parameters
@@ -93,9 +93,7 @@ class Pool:
         self.mode = check_choice(mode, "mode", MODES)
         self.batch_first = None if batch_first is None else check_bool(batch_first,
                                                                         "batch_first")
-        self.training = False
-        self._frozen = False
-        self._cache = None
+        super().__init__()
 
     def _config(self):
         """Constructor arguments that rebuild an identical module (JSON-able)."""
@@ -104,14 +102,6 @@ class Pool:
     def __repr__(self):
         extra = "" if self.batch_first is None else f", batch_first={self.batch_first}"
         return f"Pool({self.mode!r}{extra})"
-
-    def __copy__(self):
-        return copy.deepcopy(self)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = None          # a training cache is no part of the module
-        return state
 
     # -- forward ------------------------------------------------------------------------------
     def __call__(self, x=None, lengths=None, *, state=None):
@@ -234,54 +224,3 @@ class Pool:
             share = g / np.maximum(count, 1).astype(g.dtype)
             dxt[...] = np.where(ties, share, 0)
         return dx, None, {}
-
-    # -- what every rnnc module has ---------------------------------------------------------
-    def train(self, mode=True):
-        """Training mode: the forward call keeps what backward() needs."""
-        self.training = check_bool(mode, "mode")
-        if not self.training:
-            self._cache = None
-        return self
-
-    def eval(self):
-        """Inference mode (the default)."""
-        return self.train(False)
-
-    def freeze(self):
-        """Nothing to pack (no parameters); marks the module frozen, as Sequential expects."""
-        self._frozen = True
-        return self
-
-    def unfreeze(self):
-        self._frozen = False
-        return self
-
-    @property
-    def frozen(self):
-        return self._frozen
-
-    def zero_grad(self):
-        """No parameters, nothing to reset."""
-
-    @property
-    def grads(self):
-        return {}
-
-    def named_parameters(self):
-        return []
-
-    def parameters(self):
-        return []
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state_dict, strict=True):
-        """A Pool has no parameters: with strict=True any key is an error."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        if strict and len(state_dict):
-            keys = ", ".join(repr(k) for k in state_dict.keys())
-            raise ValueError(f"load_state_dict for Pool: unexpected key(s) {keys} (a Pool has "
-                             "no parameters)")
-        return self

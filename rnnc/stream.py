@@ -15,7 +15,6 @@ from rnnc._engine.workspace import aligned_empty, panel_workspace
 from rnnc._kernels._stream_kernel import StreamKernel
 from rnnc._validation import as_real_array, check_shape, check_size, describe
 
-_kernel_step = StreamKernel.step
 _UNSET = object()       # reset()'s deprecated arguments: not given
 
 
@@ -177,32 +176,12 @@ class Stream(StreamKernel):
             return h
         return h, (self._c[:, 0].copy() if unbatched else self._c.copy())
 
-    def step(self, x, out=None):
-        """Run one time step: returns this step's output of the last layer (its new h).
-
-        Parameters
-        ----------
-        x : array (B, input_size), or (input_size,) for an unbatched stream
-            Of the stream's dtype, or of any other real dtype (converted, as the layer's
-            input is: see rnnc's dtype policy in the README). Complex, bool, object or
-            string data raise TypeError.
-        out : ndarray (B, P), or (P,), optional
-            Written instead of allocating a new array: C-contiguous, writeable, exactly the
-            stream's dtype. It may be x itself (when input_size == P).
-
-        Returns
-        -------
-        y : ndarray (B, P) or (P,); P = proj_size or hidden_size. ``out`` when given.
-        """
-        try:
-            # The compiled step takes arrays of the stream's dtype; anything else it refuses,
-            # and is converted here, once, by the rules every rnnc entry point follows.
-            return _kernel_step(self, x, out)
-        except TypeError:
-            converted = as_real_array(x, "x", self.module.dtype)
-            if converted is x:
-                raise       # x was fine: the complaint is about out
-            return _kernel_step(self, converted, out)
+    # step(x, out=None) is StreamKernel.step itself (no Python frame per step); it calls
+    # convert_input only for an x that is not exactly the stream's dtype.
+    def convert_input(self, x):
+        """x converted to the stream's dtype by rnnc's dtype policy (complex, bool, object
+        and string data raise TypeError): what step does with an x of another dtype."""
+        return as_real_array(x, "x", self.module.dtype)
 
     def reset(self, hx=None, c0=_UNSET, *, h0=_UNSET):
         """Start a new sequence from the state ``hx`` (None: zeros).

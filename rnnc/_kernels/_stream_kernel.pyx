@@ -536,14 +536,24 @@ cdef class StreamKernel:
         if self.job != NULL:
             self.job.flip = False
 
+    def convert_input(self, x):
+        """x as an array of the stream's dtype, for step; here TypeError (a subclass may
+        convert)."""
+        if not cnp.PyArray_Check(x):
+            raise TypeError(f"x must be a numpy.ndarray of dtype {self._dtype}, got "
+                            f"{type(x).__name__}")
+        raise TypeError(f"x must have dtype {self._dtype} (the stream's dtype), got {x.dtype}")
+
     def step(self, x, out=None):
         """Run one time step: returns this step's output of the last layer (its new h).
 
         Parameters
         ----------
         x : ndarray (B, input_size), or (input_size,) for an unbatched stream
-            Exactly the stream's dtype (float32 or float64; TypeError otherwise: a silent
-            conversion would cost more than the step). Non-contiguous arrays are copied.
+            Of the stream's dtype (float32 or float64); anything else goes through
+            ``self.convert_input(x)`` first, which a subclass defines (rnnc.stream.Stream:
+            rnnc's dtype policy) and which here raises TypeError. Non-contiguous arrays are
+            copied.
         out : ndarray (B, P), or (P,), optional
             Written instead of allocating a new array: C-contiguous, writeable, the stream's
             dtype. It may be x itself (when input_size == P).
@@ -557,13 +567,14 @@ cdef class StreamKernel:
         cdef cnp.ndarray xa, ya
         cdef cnp.npy_intp* dims
         cdef cnp.npy_intp ydims[2]
-        if not cnp.PyArray_Check(x):
-            raise TypeError(f"x must be a numpy.ndarray of dtype {self._dtype}, got "
-                            f"{type(x).__name__}")
+        if not cnp.PyArray_Check(x) or cnp.PyArray_TYPE(<cnp.ndarray>x) != self.typenum:
+            # Off the fast path only: a subclass converts (or refuses) what is not exactly
+            # the stream's dtype.
+            x = self.convert_input(x)
+            if not cnp.PyArray_Check(x) or cnp.PyArray_TYPE(<cnp.ndarray>x) != self.typenum:
+                raise TypeError(f"convert_input must return a numpy.ndarray of dtype "
+                                f"{self._dtype}, got {type(x).__name__}")
         xa = <cnp.ndarray>x
-        if cnp.PyArray_TYPE(xa) != self.typenum:
-            raise TypeError(f"x must have dtype {self._dtype} (the stream's dtype), got "
-                            f"{x.dtype}")
         dims = cnp.PyArray_DIMS(xa)
         if self.unbatched:
             if cnp.PyArray_NDIM(xa) != 1 or dims[0] != self.n_in:
