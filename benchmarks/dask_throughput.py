@@ -92,7 +92,10 @@ def run_local(model, seqs, threads, bucket, batch_size):
     return elapsed
 
 
-def run_dask(client, model, seqs, bucket, batch_size, npartitions):
+def run_dask(client, model, seqs, bucket, batch_size, npartitions, gather=True):
+    """Seconds to run the bag through rnnc.dask.apply: with the per-sequence results gathered
+    into the client (``.compute()``), or kept on the workers (``.persist()``, as a pipeline
+    that writes its results from the workers would)."""
     import dask.bag as db
     from distributed import wait
 
@@ -107,9 +110,17 @@ def run_dask(client, model, seqs, bucket, batch_size, npartitions):
     rnnc.dask.apply(model, db.from_sequence(seqs[:4 * batch_size], npartitions=4),
                     batch_size=batch_size).compute()
     start = time.perf_counter()
-    out = rnnc.dask.apply(model, bag, batch_size=batch_size, bucket=bucket).compute()
-    elapsed = time.perf_counter() - start
-    assert len(out) == len(seqs)
+    result = rnnc.dask.apply(model, bag, batch_size=batch_size, bucket=bucket)
+    if gather:
+        out = result.compute()
+        elapsed = time.perf_counter() - start
+        assert len(out) == len(seqs)
+    else:
+        kept = result.persist()
+        wait(kept)
+        elapsed = time.perf_counter() - start
+        assert kept.count().compute() == len(seqs)
+        client.cancel(kept)
     client.cancel(parts)
     return elapsed
 
@@ -156,10 +167,14 @@ def main(argv=None):
                                        dashboard_address=None)
     client = distributed.Client(cluster)
     try:
-        for bucket in (False, True):
-            seconds = run_dask(client, model, seqs, bucket, args.batch_size, args.partitions)
-            add("rnnc.dask.apply, LocalCluster", "2 workers x 1 thread", bucket, seconds,
-                partition_batches(lengths, args.partitions, args.batch_size, bucket))
+        for gather in (True, False):
+            for bucket in (False, True):
+                seconds = run_dask(client, model, seqs, bucket, args.batch_size,
+                                   args.partitions, gather)
+                add("rnnc.dask.apply, LocalCluster, results "
+                    + ("gathered to the client" if gather else "kept on the workers"),
+                    "2 workers x 1 thread", bucket, seconds,
+                    partition_batches(lengths, args.partitions, args.batch_size, bucket))
     finally:
         client.close()
         cluster.close()
@@ -185,7 +200,9 @@ def main(argv=None):
         f"{args.partitions} partitions).",
         "- Threads: one process at the thread count given (`rnnc.set_num_threads`); the "
         "cluster's 2 worker processes run 1 thread each (`LocalCluster(n_workers=2, "
-        "threads_per_worker=1)`); the bag is on the workers before the clock starts.",
+        "threads_per_worker=1)`); the bag is on the workers before the clock starts. "
+        "Results gathered: `.compute()` brings every sequence's result (a list of 128-float "
+        "arrays) to the client; kept: `.persist()` leaves them on the workers.",
         "- Real steps / padded steps: the share of the padded batches' steps that are real. "
         "rnnc runs a padded batch in packed form (sorted by length inside the call, "
         "rnnc/_engine/layout.py) and computes no step of a sequence that has ended, so padding "

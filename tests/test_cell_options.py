@@ -277,3 +277,62 @@ def test_cellspec_of_the_defaults_is_none_and_of_an_option_is_set():
     assert rnnc.GRU(3, 4, activation="tanh", recurrent_activation="sigmoid")._cell is None
     spec = rnnc.GRU(3, 4, clip=1.0)._cell
     assert isinstance(spec, CellSpec) and spec.clip == 1.0
+
+
+# ONNX's own nodes with the options, as another tool would write them, run by ONNX Runtime and
+# by rnnc.onnx.load (onnx's ReferenceEvaluator ignores clip and the activation lists of GRU and
+# LSTM, so ONNX Runtime is the oracle here).
+NODE_OPTIONS = [
+    ("LSTM", dict(clip=1.3, input_forget=1, activations=["HardSigmoid", "Softsign", "Softsign"],
+                  activation_alpha=[0.3], activation_beta=[0.45]), True),
+    ("LSTM", dict(activations=["Sigmoid", "LeakyRelu", "LeakyRelu"],
+                  activation_alpha=[0.2, 0.2]), True),
+    ("GRU", dict(clip=0.8, linear_before_reset=1,
+                 activations=["Sigmoid", "ScaledTanh"], activation_alpha=[1.4],
+                 activation_beta=[0.6]), False),
+    ("GRU", dict(activations=["HardSigmoid", "Elu"], activation_alpha=[0.25, 0.9],
+                 activation_beta=[0.5]), False),
+    ("RNN", dict(clip=2.0, activations=["ThresholdedRelu"], activation_alpha=[0.1]), False),
+    ("RNN", dict(activations=["Affine"], activation_alpha=[0.7], activation_beta=[0.05]), False),
+]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("op,attributes,peepholes", NODE_OPTIONS, ids=str)
+def test_onnx_nodes_with_options_run_as_onnx_runtime_runs_them(op, attributes, peepholes,
+                                                               bidirectional):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import rnnc.onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    G = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
+    D, H, I, T, B = (2 if bidirectional else 1), 4, 3, 6, 3
+    attributes = dict(attributes, hidden_size=H)
+    if bidirectional:
+        attributes["direction"] = "bidirectional"
+        for key in ("activations", "activation_alpha", "activation_beta"):
+            if key in attributes:
+                attributes[key] = attributes[key] * 2
+    weights = {"W": rng.uniform(-0.6, 0.6, (D, G * H, I)), "R": rng.uniform(-0.6, 0.6, (D, G * H, H)),
+               "B": rng.uniform(-0.3, 0.3, (D, 2 * G * H))}
+    inputs = ["X", "W", "R", "B", "sequence_lens"]
+    if peepholes:
+        weights["P"] = rng.uniform(-0.5, 0.5, (D, 3 * H))
+        inputs += ["", "", "P"]
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, outputs, **attributes)], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I]),
+         helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [B])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    feed = {"X": rng.normal(size=(T, B, I)).astype(np.float32),
+            "sequence_lens": np.array([6, 2, 5], np.int32)}
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feed)
+    got = rnnc.onnx.load(model).run(None, feed)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
