@@ -301,7 +301,7 @@ NODE_OPTIONS = [
 @pytest.mark.parametrize("op,attributes,peepholes", NODE_OPTIONS, ids=str)
 def test_onnx_nodes_with_options_run_as_onnx_runtime_runs_them(op, attributes, peepholes,
                                                                bidirectional):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     import rnnc.onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -314,7 +314,8 @@ def test_onnx_nodes_with_options_run_as_onnx_runtime_runs_them(op, attributes, p
         for key in ("activations", "activation_alpha", "activation_beta"):
             if key in attributes:
                 attributes[key] = attributes[key] * 2
-    weights = {"W": rng.uniform(-0.6, 0.6, (D, G * H, I)), "R": rng.uniform(-0.6, 0.6, (D, G * H, H)),
+    weights = {"W": rng.uniform(-0.6, 0.6, (D, G * H, I)),
+               "R": rng.uniform(-0.6, 0.6, (D, G * H, H)),
                "B": rng.uniform(-0.3, 0.3, (D, 2 * G * H))}
     inputs = ["X", "W", "R", "B", "sequence_lens"]
     if peepholes:
