@@ -105,8 +105,9 @@ class LayerPlan:
     unit_bounds: tuple = ()         # UNITS: part p's hidden units are [b[p], b[p + 1])
     hold_blas: bool = False         # BLAS held at one thread for the layer (small products)
     cell: tuple = None              # OPTIONS: the layer's CellSpec (rnnc/_cell_options.py)
-    rows_by_kernel: bool = False    # ROWS inference: each part runs the cell's layer kernel
-                                    # on its gathered rows (projected LSTM, GRU reset_before)
+    rows_by_kernel: bool = False    # ROWS: each part runs the cell's layer kernel on its
+                                    # gathered rows (projected LSTM, GRU reset_before; in
+                                    # training GRU and RNN too)
 
     @property
     def gates(self):
@@ -254,9 +255,12 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
     # split: its rows split between parts running the one-thread kernel (each gathering its
     # rows and packing its weights), where a step's work repays a second thread as it does
     # for two directions.
-    rows_by_kernel = (split and not training and (proj_size or not gru_ok) and parts_small
+    # In training GRU and RNN (no fused row kernel for their backward) split so too.
+    by_kernel = bool(proj_size) or not gru_ok or (training and mode != "LSTM")
+    rows_by_kernel = (split and by_kernel and (parts_small or training)
                       and B >= ROW_SPLIT_MIN_BATCH and B * G * H * P >= PARALLEL_MIN_WORK
-                      and steps * B * G * H * P >= SPLIT_MIN_TOTAL_WORK)
+                      and (steps * B >= TRAIN_SPLIT_MIN_ROWS if training
+                           else steps * B * G * H * P >= SPLIT_MIN_TOTAL_WORK))
     units = (split and not training and not proj_size and gru_ok
              and H >= max(SPLIT_MIN_HIDDEN, 32) and B * G * H * H >= SPLIT_MIN_STEP_WORK
              and steps * B * G * H * H >= SPLIT_MIN_TOTAL_WORK)
@@ -328,7 +332,7 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
         pipeline_steps=pipeline, parts_small_gemm=parts_small, half=half,
         units_fused=units_fused, units_packed_ih=units_packed_ih, units_gather_hh=gather,
         units_in_place=in_place, parts=parts, unit_bounds=bounds, hold_blas=hold,
-        rows_by_kernel=strategy == ROWS and (bool(proj_size) or not gru_ok))
+        rows_by_kernel=strategy == ROWS and by_kernel)
 
 
 def _options_plan(mode, H, proj_size, reset_after, bidirectional, B, steps, dtype, training,
@@ -415,8 +419,9 @@ def _possible(strategy, mode, H, B, proj_size, gru_ok, training, small, parts_sm
     can: tests/conftest.py, force_plan). The strategies that use the pool cannot run while the
     directions run concurrently on one thread each (fewer than four threads): the pool's
     worker runs the second direction."""
-    if strategy == ROWS and (proj_size or not gru_ok):      # parts on the layer kernel
-        return not training and not concurrent and B > ROW_TILE and parts_small
+    if strategy == ROWS and (proj_size or not gru_ok or (training and mode != "LSTM")):
+        # parts on the layer kernel
+        return not concurrent and B > ROW_TILE and (parts_small or training)
     if strategy in (UNITS, ROWS, PIPELINED) and (proj_size or not gru_ok or concurrent):
         return False
     if strategy == UNITS:

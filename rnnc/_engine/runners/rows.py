@@ -7,9 +7,9 @@ product [x | h | 1] @ [W_ih | W_hh | b]^T, GRU (reset_after) on its step with th
 projected step by step (gru_rows_sequence). A worker's part is run by the caller (or another
 worker) if its worker has not started it, so the results never depend on the workers.
 
-A projected LSTM and a GRU in the original form (no fused row kernel) split the same way in
-inference, each part gathering its rows and running the cell's one-thread layer kernel
-(_kernel_parts_forward).
+A projected LSTM and a GRU in the original form (no fused row kernel), and in training GRU
+and RNN, split the same way, each part gathering its rows and running the cell's one-thread
+layer kernel, forward and backward (_kernel_parts_forward / _kernel_parts_backward).
 
 LSTM training: each part runs the fused forward, then the time loop of the fused backward, on
 its rows (run_parts); the backward's GEMMs over all rows then run in as many shares. The parts start
@@ -24,7 +24,7 @@ from itertools import pairwise
 import numpy as np
 
 from rnnc._engine import threads
-from rnnc._engine.job import LayerJob
+from rnnc._engine.job import BackwardJob, LayerJob
 from rnnc._engine.kernels import K
 from rnnc._engine.plan import KERNEL
 from rnnc._engine.runners import kernel
@@ -32,11 +32,10 @@ from rnnc._engine.workspace import aligned_empty, empty, pack_panels, panel_work
 
 
 def forward(plan, job):
+    if plan.rows_by_kernel:
+        return _kernel_parts_forward(plan, job)
     if plan.training:
         return _train_forward(plan, job)
-    if plan.rows_by_kernel:
-        _kernel_parts_forward(plan, job)
-        return None
     pool = threads.split_begin(parts=plan.parts)
     try:
         _forward(plan, job, pool)
@@ -151,6 +150,9 @@ def _train_forward(plan, job):
 
 def backward(plan, job):
     """BPTT after a training forward (act is overwritten)."""
+    if plan.rows_by_kernel:
+        _kernel_parts_backward(plan, job)
+        return
     dtype = plan.dtype
     act, xh, c_prev, (bounds, sizes) = job.kept
     n = len(sizes)
@@ -189,7 +191,7 @@ def backward(plan, job):
     threads.run_parts([lambda p=p: share(p) for p in range(n)])
 
 
-# -- a layer the fused row kernels do not compute: each part a one-thread KERNEL layer -------
+# -- layers the fused row kernels do not compute: each part a one-thread KERNEL layer --------
 class _PartLayout:
     """The packed layout of one part's rows, as the kernel runner reads it."""
     __slots__ = ("batch_sizes", "offsets")
@@ -200,45 +202,111 @@ class _PartLayout:
         np.cumsum(self.batch_sizes[:-1], out=self.offsets[1:])
 
 
+class _Part:
+    """One part's rows of the packed batch: a slice of each step's slab (full-length
+    batches) or an index array, and gather / scatter between them and a batch of its own."""
+
+    def __init__(self, layout, b0, b1, size, B):
+        self.b0, self.b1, self.T, self.B = b0, b1, len(layout.offsets), B
+        self.layout = _PartLayout(size)
+        if layout.perm is None:     # every step holds the whole batch: slabs, no gathers
+            self.rows = None
+        else:
+            self.rows = np.concatenate([np.arange(o + b0, o + b0 + s, dtype=np.intp)
+                                        for o, s in zip(layout.offsets, size)])
+
+    def gather(self, a):
+        """This part's rows of a packed (N, F) array, as a new (N_p, F) array."""
+        if self.rows is None:
+            F = a.shape[1]
+            return np.ascontiguousarray(a.reshape(self.T, self.B, F)[:, self.b0:self.b1]) \
+                .reshape(-1, F)
+        return a[self.rows]
+
+    def scatter(self, dst, cols, src, add=False):
+        """dst[this part's rows, cols] = (or +=) src (N_p, ...)."""
+        if self.rows is None:
+            view = dst.reshape(self.T, self.B, -1)[:, self.b0:self.b1, cols]
+            src = src.reshape(self.T, self.b1 - self.b0, -1)
+            if add:
+                view += src
+            else:
+                view[...] = src
+        elif add:
+            dst[self.rows, cols] += src
+        else:
+            dst[self.rows, cols] = src
+
+
+def _part_plan(plan):
+    return dataclasses.replace(plan, strategy=KERNEL, small_gemm=plan.parts_small_gemm,
+                               packed_projection=plan.parts_small_gemm,
+                               parts=1, rows_by_kernel=False)
+
+
 def _kernel_parts_forward(plan, job):
-    """Inference of a projected LSTM or a GRU in the original form, split by rows: each part
-    gathers its rows of the packed input into a batch of its own and runs the cell's
-    one-thread layer kernel on it (KERNEL, rnnc/_engine/runners/kernel.py) with its own
-    state and packed weights; the outputs are scattered back. The gathers cost two copies of
-    the rows, small beside the products they let two threads run."""
+    """A layer split by rows where no fused row kernel computes its cell (a projected LSTM,
+    GRU in the original form; in training GRU and RNN too): each part gathers its rows of the
+    packed input into a batch of its own and runs the cell's one-thread layer kernel on it
+    (KERNEL, rnnc/_engine/runners/kernel.py) with its own state and packed weights; outputs
+    and states are scattered back. The gathers cost copies of the rows, small beside the
+    products they let the threads run. Training returns each part's kept arrays."""
     bounds, sizes = job.layout.row_split(plan.parts)
-    offsets = job.layout.offsets
-    part_plan = dataclasses.replace(plan, strategy=KERNEL, small_gemm=plan.parts_small_gemm,
-                                    packed_projection=plan.parts_small_gemm, parts=1)
     B, P = job.h.shape
-    T, I = len(offsets), job.x.shape[1]
-    full = job.layout.perm is None      # every step holds the whole batch: slabs, no gathers
-    jobs = []
+    part_plan = _part_plan(plan)
+    parts = []
     for p, (b0, b1) in enumerate(pairwise(bounds)):
-        size = sizes[p]
-        layout = _PartLayout(size)
-        if full:
-            rows = slice(b0, b1)
-            x = np.ascontiguousarray(job.x.reshape(T, B, -1)[:, b0:b1]).reshape(-1, I)
-        else:
-            rows = np.concatenate([np.arange(o + b0, o + b0 + s, dtype=np.intp)
-                                   for o, s in zip(offsets, size)])
-            x = job.x[rows]
-        h, c = job.h[b0:b1].copy(), None if job.c is None else job.c[b0:b1].copy()
-        out = np.empty((len(x), P), dtype=plan.dtype)
-        part = LayerJob(x=x, layout=layout, reverse=job.reverse, d=(job.d, p),
-                        w_ih=job.w_ih, w_hh=job.w_hh, b_ih=job.b_ih, b_hh=job.b_hh,
-                        w_hr=job.w_hr, w_p=job.w_p, h=h, c=c, out=out, col0=0,
-                        packs=job.packs, name=(*job.name, "rows", p))
-        jobs.append((rows, b0, b1, part))
-    threads.run_parts([lambda part=part: kernel.forward(part_plan, part)
-                       for *_, part in jobs])
+        part = _Part(job.layout, b0, b1, sizes[p], B)
+        x = part.gather(job.x)
+        part.job = LayerJob(
+            x=x, layout=part.layout, reverse=job.reverse, d=(job.d, p), w_ih=job.w_ih,
+            w_hh=job.w_hh, b_ih=job.b_ih, b_hh=job.b_hh, w_hr=job.w_hr, w_p=job.w_p,
+            h=job.h[b0:b1].copy(), c=None if job.c is None else job.c[b0:b1].copy(),
+            out=np.empty((len(x), P), dtype=plan.dtype), col0=0, packs=job.packs,
+            name=(*job.name, "rows", p))
+        parts.append(part)
+    kept = [None] * len(parts)
+
+    def run(p):
+        kept[p] = kernel.forward(part_plan, parts[p].job)
+
+    threads.run_parts([lambda p=p: run(p) for p in range(len(parts))])
     c0 = job.col0
-    for rows, b0, b1, part in jobs:
-        if full:
-            job.out.reshape(T, B, -1)[:, rows, c0:c0 + P] = part.out.reshape(T, b1 - b0, P)
-        else:
-            job.out[rows, c0:c0 + P] = part.out
-        job.h[b0:b1] = part.h
+    for part in parts:
+        part.scatter(job.out, slice(c0, c0 + P), part.job.out)
+        job.h[part.b0:part.b1] = part.job.h
         if job.c is not None:
-            job.c[b0:b1] = part.c
+            job.c[part.b0:part.b1] = part.job.c
+    if plan.training:
+        return ("kernel parts", parts, kept)
+    return None
+
+
+def _kernel_parts_backward(plan, job):
+    """BPTT after _kernel_parts_forward: each part's kernel backward on its rows, with its own
+    gradient buffers; the parameter gradients are then added in the parts' order (the same
+    bits on every call), the input gradient scattered back."""
+    _, parts, kept = job.kept
+    part_plan = _part_plan(plan)
+    P = job.dh.shape[1]
+    grads = [{name: np.zeros_like(getattr(job, name)) for name in
+              ("dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dw_p")} for _ in parts]
+    jobs = []
+    for part, k, g in zip(parts, kept, grads):
+        b0, b1 = part.b0, part.b1
+        jobs.append(BackwardJob(
+            x=part.job.x, layout=part.layout, reverse=job.reverse, d=part.job.d,
+            w_ih=job.w_ih, w_hh=job.w_hh, w_hr=job.w_hr, w_p=job.w_p, kept=k,
+            dout=part.gather(job.dout[:, job.col0:job.col0 + P]), col0=0,
+            dh=job.dh[b0:b1].copy(), dc=None if job.dc is None else job.dc[b0:b1].copy(),
+            dx=np.empty_like(part.job.x), add_dx=False, **g))
+
+    threads.run_parts([lambda j=j: kernel.backward(part_plan, j) for j in jobs])
+    for part, j, g in zip(parts, jobs, grads):
+        part.scatter(job.dx, slice(None), j.dx, add=job.add_dx)
+        job.dh[part.b0:part.b1] = j.dh
+        if job.dc is not None:
+            job.dc[part.b0:part.b1] = j.dc
+        for name, value in g.items():
+            if value.size:
+                getattr(job, name)[...] += value
