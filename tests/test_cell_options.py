@@ -337,3 +337,20 @@ def test_onnx_nodes_with_options_run_as_onnx_runtime_runs_them(op, attributes, p
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_options_with_empty_sequences_and_batches(training):
+    m, r = _layers("LSTM", dict(peepholes=True, clip=1.0), np.float64, bidirectional=True)
+    m.train(training)
+    r.train(training)
+    for x, lengths in ((np.ones((4, 3, 3)), [0, 0, 0]), (np.ones((4, 0, 3)), []),
+                       (np.ones((0, 2, 3)), [0, 0]), (np.ones((4, 3, 3)), [4, 0, 1])):
+        out, (h, c) = m(x, lengths=lengths)
+        want, (wh, wc) = r(x, lengths=lengths)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(c, wc, rtol=1e-12, atol=1e-12)
+        if training:
+            dx = m.backward(np.ones_like(out))[0]
+            np.testing.assert_allclose(dx, r.backward(np.ones_like(out))[0], rtol=1e-12,
+                                       atol=1e-12)

@@ -141,10 +141,15 @@ LAYERS = [
          dict(strategy="fused", directions_concurrent=False, half=0)),
 
     # -- projection ahead (2 threads, no split, small, T >= 16) ---------------------------
-    # GRU H64 < 128: not by units; B1 < 8: not by rows; chunk min(100, 2^20 // 192) = 100
-    case("GRU-B1-H64-2t-pipelined", dict(mode="GRU", I=64, H=64, B=1),
-         dict(strategy="pipelined", pipeline_steps=13, chunk_steps=100, small_gemm=True)),
-    case("GRU-B1-H64-T17-2t-pipelined", dict(mode="GRU", I=64, H=64, B=1, T=17),
+    # GRU H64 < 128: not by units; B1 < 8: not by rows; chunk min(200, 2^20 // 192) = 200;
+    # a chunk's projection 200 // 8 * 3*64*64 = 307200 >= 2^18 multiply-adds
+    case("GRU-B1-H64-T200-2t-pipelined", dict(mode="GRU", I=64, H=64, B=1, T=200),
+         dict(strategy="pipelined", pipeline_steps=25, chunk_steps=200, small_gemm=True)),
+    # ... but at T100, 100 // 8 * 12288 = 147456 < 2^18: too little to hand over
+    case("GRU-B1-H64-2t-kernel", dict(mode="GRU", I=64, H=64, B=1),
+         dict(strategy="kernel", pipeline_steps=0)),
+    # LSTM I128 H128 B2 T17: 17 // 8 * 2*4*128*128 = 262144; H128 B2: 131072 a step < 3 << 16
+    case("LSTM-B2-H128-T17-2t-pipelined", dict(I=128, H=128, B=2, T=17),
          dict(strategy="pipelined", pipeline_steps=3)),     # ceil(17 / 8)
     case("GRU-B1-H64-T15-2t-kernel", dict(mode="GRU", I=64, H=64, B=1, T=15),
          dict(strategy="kernel", pipeline_steps=0)),

@@ -69,6 +69,7 @@ ROW_SPLIT_MIN_BATCH = 2 * ROW_TILE  # fewest rows to split by rows: a tile each
 MAX_PARTS = 64                      # most parts of a split (the pool's, _parallel_forward.pyx)
 PIPELINE_CHUNKS = 8                 # chunks of a projection-ahead layer (the first is not hidden)
 PIPELINE_MIN_STEPS = 16             # fewest steps to project ahead
+PIPELINE_MIN_CHUNK_WORK = 1 << 18   # multiply-adds of one chunk's projection, to repay a handoff
 TRAIN_SPLIT_MIN_STEP_WORK = 1 << 19  # training split by units: one step's work, and
 TRAIN_SPLIT_MIN_ROWS = 256          # rows (steps x batch) to repay the per-call set-up
 STREAM_SPLIT_MIN_WORK = 1 << 17     # a stream step's multiply-adds (all products) to split it
@@ -268,7 +269,8 @@ def _make_plan(mode, I, H, proj_size, reset_after, relu, bidirectional, B, steps
                    and H >= 32 and B * 4 * H * H >= TRAIN_SPLIT_MIN_STEP_WORK
                    and steps * B >= TRAIN_SPLIT_MIN_ROWS)
     pipelined = (not training and not units and split and not concurrent and small and not proj_size
-                 and gru_ok and steps >= PIPELINE_MIN_STEPS)
+                 and gru_ok and steps >= PIPELINE_MIN_STEPS
+                 and steps // PIPELINE_CHUNKS * B * G * H * I >= PIPELINE_MIN_CHUNK_WORK)
 
     one = FUSED if lstm_fused else KERNEL     # the strategy of one thread
     if rows or rows_by_kernel:

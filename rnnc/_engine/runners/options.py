@@ -40,7 +40,7 @@ def forward(plan, job):
         cell_spec=spec_array(plan.cell),
         xg=(np.empty((n_rows, G), dtype=dtype) if train
             else workspace(f"options pre {d}", (plan.chunk_steps * B, G), dtype)),
-        chunk_steps=len(job.layout.batch_sizes) if train else plan.chunk_steps,
+        chunk_steps=max(1, len(job.layout.batch_sizes)) if train else plan.chunk_steps,
         hg=workspace(f"options work {d}", (B, G), dtype),
         h_prev=np.empty((n_rows, P), dtype=dtype) if train else _none(dtype, 2),
         c_prev=np.empty((n_rows, H), dtype=dtype) if train and lstm else _none(dtype, 2),
