@@ -54,7 +54,23 @@ def _to_numpy(value):
 _ARRAY_OVERHEAD = 400
 
 
-class Module:
+class _Modes:
+    """Training and inference modes, the same for every rnnc module."""
+
+    def train(self, mode=True):
+        """Training mode: the forward pass keeps what backward() needs (and applies
+        dropout where the module has it)."""
+        self.training = check_bool(mode, "mode")
+        if not self.training:
+            self._cache = None
+        return self
+
+    def eval(self):
+        """Inference mode (the default): nothing is kept, dropout is off."""
+        return self.train(False)
+
+
+class Module(_Modes):
     """Base of all rnnc modules: owns parameters as C-contiguous arrays of one float dtype.
 
     Parameters are reachable as attributes under their PyTorch names (``m.weight_ih_l0``); they
@@ -280,18 +296,7 @@ class Module:
         if self.__dict__.get("_packs") is not None:
             self.freeze()
 
-    # -- training -----------------------------------------------------------------------------
-    def train(self, mode=True):
-        """Training mode: the forward pass keeps what backward() needs and applies dropout."""
-        self.training = check_bool(mode, "mode")
-        if not self.training:
-            self._cache = None
-        return self
-
-    def eval(self):
-        """Inference mode (the default): nothing is kept, dropout is off."""
-        return self.train(False)
-
+    # -- training (train / eval: _Modes) ------------------------------------------------------
     def zero_grad(self):
         """Reset the accumulated gradients in ``self.grads`` to zero."""
         self.grads = {k: np.zeros_like(v) for k, v in self._params.items()}
@@ -304,7 +309,7 @@ class Module:
                 self.grads[k] = g.copy()
 
 
-class ParameterFree:
+class ParameterFree(_Modes):
     """What every rnnc module has, for a layer without parameters (rnnc.Pool, the pieces of
     converted Keras models): training mode and its cache, a frozen flag (as Sequential
     expects), empty parameters, gradients and state_dict, copies and pickles without the
@@ -322,17 +327,6 @@ class ParameterFree:
         state = self.__dict__.copy()
         state["_cache"] = None          # a training cache is no part of the module
         return state
-
-    def train(self, mode=True):
-        """Training mode: the forward call keeps what backward() needs."""
-        self.training = check_bool(mode, "mode")
-        if not self.training:
-            self._cache = None
-        return self
-
-    def eval(self):
-        """Inference mode (the default)."""
-        return self.train(False)
 
     def freeze(self):
         """Nothing to pack (no parameters); marks the module frozen, as Sequential expects."""

@@ -88,6 +88,18 @@ class _RNNBase(Module):
         forget = slice(H, 2 * H) if self.mode == "LSTM" else None     # gates i, f, g, o
         self._init_parameters(shapes, 1.0 / np.sqrt(H), forget_gate=forget)
 
+    _CELL_OPTIONS = frozenset(("nonlinearity", "activation", "recurrent_activation", "clip",
+                               "input_forget", "peepholes"))
+
+    def __setattr__(self, name, value):
+        # The cell options are fixed at construction: the kernels' CellSpec and the
+        # parameters (peepholes) follow from them.
+        if name in self._CELL_OPTIONS and "_cell" in self.__dict__:
+            raise AttributeError(f"{name} is set when the layer is made: build a new "
+                                 f"{type(self).__name__} with {name}={value!r} and load this "
+                                 "one's state_dict into it")
+        super().__setattr__(name, value)
+
     def _set_cell_options(self, nonlinearity, activation, recurrent_activation, clip,
                           input_forget, peepholes):
         """Validate the cell options (rnnc/_cell_options.py) and keep them, each under its

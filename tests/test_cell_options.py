@@ -354,3 +354,37 @@ def test_options_with_empty_sequences_and_batches(training):
             dx = m.backward(np.ones_like(out))[0]
             np.testing.assert_allclose(dx, r.backward(np.ones_like(out))[0], rtol=1e-12,
                                        atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(recurrent_activation="hard_sigmoid"),
+                                dict(recurrent_activation=("LeakyRelu", 0.1),
+                                     activation="elu"),
+                                dict(activation=("ThresholdedRelu", 0.5), clip=2.0)], ids=str)
+def test_nan_in_the_input_reaches_the_gradients_as_in_the_reference(kw):
+    """A NaN at step 1 with the loss on step 0 only: the NaN derivatives the reference gives
+    (0 * NaN) are the kernel's too, and the finite ones agree."""
+    m, r = _layers("GRU", kw, np.float64)
+    x = np.random.default_rng(3).normal(size=(2, 2, 3))
+    x[1, 0, 1] = np.nan
+    g = np.zeros((2, 2, 4))
+    g[0] = 1.0
+    for module in (m, r):
+        module.train()
+    out, want = m(x)[0], r(x)[0]
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    _, _, grads = m.backward(g)
+    _, _, expected = r.backward(g)
+    for name in grads:
+        np.testing.assert_array_equal(np.isnan(grads[name]), np.isnan(expected[name]), name)
+        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-12, atol=1e-12,
+                                   err_msg=name)
+
+
+def test_cell_options_are_fixed_when_the_layer_is_made():
+    m = rnnc.LSTM(3, 4, clip=1.0)
+    for name, value in (("clip", 2.0), ("peepholes", True), ("activation", "relu"),
+                        ("nonlinearity", "relu")):
+        with pytest.raises(AttributeError, match=f"{name} is set when the layer is made"):
+            setattr(m, name, value)
+    assert m.clip == 1.0 and m._cell.clip == 1.0

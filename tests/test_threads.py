@@ -127,3 +127,44 @@ def test_concurrent_calls_leave_thread_settings(two_threads, name, ctor, shape, 
         f"rnnc.get_num_threads() {rnnc_before} -> {rnnc.get_num_threads()}"
     assert blas_threads() == blas_before, f"BLAS threads {blas_before} -> {blas_threads()}"
 
+
+
+# -- thread_setting (an estimator's n_threads, a Dask task) beside a BLAS hold ----------------
+def test_thread_setting_beside_a_blas_hold_restores_the_blas_counts(two_threads):
+    """A block entered and left while another thread holds BLAS at one thread (a split
+    layer's parts) must not record that 1 as the libraries' own count."""
+    from rnnc._engine import threads
+    before = blas_threads()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with threads.blas_one_thread():
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(10)
+    with threads.thread_setting(1):
+        assert rnnc.get_num_threads() == 1
+    release.set()
+    t.join(10)
+    assert rnnc.get_num_threads() == 2
+    assert blas_threads() == before
+
+
+def test_thread_setting_that_fails_to_apply_leaves_no_block_behind(two_threads, monkeypatch):
+    from rnnc._engine import threads
+    real = threads.set_num_threads
+
+    def broken(n):
+        raise RuntimeError("cannot set threads")
+
+    monkeypatch.setattr(threads, "set_num_threads", broken)
+    with pytest.raises(RuntimeError, match="cannot set threads"):
+        with threads.thread_setting(1):
+            pass
+    monkeypatch.setattr(threads, "set_num_threads", real)
+    with threads.thread_setting(1):
+        assert rnnc.get_num_threads() == 1
+    assert rnnc.get_num_threads() == 2      # the failed block did not keep the last one in

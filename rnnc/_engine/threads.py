@@ -88,7 +88,8 @@ def _reset_after_fork():
     _split_lock = threading.Lock()     # its holder's thread is not in the child
     _hold["count"] = 0
     _end_hold()
-    # Nor a thread_setting block: the child keeps the setting it was forked with.
+    # Nor a thread_setting block: the child keeps the setting it was forked with (the
+    # block's, if it forked inside one).
     _setting_lock = threading.Lock()
     _setting.update(active=[], saved=None, limiter=None, current=None)
 
@@ -210,7 +211,13 @@ def _setting_enter(n):
             if saved == n and cached_num_threads() == n:
                 _setting["current"] = n
         _setting["active"].append((token, n))
-        _setting_apply(n)
+        try:
+            _setting_apply(n)
+        except BaseException:
+            _setting["active"].pop()
+            if not _setting["active"]:
+                _setting.update(saved=None, limiter=None, current=None)
+            raise
     return token
 
 
@@ -219,10 +226,9 @@ def _setting_apply(n):
     if _setting["current"] == n:
         return
     if _setting["limiter"] is None:
-        # Before the first change: each BLAS library's own setting (limits=None changes
-        # nothing), restored on the last exit, as rnnc's setting is one number for all.
-        from threadpoolctl import ThreadpoolController
-        _setting["limiter"] = _BlasRecord(ThreadpoolController())
+        # Before the first change: each BLAS library's own setting, restored on the last exit,
+        # as rnnc's setting is one number for all.
+        _setting["limiter"] = _record_blas()
     set_num_threads(n)
     _setting["current"] = n
 
@@ -241,7 +247,32 @@ def _setting_exit(token):
                 set_num_threads(saved)
         finally:
             if limiter is not None:
-                limiter.restore_original_limits()
+                _restore_blas(limiter)
+
+
+def _record_blas():
+    """Each BLAS library's thread count as the process has it. While another thread holds
+    BLAS at one thread (blas_one_thread), the libraries read 1: the counts are then those the
+    hold found (or the setting asked for during it), which it puts back when it ends."""
+    from threadpoolctl import ThreadpoolController
+    with _hold_lock:
+        limiter = _hold["limiter"] if _hold["count"] else None
+        if limiter is None:
+            return _BlasRecord(ThreadpoolController())
+        record = _BlasRecord.__new__(_BlasRecord)
+        wanted = _hold["wanted"]
+        record.libs = [(lib, n if wanted is None else wanted) for lib, n in limiter.libs]
+        return record
+
+
+def _restore_blas(record):
+    """Put the libraries back at the record's counts: now, or, while a hold runs, when it
+    ends (setting them under a hold would undo it for the kernels inside)."""
+    with _hold_lock:
+        if _hold["count"]:
+            _hold.update(limiter=record, wanted=None)
+        else:
+            record.restore_original_limits()
 
 
 _controllers = []     # threadpoolctl's controller of the loaded libraries, made once

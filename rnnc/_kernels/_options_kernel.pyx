@@ -57,7 +57,7 @@ cdef inline double act_value(const Act* a, double v) noexcept nogil:
     if a.code == 5:
         return a.alpha * v if v < 0 else v
     if a.code == 6:
-        return v if v > a.alpha else (v if v != v else 0)
+        return v if v > a.alpha else 0      # NaN -> 0, as ONNX's x > alpha ? x : 0
     if a.code == 7:
         return a.alpha * tanh(a.beta * v)
     if a.code == 8:
@@ -83,14 +83,14 @@ cdef inline double act_grad(const Act* a, double v, double y) noexcept nogil:
     if a.code == 4:
         return a.alpha
     if a.code == 5:
-        return a.alpha if v < 0 else 1
+        return 1 if v >= 0 else a.alpha     # NaN: alpha, as the reference's np.where
     if a.code == 6:
         return 1 if v > a.alpha else 0
     if a.code == 7:
         u = tanh(a.beta * v)
         return a.alpha * a.beta * (1 - u * u)
     if a.code == 8:
-        return y + a.alpha if v < 0 else 1
+        return 1 if v >= 0 else y + a.alpha     # NaN: NaN
     if a.code == 9:
         u = 1 + fabs(v)
         return 1 / (u * u)
@@ -116,7 +116,8 @@ cdef inline double gate_grad(const Act* a, double v, double c, double* d) noexce
     the clip cuts)."""
     cdef double w = clipped(v, c)
     cdef double y = act_value(a, w)
-    d[0] = 0 if w != v else act_grad(a, w, y)
+    # 0 where the clip cuts; a NaN pre-activation keeps its NaN derivative without a clip.
+    d[0] = act_grad(a, w, y) if (c <= 0 or fabs(v) <= c) else 0
     return y
 
 
@@ -418,7 +419,8 @@ cdef void lstm_back_step(const Options* o, Py_ssize_t b, Py_ssize_t H, Py_ssize_
             da_o = dm * hc * d_o
             if w_p != NULL:
                 dct += da_o * w_p[2 * H + j]
-                dw_p[2 * H + j] += <floating>(da_o * cn)
+                if dw_p != NULL:
+                    dw_p[2 * H + j] += <floating>(da_o * cn)
             di = dct * gv
             dg = dct * iv
             df = dct * ci
@@ -431,8 +433,9 @@ cdef void lstm_back_step(const Options* o, Py_ssize_t b, Py_ssize_t H, Py_ssize_
             dc[r * H + j] = <floating>(dct * fv)
             if w_p != NULL:
                 dc[r * H + j] = <floating>(dc[r * H + j] + da_i * w_p[j] + da_f * w_p[H + j])
-                dw_p[j] += <floating>(da_i * ci)
-                dw_p[H + j] += <floating>(da_f * ci)
+                if dw_p != NULL:
+                    dw_p[j] += <floating>(da_i * ci)
+                    dw_p[H + j] += <floating>(da_f * ci)
             row[j] = <floating>da_i
             row[H + j] = <floating>da_f
             row[2 * H + j] = <floating>(dg * d_g)
