@@ -53,7 +53,7 @@ def parse_activation(value, name):
     (name, alpha[, beta]); a ValueError / TypeError naming the argument otherwise."""
     if isinstance(value, str):
         key, params = value, ()
-    elif isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+    elif isinstance(value, (tuple, list)) and len(value) >= 2 and isinstance(value[0], str):
         key, params = value[0], tuple(value[1:])
     else:
         raise TypeError(f"{name} must be a str or a tuple (name, alpha[, beta]): "

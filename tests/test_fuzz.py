@@ -1614,6 +1614,9 @@ BAD_VALUES = {
     "bool": ["no", "yes", "", 2, -1, None, [], [True], 0.5, "True", np.array([True, False])],
     "dropout": [-0.1, 1.5, "0.5", float("nan"), float("inf"), True, None, [0.1], 1j],
     "nonlinearity": ["sigmoid", "TANH", "", None, 1, ["tanh"], b"tanh"],
+    # a layer's nonlinearity is any activation of the cell options (rnnc/_cell_options.py)
+    "layer_nonlinearity": ["gelu", "", None, 1, ["tanh"], b"tanh", ("Relu", 1.0),
+                           ("LeakyRelu", "x"), ("Elu", float("nan"))],
     "dtype": ["int32", np.int64, np.float16, "float16", np.complex64, object, "abc", bool,
               np.longdouble, 3],
     "seed": ["abc", -1, 1.5, [1, -2], object(), 2**200 * -1, b"1"],
@@ -1644,7 +1647,7 @@ def build_constructors(c):
         kinds = {"input_size": "size", "hidden_size": "size", "num_layers": "size",
                  "bias": "bool", "batch_first": "bool", "bidirectional": "bool",
                  "dropout": "dropout", "dtype": "dtype", "seed": "seed",
-                 "nonlinearity": "nonlinearity", "reset_after": "bool"}
+                 "nonlinearity": "layer_nonlinearity", "reset_after": "bool"}
         cls = getattr(rnnc, name)
     elif kind == "cell":
         name = c.choice(MODES) + "Cell"
@@ -1849,7 +1852,11 @@ def build_streams(c):
         # New weights loaded into the layer midway: unseen until refresh(), which keeps the
         # state; the rest of the steps run on the new weights.
         k = c.int(0, T)
-        sd = {n: (0.5 * lay.rng.standard_normal(v.shape)).astype(dtype)
+        # New weights at the layer's own initial scale (U(-1/sqrt(H), 1/sqrt(H)), PyTorch's):
+        # larger ones make a chaotic network (0.5 * N(0, 1) at H = 66 grows an error ~4x a
+        # step), which tests float32's conditioning, not refresh().
+        bound = 1 / np.sqrt(mod.hidden_size)
+        sd = {n: lay.rng.uniform(-bound, bound, v.shape).astype(dtype)
               for n, v in mod.state_dict().items()}
         ref_new = copy.deepcopy(ref).load_state_dict(sd)
         pre = c.int(0, k)       # steps made after the load but before refresh: old weights
