@@ -40,6 +40,11 @@ KERAS = {"tanh": ("Tanh", 0.0, 0.0), "sigmoid": ("Sigmoid", 0.0, 0.0), "relu": (
          "softplus": ("Softplus", 0.0, 0.0)}
 _BY_LOWER = {name.lower(): name for name in ACTIVATIONS}
 
+
+def onnx_name(name):
+    """The ONNX function ``name`` spells in any case ("leakyrelu" -> "LeakyRelu"), or None."""
+    return _BY_LOWER.get(str(name).lower())
+
 TANH, SIGMOID = KERAS["tanh"], KERAS["sigmoid"]
 
 
@@ -60,22 +65,22 @@ def parse_activation(value, name):
                         f"{_choices()}; got {value!r}")
     if key in KERAS and not params:
         return KERAS[key]
-    onnx_name = _BY_LOWER.get(key.lower())
-    if onnx_name is None:
+    function = onnx_name(key)
+    if function is None:
         raise ValueError(f"{name} must be {_choices()}; got {value!r}")
-    _, n_params, alpha, beta = ACTIVATIONS[onnx_name]
+    _, n_params, alpha, beta = ACTIVATIONS[function]
     if len(params) > n_params:
-        raise ValueError(f"{name}: {onnx_name} takes {n_params} parameter(s) (alpha, beta), "
+        raise ValueError(f"{name}: {function} takes {n_params} parameter(s) (alpha, beta), "
                          f"got {len(params)} in {value!r}")
     for p in params:
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or p != p \
                 or abs(p) == float("inf"):
-            raise ValueError(f"{name}: the parameters of {onnx_name} must be finite numbers, "
+            raise ValueError(f"{name}: the parameters of {function} must be finite numbers, "
                              f"got {value!r}")
     given = [float(p) for p in params]
     alpha = given[0] if len(given) > 0 else alpha
     beta = given[1] if len(given) > 1 else beta
-    return (onnx_name, alpha, beta)
+    return (function, alpha, beta)
 
 
 def activation_label(triple):
@@ -101,7 +106,6 @@ class CellSpec(NamedTuple):
     peepholes: bool = False
 
 
-DEFAULT_RNN = CellSpec((TANH,))
 DEFAULT_GATED = CellSpec((SIGMOID, TANH, TANH))
 
 
@@ -128,11 +132,3 @@ def cell_spec(mode, nonlinearity, activation, recurrent_activation, clip, input_
                         input_forget, peepholes)
         default = spec == DEFAULT_GATED
     return None if default else spec
-
-
-def reference_options(spec):
-    """The keyword arguments of rnnc.reference's run_stack for a CellSpec (None: {})."""
-    if spec is None:
-        return {}
-    return {"activations": spec.activations, "clip": spec.clip or None,
-            "input_forget": spec.input_forget}

@@ -170,11 +170,7 @@ class Stream(StreamKernel):
     def state(self):
         """Copies of the current state: h (L, B, P), or for LSTM (h, c) with c (L, B, H);
         unbatched (L, P) and (L, H). The layer's h_n / c_n after the steps so far."""
-        unbatched = self._shape[4]
-        h = self._h[:, 0].copy() if unbatched else self._h.copy()
-        if self._c is None:
-            return h
-        return h, (self._c[:, 0].copy() if unbatched else self._c.copy())
+        return _state_copy(self)
 
     # step(x, out=None) is StreamKernel.step itself (no Python frame per step); it calls
     # convert_input only for an x that is not exactly the stream's dtype.
@@ -195,31 +191,11 @@ class Stream(StreamKernel):
         (DeprecationWarning); an LSTM's ``reset(h0)`` with one array, which used to mean a
         zero cell state, now raises TypeError: pass ``(h0, c0)``.
         """
-        L, H, P, _, unbatched = self._shape
-        lead = (L,) if unbatched else (L, self._h.shape[1])
-        dtype = self._h.dtype
-        lstm = self._c is not None
         if c0 is not _UNSET or h0 is not _UNSET:
-            h0, c0 = self._legacy_state(hx, c0, h0)
-        elif hx is None:
-            h0 = c0 = None
-        elif lstm:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx for an LSTM stream must be None or a pair (h_0, c_0), as "
-                                f"the layer's hx, got {describe(hx)} (reset(h0) with one array "
-                                "no longer means a zero cell state: pass (h0, c0))")
-            h0, c0 = hx
-            # As the layer's hx: both entries are arrays (None is refused by the dtype check).
-            h0 = as_real_array(h0, "h_0", dtype)
-            c0 = as_real_array(c0, "c_0", dtype)
+            h0, c0 = _checked_state(self, *self._legacy_state(hx, c0, h0))
         else:
-            h0, c0 = hx, None
-        if h0 is not None:
-            h0 = as_real_array(h0, "h_0" if lstm else "hx", dtype)
-            check_shape(h0, "h_0" if lstm else "hx", lead + (P,))
-        if c0 is not None:
-            c0 = as_real_array(c0, "c_0", dtype)
-            check_shape(c0, "c_0", lead + (H,))
+            h0, c0 = _checked_state(self, *_split_state(hx, self._c is not None))
+        unbatched = self._shape[4]
         self._acquire()
         try:
             self._restart()
@@ -368,11 +344,7 @@ class OptionsStream:
     @property
     def state(self):
         """As Stream.state."""
-        unbatched = self._shape[4]
-        h = self._h[:, 0].copy() if unbatched else self._h.copy()
-        if self._c is None:
-            return h
-        return h, (self._c[:, 0].copy() if unbatched else self._c.copy())
+        return _state_copy(self)
 
     def step(self, x, out=None):
         """As Stream.step."""
@@ -402,24 +374,10 @@ class OptionsStream:
 
     def reset(self, hx=None):
         """As Stream.reset (its deprecated call forms aside)."""
-        L, H, P, B, unbatched = self._shape
-        lead = (L,) if unbatched else (L, B)
-        dtype, lstm = self._h.dtype, self._c is not None
-        h0 = c0 = None
-        if hx is not None and lstm:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx for an LSTM stream must be None or a pair (h_0, c_0), as "
-                                f"the layer's hx, got {describe(hx)}")
-            h0 = as_real_array(hx[0], "h_0", dtype)
-            c0 = as_real_array(hx[1], "c_0", dtype)
-            check_shape(h0, "h_0", lead + (P,))
-            check_shape(c0, "c_0", lead + (H,))
-        elif hx is not None:
-            h0 = as_real_array(hx, "hx", dtype)
-            check_shape(h0, "hx", lead + (P,))
-        _assign(self._h, h0, unbatched)
-        if lstm:
-            _assign(self._c, c0, unbatched)
+        h0, c0 = _checked_state(self, *_split_state(hx, self._c is not None))
+        _assign(self._h, h0, self._shape[4])
+        if self._c is not None:
+            _assign(self._c, c0, self._shape[4])
         return self
 
     def refresh(self):
@@ -441,3 +399,42 @@ def _check_streamable(module):
         raise ValueError(f"stream() needs a layer that runs forwards, got reverse=True: "
                          f"{type(module).__name__} would start from the last step of the "
                          "sequence, which a stream has not seen yet")
+
+
+# -- what both streams share: their state, read and set -----------------------------------------
+# A stream keeps _h (L, B, P), _c (L, B, H) or None, and _shape = (L, H, P, _, unbatched).
+def _state_copy(stream):
+    unbatched = stream._shape[4]
+    h = stream._h[:, 0].copy() if unbatched else stream._h.copy()
+    if stream._c is None:
+        return h
+    return h, (stream._c[:, 0].copy() if unbatched else stream._c.copy())
+
+
+def _split_state(hx, lstm):
+    """(h0, c0, pair) of reset's hx: None, an array, or for an LSTM a pair (as the layer's
+    hx), whose entries must then both be arrays."""
+    if hx is None:
+        return None, None, False
+    if not lstm:
+        return hx, None, False
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError("hx for an LSTM stream must be None or a pair (h_0, c_0), as "
+                        f"the layer's hx, got {describe(hx)} (reset(h0) with one array "
+                        "no longer means a zero cell state: pass (h0, c0))")
+    return hx[0], hx[1], True
+
+
+def _checked_state(stream, h0, c0, pair=False):
+    """h0, c0 converted to the stream's dtype and checked against its state's shapes (None:
+    zeros, unless pair: an LSTM's hx holds two arrays, as the layer's does)."""
+    L, H, P, _, unbatched = stream._shape
+    lead = (L,) if unbatched else (L, stream._h.shape[1])
+    dtype, lstm = stream._h.dtype, stream._c is not None
+    if h0 is not None or pair:
+        h0 = as_real_array(h0, "h_0" if lstm else "hx", dtype)
+        check_shape(h0, "h_0" if lstm else "hx", lead + (P,))
+    if c0 is not None or pair:
+        c0 = as_real_array(c0, "c_0", dtype)
+        check_shape(c0, "c_0", lead + (H,))
+    return h0, c0

@@ -8,7 +8,7 @@ activations differ, different functions per direction -- raises NotSupportedErro
 """
 import numpy as np
 
-from rnnc._cell_options import ACTIVATIONS, activation_label
+from rnnc._cell_options import ACTIVATIONS, activation_label, onnx_name
 
 # Gates per cell, and where ONNX's gate blocks sit in PyTorch's order. PyTorch LSTM is
 # (i, f, g, o), ONNX (i, o, f, c); PyTorch GRU (r, z, n), ONNX (z, r, h).
@@ -61,13 +61,10 @@ def _layout(op, value, spec):
     spec["layout"] = int(value)
 
 
-_BY_LOWER = {name.lower(): name for name in ACTIVATIONS}
-
-
 def _activations(op, value, spec):
     names = []
     for v in value:
-        name = _BY_LOWER.get(str(v).lower())
+        name = onnx_name(v)
         if name is None:
             _unsupported(op, "activations", value,
                          f"names {v!r}, which is not one of ONNX's functions "

@@ -192,9 +192,6 @@ def _act(options, k, a):
     return y, dy
 
 
-_TANH = ("Tanh", 0.0, 0.0)
-
-
 def _rnn_forward(p, x, h, c, nonlinearity, reset_after, options):
     # a = x W_ih^T + b_ih + h W_hh^T + b_hh;   h' = act(a)
     a = _ref._affine(x, p["w_ih"], p["b_ih"]) + _ref._affine(h, p["w_hh"], p["b_hh"])

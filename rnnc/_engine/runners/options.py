@@ -5,7 +5,7 @@ import numpy as np
 
 from rnnc._cell_options import ACTIVATIONS
 from rnnc._engine.kernels import K
-from rnnc._engine.workspace import workspace
+from rnnc._engine.workspace import empty, workspace
 
 _MODE = {"RNN": 0, "GRU": 1, "LSTM": 2}
 
@@ -20,10 +20,6 @@ def spec_array(cell):
     return np.array(values + [cell.clip, float(cell.input_forget)], dtype=np.float64)
 
 
-def _none(dtype, ndim):
-    return np.empty((0,) * ndim, dtype=dtype)
-
-
 def forward(plan, job):
     mode, dtype, d = plan.mode, plan.dtype, job.d
     B, H = job.h.shape[0], plan.hidden_size
@@ -35,16 +31,16 @@ def forward(plan, job):
     f = K.LayerForward(
         x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
         reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, b_ih=job.b_ih, b_hh=job.b_hh,
-        w_hr=job.w_hr, w_p=job.w_p, h=job.h, c=job.c if lstm else _none(dtype, 2),
+        w_hr=job.w_hr, w_p=job.w_p, h=job.h, c=job.c if lstm else empty(dtype, 2),
         out=job.out, col0=job.col0, reset_after=plan.reset_after,
         cell_spec=spec_array(plan.cell),
         xg=(np.empty((n_rows, G), dtype=dtype) if train
             else workspace(f"options pre {d}", (plan.chunk_steps * B, G), dtype)),
         chunk_steps=max(1, len(job.layout.batch_sizes)) if train else plan.chunk_steps,
         hg=workspace(f"options work {d}", (B, G), dtype),
-        h_prev=np.empty((n_rows, P), dtype=dtype) if train else _none(dtype, 2),
-        c_prev=np.empty((n_rows, H), dtype=dtype) if train and lstm else _none(dtype, 2),
-        keep=np.empty((n_rows, H), dtype=dtype) if keeps else _none(dtype, 2))
+        h_prev=np.empty((n_rows, P), dtype=dtype) if train else empty(dtype, 2),
+        c_prev=np.empty((n_rows, H), dtype=dtype) if train and lstm else empty(dtype, 2),
+        keep=np.empty((n_rows, H), dtype=dtype) if keeps else empty(dtype, 2))
     K.options_forward(_MODE[mode], f)
     return (f.xg, f.h_prev, f.c_prev, f.keep) if train else None
 
@@ -62,10 +58,10 @@ def backward(plan, job):
         x=job.x, batch_sizes=job.layout.batch_sizes, offsets=job.layout.offsets,
         reverse=job.reverse, w_ih=job.w_ih, w_hh=job.w_hh, w_hr=job.w_hr, w_p=job.w_p,
         act=pre, h_prev=h_prev, c_prev=c_prev, keep=keep, dout=job.dout, col0=job.col0,
-        dh=job.dh, dc=job.dc if lstm else _none(dtype, 2), dx=job.dx, add_dx=job.add_dx,
+        dh=job.dh, dc=job.dc if lstm else empty(dtype, 2), dx=job.dx, add_dx=job.add_dx,
         dw_ih=job.dw_ih, dw_hh=job.dw_hh, db_ih=job.db_ih, db_hh=job.db_hh, dw_hr=job.dw_hr,
         dw_p=job.dw_p, reset_after=plan.reset_after, cell_spec=spec_array(plan.cell),
         dhp_all=(np.empty((n_rows, P), dtype=dtype) if lstm and plan.proj_size
-                 else _none(dtype, 2)),
+                 else empty(dtype, 2)),
         work=np.empty((B, G), dtype=dtype))
     K.options_backward(_MODE[mode], b)

@@ -254,6 +254,8 @@ def _kernel_parts_forward(plan, job):
     bounds, sizes = job.layout.row_split(plan.parts)
     B, P = job.h.shape
     part_plan = _part_plan(plan)
+    hs = _state_copies(job.h, bounds, "rows parts h", plan.dtype)
+    cs = None if job.c is None else _state_copies(job.c, bounds, "rows parts c", plan.dtype)
     parts = []
     for p, (b0, b1) in enumerate(pairwise(bounds)):
         part = _Part(job.layout, b0, b1, sizes[p], B)
@@ -261,7 +263,7 @@ def _kernel_parts_forward(plan, job):
         part.job = LayerJob(
             x=x, layout=part.layout, reverse=job.reverse, d=(job.d, p), w_ih=job.w_ih,
             w_hh=job.w_hh, b_ih=job.b_ih, b_hh=job.b_hh, w_hr=job.w_hr, w_p=job.w_p,
-            h=job.h[b0:b1].copy(), c=None if job.c is None else job.c[b0:b1].copy(),
+            h=hs[p], c=None if cs is None else cs[p],
             out=np.empty((len(x), P), dtype=plan.dtype), col0=0, packs=job.packs,
             name=(*job.name, "rows", p))
         parts.append(part)
@@ -274,9 +276,9 @@ def _kernel_parts_forward(plan, job):
     c0 = job.col0
     for part in parts:
         part.scatter(job.out, slice(c0, c0 + P), part.job.out)
-        job.h[part.b0:part.b1] = part.job.h
-        if job.c is not None:
-            job.c[part.b0:part.b1] = part.job.c
+    _copy_back(job.h, hs, bounds)
+    if cs is not None:
+        _copy_back(job.c, cs, bounds)
     if plan.training:
         return ("kernel parts", parts, kept)
     return None
@@ -289,24 +291,27 @@ def _kernel_parts_backward(plan, job):
     _, parts, kept = job.kept
     part_plan = _part_plan(plan)
     P = job.dh.shape[1]
+    bounds = [part.b0 for part in parts] + [parts[-1].b1]
+    dhs = _state_copies(job.dh, bounds, "rows parts dh", plan.dtype)
+    dcs = (None if job.dc is None
+           else _state_copies(job.dc, bounds, "rows parts dc", plan.dtype))
     grads = [{name: np.zeros_like(getattr(job, name)) for name in
               ("dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dw_p")} for _ in parts]
     jobs = []
-    for part, k, g in zip(parts, kept, grads):
-        b0, b1 = part.b0, part.b1
+    for p, (part, k, g) in enumerate(zip(parts, kept, grads)):
         jobs.append(BackwardJob(
             x=part.job.x, layout=part.layout, reverse=job.reverse, d=part.job.d,
             w_ih=job.w_ih, w_hh=job.w_hh, w_hr=job.w_hr, w_p=job.w_p, kept=k,
             dout=part.gather(job.dout[:, job.col0:job.col0 + P]), col0=0,
-            dh=job.dh[b0:b1].copy(), dc=None if job.dc is None else job.dc[b0:b1].copy(),
+            dh=dhs[p], dc=None if dcs is None else dcs[p],
             dx=np.empty_like(part.job.x), add_dx=False, **g))
 
     threads.run_parts([lambda j=j: kernel.backward(part_plan, j) for j in jobs])
+    _copy_back(job.dh, dhs, bounds)
+    if dcs is not None:
+        _copy_back(job.dc, dcs, bounds)
     for part, j, g in zip(parts, jobs, grads):
         part.scatter(job.dx, slice(None), j.dx, add=job.add_dx)
-        job.dh[part.b0:part.b1] = j.dh
-        if job.dc is not None:
-            job.dc[part.b0:part.b1] = j.dc
         for name, value in g.items():
             if value.size:
                 getattr(job, name)[...] += value
